@@ -1,0 +1,22 @@
+//! pimail: a complete mail server for one person, in one small binary.
+//!
+//! The mail flow: `smtp` receives (port 25 and submission), `mbox`
+//! delivers into the user's mbox, `server` runs listeners, limits and
+//! shutdown. `config` and `cli` are the edges a person touches. Protocol
+//! cores are sans-I/O (`smtp::command`, `smtp::data`, `smtp::session`,
+//! `line`); their async drivers are thin (`smtp::conn`).
+#![deny(unsafe_code)]
+
+pub mod address;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod envelope;
+pub mod line;
+pub mod logging;
+pub mod mbox;
+pub mod paths;
+pub mod server;
+pub mod smtp;
+pub mod sys;
+pub mod timefmt;

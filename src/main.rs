@@ -1,0 +1,211 @@
+//! pimail: a complete mail server for one person, in one small binary.
+//!
+//! This file is the command line's dispatch: load the config, set up
+//! logging, and run the server or one of the tools (`check-config`,
+//! `passwd`, `sendmail`, `queue`). The mail flow is in `smtp` (receive),
+//! `mbox` (deliver) and `server` (listeners, limits, shutdown).
+#![forbid(unsafe_code)]
+
+use pimail::cli::{self, Command};
+use pimail::config::{self, Config, Source};
+use pimail::{auth, logging, paths, server, smtp};
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// sysexits.h
+const EX_USAGE: u8 = 64;
+const EX_DATAERR: u8 = 65;
+const EX_UNAVAILABLE: u8 = 69;
+const EX_SOFTWARE: u8 = 70;
+const EX_OSERR: u8 = 71;
+const EX_TEMPFAIL: u8 = 75;
+const EX_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let invoked_as = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let cli = match cli::parse(&invoked_as, args.collect()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pimail: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match cli.command {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("pimail {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Passwd => passwd(),
+        Command::CheckConfig => match load_config(&cli) {
+            Ok(c) => {
+                print!("{}", c.effective());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve => serve(&cli),
+        Command::Sendmail(_) => {
+            eprintln!("pimail sendmail: outbound mail is not available in this version; message not accepted");
+            ExitCode::from(EX_TEMPFAIL)
+        }
+        Command::Queue(_) => {
+            eprintln!("pimail queue: outbound mail is not available in this version");
+            ExitCode::from(EX_UNAVAILABLE)
+        }
+    }
+}
+
+fn load_config(cli: &cli::Cli) -> Result<Config, ExitCode> {
+    let path = config::locate(cli.config.as_deref());
+    config::load(path.as_deref()).map_err(|e| {
+        eprintln!("pimail: config error: {e}");
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
+/// `pimail passwd`: one line from stdin (a terminal or a pipe) to a hash.
+fn passwd() -> ExitCode {
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().take(4096).read_to_end(&mut input) {
+        eprintln!("pimail passwd: cannot read stdin: {e}");
+        return ExitCode::from(EX_OSERR);
+    }
+    let Ok(text) = String::from_utf8(input) else {
+        eprintln!("pimail passwd: the password is not valid UTF-8");
+        return ExitCode::from(EX_DATAERR);
+    };
+    let pw = text.lines().next().unwrap_or("");
+    if pw.is_empty() {
+        eprintln!("pimail passwd: empty password; type it on stdin, e.g. `pimail passwd` then the password and Enter");
+        return ExitCode::from(EX_DATAERR);
+    }
+    match auth::hash_password(pw) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pimail passwd: {e}");
+            ExitCode::from(EX_SOFTWARE)
+        }
+    }
+}
+
+/// The try-it default keeps its generated password's hash here.
+const TRY_IT_HASH_FILE: &str = "try-it-password.hash";
+
+/// Gives the embedded default a password: generated and printed once at
+/// first start, then read back from data_dir.
+fn try_it_password(config: &mut Config) -> Result<(), String> {
+    paths::private_dir(&config.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+    let file = config.data_dir.join(TRY_IT_HASH_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(h) if auth::check_hash_syntax(h.trim()).is_ok() => {
+            config.user.password_hash = h.trim().to_string();
+            println!(
+                "pimail try-it: login {:?}, password as printed at the first start (delete {} to get a new one)",
+                config.user.name,
+                file.display()
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
+    let pw = auth::generate_password()?;
+    let hash = auth::hash_password(&pw)?;
+    paths::write_atomic(&file, format!("{hash}\n").as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    config.user.password_hash = hash;
+    println!(
+        "pimail try-it: login {:?} password {pw:?} (shown once; its hash is in {})",
+        config.user.name,
+        file.display()
+    );
+    Ok(())
+}
+
+fn serve(cli: &cli::Cli) -> ExitCode {
+    let mut config = match load_config(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    logging::init(config.log_level, cli.verbose);
+    if config.source == Source::Embedded {
+        if let Err(e) = try_it_password(&mut config) {
+            log::error!("{e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    }
+    let server = match server::Server::start(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    let addrs: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .map(|(a, p)| {
+            format!(
+                "{} {a}",
+                match p {
+                    smtp::session::Port::Smtp => "smtp",
+                    smtp::session::Port::Submission => "submission",
+                }
+            )
+        })
+        .collect();
+    let source = match &config.source {
+        Source::File(p) => p.display().to_string(),
+        Source::Embedded => "embedded try-it default".into(),
+    };
+    log::info!(
+        "pimail {} listening: {}; mbox {}; config {source}",
+        env!("CARGO_PKG_VERSION"),
+        addrs.join(", "),
+        config.user.mbox.display()
+    );
+    if config.source == Source::Embedded {
+        println!("pimail try-it: listening on {}", addrs.join(", "));
+        println!(
+            "pimail try-it: mail for <{}@localhost> goes to {}",
+            config.user.name,
+            config.user.mbox.display()
+        );
+    }
+
+    let signals =
+        match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot install signal handlers: {e}");
+                return ExitCode::from(EX_OSERR);
+            }
+        };
+    let ex = std::rc::Rc::new(smol::LocalExecutor::new());
+    let ex2 = ex.clone();
+    smol::block_on(ex.run(async move {
+        let stop = async {
+            use smol::stream::StreamExt;
+            let mut signals = signals;
+            if let Some(Ok(sig)) = signals.next().await {
+                log::info!("received {sig:?}, stopping");
+            }
+        };
+        server.run(ex2, stop, Duration::from_secs(30)).await;
+    }));
+    log::info!("stopped");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,313 @@
+//! Listeners, connection limits and shutdown.
+//!
+//! Everything runs on one thread (a `smol::LocalExecutor`): a session costs
+//! a few KiB, not a thread, so idle or slow clients are cheap and never
+//! block others. Blocking file work (mbox appends and their fsyncs) runs on
+//! the mbox writer thread. `max_connections` and `max_connections_per_ip`
+//! are enforced at accept with `421 4.7.0`.
+
+use crate::address::LocalPolicy;
+use crate::config::{Config, Limits};
+use crate::mbox::MboxWriter;
+use crate::smtp::conn::SmtpContext;
+use crate::smtp::session::{Port, Settings};
+use async_net::{TcpListener, TcpStream};
+use smol::future::FutureExt;
+use smol::io::AsyncWriteExt;
+use smol::LocalExecutor;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Runs `f`, or gives `None` after `d`.
+pub async fn timeout<T>(d: Duration, f: impl Future<Output = T>) -> Option<T> {
+    async { Some(f.await) }
+        .or(async {
+            smol::Timer::after(d).await;
+            None
+        })
+        .await
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A message id: 8 hex digits of time, 8 of a counter seeded randomly at
+/// start. Unique in this process, sortable by time, safe in file names.
+pub fn new_id() -> String {
+    if COUNTER.load(Ordering::Relaxed) == 0 {
+        let mut seed = [0u8; 4];
+        let _ = getrandom::getrandom(&mut seed);
+        let _ = COUNTER.compare_exchange(
+            0,
+            u32::from_le_bytes(seed) | 1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{:08X}{:08X}", crate::timefmt::unix_now() as u32, n)
+}
+
+/// State shared by all connections of the server.
+pub struct Shared {
+    pub hostname: String,
+    pub limits: Limits,
+    connections: Cell<usize>,
+    per_ip: RefCell<HashMap<IpAddr, usize>>,
+    /// Sessions in the middle of receiving or storing a message.
+    busy: Cell<usize>,
+    stopping: Cell<bool>,
+    /// Closed (sender dropped) to tell every accept loop to stop.
+    stop_rx: smol::channel::Receiver<()>,
+    stop_tx: RefCell<Option<smol::channel::Sender<()>>>,
+}
+
+impl Shared {
+    pub fn new(hostname: String, limits: Limits) -> Self {
+        let (stop_tx, stop_rx) = smol::channel::bounded(1);
+        Shared {
+            hostname,
+            limits,
+            connections: Cell::new(0),
+            per_ip: RefCell::new(HashMap::new()),
+            busy: Cell::new(0),
+            stopping: Cell::new(false),
+            stop_rx,
+            stop_tx: RefCell::new(Some(stop_tx)),
+        }
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// Marks a message in flight for as long as the guard lives, so that
+    /// shutdown waits for it.
+    pub fn busy(&self) -> BusyGuard<'_> {
+        self.busy.set(self.busy.get() + 1);
+        BusyGuard(self)
+    }
+
+    fn try_admit(self: &Rc<Self>, ip: IpAddr) -> Result<ConnGuard, &'static str> {
+        if self.connections.get() >= self.limits.max_connections {
+            return Err("too many connections");
+        }
+        let mut per_ip = self.per_ip.borrow_mut();
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.limits.max_connections_per_ip {
+            return Err("too many connections from your address");
+        }
+        *n += 1;
+        self.connections.set(self.connections.get() + 1);
+        Ok(ConnGuard {
+            shared: self.clone(),
+            ip,
+        })
+    }
+}
+
+pub struct BusyGuard<'a>(&'a Shared);
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.0.busy.set(self.0.busy.get() - 1);
+    }
+}
+
+/// Releases a connection slot when the connection ends.
+struct ConnGuard {
+    shared: Rc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let s = &self.shared;
+        s.connections.set(s.connections.get() - 1);
+        let mut per_ip = s.per_ip.borrow_mut();
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The running server's parts.
+pub struct Server {
+    pub shared: Rc<Shared>,
+    pub smtp: Rc<SmtpContext>,
+    listeners: Vec<(TcpListener, Port)>,
+}
+
+#[derive(Debug)]
+pub enum StartError {
+    Bind(SocketAddr, std::io::Error),
+    DataDir(std::path::PathBuf, std::io::Error),
+    Mbox(crate::mbox::MboxError),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            StartError::DataDir(p, e) => {
+                write!(f, "cannot use data directory {}: {e}", p.display())
+            }
+            StartError::Mbox(e) => write!(f, "cannot open the mbox: {e}"),
+        }
+    }
+}
+
+impl Server {
+    /// Prepares directories, repairs the mbox, and binds every listener, so
+    /// that all start-up errors show before anything is served.
+    pub fn start(config: &Config) -> Result<Server, StartError> {
+        let spool_dir = config.data_dir.join("spool");
+        crate::paths::private_dir(&config.data_dir)
+            .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+        crate::paths::private_dir(&spool_dir)
+            .map_err(|e| StartError::DataDir(spool_dir.clone(), e))?;
+        // Spool files of a crashed run were never acknowledged.
+        if let Ok(rd) = std::fs::read_dir(&spool_dir) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let mbox =
+            MboxWriter::start(&config.user.mbox, &config.data_dir).map_err(StartError::Mbox)?;
+        let settings = Rc::new(Settings {
+            hostname: config.hostname.clone(),
+            policy: LocalPolicy::from_config(config),
+            max_message_size: config.limits.max_message_size,
+            max_recipients: config.limits.max_recipients,
+            max_errors: config.limits.max_errors,
+            tls_available: false,
+        });
+        let mut listeners = Vec::new();
+        for (addrs, port) in [
+            (&config.listen.smtp, Port::Smtp),
+            (&config.listen.submission, Port::Submission),
+        ] {
+            for a in addrs {
+                let l = bind(*a)?;
+                listeners.push((l, port));
+            }
+        }
+        Ok(Server {
+            shared: Rc::new(Shared::new(config.hostname.clone(), config.limits.clone())),
+            smtp: Rc::new(SmtpContext {
+                settings,
+                mbox,
+                spool_dir,
+            }),
+            listeners,
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved), with their kind.
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, Port)> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, p)| l.local_addr().ok().map(|a| (a, *p)))
+            .collect()
+    }
+
+    /// Serves until `stop` resolves, then lets messages in flight finish
+    /// (at most `grace`) and returns.
+    pub async fn run(
+        self,
+        ex: Rc<LocalExecutor<'static>>,
+        stop: impl Future<Output = ()>,
+        grace: Duration,
+    ) {
+        let Server {
+            shared,
+            smtp,
+            listeners,
+        } = self;
+        for (listener, port) in listeners {
+            let shared = shared.clone();
+            let smtp = smtp.clone();
+            ex.spawn(accept_loop(ex.clone(), listener, port, shared, smtp))
+                .detach();
+        }
+        stop.await;
+        shared.stopping.set(true);
+        shared.stop_tx.borrow_mut().take();
+        let deadline = Instant::now() + grace;
+        while shared.busy.get() > 0 && Instant::now() < deadline {
+            smol::Timer::after(Duration::from_millis(20)).await;
+        }
+        if shared.busy.get() > 0 {
+            log::warn!(
+                "stopping with {} message(s) still being received",
+                shared.busy.get()
+            );
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    // std's bind sets SO_REUSEADDR on Unix, so a restart does not wait for
+    // TIME_WAIT; [::] is IPv6-only where the system says so (Linux default
+    // is dual-stack, so "0.0.0.0:25" plus "[::]:25" would clash there).
+    let l = std::net::TcpListener::bind(addr).map_err(|e| StartError::Bind(addr, e))?;
+    TcpListener::try_from(l).map_err(|e| StartError::Bind(addr, e))
+}
+
+async fn accept_loop(
+    ex: Rc<LocalExecutor<'static>>,
+    listener: TcpListener,
+    port: Port,
+    shared: Rc<Shared>,
+    smtp: Rc<SmtpContext>,
+) {
+    loop {
+        let stopped = async {
+            let _ = shared.stop_rx.recv().await;
+            None
+        };
+        if shared.stopping() {
+            return;
+        }
+        let accepted = async { Some(listener.accept().await) }.or(stopped).await;
+        let (stream, peer) = match accepted {
+            None => return,
+            Some(Ok(x)) => x,
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::error!("accept: {e}");
+                smol::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match shared.try_admit(peer.ip()) {
+            Ok(guard) => {
+                let shared = shared.clone();
+                let smtp = smtp.clone();
+                ex.spawn(async move {
+                    crate::smtp::conn::serve(stream, peer, port, smtp, shared).await;
+                    drop(guard);
+                })
+                .detach();
+            }
+            Err(why) => {
+                log::info!("smtp {peer}: refused, {why}");
+                let host = shared.hostname.clone();
+                ex.spawn(refuse(stream, host, why)).detach();
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: TcpStream, host: String, why: &'static str) {
+    let line = format!("421 4.7.0 {host} Service not available: {why}, try again later\r\n");
+    let _ = timeout(Duration::from_secs(5), stream.write_all(line.as_bytes())).await;
+}

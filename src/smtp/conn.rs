@@ -1,0 +1,289 @@
+//! The async driver of one SMTP connection: reads lines into the session,
+//! writes its replies, streams DATA through the decoder and the mbox quoter
+//! into a spool file, and stores the message before the final reply.
+//!
+//! Replies are written when the input holds no further complete command,
+//! so pipelined commands (RFC 2920) get their replies in one write.
+
+use super::data::{DataDecoder, Progress};
+use super::session::{Action, DataOutcome, Port, Session, Settings, StoreError};
+use super::Reply;
+use crate::envelope::Envelope;
+use crate::line::LineBuffer;
+use crate::mbox::{self, Delivery, MboxError, MboxWriter, Quoter};
+use crate::server::{timeout, Shared};
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+/// RFC 5321 4.5.3.1.4: command lines, including CRLF.
+const MAX_COMMAND_LINE: usize = 512;
+/// Read buffer: also the unit in which DATA is streamed to disk.
+const BUFFER: usize = 16 * 1024;
+
+/// What the SMTP side needs besides the session settings.
+pub struct SmtpContext {
+    pub settings: Rc<Settings>,
+    pub mbox: MboxWriter,
+    pub spool_dir: PathBuf,
+}
+
+enum End {
+    /// The client or we closed normally, or the peer vanished.
+    Closed,
+}
+
+/// Serves one connection until QUIT, an error, a timeout or shutdown.
+pub async fn serve<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    port: Port,
+    ctx: Rc<SmtpContext>,
+    shared: Rc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut session = Session::new(ctx.settings.clone(), port, peer.ip());
+    let _ = drive(&mut stream, &mut session, peer, &ctx, &shared).await;
+    let _ = stream.close().await;
+}
+
+async fn drive<S>(
+    stream: &mut S,
+    session: &mut Session,
+    peer: SocketAddr,
+    ctx: &SmtpContext,
+    shared: &Shared,
+) -> Result<End, std::io::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut lines = LineBuffer::new(BUFFER);
+    let mut out = Vec::with_capacity(512);
+    session.greeting().write_to(&mut out);
+    loop {
+        while let Some(line) = lines.next_line(MAX_COMMAND_LINE) {
+            let step = session.line(line);
+            if step.reply.code >= 500 {
+                log::debug!("smtp {peer}: {}", step.reply.to_wire().trim_end());
+            }
+            step.reply.write_to(&mut out);
+            match step.action {
+                Action::None => {}
+                Action::Close => {
+                    stream.write_all(&out).await?;
+                    return Ok(End::Closed);
+                }
+                Action::ReceiveData => {
+                    stream.write_all(&out).await?;
+                    out.clear();
+                    let _busy = shared.busy();
+                    let reply = receive(stream, &mut lines, session, peer, ctx, shared).await?;
+                    let Some(reply) = reply else {
+                        return Ok(End::Closed);
+                    };
+                    reply.write_to(&mut out);
+                }
+                Action::StartTls => {
+                    // The session only asks for this when a certificate is
+                    // configured; the TLS layer plugs in here.
+                    stream.write_all(&out).await?;
+                    return Ok(End::Closed);
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if shared.stopping() && !session.in_transaction() {
+            session.shutting_down().write_to(&mut out);
+            stream.write_all(&out).await?;
+            return Ok(End::Closed);
+        }
+        let limit = shared.limits.command_timeout;
+        match timeout(limit, stream.read(lines.spare())).await {
+            None => {
+                log::info!("smtp {peer}: timeout after {}s idle", limit.as_secs());
+                session.timeout().write_to(&mut out);
+                stream.write_all(&out).await?;
+                return Ok(End::Closed);
+            }
+            Some(Ok(0)) | Some(Err(_)) => return Ok(End::Closed),
+            Some(Ok(n)) => lines.filled(n),
+        }
+    }
+}
+
+/// Reads DATA to its end, spooling it, then stores it. `None`: the
+/// connection is gone (timeout or the client left mid-message).
+async fn receive<S>(
+    stream: &mut S,
+    lines: &mut LineBuffer,
+    session: &mut Session,
+    peer: SocketAddr,
+    ctx: &SmtpContext,
+    shared: &Shared,
+) -> Result<Option<Reply>, std::io::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let id = crate::server::new_id();
+    let spool_path = ctx.spool_dir.join(format!("{id}.msg"));
+    let mut spool = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&spool_path);
+    let mut decoder = DataDecoder::new(ctx.settings.max_message_size);
+    let mut quoter = Quoter::new();
+    let mut decoded = Vec::with_capacity(BUFFER);
+    let mut quoted = Vec::with_capacity(BUFFER + BUFFER / 4);
+    let mut write_error: Option<std::io::Error> = None;
+    let guard = SpoolGuard(spool_path.clone());
+    loop {
+        let input = lines.buffered();
+        let progress = decoder.feed(input, &mut decoded);
+        let used = match progress {
+            Progress::NeedMore => input.len(),
+            Progress::Done { consumed } => consumed,
+        };
+        lines.consume(used);
+        quoter.feed(&decoded, &mut quoted);
+        decoded.clear();
+        if progress != Progress::NeedMore {
+            quoter.finish(&mut quoted);
+        }
+        if decoder.error().is_none() && write_error.is_none() {
+            let r = match &mut spool {
+                Ok(f) => f.write_all(&quoted),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            if let Err(e) = r {
+                write_error = Some(e);
+            }
+        }
+        quoted.clear();
+        if progress != Progress::NeedMore {
+            break;
+        }
+        let limit = shared.limits.data_timeout;
+        match timeout(limit, stream.read(lines.spare())).await {
+            None => {
+                log::info!("smtp {peer}: timeout during DATA, message discarded");
+                let mut out = Vec::new();
+                session.timeout().write_to(&mut out);
+                stream.write_all(&out).await?;
+                return Ok(None);
+            }
+            Some(Ok(0)) | Some(Err(_)) => {
+                log::info!("smtp {peer}: connection lost during DATA, message discarded");
+                return Ok(None);
+            }
+            Some(Ok(n)) => lines.filled(n),
+        }
+    }
+    drop(spool);
+    let size = decoder.size();
+    let envelope = match session.data_finished(decoder.error()) {
+        DataOutcome::Refused(reply) => {
+            log::info!(
+                "refused peer={} helo={} size={size} reason={:?}",
+                peer.ip(),
+                session.helo_name().unwrap_or("-"),
+                reply
+                    .lines
+                    .last()
+                    .map(|l| l.to_string())
+                    .unwrap_or_default()
+            );
+            return Ok(Some(reply));
+        }
+        DataOutcome::Deliver(env) => env,
+    };
+    let result = match write_error {
+        Some(e) => {
+            log::error!("spool {}: {e}", spool_path.display());
+            Err(if mbox::is_disk_full(&e) {
+                StoreError::DiskFull
+            } else {
+                StoreError::Local
+            })
+        }
+        None => store(&envelope, &id, &spool_path, ctx, shared).await,
+    };
+    drop(guard);
+    match result {
+        Ok(()) => log::info!(
+            "accepted id={id} from=<{}> rcpts={} size={size} peer={} helo={} tls={}",
+            envelope.sender(),
+            rcpt_list(&envelope),
+            peer.ip(),
+            envelope.helo,
+            envelope
+                .tls
+                .as_ref()
+                .map_or("no".to_string(), |t| format!("{}/{}", t.version, t.cipher)),
+        ),
+        Err(e) => log::warn!(
+            "not stored id={id} from=<{}> rcpts={} size={size} peer={}: {e:?}",
+            envelope.sender(),
+            rcpt_list(&envelope),
+            peer.ip(),
+        ),
+    }
+    Ok(Some(session.delivered(
+        result.as_ref().map(|()| id.as_str()).map_err(|e| *e),
+    )))
+}
+
+fn rcpt_list(env: &Envelope) -> String {
+    let v: Vec<String> = env.rcpts.iter().map(|r| format!("<{}>", r.addr)).collect();
+    v.join(",")
+}
+
+/// Removes the spool file however `receive` ends.
+struct SpoolGuard(PathBuf);
+
+impl Drop for SpoolGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Stores an accepted message: one copy in the mbox for local recipients.
+async fn store(
+    env: &Envelope,
+    id: &str,
+    spool: &std::path::Path,
+    ctx: &SmtpContext,
+    shared: &Shared,
+) -> Result<(), StoreError> {
+    if env.remote_rcpts().next().is_some() {
+        // Outbound delivery is not built yet: say so rather than pretend.
+        log::error!("id={id}: outbound delivery is not available");
+        return Err(StoreError::Local);
+    }
+    if env.has_local() {
+        let now = crate::timefmt::unix_now();
+        let mut prefix = mbox::from_line(&env.sender(), now);
+        prefix += &env.return_path_header();
+        prefix += &env.received_header(&shared.hostname, id, now);
+        let d = Delivery {
+            prefix: prefix.into_bytes(),
+            spool: spool.to_path_buf(),
+        };
+        ctx.mbox.append(d).await.map_err(|e| {
+            log::error!("id={id}: cannot store in mbox: {e}");
+            match e {
+                MboxError::DiskFull => StoreError::DiskFull,
+                MboxError::Locked(_) => StoreError::Busy,
+                _ => StoreError::Local,
+            }
+        })?;
+    }
+    Ok(())
+}

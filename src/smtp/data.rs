@@ -1,0 +1,262 @@
+//! The DATA decoder (RFC 5321 4.1.1.4, 4.5.2): bytes after `354` in,
+//! message bytes with LF line ends out, until `<CR><LF>.<CR><LF>`.
+//!
+//! All of DATA's safety is in this one small state machine:
+//! - only CRLF.CRLF ends the data; a bare LF or CR anywhere marks the
+//!   message as refused (SMTP smuggling, CVE-2023-51764 class) but the
+//!   decoder keeps looking for the real end so the session stays in sync;
+//! - leading dots are removed (transparency, 4.5.2);
+//! - lines over 1000 octets and messages over the size limit are marked
+//!   while reading, and their bytes are no longer emitted, so a flood
+//!   never reaches the disk.
+//!
+//! Output uses LF line ends: it is what the mbox stores, and it is lossless
+//! because a message with a bare CR or LF is never accepted.
+
+/// RFC 5321 4.5.3.1.6: text lines, including CRLF.
+pub const MAX_TEXT_LINE: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataError {
+    BareLf,
+    BareCr,
+    LineTooLong,
+    TooBig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    LineStart,
+    /// Line began with '.'.
+    Dot,
+    /// Saw ".\r" at a line start.
+    DotCr,
+    InLine,
+    /// Saw '\r' inside a line.
+    Cr,
+}
+
+#[derive(Debug)]
+pub struct DataDecoder {
+    state: State,
+    line_len: usize,
+    /// Octets of the message as received (CRLF counted as two), for SIZE.
+    size: u64,
+    max_size: u64,
+    error: Option<DataError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// All input consumed; the end was not seen yet.
+    NeedMore,
+    /// The end marker was seen after `consumed` bytes of this input; the
+    /// rest belongs to the next command.
+    Done { consumed: usize },
+}
+
+impl DataDecoder {
+    pub fn new(max_size: u64) -> Self {
+        DataDecoder {
+            state: State::LineStart,
+            line_len: 0,
+            size: 0,
+            max_size,
+            error: None,
+        }
+    }
+
+    /// The first problem seen, if any: the message must then be refused.
+    pub fn error(&self) -> Option<DataError> {
+        self.error
+    }
+
+    /// Octets received so far (with CRLF), the size SIZE compares against.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn fail(&mut self, e: DataError) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    /// Decodes `input`, appending message bytes to `out`.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
+        for (i, &b) in input.iter().enumerate() {
+            self.line_len += 1;
+            if self.line_len > MAX_TEXT_LINE {
+                self.fail(DataError::LineTooLong);
+            }
+            match (self.state, b) {
+                (State::LineStart, b'.') => self.state = State::Dot,
+                (State::Dot, b'\r') => self.state = State::DotCr,
+                (State::DotCr, b'\n') => {
+                    self.state = State::LineStart;
+                    self.line_len = 0;
+                    return Progress::Done { consumed: i + 1 };
+                }
+                (State::DotCr, _) => {
+                    // ".\rX": a bare CR after a leading dot.
+                    self.fail(DataError::BareCr);
+                    self.state = State::InLine;
+                    self.emit(b".\r", out);
+                    self.byte_in_line(b, out);
+                }
+                (State::LineStart, b'\r') => self.state = State::Cr,
+                (State::LineStart | State::Dot | State::InLine, _) => {
+                    // The leading dot of a stuffed line is dropped (4.5.2).
+                    self.state = State::InLine;
+                    self.byte_in_line(b, out);
+                }
+                (State::Cr, b'\n') => {
+                    self.size += 2;
+                    self.emit(b"\n", out);
+                    self.state = State::LineStart;
+                    self.line_len = 0;
+                }
+                (State::Cr, _) => {
+                    self.fail(DataError::BareCr);
+                    self.state = State::InLine;
+                    self.byte_in_line(b, out);
+                }
+            }
+        }
+        Progress::NeedMore
+    }
+
+    /// A byte inside a line (never the LF of a CRLF).
+    fn byte_in_line(&mut self, b: u8, out: &mut Vec<u8>) {
+        match b {
+            b'\r' => self.state = State::Cr,
+            b'\n' => {
+                // A bare LF is not a line end: "\n.\r\n" must not end DATA.
+                self.fail(DataError::BareLf);
+                self.state = State::InLine;
+            }
+            _ => {
+                self.size += 1;
+                self.emit(&[b], out);
+            }
+        }
+    }
+
+    fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        if self.size > self.max_size {
+            self.fail(DataError::TooBig);
+        }
+        if self.error.is_none() {
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the decoder over `input` split into pieces of `chunk` bytes.
+    fn decode(input: &[u8], chunk: usize, max: u64) -> (Vec<u8>, Option<DataError>, Option<usize>) {
+        let mut d = DataDecoder::new(max);
+        let mut out = Vec::new();
+        let mut pos = 0;
+        for piece in input.chunks(chunk.max(1)) {
+            if let Progress::Done { consumed } = d.feed(piece, &mut out) {
+                return (out, d.error(), Some(pos + consumed));
+            }
+            pos += piece.len();
+        }
+        (out, d.error(), None)
+    }
+
+    fn all_splits(input: &[u8], max: u64) -> (Vec<u8>, Option<DataError>, Option<usize>) {
+        let whole = decode(input, input.len(), max);
+        for chunk in 1..input.len() {
+            assert_eq!(decode(input, chunk, max), whole, "chunk {chunk}");
+        }
+        whole
+    }
+
+    #[test]
+    fn plain_message_and_pipelined_rest() {
+        let input = b"Subject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+        let (out, err, end) = all_splits(input, 1000);
+        assert_eq!(out, b"Subject: hi\n\nbody\n");
+        assert_eq!(err, None);
+        assert_eq!(end, Some(input.len() - 6));
+    }
+
+    #[test]
+    fn dot_unstuffing() {
+        let (out, err, _) = all_splits(b"..leading\r\n...\r\n.x\r\nend.\r\n.\r\n", 1000);
+        assert_eq!(out, b".leading\n..\nx\nend.\n");
+        assert_eq!(err, None);
+    }
+
+    #[test]
+    fn empty_message() {
+        assert_eq!(all_splits(b".\r\n", 10), (vec![], None, Some(3)));
+    }
+
+    #[test]
+    fn smuggling_attempts_do_not_end_data() {
+        // Each would end DATA on a lax server and smuggle a second message.
+        for sep in [
+            &b"\n.\n"[..],
+            b"\n.\r\n",
+            b"\r.\r\n",
+            b"\r\n.\n",
+            b"\r\n.\r\r\n",
+        ] {
+            let mut input = b"Subject: a\r\n\r\nx".to_vec();
+            input.extend_from_slice(sep);
+            input.extend_from_slice(b"MAIL FROM:<evil@example.com>\r\n");
+            let before_end = input.len();
+            input.extend_from_slice(b"\r\n.\r\n");
+            let (_, err, end) = all_splits(&input, 10_000);
+            assert!(
+                matches!(err, Some(DataError::BareLf | DataError::BareCr)),
+                "{sep:?}: {err:?}"
+            );
+            assert_eq!(end, Some(before_end + 5), "{sep:?}");
+        }
+    }
+
+    #[test]
+    fn bare_cr_and_lf() {
+        assert_eq!(all_splits(b"a\rb\r\n.\r\n", 100).1, Some(DataError::BareCr));
+        assert_eq!(all_splits(b"a\nb\r\n.\r\n", 100).1, Some(DataError::BareLf));
+        assert_eq!(all_splits(b".\rb\r\n.\r\n", 100).1, Some(DataError::BareCr));
+        assert_eq!(all_splits(b"\n\r\n.\r\n", 100).1, Some(DataError::BareLf));
+    }
+
+    #[test]
+    fn line_length_limit() {
+        let mut ok = vec![b'a'; MAX_TEXT_LINE - 2];
+        ok.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(decode(&ok, 7, 1 << 20).1, None);
+        let mut long = vec![b'a'; MAX_TEXT_LINE - 1];
+        long.extend_from_slice(b"\r\n.\r\n");
+        let (out, err, end) = decode(&long, 7, 1 << 20);
+        assert_eq!(err, Some(DataError::LineTooLong));
+        assert_eq!(end, Some(long.len()));
+        assert!(out.len() <= MAX_TEXT_LINE);
+    }
+
+    #[test]
+    fn size_limit_stops_output() {
+        let mut input = Vec::new();
+        for _ in 0..100 {
+            input.extend_from_slice(b"0123456789\r\n");
+        }
+        input.extend_from_slice(b".\r\n");
+        let (out, err, end) = decode(&input, 50, 1200);
+        assert_eq!(err, None);
+        assert_eq!(out.len(), 1100);
+        let (out, err, end2) = decode(&input, 50, 1199);
+        assert_eq!(err, Some(DataError::TooBig));
+        assert!(out.len() <= 1200);
+        assert_eq!(end, end2);
+    }
+}

@@ -1,0 +1,457 @@
+//! Test harness: starts the real `pimail` binary with a config in a fresh
+//! temporary directory, on ports the kernel picks (`127.0.0.1:0`), learns
+//! the bound addresses from its start-up log line, and speaks to it over
+//! real sockets. Shared by every integration test file.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// argon2id of "secret" with tiny parameters, so tests log in fast.
+pub const PASSWORD: &str = "secret";
+pub const PASSWORD_HASH: &str =
+    "$argon2id$v=19$m=64,t=1,p=1$d7bEe5+PDtR+c+lWi896vw$glblWHgdtnS/rmo83vVWocAP1oh4q0fcq6XvKfsvKO8";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pimail")
+}
+
+/// A fresh directory under the target dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = std::env::var_os("PIMAIL_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let p = base.join(format!("pimail-test-{}-{name}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("PIMAIL_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The config a test server runs with; `extra` is appended as is (more
+/// sections), `limits` replaces the `[limits]` body.
+pub struct Options {
+    pub domains: Vec<String>,
+    pub addresses: Vec<String>,
+    pub limits: String,
+    pub listen_submission: bool,
+    pub listen_pop3: bool,
+    pub extra: String,
+    /// Extra lines at the top level (before any section).
+    pub top: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            domains: vec!["example.org".into()],
+            addresses: vec!["alice".into(), "abuse".into()],
+            limits: String::new(),
+            listen_submission: true,
+            listen_pop3: false,
+            extra: String::new(),
+            top: String::new(),
+        }
+    }
+}
+
+pub struct Server {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    child: Option<Child>,
+    pub smtp: SocketAddr,
+    pub addrs: Vec<(String, SocketAddr)>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// Runs the child under this wrapper (e.g. `prlimit --fsize=...`).
+    pub wrapper: Vec<String>,
+}
+
+fn quote_list(v: &[String]) -> String {
+    let items: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::with(Options::default())
+    }
+
+    pub fn with(o: Options) -> Server {
+        let dir = TempDir::new("srv");
+        let config = Self::write_config(dir.path(), &o);
+        let mut s = Server {
+            dir,
+            config,
+            child: None,
+            smtp: "127.0.0.1:0".parse().unwrap(),
+            addrs: vec![],
+            log: Arc::new(Mutex::new(vec![])),
+            wrapper: vec![],
+        };
+        s.spawn();
+        s
+    }
+
+    /// Like `with`, but the child runs under `wrapper` (e.g. prlimit).
+    pub fn with_wrapper(o: Options, wrapper: Vec<String>) -> Server {
+        let dir = TempDir::new("srv");
+        let config = Self::write_config(dir.path(), &o);
+        let mut s = Server {
+            dir,
+            config,
+            child: None,
+            smtp: "127.0.0.1:0".parse().unwrap(),
+            addrs: vec![],
+            log: Arc::new(Mutex::new(vec![])),
+            wrapper,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn write_config(dir: &Path, o: &Options) -> PathBuf {
+        let data = dir.join("data");
+        let mut listen = String::from("smtp = [\"127.0.0.1:0\"]\n");
+        if o.listen_submission {
+            listen += "submission = [\"127.0.0.1:0\"]\n";
+        }
+        if o.listen_pop3 {
+            listen += "pop3 = [\"127.0.0.1:0\"]\n";
+        }
+        let text = format!(
+            "hostname = \"mail.example.org\"\ndomains = {}\ndata_dir = {:?}\n{}\n\
+             [user]\nname = \"alice\"\npassword = \"{PASSWORD_HASH}\"\naddresses = {}\nmbox = {:?}\n\n\
+             [listen]\n{listen}\n[limits]\n{}\n{}\n",
+            quote_list(&o.domains),
+            data.display().to_string(),
+            o.top,
+            quote_list(&o.addresses),
+            dir.join("mbox").display().to_string(),
+            o.limits,
+            o.extra,
+        );
+        let path = dir.join("pimail.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn mbox_path(&self) -> PathBuf {
+        self.dir.path().join("mbox")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts the server and waits for its "listening:" line.
+    pub fn spawn(&mut self) {
+        let mut cmd = if self.wrapper.is_empty() {
+            Command::new(bin())
+        } else {
+            let mut c = Command::new(&self.wrapper[0]);
+            c.args(&self.wrapper[1..]).arg(bin());
+            c
+        };
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("-v")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env_remove("JOURNAL_STREAM");
+        let mut child = cmd.spawn().expect("start pimail");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("PIMAIL_TEST_LOG").is_some() {
+                    eprintln!("[server] {line}");
+                }
+                if line.contains("listening:") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line.clone());
+                    }
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "server did not start ({status:?}); log:\n{}",
+                    self.log().join("\n")
+                );
+            }
+        };
+        self.child = Some(child);
+        // "... listening: smtp 127.0.0.1:4567, submission 127.0.0.1:4568; mbox ..."
+        let list = line
+            .split("listening: ")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
+        self.addrs = list
+            .split(", ")
+            .filter_map(|item| {
+                let (kind, addr) = item.trim().split_once(' ')?;
+                Some((kind.to_string(), addr.parse().ok()?))
+            })
+            .collect();
+        self.smtp = self.addr("smtp");
+    }
+
+    pub fn addr(&self, kind: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no {kind} listener in {:?}", self.addrs))
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if self.log().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .unwrap();
+        c.wait().unwrap()
+    }
+
+    pub fn mbox(&self) -> Vec<u8> {
+        std::fs::read(self.mbox_path()).unwrap_or_default()
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.smtp)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A line-oriented protocol client over a real socket.
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+    }
+
+    /// One (possibly multi-line) SMTP reply: code and the full text.
+    pub fn reply(&mut self) -> (u16, String) {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap_or(0);
+            if n == 0 {
+                return (0, all);
+            }
+            all += &line;
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                return (code, all);
+            }
+        }
+    }
+
+    /// Sends a command and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(line);
+        self.reply()
+    }
+
+    /// Sends a command and asserts the reply code.
+    pub fn expect(&mut self, line: &str, code: u16) -> String {
+        let (c, text) = self.cmd(line);
+        assert_eq!(c, code, "{line} -> {text}");
+        text
+    }
+
+    /// One raw line (for POP3), without CRLF.
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap_or(0);
+        line.trim_end_matches(['\r', '\n']).to_string()
+    }
+
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        let mut v = Vec::new();
+        let _ = self.reader.read_to_end(&mut v);
+        v
+    }
+
+    /// Greeting, EHLO: ready for MAIL.
+    pub fn hello(&mut self) {
+        let (c, g) = self.reply();
+        assert_eq!(c, 220, "greeting {g}");
+        self.expect("EHLO client.example", 250);
+    }
+
+    /// Sends one message (raw content, CRLF line ends, dot-stuffed already
+    /// by the caller if needed) and returns the final reply.
+    pub fn send_message(&mut self, from: &str, rcpts: &[&str], data: &[u8]) -> (u16, String) {
+        self.expect(&format!("MAIL FROM:<{from}>"), 250);
+        for r in rcpts {
+            self.expect(&format!("RCPT TO:<{r}>"), 250);
+        }
+        self.expect("DATA", 354);
+        self.send_raw(data);
+        self.send_raw(b".\r\n");
+        self.reply()
+    }
+}
+
+/// Parses an mbox with Python's `mailbox` module (a real, independent mbox
+/// reader) and returns each message's bytes as Python sees them.
+pub fn python_mbox_messages(path: &Path) -> Vec<Vec<u8>> {
+    let script = r#"
+import mailbox, sys
+box = mailbox.mbox(sys.argv[1], create=False)
+out = sys.stdout.buffer
+for key in box.keys():
+    data = box.get_bytes(key)
+    out.write(b"%d\n" % len(data))
+    out.write(data)
+"#;
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "python mailbox failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut msgs = Vec::new();
+    let mut rest = &o.stdout[..];
+    while !rest.is_empty() {
+        let nl = rest.iter().position(|&b| b == b'\n').unwrap();
+        let n: usize = std::str::from_utf8(&rest[..nl]).unwrap().parse().unwrap();
+        msgs.push(rest[nl + 1..nl + 1 + n].to_vec());
+        rest = &rest[nl + 1 + n..];
+    }
+    msgs
+}
+
+/// The body of an mboxrd message as the sender sent it: trace headers we
+/// added removed, `>From ` quoting undone, LF -> CRLF.
+pub fn original_from_stored(stored: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut skipping_trace = true;
+    let mut in_received = false;
+    for line in stored.split_inclusive(|&b| b == b'\n') {
+        if skipping_trace {
+            if line.starts_with(b"Return-Path:") {
+                continue;
+            }
+            if line.starts_with(b"Received:") && !in_received {
+                in_received = true;
+                continue;
+            }
+            if in_received && line.starts_with(b"\t") {
+                continue;
+            }
+            skipping_trace = false;
+        }
+        let n = line.iter().take_while(|&&b| b == b'>').count();
+        let line = if n > 0 && line[n..].starts_with(b"From ") {
+            &line[1..]
+        } else {
+            line
+        };
+        if let Some(l) = line.strip_suffix(b"\n") {
+            out.extend_from_slice(l);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(line);
+        }
+    }
+    out
+}
+
+/// Reads `r` to the end with a deadline, for tests of closed connections.
+pub fn read_all_within(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut v = Vec::new();
+    let _ = s.read_to_end(&mut v);
+    v
+}
