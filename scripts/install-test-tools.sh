@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the programs the test suite talks to (real clients and peers:
+# swaks, curl, openssl, prlimit, ...), with apt, only those missing.
+# Safe to run again; does nothing when everything is there.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have swaks    || need+=(swaks)
+have curl     || need+=(curl)
+have openssl  || need+=(openssl)
+have prlimit  || need+=(util-linux)
+have python3  || need+=(python3)
+
+if [ ${#need[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+    echo "install-test-tools: missing ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+fi
+echo "install-test-tools: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
