@@ -254,10 +254,13 @@ impl Server {
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    // std's bind sets SO_REUSEADDR on Unix, so a restart does not wait for
-    // TIME_WAIT; [::] is IPv6-only where the system says so (Linux default
-    // is dual-stack, so "0.0.0.0:25" plus "[::]:25" would clash there).
-    let l = std::net::TcpListener::bind(addr).map_err(|e| StartError::Bind(addr, e))?;
+    // SO_REUSEADDR (std sets it on Unix) so a restart does not wait for
+    // TIME_WAIT. IPv6 listeners are IPv6-only: list 0.0.0.0 for IPv4.
+    let l = match addr {
+        SocketAddr::V4(_) => std::net::TcpListener::bind(addr),
+        SocketAddr::V6(v6) => crate::sys::bind_v6only(v6),
+    }
+    .map_err(|e| StartError::Bind(addr, e))?;
     TcpListener::try_from(l).map_err(|e| StartError::Bind(addr, e))
 }
 

@@ -73,3 +73,63 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// A listening TCP socket on an IPv6 address with `IPV6_V6ONLY` set, so
+/// that `"0.0.0.0:25"` and `"[::]:25"` can both be listed (SPEC's example
+/// config does) instead of the second failing with "address in use" on
+/// Linux's dual-stack default. std cannot set the option before bind.
+pub fn bind_v6only(addr: std::net::SocketAddrV6) -> io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket syscalls on a descriptor we create and own; on
+    // every error path it is closed before returning.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fail = |fd: libc::c_int| {
+            let e = io::Error::last_os_error();
+            libc::close(fd);
+            Err(e)
+        };
+        let one: libc::c_int = 1;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let p = &one as *const libc::c_int as *const libc::c_void;
+        if libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, p, len) != 0
+            || libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, p, len) != 0
+        {
+            return fail(fd);
+        }
+        let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
+        sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sa.sin6_port = addr.port().to_be();
+        sa.sin6_addr.s6_addr = addr.ip().octets();
+        sa.sin6_flowinfo = addr.flowinfo();
+        sa.sin6_scope_id = addr.scope_id();
+        let sap = &sa as *const libc::sockaddr_in6 as *const libc::sockaddr;
+        let salen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        if libc::bind(fd, sap, salen) != 0 || libc::listen(fd, 128) != 0 {
+            return fail(fd);
+        }
+        Ok(std::net::TcpListener::from_raw_fd(fd))
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    #[test]
+    fn ipv4_and_ipv6_wildcards_on_one_port() {
+        let v4 = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let v6 = super::bind_v6only(format!("[::]:{port}").parse().unwrap());
+        // Hosts without IPv6 cannot create the socket at all; that is fine.
+        if let Err(e) = &v6 {
+            assert_eq!(e.raw_os_error(), Some(libc::EAFNOSUPPORT), "{e}");
+            return;
+        }
+        let v6 = v6.unwrap();
+        assert_eq!(v6.local_addr().unwrap().port(), port);
+        std::net::TcpStream::connect(("::1", port)).unwrap();
+        std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    }
+}

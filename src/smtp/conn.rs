@@ -67,8 +67,9 @@ where
     loop {
         while let Some(line) = lines.next_line(MAX_COMMAND_LINE) {
             let step = session.line(line);
-            if step.reply.code >= 500 {
-                log::debug!("smtp {peer}: {}", step.reply.to_wire().trim_end());
+            if step.reply.is_error() {
+                // Refusals (unknown user, relay denied, syntax) with the reason.
+                log::info!("smtp {peer}: refused: {}", step.reply.to_wire().trim_end());
             }
             step.reply.write_to(&mut out);
             match step.action {
