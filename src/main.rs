@@ -141,6 +141,11 @@ fn serve(cli: &cli::Cli) -> ExitCode {
         Err(code) => return code,
     };
     logging::init(config.log_level, cli.verbose);
+    // A file-size limit must make writes fail (452, rolled back), not kill us.
+    if let Err(e) = pimail::sys::ignore_sigxfsz() {
+        log::error!("cannot ignore SIGXFSZ: {e}");
+        return ExitCode::from(EX_OSERR);
+    }
     if config.source == Source::Embedded {
         if let Err(e) = try_it_password(&mut config) {
             log::error!("{e}");

@@ -1,11 +1,12 @@
-//! The few system calls std lacks: whole-file `fcntl` locks.
+//! The few system calls std lacks: whole-file `fcntl` locks, signal
+//! dispositions, and whether a process is alive.
 //!
 //! We use open-file-description locks (`F_OFD_SETLK`, Linux 3.15+): they
 //! conflict with the classic POSIX locks mutt, procmail and Dovecot take, so
 //! other mbox programs honour them, but unlike POSIX locks they are not
 //! dropped when some other descriptor of the same file is closed elsewhere
 //! in the process (the POP3 reader, say). This is the only module allowed
-//! `unsafe`; each call is a plain syscall on a descriptor we own.
+//! `unsafe`; each call is a plain syscall on plain data.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -47,6 +48,35 @@ pub fn unlock<F: AsRawFd>(file: &F) -> io::Result<()> {
     lock_op(file, libc::F_UNLCK as libc::c_short).map(|_| ())
 }
 
+/// Makes writes past `RLIMIT_FSIZE` fail with `EFBIG` instead of killing
+/// the process with SIGXFSZ (the default action), so that a file-size limit
+/// (a quota, `prlimit --fsize`) is handled like a full disk: `452 4.3.1`,
+/// the append rolled back, the server still running.
+pub fn ignore_sigxfsz() -> io::Result<()> {
+    // SAFETY: SIG_IGN installs no handler code; changing a disposition is
+    // safe at any time, and nothing else in the process uses SIGXFSZ.
+    let old = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    if old == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Does a process with this id exist (for stale dot-locks)? A process of
+/// another user counts as alive (EPERM).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission; nothing is
+    // delivered.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +101,16 @@ mod tests {
         unlock(&a).unwrap();
         assert!(try_write_lock(&b).unwrap());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn liveness_of_processes() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+        assert!(!process_alive(0));
     }
 }
 

@@ -85,7 +85,11 @@ impl DataDecoder {
     /// Decodes `input`, appending message bytes to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
         for (i, &b) in input.iter().enumerate() {
-            self.line_len += 1;
+            // The dot added for transparency is not part of the line's
+            // length (RFC 5321 4.5.3.1.6): a stuffed 998-octet line is fine.
+            if !(self.state == State::LineStart && b == b'.') {
+                self.line_len += 1;
+            }
             if self.line_len > MAX_TEXT_LINE {
                 self.fail(DataError::LineTooLong);
             }
@@ -242,6 +246,14 @@ mod tests {
         assert_eq!(err, Some(DataError::LineTooLong));
         assert_eq!(end, Some(long.len()));
         assert!(out.len() <= MAX_TEXT_LINE);
+        // A 998-octet line starting with '.' is 999 octets when stuffed.
+        let mut stuffed = vec![b'.'; 1];
+        stuffed.extend_from_slice(&[b'.'; MAX_TEXT_LINE - 2]);
+        stuffed.extend_from_slice(b"\r\n.\r\n");
+        let (out, err, _) = decode(&stuffed, 7, 1 << 20);
+        assert_eq!((out.len(), err), (MAX_TEXT_LINE - 1, None));
+        stuffed.insert(0, b'.');
+        assert_eq!(decode(&stuffed, 7, 1 << 20).1, Some(DataError::LineTooLong));
     }
 
     #[test]

@@ -455,3 +455,77 @@ pub fn read_all_within(s: &mut TcpStream, within: Duration) -> Vec<u8> {
     let _ = s.read_to_end(&mut v);
     v
 }
+
+impl Server {
+    /// Sends a signal (by name, as `kill -s` takes it) without waiting.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg("-s")
+            .arg(sig)
+            .arg(self.pid().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -s {sig} {} failed", self.pid());
+    }
+
+    /// Waits (bounded) for the server to exit by itself; `None` if it is
+    /// still running after `within` (it is then killed).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    /// Is the server process still running?
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+/// The path of an external tool a test needs; fails the test with what to
+/// install when it is missing (never a silent pass).
+pub fn require_tool(name: &str, apt_package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("this test needs `{name}`: install it with `apt-get install {apt_package}`");
+}
+
+/// A message with a unique subject, CRLF line ends, not dot-stuffed.
+pub fn message(subject: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: Bob <bob@example.com>\r\nTo: alice@example.org\r\nSubject: {subject}\r\n\
+         Message-ID: <{subject}@test.example>\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+/// Dot-stuffs CRLF text for DATA (RFC 5321 4.5.2).
+pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 16);
+    let mut at_line_start = true;
+    for &b in data {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    out
+}
