@@ -22,6 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -204,28 +205,72 @@ fn dotlock_path(mbox: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Creates the dot-lock with our pid in it, never visible empty: the pid
+/// is written to a file of our own, which is then hard-linked to the lock
+/// name (the way liblockfile does it). A crash at any moment thus leaves
+/// either no lock or one that names a dead process. Where hard links are
+/// not supported, falls back to an exclusive create.
+fn create_dotlock(dot: &Path) -> io::Result<()> {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let pid = std::process::id();
+    let mut tmp = dot.as_os_str().to_owned();
+    tmp.push(format!(".{pid}.{}", SEQ.fetch_add(1, Ordering::Relaxed)));
+    let tmp = PathBuf::from(tmp);
+    // A leftover of an earlier process that had our pid.
+    let _ = std::fs::remove_file(&tmp);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| writeln!(f, "{pid}"));
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, dot));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Err(e)
+            if e.kind() != io::ErrorKind::AlreadyExists
+                && e.kind() != io::ErrorKind::PermissionDenied
+                && e.raw_os_error() != Some(libc::ENOSPC) =>
+        {
+            // No hard links here (some FUSE or FAT file systems).
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dot)?;
+            let _ = writeln!(f, "{pid}");
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+/// Is this dot-lock a leftover? Yes if it names a process that no longer
+/// exists (a pimail killed while appending: we must not wait minutes after
+/// a restart), or if it is older than [`STALE_DOTLOCK`] (other programs
+/// may leave it empty). The mbox is assumed local, not shared over NFS.
+fn dotlock_stale(dot: &Path) -> bool {
+    let dead_owner = std::fs::read_to_string(dot)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .is_some_and(|pid| !sys::process_alive(pid));
+    dead_owner
+        || std::fs::metadata(dot)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > STALE_DOTLOCK)
+}
+
 /// Opens (creating with mode 0600 if needed) and locks the mbox.
 pub fn lock(path: &Path) -> Result<Locked, MboxError> {
     let deadline = Instant::now() + LOCK_WAIT;
     let dot = dotlock_path(path);
     let dotlock = loop {
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&dot)
-        {
-            Ok(mut f) => {
-                let _ = writeln!(f, "{}", std::process::id());
-                break Some(dot.clone());
-            }
+        match create_dotlock(&dot) {
+            Ok(()) => break Some(dot.clone()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let stale = std::fs::metadata(&dot)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .is_some_and(|age| age > STALE_DOTLOCK);
-                if stale {
+                if dotlock_stale(&dot) {
                     log::warn!("removing stale lock {}", dot.display());
                     let _ = std::fs::remove_file(&dot);
                     continue;
@@ -631,6 +676,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn dotlock_of_a_dead_process_is_taken_over_at_once() {
+        let d = tmp("deadlock");
+        let mbox = d.join("mbox");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        std::fs::write(dotlock_path(&mbox), format!("{dead}\n")).unwrap();
+        let start = Instant::now();
+        let locked = lock(&mbox).unwrap();
+        assert!(start.elapsed() < LOCK_WAIT / 2);
+        // Our lock names us, and only the lock file is left beside the mbox.
+        let text = std::fs::read_to_string(dotlock_path(&mbox)).unwrap();
+        assert_eq!(text.trim(), std::process::id().to_string());
+        assert!(!dotlock_stale(&dotlock_path(&mbox)));
+        let mut names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["mbox", "mbox.lock"]);
+        drop(locked);
+        assert!(!dotlock_path(&mbox).exists());
+        // An empty lock of another program is respected until it is old.
+        std::fs::write(dotlock_path(&mbox), "").unwrap();
+        assert!(!dotlock_stale(&dotlock_path(&mbox)));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     fn delivery(dir: &Path, name: &str, body: &[u8]) -> Delivery {
