@@ -638,6 +638,10 @@ fn sigterm_lets_a_message_in_flight_finish_and_exits_0() {
     c.send_raw(&m);
     srv.signal("TERM");
     assert!(srv.wait_log("stopping", Duration::from_secs(20)));
+    // An idle session is told to come back later once it speaks.
+    check(idle.cmd("NOOP"), 250, "2.0.0");
+    check(idle.reply(), 421, "4.3.2");
+    expect_closed(&mut idle);
     // No new connections once stopping.
     let mut refused = false;
     for _ in 0..100 {
@@ -670,7 +674,6 @@ fn sigterm_lets_a_message_in_flight_finish_and_exits_0() {
         .expect("server did not stop");
     assert!(status.success(), "{status:?}");
     assert_eq!(mbox_messages(&srv), vec![m]);
-    let _ = read_all_within(&mut idle.stream, Duration::from_secs(5));
 }
 
 #[test]
@@ -759,6 +762,70 @@ fn mbox_round_trip_is_byte_exact() {
     assert!(text.contains("\n>From the start of a line\n>>From already quoted\n>>>From quoted twice\nFrom\nFromage\n"), "{text}");
     assert!(text.contains("\n>From nobody Mon Jan  1"), "{text}");
     assert!(!raw.contains(&b'\r'));
+}
+
+#[test]
+fn smtputf8_mail_is_delivered() {
+    let srv = Server::start();
+    let mut c = srv.connect();
+    c.hello();
+    // Without SMTPUTF8 a UTF-8 address is refused (RFC 6531 3.4).
+    check(c.cmd("MAIL FROM:<jörg@bücher.example>"), 553, "5.6.7");
+    check(
+        c.cmd("MAIL FROM:<jörg@bücher.example> SMTPUTF8 BODY=8BITMIME"),
+        250,
+        "2.1.0",
+    );
+    check(c.cmd("RCPT TO:<alice@example.org>"), 250, "2.1.5");
+    check(c.cmd("DATA"), 354, "");
+    let m =
+        "From: Jörg <jörg@bücher.example>\r\nSubject: Grüße\r\n\r\nHallo Alice, schöne Grüße!\r\n";
+    c.send_raw(m.as_bytes());
+    c.send_raw(b".\r\n");
+    check(c.reply(), 250, "2.0.0");
+    assert_eq!(mbox_messages(&srv), vec![m.as_bytes().to_vec()]);
+    let raw = show(&srv.mbox());
+    assert!(raw.starts_with("From jörg@bücher.example "), "{raw}");
+    assert!(
+        raw.contains("Return-Path: <jörg@bücher.example>\n"),
+        "{raw}"
+    );
+}
+
+#[test]
+fn listens_on_ipv4_and_ipv6() {
+    let mut srv = Server::start();
+    srv.kill9();
+    let text = std::fs::read_to_string(&srv.config).unwrap();
+    let text = text.replace(
+        "smtp = [\"127.0.0.1:0\"]",
+        "smtp = [\"127.0.0.1:0\", \"[::1]:0\"]",
+    );
+    std::fs::write(&srv.config, text).unwrap();
+    srv.spawn();
+    let smtp: Vec<std::net::SocketAddr> = srv
+        .addrs
+        .iter()
+        .filter(|(k, _)| k == "smtp")
+        .map(|(_, a)| *a)
+        .collect();
+    assert_eq!(smtp.len(), 2, "{:?}", srv.addrs);
+    for (i, addr) in smtp.iter().enumerate() {
+        let mut c = Client::connect(*addr);
+        c.hello();
+        let m = message(
+            &format!("over-{}", if addr.is_ipv6() { "v6" } else { "v4" }),
+            "x\r\n",
+        );
+        let (code, text) = c.send_message("bob@example.com", &["alice@example.org"], &m);
+        assert_eq!(code, 250, "{text}");
+        assert_eq!(mbox_messages(&srv).len(), i + 1);
+    }
+    assert!(
+        show(&srv.mbox()).contains("([::1])"),
+        "{}",
+        show(&srv.mbox())
+    );
 }
 
 // ---- interop: real clients ------------------------------------------------------------

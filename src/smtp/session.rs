@@ -643,6 +643,38 @@ mod tests {
     }
 
     #[test]
+    fn remaining_reply_codes() {
+        let s = session();
+        let r = s.shutting_down();
+        assert_eq!((r.code, r.lines[0].starts_with("4.3.2")), (421, true));
+        assert!(s.timeout().lines[0].starts_with("4.4.2"));
+        // The end of data without a transaction (the driver's bug) is
+        // refused rather than delivered to nobody.
+        let mut s = session();
+        let DataOutcome::Refused(r) = s.data_finished(None) else {
+            panic!()
+        };
+        assert_eq!(r.code, 503);
+        // Bare CR/LF in data count towards the error limit.
+        let mut st = (*settings()).clone();
+        st.max_errors = 2;
+        let mut s = Session::new(Rc::new(st), Port::Smtp, "192.0.2.1".parse().unwrap());
+        code(&mut s, "EHLO c");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        code(&mut s, "RCPT TO:<alice@example.org>");
+        code(&mut s, "DATA");
+        let _ = s.data_finished(Some(DataError::BareLf));
+        assert_eq!(say(&mut s, "BOGUS").2, Action::Close);
+        // STARTTLS inside a transaction is a sequence error.
+        let mut st = (*settings()).clone();
+        st.tls_available = true;
+        let mut s = Session::new(Rc::new(st), Port::Smtp, "192.0.2.1".parse().unwrap());
+        code(&mut s, "EHLO c");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        assert_eq!(code(&mut s, "STARTTLS"), 503);
+    }
+
+    #[test]
     fn starttls_resets_state() {
         let mut st = (*settings()).clone();
         st.tls_available = true;
