@@ -48,7 +48,20 @@ pub async fn serve<S>(
 {
     let mut session = Session::new(ctx.settings.clone(), port, peer.ip());
     let _ = drive(&mut stream, &mut session, peer, &ctx, &shared).await;
-    let _ = stream.close().await;
+    // Closing may need to write (a TLS close_notify): bounded too.
+    let _ = timeout(shared.limits.command_timeout, stream.close()).await;
+}
+
+/// Writes replies, bounded by the command timeout: a client that stops
+/// reading its replies must not hold its connection slot forever.
+async fn send<S>(stream: &mut S, bytes: &[u8], shared: &Shared) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    match timeout(shared.limits.command_timeout, stream.write_all(bytes)).await {
+        Some(r) => r,
+        None => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 async fn drive<S>(
@@ -75,11 +88,11 @@ where
             match step.action {
                 Action::None => {}
                 Action::Close => {
-                    stream.write_all(&out).await?;
+                    send(stream, &out, shared).await?;
                     return Ok(End::Closed);
                 }
                 Action::ReceiveData => {
-                    stream.write_all(&out).await?;
+                    send(stream, &out, shared).await?;
                     out.clear();
                     let _busy = shared.busy();
                     let reply = receive(stream, &mut lines, session, peer, ctx, shared).await?;
@@ -91,18 +104,18 @@ where
                 Action::StartTls => {
                     // The session only asks for this when a certificate is
                     // configured; the TLS layer plugs in here.
-                    stream.write_all(&out).await?;
+                    send(stream, &out, shared).await?;
                     return Ok(End::Closed);
                 }
             }
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            send(stream, &out, shared).await?;
             out.clear();
         }
         if shared.stopping() && !session.in_transaction() {
             session.shutting_down().write_to(&mut out);
-            stream.write_all(&out).await?;
+            send(stream, &out, shared).await?;
             return Ok(End::Closed);
         }
         let limit = shared.limits.command_timeout;
@@ -110,7 +123,7 @@ where
             None => {
                 log::info!("smtp {peer}: timeout after {}s idle", limit.as_secs());
                 session.timeout().write_to(&mut out);
-                stream.write_all(&out).await?;
+                send(stream, &out, shared).await?;
                 return Ok(End::Closed);
             }
             Some(Ok(0)) | Some(Err(_)) => return Ok(End::Closed),
@@ -177,7 +190,7 @@ where
                 log::info!("smtp {peer}: timeout during DATA, message discarded");
                 let mut out = Vec::new();
                 session.timeout().write_to(&mut out);
-                stream.write_all(&out).await?;
+                send(stream, &out, shared).await?;
                 return Ok(None);
             }
             Some(Ok(0)) | Some(Err(_)) => {
