@@ -203,6 +203,32 @@ fn whole_transactions_in_one_write() {
 }
 
 #[test]
+fn forms_real_clients_use_are_accepted() {
+    let srv = Server::start();
+    let mut c = srv.connect();
+    check(c.reply(), 220, "");
+    // Lower-case verbs, a space after the colon, an address literal as
+    // HELO name, Postmaster without a domain (RFC 5321 4.5.1).
+    check(c.cmd("helo [192.0.2.7]"), 250, "");
+    check(c.cmd("mail from: <bob@example.com>"), 250, "2.1.0");
+    check(c.cmd("rcpt to: <Postmaster>"), 250, "2.1.5");
+    check(c.cmd("Rcpt To:<POSTMASTER@example.org>"), 250, "2.1.5");
+    check(c.cmd("data"), 354, "");
+    let m = message("lenient", "x\r\n");
+    c.send_raw(&m);
+    c.send_raw(b".\r\n");
+    check(c.reply(), 250, "2.0.0");
+    check(c.cmd("quit"), 221, "2.0.0");
+    assert_eq!(mbox_messages(&srv), vec![m]);
+    // A plain HELO session is logged as SMTP, not ESMTP.
+    assert!(
+        show(&srv.mbox()).contains("with SMTP id"),
+        "{}",
+        show(&srv.mbox())
+    );
+}
+
+#[test]
 fn several_recipients_get_one_copy() {
     let srv = Server::start();
     let mut c = srv.connect();
