@@ -171,6 +171,7 @@ fn serve(cli: &cli::Cli) -> ExitCode {
                 }
             )
         })
+        .chain(server.pop3_addrs().iter().map(|a| format!("pop3 {a}")))
         .collect();
     let source = match &config.source {
         Source::File(p) => p.display().to_string(),

@@ -514,6 +514,12 @@ fn writer_loop(rx: mpsc::Receiver<Job>, mut journal: File, path: PathBuf) {
                 Job::Append(d, reply) => batch.push((d, reply)),
                 Job::Exclusive(f) => {
                     run_batch(&mut journal, &path, std::mem::take(&mut batch));
+                    // The last append's `done` record was written without
+                    // fsync; a rewrite may shrink the mbox below its
+                    // lengths, so make it durable first, or recovery after
+                    // a power cut could mistake the rewritten mbox for a
+                    // torn append.
+                    let _ = journal.sync_data();
                     match lock(&path) {
                         Ok(locked) => f(locked),
                         Err(e) => {

@@ -9,6 +9,7 @@
 use crate::address::LocalPolicy;
 use crate::config::{Config, Limits};
 use crate::mbox::MboxWriter;
+use crate::pop3::conn::Pop3Context;
 use crate::smtp::conn::SmtpContext;
 use crate::smtp::session::{Port, Settings};
 use async_net::{TcpListener, TcpStream};
@@ -143,6 +144,8 @@ pub struct Server {
     pub shared: Rc<Shared>,
     pub smtp: Rc<SmtpContext>,
     listeners: Vec<(TcpListener, Port)>,
+    pub pop3: Rc<Pop3Context>,
+    pop3_listeners: Vec<TcpListener>,
 }
 
 #[derive(Debug)]
@@ -199,7 +202,26 @@ impl Server {
                 listeners.push((l, port));
             }
         }
+        let mut pop3_listeners = Vec::new();
+        for a in &config.listen.pop3 {
+            pop3_listeners.push(bind(*a)?);
+        }
+        let pop3 = Rc::new(Pop3Context {
+            settings: Rc::new(crate::pop3::session::Settings {
+                hostname: config.hostname.clone(),
+                user: config.user.name.clone(),
+                domains: config.domains.clone(),
+                tls_available: false,
+                max_errors: config.limits.max_errors,
+            }),
+            password_hash: config.user.password_hash.clone(),
+            mbox: mbox.clone(),
+            index: crate::maildrop::index_path(&config.data_dir),
+            in_use: Cell::new(false),
+        });
         Ok(Server {
+            pop3,
+            pop3_listeners,
             shared: Rc::new(Shared::new(config.hostname.clone(), config.limits.clone())),
             smtp: Rc::new(SmtpContext {
                 settings,
@@ -218,6 +240,14 @@ impl Server {
             .collect()
     }
 
+    /// The POP3 addresses actually bound.
+    pub fn pop3_addrs(&self) -> Vec<SocketAddr> {
+        self.pop3_listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
     /// Serves until `stop` resolves, then lets messages in flight finish
     /// (at most `grace`) and returns.
     pub async fn run(
@@ -230,7 +260,15 @@ impl Server {
             shared,
             smtp,
             listeners,
+            pop3,
+            pop3_listeners,
         } = self;
+        for listener in pop3_listeners {
+            let shared = shared.clone();
+            let pop3 = pop3.clone();
+            ex.spawn(pop3_accept_loop(ex.clone(), listener, shared, pop3))
+                .detach();
+        }
         for (listener, port) in listeners {
             let shared = shared.clone();
             let smtp = smtp.clone();
@@ -313,4 +351,52 @@ async fn accept_loop(
 async fn refuse(mut stream: TcpStream, host: String, why: &'static str) {
     let line = format!("421 4.7.0 {host} Service not available: {why}, try again later\r\n");
     let _ = timeout(Duration::from_secs(5), stream.write_all(line.as_bytes())).await;
+}
+
+async fn pop3_accept_loop(
+    ex: Rc<LocalExecutor<'static>>,
+    listener: TcpListener,
+    shared: Rc<Shared>,
+    pop3: Rc<Pop3Context>,
+) {
+    loop {
+        if shared.stopping() {
+            return;
+        }
+        let stopped = async {
+            let _ = shared.stop_rx.recv().await;
+            None
+        };
+        let accepted = async { Some(listener.accept().await) }.or(stopped).await;
+        let (mut stream, peer) = match accepted {
+            None => return,
+            Some(Ok(x)) => x,
+            Some(Err(e)) => {
+                log::error!("accept: {e}");
+                smol::Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match shared.try_admit(peer.ip()) {
+            Ok(guard) => {
+                let shared = shared.clone();
+                let pop3 = pop3.clone();
+                ex.spawn(async move {
+                    crate::pop3::conn::serve(stream, peer, false, pop3, shared).await;
+                    drop(guard);
+                })
+                .detach();
+            }
+            Err(why) => {
+                log::info!("pop3 {peer}: refused, {why}");
+                ex.spawn(async move {
+                    let line = format!("-ERR [SYS/TEMP] {why}, try again later\r\n");
+                    let _ =
+                        timeout(Duration::from_secs(5), stream.write_all(line.as_bytes())).await;
+                })
+                .detach();
+            }
+        }
+    }
 }
