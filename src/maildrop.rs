@@ -433,16 +433,17 @@ fn unique_uids(messages: &[Message]) -> Vec<String> {
     }
     // A `-N` made up above could equal another message's own UIDL
     // (only with content hashes crafted for it); make those unique too.
-    let mut all: HashMap<String, usize> = HashMap::with_capacity(out.len());
-    for i in 0..out.len() {
-        let mut u = out[i].clone();
+    let mut all: std::collections::HashSet<String> =
+        std::collections::HashSet::with_capacity(out.len());
+    for u in out.iter_mut() {
+        let mut candidate = u.clone();
         let mut k = 1;
-        while all.contains_key(&u) {
+        while all.contains(&candidate) {
             k += 1;
-            u = format!("{}~{k}", out[i]);
+            candidate = format!("{u}~{k}");
         }
-        all.insert(u.clone(), i);
-        out[i] = u;
+        all.insert(candidate.clone());
+        *u = candidate;
     }
     out
 }

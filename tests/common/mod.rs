@@ -529,3 +529,129 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// A POP3 client over a real socket (RFC 1939 framing), for tests.
+pub struct Pop3 {
+    pub c: Client,
+}
+
+impl Pop3 {
+    /// Connects and reads the greeting.
+    pub fn connect(addr: SocketAddr) -> Pop3 {
+        let mut c = Client::connect(addr);
+        let g = c.line();
+        assert!(g.starts_with("+OK"), "POP3 greeting: {g}");
+        Pop3 { c }
+    }
+
+    /// Connects and logs in as alice with USER/PASS.
+    pub fn login(addr: SocketAddr) -> Pop3 {
+        let mut p = Pop3::connect(addr);
+        p.ok("USER alice");
+        p.ok(&format!("PASS {PASSWORD}"));
+        p
+    }
+
+    /// Sends a command, returns its one-line reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.c.send(line);
+        self.c.line()
+    }
+
+    /// Sends a command and asserts `+OK`.
+    pub fn ok(&mut self, line: &str) -> String {
+        let r = self.cmd(line);
+        assert!(r.starts_with("+OK"), "{line} -> {r}");
+        r
+    }
+
+    /// Sends a command and asserts `-ERR`.
+    pub fn err(&mut self, line: &str) -> String {
+        let r = self.cmd(line);
+        assert!(r.starts_with("-ERR"), "{line} -> {r}");
+        r
+    }
+
+    /// The body of a multi-line reply, raw (still dot-stuffed, CRLF), up to
+    /// and without the terminating ".\r\n".
+    pub fn multi_raw(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            let n = BufRead::read_until(&mut self.c.reader, b'\n', &mut line).unwrap_or(0);
+            assert!(n > 0, "connection closed inside a multi-line reply");
+            if line == b".\r\n" {
+                return out;
+            }
+            out.extend_from_slice(&line);
+        }
+    }
+
+    /// A multi-line reply's lines, dot-unstuffed, without CRLF.
+    pub fn multi_lines(&mut self) -> Vec<String> {
+        let raw = self.multi_raw();
+        pop3_unstuff(&raw)
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| String::from_utf8_lossy(l.strip_suffix(b"\r").unwrap_or(l)).into_owned())
+            .collect()
+    }
+
+    /// RETR n: the message bytes as sent, dot-stuffing undone.
+    pub fn retr(&mut self, n: usize) -> Vec<u8> {
+        self.ok(&format!("RETR {n}"));
+        pop3_unstuff(&self.multi_raw())
+    }
+
+    /// UIDL listing as (number, uid).
+    pub fn uidl(&mut self) -> Vec<(usize, String)> {
+        self.ok("UIDL");
+        self.multi_lines()
+            .iter()
+            .map(|l| {
+                let (n, u) = l.split_once(' ').expect("UIDL line");
+                (n.parse().expect("message number"), u.to_string())
+            })
+            .collect()
+    }
+}
+
+/// Undoes POP3 dot-stuffing of a multi-line body (CRLF lines).
+pub fn pop3_unstuff(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+    }
+    out
+}
+
+/// Dot-stuffs message content (CRLF lines) for SMTP DATA.
+pub fn smtp_stuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 16);
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// Removes the trace headers our SMTP side adds (`Return-Path:` and the
+/// first `Received:` with its continuation lines) from a message in
+/// CRLF form, giving what the sender sent.
+pub fn strip_trace_crlf(msg: &[u8]) -> Vec<u8> {
+    let mut rest = msg;
+    if rest.starts_with(b"Return-Path:") {
+        let i = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        rest = &rest[i + 2..];
+    }
+    if rest.starts_with(b"Received:") {
+        let mut i = rest.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        while rest[i..].starts_with(b"\t") || rest[i..].starts_with(b" ") {
+            i += rest[i..].windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+        }
+        rest = &rest[i..];
+    }
+    rest.to_vec()
+}
