@@ -24,7 +24,7 @@
 //! rebuilt.
 
 use crate::mbox::{Locked, MboxError};
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -77,7 +77,7 @@ pub struct Message {
     pub end: u64,
     /// Octets as RETR sends them, before dot-stuffing.
     pub size: u64,
-    /// The UIDL as derived from the content (before duplicates get `-N`).
+    /// The UIDL: derived from the content, `-N` added to duplicates.
     pub uid: String,
 }
 
@@ -86,8 +86,6 @@ pub struct Message {
 #[derive(Debug)]
 pub struct Snapshot {
     pub messages: Vec<Message>,
-    /// Final UIDLs, unique within the maildrop.
-    pub uids: Vec<String>,
     /// The mbox length the snapshot covers.
     pub len: u64,
     /// The mbox open for reading: RETR reads from this file even if another
@@ -417,35 +415,30 @@ fn scan(file: &File, from: u64, to: u64) -> io::Result<Vec<Message>> {
     Ok(sc.finish(pos + filled as u64))
 }
 
-/// Gives each message its final UIDL: the first of equal ones keeps it,
-/// later ones get `-2`, `-3`...
-fn unique_uids(messages: &[Message]) -> Vec<String> {
-    let mut seen: HashMap<&str, u32> = HashMap::with_capacity(messages.len());
-    let mut out = Vec::with_capacity(messages.len());
-    for m in messages {
-        let n = seen.entry(m.uid.as_str()).or_insert(0);
-        *n += 1;
-        out.push(if *n == 1 {
-            m.uid.clone()
-        } else {
-            format!("{}-{n}", m.uid)
-        });
+/// Makes UIDLs unique: the first of equal ones keeps its UIDL, later ones
+/// get `-2`, `-3`... (the index keeps the result, so they stay stable).
+fn make_unique(messages: &mut [Message]) {
+    let dups: Vec<usize> = {
+        let mut seen: HashSet<&str> = HashSet::with_capacity(messages.len());
+        (0..messages.len())
+            .filter(|&i| !seen.insert(messages[i].uid.as_str()))
+            .collect()
+    };
+    if dups.is_empty() {
+        return; // the common case, without allocating
     }
-    // A `-N` made up above could equal another message's own UIDL
-    // (only with content hashes crafted for it); make those unique too.
-    let mut all: std::collections::HashSet<String> =
-        std::collections::HashSet::with_capacity(out.len());
-    for u in out.iter_mut() {
-        let mut candidate = u.clone();
-        let mut k = 1;
+    let mut all: HashSet<String> = messages.iter().map(|m| m.uid.clone()).collect();
+    for i in dups {
+        let base = messages[i].uid.clone();
+        let mut k = 2;
+        let mut candidate = format!("{base}-{k}");
         while all.contains(&candidate) {
             k += 1;
-            candidate = format!("{u}~{k}");
+            candidate = format!("{base}-{k}");
         }
         all.insert(candidate.clone());
-        *u = candidate;
+        messages[i].uid = candidate;
     }
-    out
 }
 
 // ---- the index file -------------------------------------------------------------------
@@ -574,6 +567,7 @@ pub fn open(locked: &mut Locked, index: &Path) -> Result<Snapshot, MaildropError
         let new =
             scan(file, resume, len).map_err(io_err(format!("cannot read {}", path.display())))?;
         messages.extend(new);
+        make_unique(&mut messages);
     }
     let st = stamp(file, len).map_err(io_err(format!("cannot read {}", path.display())))?;
     if resume < len || indexed == 0 {
@@ -585,10 +579,8 @@ pub fn open(locked: &mut Locked, index: &Path) -> Result<Snapshot, MaildropError
         save_index(index, &st, &messages);
     }
     let reader = File::open(&path).map_err(io_err(format!("cannot open {}", path.display())))?;
-    let uids = unique_uids(&messages);
     Ok(Snapshot {
         messages,
-        uids,
         len,
         file: reader,
         stamp: st,
@@ -808,11 +800,10 @@ mod tests {
             size: 0,
             uid: uid.into(),
         };
-        let u = unique_uids(&[m("a"), m("a"), m("a-2"), m("b")]);
-        assert_eq!(u[0], "a");
-        assert_eq!(u[1], "a-2");
-        assert_ne!(u[2], "a-2");
-        assert_eq!(u[3], "b");
+        let mut v = vec![m("a"), m("a"), m("a-2"), m("b"), m("a")];
+        make_unique(&mut v);
+        let u: Vec<&str> = v.iter().map(|m| m.uid.as_str()).collect();
+        assert_eq!(u, ["a", "a-3", "a-2", "b", "a-4"]);
     }
 
     #[test]

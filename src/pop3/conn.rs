@@ -20,7 +20,6 @@ use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Command lines, with CRLF. RFC 2449 allows 255 octets; AUTH PLAIN
@@ -88,7 +87,8 @@ where
     let mut lines = LineBuffer::new(BUFFER);
     let mut out = Vec::with_capacity(512);
     let mut holding: Option<Holding> = None;
-    let mut file: Option<Arc<File>> = None;
+    let mut file: Option<File> = None;
+    let mut buf = Vec::new();
     session.greeting().write_to(&mut out);
     loop {
         while let Some(line) = lines.next_line(MAX_COMMAND_LINE) {
@@ -114,7 +114,7 @@ where
                             login_attempt(ctx, session, peer, &login, password, &mut holding).await;
                         let result = match result {
                             Ok((snapshot, result)) => {
-                                file = Some(Arc::new(snapshot));
+                                file = Some(snapshot);
                                 result
                             }
                             Err(r) => r,
@@ -126,7 +126,7 @@ where
                         else {
                             break;
                         };
-                        if let Err(e) = send_message(stream, f, &m, top, &mut out).await {
+                        if let Err(e) = send_message(stream, f, &m, top, &mut out, &mut buf).await {
                             log::error!("pop3 {peer}: cannot send a message: {e}");
                             return Err(e);
                         }
@@ -197,6 +197,7 @@ async fn login_attempt<'a>(
     password: Vec<u8>,
     holding: &mut Option<Holding<'a>>,
 ) -> Result<(File, LoginResult), LoginResult> {
+    let started = std::time::Instant::now();
     let hash = ctx.password_hash.clone();
     // Verify even for an unknown name, so timing tells nothing.
     let good_password = smol::unblock(move || crate::auth::verify_password(&hash, &password)).await;
@@ -211,6 +212,7 @@ async fn login_attempt<'a>(
     }
     ctx.in_use.set(true);
     let held = Holding(ctx);
+    let checked = started.elapsed();
     let index = ctx.index.clone();
     let opened = ctx
         .mbox
@@ -230,47 +232,46 @@ async fn login_attempt<'a>(
     *holding = Some(held);
     let size: u64 = snapshot.messages.iter().map(|m| m.size).sum();
     log::info!(
-        "pop3 {peer}: login {login:?} ok, {} message(s), {size} octets",
-        snapshot.messages.len()
+        "pop3 {peer}: login {login:?} ok, {} message(s), {size} octets \
+         (password {} ms, maildrop {} ms)",
+        snapshot.messages.len(),
+        checked.as_millis(),
+        (started.elapsed() - checked).as_millis()
     );
     Ok((
         snapshot.file,
         LoginResult::Opened {
             messages: snapshot.messages,
-            uids: snapshot.uids,
             stamp: snapshot.stamp,
         },
     ))
 }
 
 /// Streams message `m` from `file` through the encoder, after whatever is
-/// in `out` (the `+OK` line).
+/// in `out` (the `+OK` line). `buf` is the session's read buffer.
+///
+/// The reads are plain `pread`s on the executor thread: the mbox is
+/// usually in the page cache (it was just written or indexed), only one
+/// session at a time holds the maildrop, and handing every chunk to a
+/// thread pool cost more than the reads (RETR of many small messages).
 async fn send_message<S>(
     stream: &mut S,
-    file: &Arc<File>,
+    file: &File,
     m: &Message,
     top: Option<u64>,
     out: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
 ) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
+    buf.resize(CHUNK, 0);
     let mut enc = Encoder::new(top);
-    let mut buf = vec![0u8; CHUNK];
     let mut pos = m.start; // file offset of buf[0]
     let mut filled = 0usize;
     while pos + (filled as u64) < m.end && !enc.done() {
         let want = ((m.end - pos) as usize).min(CHUNK) - filled;
-        let f = file.clone();
-        let at = pos + filled as u64;
-        // Reads may hit the disk: keep them off the executor thread.
-        let (b, r) = smol::unblock(move || {
-            let r = f.read_at(&mut buf[filled..filled + want], at);
-            (buf, r)
-        })
-        .await;
-        buf = b;
-        let n = r?;
+        let n = file.read_at(&mut buf[filled..filled + want], pos + filled as u64)?;
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -291,7 +292,17 @@ where
         filled -= i;
         pos += i as u64;
         if out.len() >= CHUNK {
-            stream.write_all(out).await?;
+            // A client that stops reading must not hold the session (and
+            // the maildrop) forever.
+            match timeout(AUTOLOGOUT, stream.write_all(out)).await {
+                Some(r) => r?,
+                None => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "client stopped reading",
+                    ))
+                }
+            }
             out.clear();
         }
     }

@@ -139,14 +139,12 @@ pub enum LoginResult {
     Failed(String),
     Opened {
         messages: Vec<Message>,
-        uids: Vec<String>,
         stamp: Stamp,
     },
 }
 
 struct Maildrop {
     messages: Vec<Message>,
-    uids: Vec<String>,
     stamp: Stamp,
     deleted: Vec<bool>,
 }
@@ -420,15 +418,10 @@ impl Session {
                 Reply::err(format!("[SYS/TEMP] cannot open maildrop: {why}")),
                 false,
             ),
-            LoginResult::Opened {
-                messages,
-                uids,
-                stamp,
-            } => {
+            LoginResult::Opened { messages, stamp } => {
                 let deleted = vec![false; messages.len()];
                 let md = Maildrop {
                     messages,
-                    uids,
                     stamp,
                     deleted,
                 };
@@ -502,8 +495,8 @@ fn transaction(md: &mut Maildrop, cmd: Command, settings: &Settings) -> Step {
         },
         Command::Uidl(None) => {
             let mut body = String::with_capacity(md.messages.len() * 24);
-            for (i, _) in md.live() {
-                body += &format!("{} {}\r\n", i + 1, md.uids[i]);
+            for (i, m) in md.live() {
+                body += &format!("{} {}\r\n", i + 1, m.uid);
             }
             Step::reply(Reply::Multi {
                 first: "unique-id listing follows".into(),
@@ -511,7 +504,7 @@ fn transaction(md: &mut Maildrop, cmd: Command, settings: &Settings) -> Step {
             })
         }
         Command::Uidl(Some(n)) => match md.find(n) {
-            Ok(i) => Step::reply(Reply::ok(format!("{n} {}", md.uids[i]))),
+            Ok(i) => Step::reply(Reply::ok(format!("{n} {}", md.messages[i].uid))),
             Err(r) => Step::reply(r),
         },
         Command::Retr(n) => match md.find(n) {
@@ -626,7 +619,6 @@ mod tests {
         };
         let step = s.login_result(LoginResult::Opened {
             messages: vec![msg(100, "a"), msg(200, "b")],
-            uids: vec!["a".into(), "b".into()],
             stamp,
         });
         assert_eq!(wire(&step), "+OK maildrop has 2 messages (300 octets)\r\n");
