@@ -335,6 +335,12 @@ def main():
         ours, theirs = os.path.join(work, "pimail.mbox"), os.path.join(work, "dovecot.mbox")
         shutil.copy(src, ours)
         shutil.copy(src, theirs)
+        # On disk, as a real mbox would be: no writeback during the runs.
+        for path in (ours, theirs):
+            fd = os.open(path, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        os.unlink(src)
 
         proc, port = start_pimail(work, ours, CHEAP_HASH)
         procs.append(proc)

@@ -61,6 +61,70 @@ pub fn generate_password() -> Result<String, String> {
         .collect())
 }
 
+/// How long a verified password is remembered (Dovecot's `auth_cache_ttl`
+/// default): mail clients poll every few minutes with the same password.
+const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Remembers the last password that verified, so that a client polling
+/// every few minutes does not pay for argon2 at each login (Dovecot's
+/// auth cache does the same). Only a keyed BLAKE2b hash of it is kept,
+/// under a random key that lives in memory only; only successes are
+/// cached, so a wrong password always costs argon2 and the delay.
+pub struct PasswordCache {
+    key: [u8; 32],
+    /// (keyed hash of the password, the stored hash it matched, when)
+    entry: Option<([u8; 32], String, std::time::Instant)>,
+}
+
+impl PasswordCache {
+    pub fn new() -> Self {
+        let mut key = [0u8; 32];
+        // Without randomness there is no cache: an all-zero key means off.
+        if getrandom::getrandom(&mut key).is_err() {
+            key = [0; 32];
+        }
+        PasswordCache { key, entry: None }
+    }
+
+    fn mac(&self, password: &[u8]) -> Option<[u8; 32]> {
+        use blake2::digest::{consts::U32, Mac};
+        if self.key == [0; 32] {
+            return None;
+        }
+        let mut m = blake2::Blake2bMac::<U32>::new_from_slice(&self.key).ok()?;
+        m.update(password);
+        Some(m.finalize().into_bytes().into())
+    }
+
+    /// True when `password` is the one that last verified against `hash`
+    /// within the TTL.
+    pub fn hit(&self, hash: &str, password: &[u8]) -> bool {
+        let (Some((mac, h, at)), Some(now)) = (&self.entry, self.mac(password)) else {
+            return false;
+        };
+        // Compare without an early exit.
+        let same = mac
+            .iter()
+            .zip(now.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+        same && h == hash && at.elapsed() < CACHE_TTL
+    }
+
+    /// Records a password that argon2 has just verified against `hash`.
+    pub fn remember(&mut self, hash: &str, password: &[u8]) {
+        self.entry = self
+            .mac(password)
+            .map(|m| (m, hash.to_string(), std::time::Instant::now()));
+    }
+}
+
+impl Default for PasswordCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +149,17 @@ mod tests {
         assert!(!is_user("alice@example.net", "alice", &d));
         assert!(!is_user("bob", "alice", &d));
         assert!(!is_user("", "alice", &d));
+    }
+
+    #[test]
+    fn password_cache_remembers_only_the_verified_password() {
+        let mut c = PasswordCache::new();
+        assert!(!c.hit("$h1", b"pw"));
+        c.remember("$h1", b"pw");
+        assert!(c.hit("$h1", b"pw"));
+        assert!(!c.hit("$h1", b"pW"));
+        // A changed configured hash (reload) invalidates it.
+        assert!(!c.hit("$h2", b"pw"));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! pimail: a complete mail server for one person, in one small binary.
 //!
 //! The mail flow: `smtp` receives (port 25 and submission), `mbox`
-//! delivers into the user's mbox, `server` runs listeners, limits and
-//! shutdown. `config` and `cli` are the edges a person touches. Protocol
+//! delivers into the user's mbox, `pop3` (with `maildrop`, the mbox
+//! index) hands it to the user's clients, `server` runs listeners, limits
+//! and shutdown. `config` and `cli` are the edges a person touches. Protocol
 //! cores are sans-I/O (`smtp::command`, `smtp::data`, `smtp::session`,
-//! `line`); their async drivers are thin (`smtp::conn`).
+//! `line`, `pop3::command`, `pop3::session`, `pop3::retr`); their async
+//! drivers are thin (`smtp::conn`, `pop3::conn`).
 #![deny(unsafe_code)]
 
 pub mod address;

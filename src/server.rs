@@ -218,6 +218,7 @@ impl Server {
             mbox: mbox.clone(),
             index: crate::maildrop::index_path(&config.data_dir),
             in_use: Cell::new(false),
+            password_cache: RefCell::new(crate::auth::PasswordCache::new()),
         });
         Ok(Server {
             pop3,

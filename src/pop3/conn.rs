@@ -9,12 +9,13 @@
 
 use super::retr::Encoder;
 use super::session::{Action, LoginResult, Session, Settings};
+use crate::auth::PasswordCache;
 use crate::line::LineBuffer;
 use crate::maildrop::{self, Message};
 use crate::mbox::MboxWriter;
 use crate::server::{timeout, Shared};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
@@ -43,6 +44,7 @@ pub struct Pop3Context {
     pub index: PathBuf,
     /// A session holds the maildrop (RFC 1939 section 8: exclusive access).
     pub in_use: Cell<bool>,
+    pub password_cache: RefCell<PasswordCache>,
 }
 
 /// Releases the maildrop when the session ends, however it ends.
@@ -199,8 +201,17 @@ async fn login_attempt<'a>(
 ) -> Result<(File, LoginResult), LoginResult> {
     let started = std::time::Instant::now();
     let hash = ctx.password_hash.clone();
-    // Verify even for an unknown name, so timing tells nothing.
-    let good_password = smol::unblock(move || crate::auth::verify_password(&hash, &password)).await;
+    let good_password = if ctx.password_cache.borrow().hit(&hash, &password) {
+        true
+    } else {
+        // Verify even for an unknown name, so timing tells nothing.
+        let (h, pw) = (hash.clone(), password.clone());
+        let good = smol::unblock(move || crate::auth::verify_password(&h, &pw)).await;
+        if good {
+            ctx.password_cache.borrow_mut().remember(&hash, &password);
+        }
+        good
+    };
     if !(good_password && session.is_user(login)) {
         log::warn!("pop3 {peer}: login failed for {login:?}");
         smol::Timer::after(FAILED_LOGIN_DELAY).await;
