@@ -217,17 +217,50 @@ fn second_session_gets_in_use_and_first_keeps_working() {
     // A dropped connection releases it too.
     let p = Pop3::login(addr);
     drop(p);
-    let mut ok = false;
-    for _ in 0..100 {
+    login_when_released(addr).ok("QUIT");
+}
+
+/// Logs in once the server has noticed that an earlier client vanished
+/// (until then the maildrop is [IN-USE]).
+fn login_when_released(addr: SocketAddr) -> Pop3 {
+    for _ in 0..200 {
         let mut p = Pop3::connect(addr);
         p.ok("USER alice");
-        if p.cmd("PASS secret").starts_with("+OK") {
-            ok = true;
-            break;
+        let r = p.cmd("PASS secret");
+        if r.starts_with("+OK") {
+            return p;
         }
+        assert!(r.starts_with("-ERR [IN-USE]"), "{r}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(ok, "maildrop not released after a dropped connection");
+    panic!("maildrop not released after a dropped connection");
+}
+
+#[test]
+fn deletions_are_refused_when_another_program_rewrote_the_mbox() {
+    let srv = pop3_server();
+    let addr = srv.addr("pop3");
+    for s in ["a", "b", "c"] {
+        deliver(&srv, &simple(s));
+    }
+    let mut p = Pop3::login(addr);
+    p.ok("DELE 3");
+    // Meanwhile a mail reader deletes "a" (the session holds no lock).
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(MUTT_LIKE)
+        .arg(srv.mbox_path())
+        .arg("0")
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Deleting by the session's view now would hit the wrong message.
+    let r = p.err("QUIT");
+    assert!(
+        r.starts_with("-ERR [SYS/TEMP]") && r.contains("changed"),
+        "{r}"
+    );
+    assert_eq!(subjects(&srv), vec!["b", "c"]);
 }
 
 /// Tricky messages: each must come out of RETR byte for byte as it went
@@ -432,8 +465,7 @@ fn dropped_connection_deletes_nothing() {
     let mut p = Pop3::login(addr);
     p.ok("DELE 1");
     drop(p);
-    std::thread::sleep(Duration::from_millis(300));
-    let mut p = Pop3::login(addr);
+    let mut p = login_when_released(addr);
     assert!(p.ok("STAT").starts_with("+OK 1 "));
     p.ok("QUIT");
     assert_eq!(srv.mbox(), before);
@@ -608,4 +640,33 @@ fn kill9_during_quit_rewrite_never_loses_an_undeleted_message() {
     // The kill must sometimes come before the rename and sometimes after,
     // or this test proves little; timing varies, so only report it.
     eprintln!("kill -9 during QUIT: {rewritten} of 12 rewrites completed");
+}
+
+#[test]
+fn later_logins_index_only_new_mail() {
+    let srv = pop3_server();
+    let addr = srv.addr("pop3");
+    let indexed = |srv: &Server| -> Vec<String> {
+        srv.log()
+            .into_iter()
+            .filter(|l| l.contains("new message(s) from offset"))
+            .collect()
+    };
+    for s in ["a", "b", "c"] {
+        deliver(&srv, &simple(s));
+    }
+    Pop3::login(addr).ok("QUIT");
+    assert!(indexed(&srv)[0].contains("indexed 3 new message(s) from offset 0"));
+    // Nothing new: nothing scanned.
+    Pop3::login(addr).ok("QUIT");
+    assert_eq!(indexed(&srv).len(), 1);
+    // One new message: only it is scanned, from where the index ended.
+    deliver(&srv, &simple("d"));
+    let mut p = Pop3::login(addr);
+    assert!(p.ok("STAT").starts_with("+OK 4 "));
+    p.ok("QUIT");
+    let lines = indexed(&srv);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].contains("indexed 1 new message(s)"), "{lines:?}");
+    assert!(!lines[1].ends_with("from offset 0"), "{lines:?}");
 }

@@ -102,6 +102,9 @@ where
                 match step.action {
                     Action::None => break,
                     Action::Close => {
+                        // Release the maildrop before the client hears the
+                        // last reply, so it can log in again at once.
+                        holding.take();
                         stream.write_all(&out).await?;
                         return Ok(());
                     }
