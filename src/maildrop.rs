@@ -27,7 +27,7 @@ use crate::mbox::{Locked, MboxError};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
@@ -524,10 +524,13 @@ fn save_index(path: &Path, stamp: &Stamp, messages: &[Message]) {
     }
 }
 
-/// Opens the maildrop: index checked, extended or rebuilt. Called with the
+/// Opens the maildrop: an interrupted deletion finished, the index
+/// checked, extended or rebuilt. Called with the
 /// mbox locked (from [`crate::mbox::MboxWriter::exclusive`]), so no append
 /// is half-written while we look.
-pub fn open(locked: &mut Locked, index: &Path) -> Result<Snapshot, MaildropError> {
+pub fn open(locked: &mut Locked, data_dir: &Path) -> Result<Snapshot, MaildropError> {
+    recover(locked, data_dir)?;
+    let index = &index_path(data_dir);
     let path = locked.path.clone();
     let file = &locked.file;
     let len = file
@@ -597,116 +600,270 @@ pub struct Expunge {
 
 /// Removes the deleted messages (RFC 1939 UPDATE state), under the locks.
 ///
-/// Crash-safe by construction: the kept messages, and everything appended
-/// after the session's snapshot, go to a temporary file in the mbox's
-/// directory, which is fsynced and then renamed over the mbox (atomic), and
-/// the directory is fsynced. A crash leaves either the old mbox or the new
-/// one, never a mix; at worst deleted messages reappear.
-pub fn expunge(locked: &mut Locked, x: &Expunge, index: &Path) -> Result<usize, MaildropError> {
+/// The mbox is rewritten in place, so it keeps its inode, owner, group and
+/// mode (a `/var/mail/alice` owned by alice, read by mutt, stays hers), and
+/// its directory need not be writable. Crash-safe with a redo journal in
+/// data_dir:
+///
+/// 1. the new content from the first deleted message on (kept messages,
+///    then any mail appended after the session's login) goes to
+///    `pop3.expunge.data`, fsynced;
+/// 2. `pop3.expunge` records where it goes and what the mbox looked like
+///    (written durably);
+/// 3. the data is copied over the mbox from that offset, the mbox is cut
+///    to its new length and fsynced;
+/// 4. the journal is marked done, durably, before the locks are released.
+///
+/// A crash before 2 leaves the mbox untouched; after it, [`recover`] at the
+/// next start redoes 3 (it is idempotent). At worst deleted messages come
+/// back; a message that was not deleted is never lost.
+pub fn expunge(locked: &mut Locked, x: &Expunge, data_dir: &Path) -> Result<usize, MaildropError> {
     let count = x.deleted.iter().filter(|&&d| d).count();
     if count == 0 {
         return Ok(0);
     }
+    // A deletion a crash interrupted must be finished first.
+    recover(locked, data_dir)?;
     let path = locked.path.clone();
-    let old = &locked.file;
-    if !still_holds(old, &x.stamp).map_err(io_err(format!("cannot read {}", path.display())))? {
+    let rd = |e| MaildropError::Io {
+        context: format!("cannot read {}", path.display()),
+        source: e,
+    };
+    if !still_holds(&locked.file, &x.stamp).map_err(rd)? {
         return Err(MaildropError::Changed);
     }
-    let meta = old
-        .metadata()
-        .map_err(io_err(format!("cannot stat {}", path.display())))?;
-    let len = meta.len();
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.pimail-expunge"));
+    let plan = plan(x, locked.file.metadata().map_err(rd)?.len());
+    let job = prepare(&locked.file, &plan, data_dir)?;
+    if let Err(e) = apply(&locked.file, &job, data_dir, &path) {
+        // Half-copied: finish it now if the disk lets us, else at the
+        // next start (the journal stays pending).
+        log::error!("{e}; trying again");
+        apply(&locked.file, &job, data_dir, &path)?;
+    }
+    finish(data_dir)?;
+    // The index for the rewritten mbox; mail after the kept part is
+    // indexed at the next login.
+    if let Ok(st) = stamp(&locked.file, plan.kept_len) {
+        save_index(&index_path(data_dir), &st, &plan.kept);
+    }
+    Ok(count)
+}
+
+/// What the rewrite does: the new content from `from` on is `ranges` of
+/// the old file, in order.
+struct Plan {
+    from: u64,
+    old_len: u64,
+    ranges: Vec<(u64, u64)>,
+    kept: Vec<Message>,
+    kept_len: u64,
+}
+
+fn plan(x: &Expunge, len: u64) -> Plan {
+    let first_deleted = x.deleted.iter().position(|&d| d).unwrap_or(0);
+    let from = x
+        .messages
+        .get(first_deleted)
+        .map_or(x.stamp.len, |m| m.offset);
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut push = |a: u64, b: u64| match ranges.last_mut() {
+        Some(last) if last.1 == a => last.1 = b,
+        _ if a < b => ranges.push((a, b)),
+        _ => {}
+    };
+    let mut kept = Vec::new();
+    let mut new_pos = from;
+    for (i, m) in x.messages.iter().enumerate() {
+        if m.offset < from {
+            kept.push(m.clone());
+            continue;
+        }
+        let next = x.messages.get(i + 1).map_or(x.stamp.len, |n| n.offset);
+        if x.deleted[i] {
+            continue;
+        }
+        let shift = m.offset - new_pos;
+        kept.push(Message {
+            offset: m.offset - shift,
+            start: m.start - shift,
+            end: m.end - shift,
+            size: m.size,
+            uid: m.uid.clone(),
+        });
+        new_pos += next - m.offset;
+        push(m.offset, next);
+    }
+    let kept_len = new_pos;
+    // Mail that arrived during the session.
+    push(x.stamp.len, len);
+    Plan {
+        from,
+        old_len: len,
+        ranges,
+        kept,
+        kept_len,
+    }
+}
+
+const JOURNAL: &str = "pop3.expunge";
+const JOURNAL_DATA: &str = "pop3.expunge.data";
+
+/// A redo record: copy `data` (of `len` bytes, hash `hash`) over the mbox
+/// identified by dev/ino at `from`, then cut it to `from + len`. Valid
+/// while the mbox is `old_len` long (before the cut) or `from + len`
+/// (after it).
+#[derive(Debug, PartialEq, Eq)]
+struct Job {
+    dev: u64,
+    ino: u64,
+    from: u64,
+    old_len: u64,
+    len: u64,
+    hash: u64,
+}
+
+fn format_job(j: &Job) -> String {
+    format!(
+        "pimail-expunge 1 pending\n{} {} {} {} {} {:016x}\n",
+        j.dev, j.ino, j.from, j.old_len, j.len, j.hash
+    )
+}
+
+fn parse_job(text: &str) -> Option<Job> {
+    let mut lines = text.lines();
+    if lines.next()? != "pimail-expunge 1 pending" {
+        return None;
+    }
+    let f: Vec<&str> = lines.next()?.split(' ').collect();
+    let [dev, ino, from, old_len, len, hash] = f.as_slice() else {
+        return None;
+    };
+    Some(Job {
+        dev: dev.parse().ok()?,
+        ino: ino.parse().ok()?,
+        from: from.parse().ok()?,
+        old_len: old_len.parse().ok()?,
+        len: len.parse().ok()?,
+        hash: u64::from_str_radix(hash, 16).ok()?,
+    })
+}
+
+/// Steps 1 and 2: the new content, fsynced, then the durable journal.
+fn prepare(file: &File, plan: &Plan, data_dir: &Path) -> Result<Job, MaildropError> {
+    let data_path = data_dir.join(JOURNAL_DATA);
+    let werr = |e| MaildropError::Io {
+        context: format!("cannot write {}", data_path.display()),
+        source: e,
+    };
     let mut out = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(format!("cannot create {}", tmp.display())))?;
-    // Never wider than the mbox was (SPEC "Delivering").
-    let _ = out.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777));
-    let result = (|| -> io::Result<(Vec<Message>, u64)> {
+        .open(&data_path)
+        .map_err(werr)?;
+    let mut hash = Fnv::new();
+    let mut len = 0u64;
+    let copied = (|| -> io::Result<()> {
         let mut buf = vec![0u8; CHUNK];
-        let mut kept = Vec::new();
-        let mut written = 0u64;
-        // Ranges of the old file to keep, merged where contiguous.
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        let push = |a: u64, b: u64, ranges: &mut Vec<(u64, u64)>| match ranges.last_mut() {
-            Some(last) if last.1 == a => last.1 = b,
-            _ if a < b => ranges.push((a, b)),
-            _ => {}
-        };
-        let first = x.messages.first().map_or(x.stamp.len, |m| m.offset);
-        push(0, first, &mut ranges);
-        let mut new_pos = first;
-        for (i, m) in x.messages.iter().enumerate() {
-            let next = x.messages.get(i + 1).map_or(x.stamp.len, |n| n.offset);
-            if x.deleted[i] {
-                continue;
-            }
-            let shift = m.offset - new_pos;
-            kept.push(Message {
-                offset: m.offset - shift,
-                start: m.start - shift,
-                end: m.end - shift,
-                size: m.size,
-                uid: m.uid.clone(),
-            });
-            new_pos += next - m.offset;
-            push(m.offset, next, &mut ranges);
-        }
-        let kept_len = new_pos;
-        // Mail that arrived during the session.
-        push(x.stamp.len, len, &mut ranges);
-        for (a, b) in ranges {
+        for &(a, b) in &plan.ranges {
             let mut at = a;
             while at < b {
                 let n = ((b - at) as usize).min(CHUNK);
-                old.read_exact_at(&mut buf[..n], at)?;
+                file.read_exact_at(&mut buf[..n], at)?;
                 out.write_all(&buf[..n])?;
+                hash.feed(&buf[..n]);
                 at += n as u64;
-                written += n as u64;
+                len += n as u64;
             }
         }
-        out.sync_all()?;
-        let _ = written;
-        Ok((kept, kept_len))
+        out.sync_all()
     })();
-    let (kept, kept_len) = match result {
-        Ok(k) => k,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(MaildropError::Io {
-                context: format!("cannot write {}", tmp.display()),
-                source: e,
-            });
-        }
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&data_path);
+        return Err(werr(e));
+    }
+    let meta = file.metadata().map_err(io_err("cannot stat the mbox"))?;
+    let job = Job {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        from: plan.from,
+        old_len: plan.old_len,
+        len,
+        hash: hash.0,
     };
-    if let Err(e) = std::fs::rename(&tmp, &path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(MaildropError::Io {
-            context: format!("cannot replace {}", path.display()),
-            source: e,
-        });
-    }
-    crate::mbox::sync_dir(dir).map_err(io_err(format!("cannot sync {}", dir.display())))?;
-    // The index for the new file; mail after `kept_len` is indexed at the
-    // next login.
-    if let Ok(newf) = File::open(&path) {
-        if let Ok(st) = stamp(&newf, kept_len) {
-            save_index(index, &st, &kept);
+    let jpath = data_dir.join(JOURNAL);
+    crate::paths::write_atomic(&jpath, format_job(&job).as_bytes())
+        .map_err(io_err(format!("cannot write {}", jpath.display())))?;
+    Ok(job)
+}
+
+/// Step 3: copy the new content over the mbox, cut it, fsync.
+fn apply(file: &File, job: &Job, data_dir: &Path, path: &Path) -> Result<(), MaildropError> {
+    let done = (|| -> io::Result<()> {
+        let data = File::open(data_dir.join(JOURNAL_DATA))?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut at = 0u64;
+        while at < job.len {
+            let n = ((job.len - at) as usize).min(CHUNK);
+            data.read_exact_at(&mut buf[..n], at)?;
+            file.write_all_at(&buf[..n], job.from + at)?;
+            at += n as u64;
         }
+        file.set_len(job.from + job.len)?;
+        file.sync_all()
+    })();
+    done.map_err(io_err(format!("cannot rewrite {}", path.display())))
+}
+
+/// Step 4: the journal says done, durably; the data file goes.
+fn finish(data_dir: &Path) -> Result<(), MaildropError> {
+    let jpath = data_dir.join(JOURNAL);
+    crate::paths::write_atomic(&jpath, b"pimail-expunge 1 done\n")
+        .map_err(io_err(format!("cannot write {}", jpath.display())))?;
+    let _ = std::fs::remove_file(data_dir.join(JOURNAL_DATA));
+    Ok(())
+}
+
+/// Finishes a deletion a crash interrupted (see [`expunge`]). Called with
+/// the mbox locked, at start and before every rewrite.
+pub fn recover(locked: &mut Locked, data_dir: &Path) -> Result<(), MaildropError> {
+    let jpath = data_dir.join(JOURNAL);
+    let Ok(text) = std::fs::read_to_string(&jpath) else {
+        return Ok(()); // no journal: nothing was ever interrupted
+    };
+    let Some(job) = parse_job(&text) else {
+        return Ok(()); // done (or never completely written: step 2 not reached)
+    };
+    let path = locked.path.clone();
+    let meta = locked
+        .file
+        .metadata()
+        .map_err(io_err(format!("cannot stat {}", path.display())))?;
+    let data_path = data_dir.join(JOURNAL_DATA);
+    let data_ok = File::open(&data_path)
+        .and_then(|f| {
+            let len = f.metadata()?.len();
+            Ok(len == job.len && hash_range(&f, 0, len)? == job.hash)
+        })
+        .unwrap_or(false);
+    let same_mbox = meta.dev() == job.dev
+        && meta.ino() == job.ino
+        && (meta.len() == job.old_len || meta.len() == job.from + job.len);
+    if data_ok && same_mbox {
+        log::warn!(
+            "{}: finishing a POP3 deletion that a crash interrupted",
+            path.display()
+        );
+        apply(&locked.file, &job, data_dir, &path)?;
+    } else {
+        log::error!(
+            "{}: a POP3 deletion was interrupted, but the mbox has changed since \
+             (or its saved data is damaged); leaving the mbox as it is",
+            path.display()
+        );
     }
-    Ok(count)
+    finish(data_dir)
 }
 
 #[cfg(test)]
@@ -827,6 +984,99 @@ mod tests {
         assert_eq!(parse_index(&text), Some((s, msgs)));
         // Torn: no end marker.
         assert_eq!(parse_index(text.trim_end_matches("end\n")), None);
+    }
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pimail-maildrop-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn five() -> (String, String) {
+        let m = |i: usize| format!("From a Thu Jan  1 00:00:00 1970\nSubject: {i}\n\nbody {i}\n\n");
+        let all: String = (0..5).map(m).collect();
+        let kept: String = [0, 2, 4].into_iter().map(m).collect();
+        (all, kept)
+    }
+
+    #[test]
+    fn expunge_keeps_mail_that_arrived_during_the_session() {
+        let d = tmpdir("expunge");
+        let mbox = d.join("mbox");
+        let (all, kept) = five();
+        std::fs::write(&mbox, &all).unwrap();
+        let mut l = crate::mbox::lock(&mbox).unwrap();
+        let snap = open(&mut l, &d).unwrap();
+        assert_eq!(snap.messages.len(), 5);
+        drop(l);
+        let late = "From b Thu Jan  1 00:00:00 1970\nSubject: late\n\nnew\n\n";
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&mbox)
+            .unwrap()
+            .write_all(late.as_bytes())
+            .unwrap();
+        let x = Expunge {
+            messages: snap.messages,
+            stamp: snap.stamp,
+            deleted: vec![false, true, false, true, false],
+        };
+        let mut l = crate::mbox::lock(&mbox).unwrap();
+        assert_eq!(expunge(&mut l, &x, &d).unwrap(), 2);
+        assert_eq!(
+            std::fs::read_to_string(&mbox).unwrap(),
+            format!("{kept}{late}")
+        );
+        // The saved index fits the new mbox: the next open scans only "late".
+        let again = open(&mut l, &d).unwrap();
+        let subjects: Vec<u64> = again.messages.iter().map(|m| m.offset).collect();
+        assert_eq!(again.messages.len(), 4, "{subjects:?}");
+        assert_eq!(again.messages[0].uid, x.messages[0].uid);
+        assert_eq!(again.messages[1].uid, x.messages[2].uid);
+        assert!(!d.join(JOURNAL_DATA).exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_rewrite_is_finished_by_recover() {
+        let d = tmpdir("recover");
+        let mbox = d.join("mbox");
+        let (all, kept) = five();
+        std::fs::write(&mbox, &all).unwrap();
+        let mut l = crate::mbox::lock(&mbox).unwrap();
+        let snap = open(&mut l, &d).unwrap();
+        let x = Expunge {
+            messages: snap.messages,
+            stamp: snap.stamp,
+            deleted: vec![false, true, false, true, false],
+        };
+        // Steps 1 and 2, then half of step 3, then a "crash".
+        let p = plan(&x, all.len() as u64);
+        let job = prepare(&l.file, &p, &d).unwrap();
+        let data = std::fs::read(d.join(JOURNAL_DATA)).unwrap();
+        l.file
+            .write_all_at(&data[..data.len() / 2], job.from)
+            .unwrap();
+        drop(l);
+        let mut l = crate::mbox::lock(&mbox).unwrap();
+        recover(&mut l, &d).unwrap();
+        assert_eq!(std::fs::read_to_string(&mbox).unwrap(), kept);
+        // Done: a second recovery changes nothing.
+        std::fs::write(&mbox, &all).unwrap();
+        recover(&mut l, &d).unwrap();
+        assert_eq!(std::fs::read_to_string(&mbox).unwrap(), all);
+        // An mbox another program changed after the crash is left alone.
+        let p = plan(&x, all.len() as u64);
+        prepare(&l.file, &p, &d).unwrap();
+        std::fs::write(&mbox, "From z Thu Jan  1 00:00:00 1970\n\nother\n\n").unwrap();
+        recover(&mut l, &d).unwrap();
+        assert!(std::fs::read_to_string(&mbox).unwrap().contains("other"));
+        assert_eq!(
+            parse_job(&std::fs::read_to_string(d.join(JOURNAL)).unwrap()),
+            None
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

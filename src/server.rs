@@ -202,6 +202,14 @@ impl Server {
                 listeners.push((l, port));
             }
         }
+        // A POP3 deletion a crash interrupted is finished before any
+        // append can land on the half-rewritten mbox.
+        let data_dir = config.data_dir.clone();
+        let recovered =
+            smol::block_on(mbox.exclusive(move |l| Ok(crate::maildrop::recover(l, &data_dir))));
+        if let Ok(Err(e)) | Err(e) = recovered.map_err(crate::maildrop::MaildropError::from) {
+            log::error!("cannot finish an interrupted POP3 deletion: {e}");
+        }
         let mut pop3_listeners = Vec::new();
         for a in &config.listen.pop3 {
             pop3_listeners.push(bind(*a)?);
@@ -216,7 +224,7 @@ impl Server {
             }),
             password_hash: config.user.password_hash.clone(),
             mbox: mbox.clone(),
-            index: crate::maildrop::index_path(&config.data_dir),
+            data_dir: config.data_dir.clone(),
             in_use: Cell::new(false),
             password_cache: RefCell::new(crate::auth::PasswordCache::new()),
         });

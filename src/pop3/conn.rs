@@ -41,7 +41,8 @@ pub struct Pop3Context {
     pub settings: Rc<Settings>,
     pub password_hash: String,
     pub mbox: MboxWriter,
-    pub index: PathBuf,
+    /// Where the maildrop index and the deletion journal live.
+    pub data_dir: PathBuf,
     /// A session holds the maildrop (RFC 1939 section 8: exclusive access).
     pub in_use: Cell<bool>,
     pub password_cache: RefCell<PasswordCache>,
@@ -141,11 +142,11 @@ where
                         stream.write_all(&out).await?;
                         out.clear();
                         let _busy = shared.busy();
-                        let index = ctx.index.clone();
+                        let data_dir = ctx.data_dir.clone();
                         let deleting = x.deleted.iter().filter(|&&d| d).count();
                         let r = ctx
                             .mbox
-                            .exclusive(move |l| Ok(maildrop::expunge(l, &x, &index)))
+                            .exclusive(move |l| Ok(maildrop::expunge(l, &x, &data_dir)))
                             .await;
                         let r = match r {
                             Ok(Ok(n)) => {
@@ -227,10 +228,10 @@ async fn login_attempt<'a>(
     ctx.in_use.set(true);
     let held = Holding(ctx);
     let checked = started.elapsed();
-    let index = ctx.index.clone();
+    let data_dir = ctx.data_dir.clone();
     let opened = ctx
         .mbox
-        .exclusive(move |l| Ok(maildrop::open(l, &index)))
+        .exclusive(move |l| Ok(maildrop::open(l, &data_dir)))
         .await;
     let snapshot = match opened {
         Ok(Ok(s)) => s,
