@@ -2,7 +2,8 @@
 //! reports it, and its UIDL; kept in an index under data_dir so that a login
 //! costs in proportion to the mail that arrived since the last one (SPEC
 //! "Budgets"); and the rewrite that removes deleted messages at QUIT
-//! (RFC 1939 section 6, the UPDATE state).
+//! (RFC 1939 section 6, the UPDATE state), in place and crash-safe with
+//! a redo journal.
 //!
 //! Message boundaries follow what Python's `mailbox` and mutt read: a line
 //! starting with `From ` starts a message; the empty line before it (and
