@@ -341,9 +341,11 @@ impl Scanner {
                     // A new header field: its name decides.
                     cur.finish_received();
                     let name_end = p.iter().position(|&b| b == b':').unwrap_or(p.len());
-                    let name = p[..name_end].to_ascii_lowercase();
-                    cur.skip_header = VOLATILE.contains(&name.as_slice());
-                    if name == b"received" && matches!(cur.received, Received::NotSeen) {
+                    let name = &p[..name_end];
+                    cur.skip_header = VOLATILE.iter().any(|v| v.eq_ignore_ascii_case(name));
+                    if name.eq_ignore_ascii_case(b"received")
+                        && matches!(cur.received, Received::NotSeen)
+                    {
                         cur.received = Received::Collecting(Vec::new());
                     }
                 }
@@ -385,12 +387,18 @@ const CHUNK: usize = 256 * 1024;
 
 /// Scans `file` from `from` (a line start) to `to`.
 fn scan(file: &File, from: u64, to: u64) -> io::Result<Vec<Message>> {
+    scan_with(file, from, to, CHUNK)
+}
+
+/// [`scan`] with a given buffer size (small in tests, to cut lines at
+/// every place).
+fn scan_with(file: &File, from: u64, to: u64, chunk: usize) -> io::Result<Vec<Message>> {
     let mut sc = Scanner::new();
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; chunk];
     let mut pos = from; // file offset of buf[0]
     let mut filled = 0usize;
     while pos + (filled as u64) < to {
-        let want = ((to - pos) as usize).min(CHUNK) - filled;
+        let want = ((to - pos) as usize).min(chunk) - filled;
         let n = file.read_at(&mut buf[filled..filled + want], pos + filled as u64)?;
         if n == 0 {
             break; // shorter than we were told: scan what is there
@@ -401,7 +409,7 @@ fn scan(file: &File, from: u64, to: u64) -> io::Result<Vec<Message>> {
             sc.piece(pos + i as u64, &buf[i..i + nl + 1]);
             i += nl + 1;
         }
-        if i == 0 && filled == CHUNK {
+        if i == 0 && filled == chunk {
             // A line longer than the buffer: hand it on in parts.
             sc.piece(pos, &buf[..filled]);
             i = filled;
@@ -936,6 +944,31 @@ mod tests {
         // Changing the body changes it.
         let other = mbox.replace("body\n", "bodz\n");
         assert_ne!(scan_bytes(other.as_bytes())[1].uid, msgs[1].uid);
+    }
+
+    #[test]
+    fn small_buffers_find_the_same_messages() {
+        let mut mbox = String::new();
+        for i in 0..6 {
+            mbox += &format!(
+                "From x Thu Jan  1 00:00:00 1970\nReceived: by h (pimail)\n\twith ESMTP id ID{i}\nSubject: {}\n\n>From q\n{}\n\n",
+                "s".repeat(i * 7),
+                "b".repeat(i * 13)
+            );
+        }
+        let path = tmpdir("chunks").join("mbox");
+        std::fs::write(&path, &mbox).unwrap();
+        let f = File::open(&path).unwrap();
+        let want = scan(&f, 0, mbox.len() as u64).unwrap();
+        assert_eq!(want.len(), 6);
+        assert_eq!(want[5].uid, "ID5");
+        for chunk in 12..80 {
+            assert_eq!(
+                scan_with(&f, 0, mbox.len() as u64, chunk).unwrap(),
+                want,
+                "chunk {chunk}"
+            );
+        }
     }
 
     #[test]
