@@ -677,3 +677,33 @@ fn later_logins_index_only_new_mail() {
     assert!(lines[1].contains("indexed 1 new message(s)"), "{lines:?}");
     assert!(!lines[1].ends_with("from offset 0"), "{lines:?}");
 }
+
+#[test]
+fn pipelined_commands_get_their_replies_in_order() {
+    let srv = pop3_server();
+    let addr = srv.addr("pop3");
+    deliver(&srv, &simple("one"));
+    deliver(&srv, &simple("two"));
+    let mut p = Pop3::connect(addr);
+    // RFC 2449 PIPELINING: everything in one write, login included.
+    p.c.send_raw(
+        b"USER alice\r\nPASS secret\r\nSTAT\r\nRETR 2\r\nUIDL 1\r\nBOGUS\r\nLIST\r\nQUIT\r\n",
+    );
+    assert!(p.c.line().starts_with("+OK"));
+    assert!(p.c.line().contains("2 messages"));
+    assert!(p.c.line().starts_with("+OK 2 "));
+    assert!(p.c.line().starts_with("+OK"));
+    assert_eq!(
+        strip_trace_crlf(&pop3_unstuff(&p.multi_raw())),
+        simple("two")
+    );
+    assert!(p.c.line().starts_with("+OK 1 "));
+    assert!(p.c.line().starts_with("-ERR"));
+    assert!(p.c.line().starts_with("+OK"));
+    assert_eq!(p.multi_lines().len(), 2);
+    assert!(p.c.line().starts_with("+OK"));
+    assert_eq!(
+        read_all_within(&mut p.c.stream, Duration::from_secs(10)),
+        b""
+    );
+}
