@@ -227,6 +227,7 @@ impl Server {
             data_dir: config.data_dir.clone(),
             in_use: Cell::new(false),
             password_cache: RefCell::new(crate::auth::PasswordCache::new()),
+            verifying: smol::lock::Semaphore::new(1),
         });
         Ok(Server {
             pop3,

@@ -46,6 +46,10 @@ pub struct Pop3Context {
     /// A session holds the maildrop (RFC 1939 section 8: exclusive access).
     pub in_use: Cell<bool>,
     pub password_cache: RefCell<PasswordCache>,
+    /// One argon2 check at a time: each takes 12 MiB and a core's worth
+    /// of time, and a Pi must not run dozens at once for a flood of
+    /// guesses.
+    pub verifying: smol::lock::Semaphore,
 }
 
 /// Releases the maildrop when the session ends, however it ends.
@@ -130,6 +134,9 @@ where
                     Action::Send { index, top } => {
                         let (Some(m), Some(f)) = (session.message(index).cloned(), file.as_ref())
                         else {
+                            // Not reachable (Send comes only after login);
+                            // keep the multi-line framing anyway.
+                            out.extend_from_slice(b".\r\n");
                             break;
                         };
                         if let Err(e) = send_message(stream, f, &m, top, &mut out, &mut buf).await {
@@ -209,6 +216,7 @@ async fn login_attempt<'a>(
         true
     } else {
         // Verify even for an unknown name, so timing tells nothing.
+        let _slot = ctx.verifying.acquire().await;
         let (h, pw) = (hash.clone(), password.clone());
         let good = smol::unblock(move || crate::auth::verify_password(&h, &pw)).await;
         if good {
