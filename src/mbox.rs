@@ -270,7 +270,12 @@ pub fn lock(path: &Path) -> Result<Locked, MboxError> {
         match create_dotlock(&dot) {
             Ok(()) => break Some(dot.clone()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                if dotlock_stale(&dot) {
+                // One thread per process takes this lock (the writer), so a
+                // lock naming our own pid is a previous life's (a restart
+                // in a container, where pimail is pid 1 every time).
+                let ours = std::fs::read_to_string(&dot)
+                    .is_ok_and(|t| t.trim() == std::process::id().to_string());
+                if ours || dotlock_stale(&dot) {
                     log::warn!("removing stale lock {}", dot.display());
                     let _ = std::fs::remove_file(&dot);
                     continue;
@@ -278,7 +283,13 @@ pub fn lock(path: &Path) -> Result<Locked, MboxError> {
             }
             // The mbox directory may not be ours to write (a root-owned
             // /var/mail): like Postfix, fall back to the fcntl lock alone.
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => break None,
+            // (EROFS: systemd's ProtectSystem without ReadWritePaths for it.)
+            Err(e)
+                if e.kind() == io::ErrorKind::PermissionDenied
+                    || e.raw_os_error() == Some(libc::EROFS) =>
+            {
+                break None
+            }
             Err(e) => return Err(MboxError::io(format!("cannot create {}", dot.display()), e)),
         }
         if Instant::now() > deadline {
