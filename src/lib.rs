@@ -18,6 +18,7 @@ pub mod line;
 pub mod logging;
 pub mod maildrop;
 pub mod mbox;
+pub mod notify;
 pub mod paths;
 pub mod pop3;
 pub mod server;

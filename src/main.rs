@@ -8,7 +8,7 @@
 
 use pimail::cli::{self, Command};
 use pimail::config::{self, Config, Source};
-use pimail::{auth, logging, paths, server, smtp};
+use pimail::{auth, logging, notify, paths, server, smtp};
 use std::io::Read;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -192,22 +192,42 @@ fn serve(cli: &cli::Cli) -> ExitCode {
         );
     }
 
-    let signals =
-        match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("cannot install signal handlers: {e}");
-                return ExitCode::from(EX_OSERR);
-            }
-        };
+    use async_signal::Signal;
+    // SIGHUP is `systemctl reload`: caught so that it never ends the
+    // server (its default action), even while nothing needs re-reading.
+    let signals = match async_signal::Signals::new([Signal::Term, Signal::Int, Signal::Hup]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install signal handlers: {e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    // Listeners are bound and signals handled: tell systemd (Type=notify)
+    // that the service is up.
+    if let Err(e) = notify::ready(&format!("listening: {}", addrs.join(", "))) {
+        log::warn!("{e}");
+    }
     let ex = std::rc::Rc::new(smol::LocalExecutor::new());
     let ex2 = ex.clone();
     smol::block_on(ex.run(async move {
         let stop = async {
             use smol::stream::StreamExt;
             let mut signals = signals;
-            if let Some(Ok(sig)) = signals.next().await {
-                log::info!("received {sig:?}, stopping");
+            while let Some(sig) = signals.next().await {
+                match sig {
+                    Ok(Signal::Hup) => log::info!("received SIGHUP: nothing to reload"),
+                    Ok(sig) => {
+                        log::info!("received {sig:?}, stopping");
+                        break;
+                    }
+                    Err(e) => {
+                        log::error!("signal handling failed ({e}), stopping");
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = notify::stopping() {
+                log::warn!("{e}");
             }
         };
         server.run(ex2, stop, Duration::from_secs(30)).await;

@@ -20,6 +20,34 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_pimail")
 }
 
+/// The emulator that runs `bin()` when it is built for another
+/// architecture: `$PIMAIL_TEST_RUNNER`, split on spaces (e.g.
+/// `qemu-aarch64-static`, or `qemu-arm-static -cpu arm1176`). Empty when
+/// unset, so the binary runs directly.
+pub fn runner() -> Vec<String> {
+    std::env::var("PIMAIL_TEST_RUNNER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+/// A `Command` that runs the pimail binary (through `runner()` when set):
+/// use it for every CLI invocation (`sendmail`, `passwd`, `queue`, ...).
+pub fn pimail_command() -> Command {
+    wrapped_command(&[])
+}
+
+/// `wrapper` (e.g. prlimit), then the runner, then the pimail binary.
+fn wrapped_command(wrapper: &[String]) -> Command {
+    let mut argv: Vec<String> = wrapper.to_vec();
+    argv.extend(runner());
+    argv.push(bin().to_string());
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
+    c
+}
+
 /// A fresh directory under the target dir, removed when dropped.
 pub struct TempDir(pub PathBuf);
 
@@ -85,6 +113,8 @@ pub struct Server {
     log: Arc<Mutex<Vec<String>>>,
     /// Runs the child under this wrapper (e.g. `prlimit --fsize=...`).
     pub wrapper: Vec<String>,
+    /// Extra environment for the child.
+    pub env: Vec<(String, String)>,
 }
 
 fn quote_list(v: &[String]) -> String {
@@ -108,6 +138,7 @@ impl Server {
             addrs: vec![],
             log: Arc::new(Mutex::new(vec![])),
             wrapper: vec![],
+            env: vec![],
         };
         s.spawn();
         s
@@ -125,6 +156,25 @@ impl Server {
             addrs: vec![],
             log: Arc::new(Mutex::new(vec![])),
             wrapper,
+            env: vec![],
+        };
+        s.spawn();
+        s
+    }
+
+    /// Like `with`, with extra environment variables for the child.
+    pub fn with_env(o: Options, env: Vec<(String, String)>) -> Server {
+        let dir = TempDir::new("srv");
+        let config = Self::write_config(dir.path(), &o);
+        let mut s = Server {
+            dir,
+            config,
+            child: None,
+            smtp: "127.0.0.1:0".parse().unwrap(),
+            addrs: vec![],
+            log: Arc::new(Mutex::new(vec![])),
+            wrapper: vec![],
+            env,
         };
         s.spawn();
         s
@@ -166,13 +216,7 @@ impl Server {
 
     /// Starts the server and waits for its "listening:" line.
     pub fn spawn(&mut self) {
-        let mut cmd = if self.wrapper.is_empty() {
-            Command::new(bin())
-        } else {
-            let mut c = Command::new(&self.wrapper[0]);
-            c.args(&self.wrapper[1..]).arg(bin());
-            c
-        };
+        let mut cmd = wrapped_command(&self.wrapper);
         cmd.arg("serve")
             .arg("--config")
             .arg(&self.config)
@@ -180,7 +224,9 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .env_remove("JOURNAL_STREAM");
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("start pimail");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
