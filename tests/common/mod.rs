@@ -16,8 +16,15 @@ pub const PASSWORD: &str = "secret";
 pub const PASSWORD_HASH: &str =
     "$argon2id$v=19$m=64,t=1,p=1$d7bEe5+PDtR+c+lWi896vw$glblWHgdtnS/rmo83vVWocAP1oh4q0fcq6XvKfsvKO8";
 
+/// The pimail binary under test: cargo's build of it, or
+/// `$PIMAIL_TEST_BIN` (cross/ci.sh points it at the stripped release
+/// cross build, so the suite tests the very binary that ships).
 pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_pimail")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| match std::env::var("PIMAIL_TEST_BIN") {
+        Ok(p) if !p.is_empty() => p,
+        _ => env!("CARGO_BIN_EXE_pimail").to_string(),
+    })
 }
 
 /// The emulator that runs `bin()` when it is built for another

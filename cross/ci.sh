@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# CI for the Raspberry Pi builds (issue 7), from a fresh clone:
+#  1. static release binaries for aarch64, armv7 and armv6 (cross/build.sh,
+#     which installs qemu-user, rustup targets, zig and cargo-zigbuild);
+#  2. the whole test suite built for aarch64 and run under qemu-user: unit
+#     tests through the cargo runner (.cargo/config.toml), integration tests
+#     starting the stripped aarch64 release binary under qemu
+#     ($PIMAIL_TEST_BIN, $PIMAIL_TEST_RUNNER in tests/common/mod.rs);
+#  3. armv7 and armv6 (under `-cpu arm1176`, a Pi Zero's CPU): `--version`
+#     and an SMTP -> mbox (-> POP3 when present) smoke test (cross/smoke.py).
+# Set CARGO_TARGET_DIR to reuse a build directory; the default, outside the
+# clone, keeps repeated CI runs on the same machine warm.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/pimail-cross-target}
+tools=${PIMAIL_CROSS_HOME:-/var/tmp/pimail-cross}
+t0=$SECONDS
+step() { printf '\n== cross/ci.sh: %s (%ds)\n' "$*" $((SECONDS - t0)); }
+
+step "build static binaries"
+cross/build.sh aarch64 armv7 armv6
+export PATH="$tools/venv/bin:$PATH"
+dist=$CARGO_TARGET_DIR/dist
+
+step "test suite on aarch64 under qemu-user"
+PIMAIL_TEST_BIN=$dist/pimail-aarch64 PIMAIL_TEST_RUNNER=qemu-aarch64-static \
+    cargo-zigbuild test --locked --target aarch64-unknown-linux-musl
+
+step "armv7 smoke test under qemu-user"
+python3 cross/smoke.py --runner qemu-arm-static "$dist/pimail-armv7"
+
+step "armv6 smoke test under qemu-user (arm1176)"
+python3 cross/smoke.py --runner "qemu-arm-static -cpu arm1176" "$dist/pimail-armv6"
+
+step "done"
