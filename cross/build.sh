@@ -108,6 +108,12 @@ export PATH="$venv/bin:$PATH"
 
 # --- build ---------------------------------------------------------------
 
+# The 32-bit targets need -Zbuild-std, so RUSTC_BOOTSTRAP=1 (the documented
+# switch for unstable flags on stable). Set for every target: proc-macro2's
+# build script reruns when it changes, so toggling it would rebuild the
+# proc macros (and all that depends on them) on every target switch.
+export RUSTC_BOOTSTRAP=1
+
 dist=$CARGO_TARGET_DIR/dist
 mkdir -p "$dist"
 results=()
@@ -116,8 +122,7 @@ for t in "${targets[@]}"; do
     log "building $t ($tr)"
     start=$SECONDS
     if needs_build_std "$t"; then
-        # -Zbuild-std on stable: the documented bootstrap switch.
-        RUSTC_BOOTSTRAP=1 cargo zigbuild --locked --release --target "$tr" \
+        cargo zigbuild --locked --release --target "$tr" \
             -Zbuild-std=std,panic_abort
     else
         cargo zigbuild --locked --release --target "$tr"

@@ -234,7 +234,12 @@ impl Server {
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
-        let mut child = cmd.spawn().expect("start pimail");
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start {cmd:?}: {e} (a binary built for another CPU needs \
+                 PIMAIL_TEST_RUNNER, e.g. qemu-aarch64-static)"
+            )
+        });
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let log = self.log.clone();
