@@ -215,3 +215,57 @@ fn reload_signal_keeps_the_server_running() {
     let status = srv.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn logs_with_journal_priorities_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("journal");
+    let config = Server::write_config(dir.path(), &Options::default());
+    // systemd sets JOURNAL_STREAM to "device:inode" of the stderr it hands
+    // over; a file stands in for the journal's socket here.
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let meta = log.metadata().unwrap();
+    let mut child = pimail_command()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start pimail");
+    let mut text = String::new();
+    for _ in 0..600 {
+        text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("listening:") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = text
+        .lines()
+        .find(|l| l.contains("listening:"))
+        .unwrap_or_else(|| panic!("no listening line in:\n{text}"));
+    // Priority 6 (info) for journald, and no timestamp of our own.
+    assert!(line.starts_with("<6>INFO  pimail "), "{line}");
+}
+
+#[test]
+fn logs_with_timestamps_when_journal_stream_is_not_stderr() {
+    // Inherited by a shell started from a unit, JOURNAL_STREAM names a
+    // stream that is not our stderr: lines keep their timestamp.
+    let srv = Server::with_env(
+        Options::default(),
+        vec![("JOURNAL_STREAM".into(), "1:1".into())],
+    );
+    let log = srv.log();
+    let line = log.iter().find(|l| l.contains("listening:")).unwrap();
+    assert!(!line.starts_with('<'), "{line}");
+    let year: u32 = line[..4].parse().unwrap_or(0);
+    assert!(year >= 2024 && line.as_bytes()[10] == b'T', "{line}");
+}
