@@ -66,6 +66,7 @@ apt_install() {
 }
 
 pkgs=(file)
+command -v python3 >/dev/null || pkgs+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
 for t in "${targets[@]}"; do
     [[ $t == x86_64 ]] || { pkgs+=(qemu-user-static); break; }
@@ -86,7 +87,8 @@ if [[ ${#want_targets[@]} -gt 0 ]]; then
 fi
 for t in "${targets[@]}"; do
     if needs_build_std "$t"; then
-        if ! rustup component list --installed | grep -q '^rust-src'; then
+        components=$(rustup component list --installed)
+        if ! grep -q '^rust-src' <<<"$components"; then
             log "rustup component add rust-src"
             rustup component add rust-src >/dev/null
         fi
