@@ -270,8 +270,10 @@ fn full_disk_gets_452_and_keeps_the_mbox_intact() {
     assert_eq!(code, 452, "{text}");
     assert!(text.starts_with("452 4.3.1"), "{text}");
     assert_eq!(srv.mbox(), before, "mbox changed by a failed spool write");
+    // The log line is written before the reply, but the harness reads the
+    // log on another thread: wait for it rather than race it.
     assert!(
-        srv.log().iter().any(|l| l.contains("spool")),
+        srv.wait_log("spool", Duration::from_secs(10)),
         "no spool error logged: {:?}",
         srv.log()
     );
