@@ -249,12 +249,14 @@ impl Server {
                 if std::env::var_os("PIMAIL_TEST_LOG").is_some() {
                     eprintln!("[server] {line}");
                 }
+                // Stored before the start-up line is announced, so that
+                // `log()` after `spawn()` always has it.
+                log.lock().unwrap().push(line.clone());
                 if line.contains("listening:") {
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send(line.clone());
+                        let _ = tx.send(line);
                     }
                 }
-                log.lock().unwrap().push(line);
             }
         });
         let line = match rx.recv_timeout(Duration::from_secs(20)) {
