@@ -152,6 +152,17 @@ fn serve(cli: &cli::Cli) -> ExitCode {
             return ExitCode::from(EX_OSERR);
         }
     }
+    use async_signal::Signal;
+    // Handlers first, before anything can announce the server: SIGHUP is
+    // `systemctl reload`, and its default action would end the server; a
+    // SIGTERM during start-up waits until the server runs, then stops it.
+    let signals = match async_signal::Signals::new([Signal::Term, Signal::Int, Signal::Hup]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install signal handlers: {e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
     let server = match server::Server::start(&config) {
         Ok(s) => s,
         Err(e) => {
@@ -192,16 +203,6 @@ fn serve(cli: &cli::Cli) -> ExitCode {
         );
     }
 
-    use async_signal::Signal;
-    // SIGHUP is `systemctl reload`: caught so that it never ends the
-    // server (its default action), even while nothing needs re-reading.
-    let signals = match async_signal::Signals::new([Signal::Term, Signal::Int, Signal::Hup]) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("cannot install signal handlers: {e}");
-            return ExitCode::from(EX_OSERR);
-        }
-    };
     // Listeners are bound and signals handled: tell systemd (Type=notify)
     // that the service is up.
     if let Err(e) = notify::ready(&format!("listening: {}", addrs.join(", "))) {
