@@ -11,6 +11,7 @@ have curl     || need+=(curl)
 have openssl  || need+=(openssl)
 have prlimit  || need+=(util-linux)
 have python3  || need+=(python3)
+have systemd-analyze || need+=(systemd)   # unit file checks
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
