@@ -24,6 +24,7 @@ pub mod notify;
 pub mod paths;
 pub mod pop3;
 pub mod queue;
+pub mod sendmail;
 pub mod server;
 pub mod smtp;
 pub mod sys;

@@ -497,6 +497,79 @@ fn adopt_owner(path: &Path, dir: &Path) {
     }
 }
 
+/// `3d 4h`, `5m 10s`, `0s`: ages and waits for `queue list`.
+pub fn fmt_age(secs: u64) -> String {
+    let units = [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)];
+    let mut parts = Vec::new();
+    let mut rest = secs;
+    for (u, n) in units {
+        if rest >= n || (parts.is_empty() && n == 1) {
+            parts.push(format!("{}{u}", rest / n));
+            rest %= n;
+        }
+        if parts.len() == 2 {
+            break;
+        }
+    }
+    parts.join(" ")
+}
+
+/// `pimail queue list`'s text: per message an unindented line starting
+/// with the id, then indented details.
+pub fn list_text(entries: &[Entry], now: u64) -> String {
+    let mut s = String::new();
+    for e in entries {
+        let pending = e.pending().count();
+        let _ = writeln!(
+            s,
+            "{}  <{}>  {} recipient(s), {} pending",
+            e.id,
+            e.sender(),
+            e.rcpts.len(),
+            pending
+        );
+        let _ = writeln!(s, "    sender: <{}>", e.sender());
+        let _ = writeln!(s, "    size: {} bytes", e.size);
+        let _ = writeln!(
+            s,
+            "    age: {} (queued {})",
+            fmt_age(now.saturating_sub(e.created)),
+            crate::timefmt::rfc5322(e.created)
+        );
+        for r in &e.rcpts {
+            let _ = writeln!(
+                s,
+                "    recipient: <{}> {}{}",
+                r.addr,
+                r.state.as_str(),
+                if r.local { " (local)" } else { "" }
+            );
+            let _ = writeln!(s, "        attempts: {}", r.attempts);
+            if !r.last.is_empty() {
+                let what = if r.state == State::Delivered {
+                    "result"
+                } else {
+                    "last error"
+                };
+                let _ = writeln!(s, "        {what}: {}", r.last);
+            }
+            if r.state == State::Pending {
+                let when = if r.next <= now {
+                    "now".to_string()
+                } else {
+                    format!("in {}", fmt_age(r.next - now))
+                };
+                let _ = writeln!(
+                    s,
+                    "        next attempt: {when} ({})",
+                    crate::timefmt::rfc5322(r.next)
+                );
+            }
+        }
+    }
+    s
+}
+
 /// The body of a queued message, for tests and bounces: its headers with
 /// the mboxrd quoting undone, at most `max` bytes, LF line ends.
 pub fn read_headers(path: &Path, max: usize) -> io::Result<Vec<u8>> {
@@ -575,6 +648,35 @@ mod tests {
         assert!(err.contains("q/A1.env:4: bad recipient"), "{err}");
         assert!(Entry::decode("hello\n", "f").is_err());
         assert!(Entry::decode("pimail-queue 1\nid ../x\n", "f").is_err());
+    }
+
+    #[test]
+    fn list_shows_id_then_details() {
+        let mut e = entry();
+        e.rcpts[0].attempts = 2;
+        e.rcpts[0].last = "451 4.7.1 later".into();
+        e.rcpts[0].next = 1000 + 3600 + 300;
+        let t = list_text(&[e], 1000 + 3600);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[0].starts_with("0000ABCD00000001  <alice@example.org>"),
+            "{t}"
+        );
+        assert!(lines[1..].iter().all(|l| l.starts_with("    ")), "{t}");
+        for needle in [
+            "sender: <alice@example.org>",
+            "size: 42 bytes",
+            "age: 1h 0s",
+            "recipient: <bob@example.com> pending",
+            "attempts: 2",
+            "last error: 451 4.7.1 later",
+            "next attempt: in 5m",
+            "recipient: <alice@example.org> pending (local)",
+        ] {
+            assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+        }
+        assert_eq!(fmt_age(0), "0s");
+        assert_eq!(fmt_age(90061), "1d 1h");
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct SmtpContext {
     pub settings: Rc<Settings>,
     pub mbox: MboxWriter,
     pub spool_dir: PathBuf,
+    /// The outbound queue; `None` only in tests of the receiving side.
+    pub outbox: Option<crate::delivery::Outbox>,
 }
 
 enum End {
@@ -276,11 +278,6 @@ async fn store(
     ctx: &SmtpContext,
     shared: &Shared,
 ) -> Result<(), StoreError> {
-    if env.remote_rcpts().next().is_some() {
-        // Outbound delivery is not built yet: say so rather than pretend.
-        log::error!("id={id}: outbound delivery is not available");
-        return Err(StoreError::Local);
-    }
     if env.has_local() {
         let now = crate::timefmt::unix_now();
         let mut prefix = mbox::from_line(&env.sender(), now);
@@ -299,5 +296,53 @@ async fn store(
             }
         })?;
     }
+    if env.remote_rcpts().next().is_some() {
+        enqueue(env, id, spool, ctx, shared).await?;
+    }
     Ok(())
+}
+
+/// Queues the message for its remote recipients (submission): durable
+/// before the caller says `250`.
+async fn enqueue(
+    env: &Envelope,
+    id: &str,
+    spool: &std::path::Path,
+    ctx: &SmtpContext,
+    shared: &Shared,
+) -> Result<(), StoreError> {
+    let Some(outbox) = &ctx.outbox else {
+        log::error!("id={id}: no outbound queue");
+        return Err(StoreError::Local);
+    };
+    let now = crate::timefmt::unix_now();
+    let size = std::fs::metadata(spool).map(|m| m.len()).unwrap_or(0);
+    let mut entry = crate::queue::Entry::new(id, env.from.clone(), now, size);
+    entry.smtputf8 = env.smtputf8;
+    // Our Received: goes out in front of the message (RFC 5321 4.4).
+    entry.headers = env
+        .received_header(&shared.hostname, id, now)
+        .lines()
+        .map(|l| l.to_string())
+        .collect();
+    for r in env.remote_rcpts() {
+        entry.add_rcpt(r.addr.clone(), false);
+    }
+    let queue = outbox.queue.clone();
+    let spool = spool.to_path_buf();
+    let r = smol::unblock(move || queue.enqueue(&entry, &spool)).await;
+    match r {
+        Ok(()) => {
+            outbox.wake();
+            Ok(())
+        }
+        Err(e) => {
+            log::error!("id={id}: cannot queue: {e}");
+            Err(if e.is_disk_full() {
+                StoreError::DiskFull
+            } else {
+                StoreError::Local
+            })
+        }
+    }
 }
