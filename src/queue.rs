@@ -666,7 +666,7 @@ mod tests {
         for needle in [
             "sender: <alice@example.org>",
             "size: 42 bytes",
-            "age: 1h 0s",
+            "age: 1h (",
             "recipient: <bob@example.com> pending",
             "attempts: 2",
             "last error: 451 4.7.1 later",
