@@ -329,25 +329,27 @@ pub fn run(
         }
         let mut last_lf = true;
         let mut line = Vec::new();
-        while !ended {
-            line.clear();
-            match read_line(input, &mut line, max) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    st.read_err = Some(e);
-                    return Err(std::io::Error::other("cannot read the input"));
+        if !ended {
+            loop {
+                line.clear();
+                match read_line(input, &mut line, max) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        st.read_err = Some(e);
+                        return Err(std::io::Error::other("cannot read the input"));
+                    }
                 }
-            }
-            normalize(&mut line);
-            if !args.ignore_dots && line == b".\n" {
-                break;
-            }
-            last_lf = line.ends_with(b"\n");
-            b.emit(&line)?;
-            if b.size > max {
-                st.too_big = true;
-                return Err(std::io::Error::other("message too big"));
+                normalize(&mut line);
+                if !args.ignore_dots && line == b".\n" {
+                    break;
+                }
+                last_lf = line.ends_with(b"\n");
+                b.emit(&line)?;
+                if b.size > max {
+                    st.too_big = true;
+                    return Err(std::io::Error::other("message too big"));
+                }
             }
         }
         if !last_lf {

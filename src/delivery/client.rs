@@ -76,7 +76,7 @@ impl ReplyReader {
     }
 
     /// The next complete reply, if the buffer holds one.
-    pub fn next(&mut self) -> Result<Option<ServerReply>, ReplyError> {
+    pub fn next_reply(&mut self) -> Result<Option<ServerReply>, ReplyError> {
         loop {
             let Some(nl) = self.buf.iter().position(|&b| b == b'\n') else {
                 if self.buf.len() > MAX_REPLY_LINE {
@@ -401,7 +401,7 @@ mod tests {
             let mut got = Vec::new();
             for part in [&wire[..cut], &wire[cut..]] {
                 rr.feed(part);
-                while let Some(x) = rr.next().unwrap() {
+                while let Some(x) = rr.next_reply().unwrap() {
                     got.push(x);
                 }
             }
@@ -414,13 +414,13 @@ mod tests {
         }
         let mut rr = ReplyReader::new();
         rr.feed(b"250-a\r\n251 b\r\n");
-        assert!(rr.next().is_err(), "code changed mid-reply");
+        assert!(rr.next_reply().is_err(), "code changed mid-reply");
         let mut rr = ReplyReader::new();
         rr.feed(b"hello\r\n");
-        assert!(rr.next().is_err());
+        assert!(rr.next_reply().is_err());
         let mut rr = ReplyReader::new();
         rr.feed(&[b'2'; 3000]);
-        assert_eq!(rr.next(), Err(ReplyError::TooLong));
+        assert_eq!(rr.next_reply(), Err(ReplyError::TooLong));
     }
 
     #[test]

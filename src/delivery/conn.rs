@@ -421,7 +421,7 @@ impl Conn {
         loop {
             if let Some(r) = self
                 .reader
-                .next()
+                .next_reply()
                 .map_err(|e| net("reply", format!("{e:?}")))?
             {
                 return Ok(r);

@@ -103,6 +103,10 @@ impl Outcome {
     }
 }
 
+/// A domain (or "" for the relay) and the messages with recipients
+/// there: (entry index, recipient indexes).
+type Group = (String, Vec<(usize, Vec<usize>)>);
+
 /// Which host and address an attempt talked to, for logs and bounces.
 #[derive(Debug, Clone, Default)]
 struct Via {
@@ -326,7 +330,7 @@ impl Worker {
             }
         }
         // Remote recipients, grouped by domain (all together for a relay).
-        let mut groups: Vec<(String, Vec<(usize, Vec<usize>)>)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         for (ei, e) in entries.iter().enumerate() {
             let mut by_key: Vec<(String, Vec<usize>)> = Vec::new();
             for (ri, r) in e.rcpts.iter().enumerate() {
