@@ -330,8 +330,7 @@ fn dns_timeout_defers_and_flush_retries() {
         "log:\n{}",
         srv.log().join("\n")
     );
-    let (code, list) = srv.queue_cmd(&["list"]);
-    assert_eq!(code, 0);
+    let list = wait_list(&srv, "last error");
     assert!(
         list.contains("recipient: <hank@slow.test> pending"),
         "{list}"
@@ -535,7 +534,7 @@ fn several_recipients_at_two_domains_with_mixed_results() {
         "a deferral is not a bounce: {}",
         reports[0]
     );
-    let (_, list) = srv.queue_cmd(&["list"]);
+    let list = wait_list(&srv, "failed");
     assert!(list.contains("recipient: <tmp@g.test> pending"), "{list}");
     assert!(
         list.contains("last error: 452 4.2.2 mailbox full"),
