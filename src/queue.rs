@@ -299,6 +299,9 @@ pub fn expired(created: u64, now: u64, bounce_after: Duration) -> bool {
     now.saturating_sub(created) >= bounce_after.as_secs()
 }
 
+/// How old an orphaned queue file must be before start-up removes it.
+pub const LEFTOVER_AGE: Duration = Duration::from_secs(3600);
+
 /// The queue directory and the file operations on it.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -312,14 +315,23 @@ impl Queue {
         }
     }
 
-    /// Creates the directory (private) and removes what a crash left:
-    /// bodies without an envelope were never acknowledged, temp files are
-    /// half-written state.
-    pub fn prepare(&self) -> Result<(), QueueError> {
+    /// Creates the directory (private) if needed; for `sendmail`, which
+    /// must not clean up after others.
+    pub fn ensure_dir(&self) -> Result<(), QueueError> {
         crate::paths::private_dir(&self.dir)
-            .map_err(|e| QueueError::io(format!("cannot create {}", self.dir.display()), e))?;
+            .map_err(|e| QueueError::io(format!("cannot create {}", self.dir.display()), e))
+    }
+
+    /// At server start: creates the directory and removes what a crash
+    /// left: bodies without an envelope were never acknowledged, temp
+    /// files are half-written state. Only files older than
+    /// [`LEFTOVER_AGE`] count, because a `sendmail` running right now
+    /// writes its body before its envelope.
+    pub fn prepare(&self) -> Result<(), QueueError> {
+        self.ensure_dir()?;
         let rd = std::fs::read_dir(&self.dir)
             .map_err(|e| QueueError::io(format!("cannot read {}", self.dir.display()), e))?;
+        let now = std::time::SystemTime::now();
         for e in rd.flatten() {
             let p = e.path();
             let name = e.file_name().to_string_lossy().to_string();
@@ -327,7 +339,13 @@ impl Queue {
                 Some(id) => !self.env_path(id).exists(),
                 None => name.ends_with(".tmp") || name.ends_with(".part"),
             };
-            if orphan {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= LEFTOVER_AGE);
+            if orphan && old {
                 log::info!("queue: removing {} left by a crash", p.display());
                 let _ = std::fs::remove_file(&p);
             }
@@ -715,8 +733,21 @@ mod tests {
         // A body without an envelope (crash before the .env) is removed.
         std::fs::write(q.msg_path("DEAD"), b"x").unwrap();
         std::fs::write(dir.join("queue/DEAD.env.tmp"), b"x").unwrap();
+        // A young one may be a sendmail at work: left alone.
+        q.prepare().unwrap();
+        assert!(q.msg_path("DEAD").exists());
+        let old = std::time::SystemTime::now() - LEFTOVER_AGE - Duration::from_secs(1);
+        for p in [q.msg_path("DEAD"), dir.join("queue/DEAD.env.tmp")] {
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
         q.prepare().unwrap();
         assert!(!q.msg_path("DEAD").exists());
+        assert!(!dir.join("queue/DEAD.env.tmp").exists());
         assert_eq!(q.list().unwrap().len(), 1);
         // Deleted while delivering: the update does not bring it back.
         q.remove(&e.id).unwrap();

@@ -300,7 +300,7 @@ pub fn run(
     }
     let queue = Queue::new(&config.data_dir);
     queue
-        .prepare()
+        .ensure_dir()
         .map_err(|e| fail(EX_TEMPFAIL, format!("cannot queue the message: {e}")))?;
     let mut st = BodyState {
         too_big: false,

@@ -146,6 +146,7 @@ fn mx_preference_order_is_followed() {
     assert_eq!(got.mail_from, "alice@example.org");
     assert_eq!(got.rcpts, vec!["bob@pref.test"]);
     assert!(srv.wait_log("delivered id=", WAIT));
+    assert!(srv.wait_log("delivered id=", WAIT));
     let line = srv
         .log()
         .into_iter()
@@ -389,6 +390,7 @@ fn starttls_is_used_when_offered() {
     assert!(got[0].tls, "message went in clear");
     // Opportunistic: the self-signed certificate is recorded, not fatal.
     assert!(srv.wait_log("tls=TLSv1.3", WAIT));
+    assert!(srv.wait_log("delivered id=", WAIT));
     let line = srv
         .log()
         .into_iter()
@@ -439,6 +441,7 @@ fn relay_mode_uses_starttls_verified_certificate_and_auth() {
     let mut r = got[0].rcpts.clone();
     r.sort();
     assert_eq!(r, vec!["kim@far.example", "lee@other.example"]);
+    assert!(srv.wait_log("delivered id=", WAIT));
     let line = srv
         .log()
         .into_iter()
@@ -745,4 +748,81 @@ impl TapRetry for Options {
             .replace("retry = [\"1s\"]", &format!("retry = [\"{r}\"]"));
         self
     }
+}
+
+#[test]
+fn messages_for_one_host_share_a_connection() {
+    let dns = FakeDns::start();
+    let port = free_port(8);
+    dns.mx("reuse.test", &[(10, "mx.reuse.test")]);
+    dns.a("mx.reuse.test", &[ip(8)]);
+    let srv = Server::with(opts(&dns, port, "").tap_retry("1h"));
+    // The MX is down: three messages wait in the queue.
+    for i in 0..3 {
+        send(&srv, &[&format!("r{i}@reuse.test")], &format!("reuse{i}"));
+    }
+    let end = std::time::Instant::now() + WAIT;
+    while srv
+        .log()
+        .iter()
+        .filter(|l| l.contains("deferred id="))
+        .count()
+        < 3
+        && std::time::Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_list(&srv, "last error");
+    // It comes up; one flush sends all three over one connection.
+    let mx = FakeMx::start_all_on(port, vec![(ip(8), Behavior::default())]);
+    let (code, out) = srv.queue_cmd(&["flush"]);
+    assert_eq!(code, 0, "{out}");
+    let got = mx[0].wait_messages(3, WAIT);
+    assert_eq!(got.len(), 3, "log:\n{}", srv.log().join("\n"));
+    assert_eq!(
+        mx[0].connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert!(got.iter().all(|g| g.conn == 0));
+}
+
+#[test]
+fn bounces_go_out_with_the_null_sender_and_are_never_bounced() {
+    let dns = FakeDns::start();
+    let reject_all = Behavior {
+        rcpt: std::sync::Arc::new(|_| (550, "5.1.1 no such user".into())),
+        ..Behavior::default()
+    };
+    let (port, mx) = FakeMx::start_all(vec![(ip(2), reject_all), (ip(3), Behavior::default())]);
+    dns.mx("reject.test", &[(10, "mx.reject.test")]);
+    dns.a("mx.reject.test", &[ip(2)]);
+    dns.mx("far.test", &[(10, "mx.far.test")]);
+    dns.a("mx.far.test", &[ip(3)]);
+    let srv = Server::with(opts(&dns, port, ""));
+    // A remote sender: the bounce is queued and sent to its MX, from <>.
+    let (code, err) = srv.sendmail(
+        &["-f", "owner@far.test", "x@reject.test"],
+        &msg("remote-sender"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let got = mx[1].wait_messages(1, WAIT);
+    assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
+    assert_eq!(got[0].mail_from, "");
+    assert_eq!(got[0].rcpts, vec!["owner@far.test"]);
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(
+        text.contains("Content-Type: multipart/report; report-type=delivery-status;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Final-Recipient: rfc822; x@reject.test"),
+        "{text}"
+    );
+    // A message from <> that fails makes no bounce at all.
+    let (code, err) = srv.sendmail(&["-f", "<>", "y@reject.test"], &msg("null-sender"));
+    assert_eq!(code, 0, "{err}");
+    assert!(srv.wait_log("not bouncing a bounce", WAIT));
+    assert!(wait_queue_empty(&srv));
+    assert_eq!(mx[1].messages().len(), 1);
+    assert!(!srv.mbox_path().exists() || python_reports(&srv).is_empty());
 }

@@ -245,6 +245,12 @@ impl Worker {
                     }
                 }
                 match e.next_attempt() {
+                    Some(t) if t <= now && !self.queue.msg_path(&e.id).exists() => {
+                        // Deleted by `queue delete` meanwhile, or damaged by
+                        // hand: nothing to send.
+                        log::error!("queue id={}: message body missing, dropping it", e.id);
+                        let _ = self.queue.remove(&e.id);
+                    }
                     Some(t) if t <= now => due.push(e),
                     Some(t) => next_wake = next_wake.min(t),
                     None => {}
@@ -264,12 +270,16 @@ impl Worker {
                 Some(Wake::Flush) => {
                     log::info!("queue flush: retrying every queued message now");
                     flush = true;
+                    self.not_before.clear();
                 }
                 Some(Wake::New) | None => {}
             }
             // Collect further wake-ups that came meanwhile.
             while let Ok(w) = self.rx.try_recv() {
-                flush |= w == Wake::Flush;
+                if w == Wake::Flush {
+                    flush = true;
+                    self.not_before.clear();
+                }
             }
         }
     }
