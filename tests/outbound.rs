@@ -826,3 +826,152 @@ fn bounces_go_out_with_the_null_sender_and_are_never_bounced() {
     assert_eq!(mx[1].messages().len(), 1);
     assert!(!srv.mbox_path().exists() || python_reports(&srv).is_empty());
 }
+
+/// A Postfix instance of its own (config, queue and log in a temp dir) as
+/// the receiving MX on a loopback high port, stopped when dropped.
+struct Postfix {
+    dir: TempDir,
+}
+
+impl Postfix {
+    fn start(listen: Ipv4Addr, port: u16) -> Result<Postfix, String> {
+        let postfix = "/usr/sbin/postfix";
+        if !std::path::Path::new(postfix).exists() {
+            return Err("postfix is not installed (apt-get install postfix)".into());
+        }
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(1)
+            != 0
+        {
+            return Err("starting a Postfix instance needs root".into());
+        }
+        let dir = TempDir::new("postfix");
+        let d = dir.path().display().to_string();
+        std::fs::create_dir_all(dir.path().join("queue")).unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let _ = Command::new("chown")
+            .arg("postfix")
+            .arg(dir.path().join("data"))
+            .status();
+        // STARTTLS with a self-signed certificate, as many MX hosts have.
+        let ck = rcgen::generate_simple_self_signed(vec!["mx.pfx.test".to_string()]).unwrap();
+        std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).unwrap();
+        let main = format!(
+            "compatibility_level = 3.6\nqueue_directory = {d}/queue\ndata_directory = {d}/data\n\
+             mail_owner = postfix\nsetgid_group = postdrop\nmyhostname = mx.pfx.test\n\
+             mydomain = pfx.test\nmydestination =\ninet_interfaces = all\ninet_protocols = ipv4\n\
+             mynetworks = 127.0.0.0/8\nrelay_domains = pfx.test\ndefault_transport = discard:\n\
+             relay_transport = discard:\nlocal_transport = discard:\n\
+             smtpd_recipient_restrictions = permit_mynetworks, reject\n\
+             maillog_file_prefixes = {d}\nmaillog_file = {d}/maillog\nalias_maps =\nalias_database =\n\
+             smtpd_tls_security_level = may\nsmtpd_tls_chain_files = {d}/key.pem, {d}/cert.pem\n"
+        );
+        std::fs::write(dir.path().join("main.cf"), main).unwrap();
+        let master = format!(
+            "{listen}:{port} inet n - n - - smtpd\n\
+             pickup unix n - n 60 1 pickup\ncleanup unix n - n - 0 cleanup\n\
+             qmgr unix n - n 300 1 qmgr\nrewrite unix - - n - - trivial-rewrite\n\
+             bounce unix - - n - 0 bounce\ndefer unix - - n - 0 bounce\n\
+             trace unix - - n - 0 bounce\nverify unix - - n - 1 verify\n\
+             flush unix n - n 1000? 0 flush\nproxymap unix - - n - - proxymap\n\
+             showq unix n - n - - showq\nerror unix - - n - - error\n\
+             retry unix - - n - - error\ndiscard unix - - n - - discard\n\
+             anvil unix - - n - 1 anvil\nscache unix - - n - 1 scache\n\
+             postlog unix-dgram n - n - 1 postlogd\ntlsmgr unix - - n 1000? 1 tlsmgr\n"
+        );
+        std::fs::write(dir.path().join("master.cf"), master).unwrap();
+        let o = Command::new(postfix)
+            .arg("-c")
+            .arg(dir.path())
+            .arg("start")
+            .output()
+            .map_err(|e| format!("cannot run postfix: {e}"))?;
+        let pf = Postfix { dir };
+        if !o.status.success() {
+            return Err(format!(
+                "postfix did not start: {}{}\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                pf.log()
+            ));
+        }
+        // Wait for its greeting.
+        let end = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < end {
+            if std::net::TcpStream::connect((listen, port)).is_ok() {
+                return Ok(pf);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!(
+            "postfix did not listen on {listen}:{port}\n{}",
+            pf.log()
+        ))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(self.dir.path())
+            .arg("stop")
+            .output();
+    }
+}
+
+#[test]
+fn postfix_accepts_our_delivery() {
+    let port = free_port(11);
+    let pf = match Postfix::start(ip(11), port) {
+        Ok(p) => p,
+        Err(why) if std::env::var_os("PIMAIL_REQUIRE_POSTFIX").is_none() => {
+            eprintln!("SKIPPED postfix_accepts_our_delivery: {why}");
+            return;
+        }
+        Err(why) => panic!("PIMAIL_REQUIRE_POSTFIX is set but: {why}"),
+    };
+    let dns = FakeDns::start();
+    dns.mx("pfx.test", &[(10, "mx.pfx.test")]);
+    dns.a("mx.pfx.test", &[ip(11)]);
+    let srv = Server::with(opts(&dns, port, ""));
+    let (code, err) = srv.sendmail(
+        &["-i", "-t"],
+        GIT_PATCH.replace("lists.test", "pfx.test").as_bytes(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        srv.wait_log("delivered id=", WAIT),
+        "log:\n{}\npostfix:\n{}",
+        srv.log().join("\n"),
+        pf.log()
+    );
+    let lines: Vec<String> = srv
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("delivered id="))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in &lines {
+        assert!(l.contains("host=mx.pfx.test ip=127.0.0.11"), "{l}");
+        assert!(l.contains("tls=TLSv1.3"), "STARTTLS with Postfix: {l}");
+        assert!(l.contains("queued as"), "{l}");
+    }
+    let end = std::time::Instant::now() + WAIT;
+    while !pf.log().contains("from=<alice@example.org>") && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        pf.log().contains("from=<alice@example.org>"),
+        "{}",
+        pf.log()
+    );
+    assert!(wait_queue_empty(&srv));
+}
