@@ -193,7 +193,15 @@ impl Server {
             MboxWriter::start(&config.user.mbox, &config.data_dir).map_err(StartError::Mbox)?;
         let (outbox, worker) =
             crate::delivery::start(config, mbox.clone()).map_err(StartError::Outbound)?;
-        let control = worker.bind_control().map_err(StartError::Outbound)?;
+        // Without the control socket (e.g. a data_dir path too long for a
+        // Unix socket) mail still goes out; sendmail's and `queue flush`'s
+        // pokes are then noticed at the next scheduled scan.
+        let control = worker
+            .bind_control()
+            .map_err(|e| {
+                log::warn!("outbound: {e}; `queue flush` and sendmail cannot wake the server")
+            })
+            .ok();
         let settings = Rc::new(Settings {
             hostname: config.hostname.clone(),
             policy: LocalPolicy::from_config(config),
@@ -250,7 +258,7 @@ impl Server {
                 outbox: Some(outbox),
             }),
             listeners,
-            outbound: Some((worker, Some(control))),
+            outbound: Some((worker, control)),
         })
     }
 

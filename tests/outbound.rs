@@ -975,3 +975,109 @@ fn postfix_accepts_our_delivery() {
     );
     assert!(wait_queue_empty(&srv));
 }
+
+#[test]
+fn old_server_without_ehlo_gets_helo() {
+    let dns = FakeDns::start();
+    let b = Behavior {
+        esmtp: false,
+        ..Behavior::default()
+    };
+    let (port, mx) = FakeMx::start_all(vec![(ip(2), b)]);
+    dns.mx("old.test", &[(10, "mx.old.test")]);
+    dns.a("mx.old.test", &[ip(2)]);
+    let srv = Server::with(opts(&dns, port, ""));
+    send(&srv, &["olga@old.test"], "helo");
+    let got = mx[0].wait_messages(1, WAIT);
+    assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
+    assert_eq!(got[0].hello, "HELO mail.example.org");
+}
+
+#[test]
+fn bounce_after_gives_up_on_temporary_failures() {
+    let dns = FakeDns::start();
+    dns.mx("down.test", &[(10, "mx.down.test")]);
+    dns.a("mx.down.test", &[ip(9)]);
+    let srv = Server::with(opts(&dns, free_port(9), "bounce_after = \"2s\""));
+    send(&srv, &["pat@down.test"], "giveup");
+    let reports = wait_reports(&srv, 1);
+    assert_eq!(reports.len(), 1, "log:\n{}", srv.log().join("\n"));
+    let r = &reports[0];
+    assert!(r.contains(r#""Status": "4.4.7""#), "{r}");
+    assert!(r.contains("gave up after"), "{r}");
+    assert!(
+        r.contains("Connection refused"),
+        "the last error is given: {r}"
+    );
+    assert!(wait_queue_empty(&srv));
+}
+
+#[test]
+fn relay_on_port_465_uses_implicit_tls() {
+    let ca = TestCa::new();
+    let b = Behavior {
+        implicit_tls: Some(ca.server_config("smtps.relay.test")),
+        auth: Some(("u".into(), "p".into())),
+        ..Behavior::default()
+    };
+    let l = match std::net::TcpListener::bind((ip(12), 465)) {
+        Ok(l) => l,
+        Err(e) => panic!(
+            "cannot bind 127.0.0.12:465 for the implicit TLS relay ({e}); run the tests as root"
+        ),
+    };
+    drop(l);
+    let mx = FakeMx::start_all_on(465, vec![(ip(12), b)]);
+    let dns = FakeDns::start();
+    dns.a("smtps.relay.test", &[ip(12)]);
+    let files = TempDir::new("relay465");
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let pw = files.path().join("pw");
+    std::fs::write(&pw, "p").unwrap();
+    let extra = format!(
+        "relay = \"smtps.relay.test:465\"\nrelay_user = \"u\"\nrelay_password_file = {:?}\n",
+        pw.display().to_string()
+    );
+    let srv = Server::with_env(
+        opts(&dns, free_port(6), &extra),
+        vec![("PIMAIL_RELAY_CA_FILE".into(), ca_file.display().to_string())],
+    );
+    send(&srv, &["quinn@far.example"], "smtps");
+    let got = mx[0].wait_messages(1, WAIT);
+    assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
+    assert!(got[0].tls && got[0].auth.as_deref() == Some("u"));
+}
+
+#[test]
+fn binary_named_sendmail_is_sendmail() {
+    let dns = FakeDns::start();
+    let (port, mx) = FakeMx::start_all(vec![(ip(2), Behavior::default())]);
+    dns.mx("argv0.test", &[(10, "mx.argv0.test")]);
+    dns.a("mx.argv0.test", &[ip(2)]);
+    let srv = Server::with(opts(&dns, port, ""));
+    let link = srv.dir.path().join("sendmail");
+    std::os::unix::fs::symlink(bin(), &link).unwrap();
+    let mut child = Command::new(&link)
+        .args(["-oi", "--config"])
+        .arg(&srv.config)
+        .arg("rose@argv0.test")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: argv0\n\n.\nstill here\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let got = mx[0].wait_messages(1, WAIT);
+    assert_eq!(got.len(), 1);
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(
+        text.ends_with("Subject: argv0\r\n\r\n.\r\nstill here\r\n"),
+        "-oi keeps the lone dot: {text}"
+    );
+}

@@ -242,6 +242,8 @@ type DataFn = dyn Fn(usize) -> (u16, String) + Send + Sync;
 #[derive(Clone)]
 pub struct Behavior {
     pub greeting: (u16, String),
+    /// false: an old server that answers EHLO with 502.
+    pub esmtp: bool,
     pub pipelining: bool,
     pub starttls: Option<Arc<rustls::ServerConfig>>,
     pub implicit_tls: Option<Arc<rustls::ServerConfig>>,
@@ -255,6 +257,7 @@ impl Default for Behavior {
     fn default() -> Self {
         Behavior {
             greeting: (220, "fake ESMTP".into()),
+            esmtp: true,
             pipelining: true,
             starttls: None,
             implicit_tls: None,
@@ -275,6 +278,8 @@ pub struct Got {
     pub data: Vec<u8>,
     pub tls: bool,
     pub auth: Option<String>,
+    /// The client's EHLO or HELO line.
+    pub hello: String,
     /// Which connection (0-based, per server) carried it.
     pub conn: usize,
 }
@@ -460,11 +465,15 @@ fn session(
     let mut from: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
     let mut auth: Option<String> = None;
+    let mut hello = String::new();
     loop {
         let line = l.line()?;
         let text = String::from_utf8_lossy(&line).to_string();
         let upper = text.to_ascii_uppercase();
-        if upper.starts_with("EHLO") {
+        if upper.starts_with("EHLO") && !b.esmtp {
+            l.send(502, "5.5.1 EHLO not implemented")?;
+        } else if upper.starts_with("EHLO") {
+            hello = text.clone();
             let mut caps = vec![
                 "fake.example greets you".to_string(),
                 "SIZE 10000000".into(),
@@ -487,6 +496,7 @@ fn session(
             l.io.write_all(out.as_bytes())?;
             l.io.flush()?;
         } else if upper.starts_with("HELO") {
+            hello = text.clone();
             l.send(250, "fake")?;
         } else if upper == "STARTTLS" {
             let Some(cfg) = &b.starttls else {
@@ -564,6 +574,7 @@ fn session(
                     data,
                     tls,
                     auth: auth.clone(),
+                    hello: hello.clone(),
                     conn,
                 });
             }
