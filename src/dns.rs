@@ -295,8 +295,9 @@ impl Resolver {
         Ok(mx_hosts(&records, random_below))
     }
 
-    /// A and AAAA of a host: IPv6 first when it has both (RFC 6724's
-    /// default order), since a failing IPv6 falls back quickly to IPv4.
+    /// A and AAAA of a host: IPv4 first. Home lines rarely have reverse
+    /// DNS for IPv6, and big providers refuse IPv6 senders without it
+    /// (a permanent 550), while IPv4 usually works; IPv6 is the fallback.
     pub async fn addrs(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![ip]);
@@ -304,15 +305,15 @@ impl Resolver {
         let v4 = self.lookup(host, RecordType::A).await;
         let v6 = self.lookup(host, RecordType::AAAA).await;
         let mut out = Vec::new();
-        if let Ok(r) = &v6 {
-            out.extend(r.iter().filter_map(|d| match d {
-                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                _ => None,
-            }));
-        }
         if let Ok(r) = &v4 {
             out.extend(r.iter().filter_map(|d| match d {
                 RData::A(a) => Some(IpAddr::V4(a.0)),
+                _ => None,
+            }));
+        }
+        if let Ok(r) = &v6 {
+            out.extend(r.iter().filter_map(|d| match d {
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
                 _ => None,
             }));
         }

@@ -181,6 +181,10 @@ pub enum Next {
     /// The transaction ended without data: one reply per recipient. The
     /// server may hold a half-open transaction: send RSET before reuse.
     Done(Vec<ServerReply>),
+    /// The server said 354 although it accepted no recipient (against RFC
+    /// 2920 3.1): end the data at once with `.`, read that reply, and the
+    /// recipients keep these replies.
+    EndEmpty(Vec<ServerReply>),
 }
 
 /// Envelope parameters for MAIL FROM.
@@ -259,12 +263,13 @@ impl Transaction {
             return Next::Send(vec!["DATA".into()]);
         }
         let data = &self.replies[data_idx];
-        if data.code == 354 && accepted {
-            return Next::Body;
+        if data.code == 354 {
+            if accepted {
+                return Next::Body;
+            }
+            return Next::EndEmpty(rcpt_replies.to_vec());
         }
-        // DATA refused (or, against RFC 2920, 354 with no recipient: the
-        // driver ends it with an empty message) — the accepted recipients
-        // share the DATA reply.
+        // DATA refused: the accepted recipients share the DATA reply.
         let out = rcpt_replies
             .iter()
             .map(|r| if r.ok() { data.clone() } else { r.clone() })
@@ -510,6 +515,16 @@ mod tests {
             panic!()
         };
         assert!(res.iter().all(|x| x.code == 553));
+        // Pipelined, no recipient accepted, yet 354: end it empty.
+        let mut t = Transaction::new("me@y", &rc, &caps, &p);
+        t.start();
+        for code in [250, 550, 551] {
+            assert_eq!(t.reply(r(code)), Next::Read);
+        }
+        let Next::EndEmpty(res) = t.reply(r(354)) else {
+            panic!()
+        };
+        assert_eq!(res.iter().map(|x| x.code).collect::<Vec<_>>(), vec![550, 551]);
     }
 
     fn encode(chunks: &[&[u8]]) -> Vec<u8> {

@@ -491,6 +491,11 @@ impl Conn {
                     next = tx.reply(self.read(limit).await?);
                 }
                 Next::Read => next = tx.reply(self.read(self.t.data_init).await?),
+                Next::EndEmpty(results) => {
+                    self.write(b".\r\n", self.t.data_block).await?;
+                    let _ = self.read(self.t.data_end).await?;
+                    return Ok(results);
+                }
                 Next::Done(results) => {
                     let _ = self.command("RSET", self.t.command).await;
                     return Ok(results);
