@@ -1081,3 +1081,35 @@ fn binary_named_sendmail_is_sendmail() {
         "-oi keeps the lone dot: {text}"
     );
 }
+
+#[test]
+fn a_hung_mx_does_not_hold_up_other_domains() {
+    let dns = FakeDns::start();
+    let hung = Behavior {
+        silent_for: Some(Duration::from_secs(60)),
+        ..Behavior::default()
+    };
+    let (port, mx) = FakeMx::start_all(vec![(ip(2), hung), (ip(3), Behavior::default())]);
+    dns.mx("hung.test", &[(10, "mx.hung.test")]);
+    dns.a("mx.hung.test", &[ip(2)]);
+    dns.mx("quick.test", &[(10, "mx.quick.test")]);
+    dns.a("mx.quick.test", &[ip(3)]);
+    let srv = Server::with(opts(&dns, port, ""));
+    let start = std::time::Instant::now();
+    send(&srv, &["a@hung.test", "b@quick.test"], "parallel");
+    let got = mx[1].wait_messages(1, Duration::from_secs(30));
+    assert_eq!(got.len(), 1, "quick.test waited for hung.test");
+    // The hung server is still holding its connection (it waits 60 s).
+    assert!(start.elapsed() < Duration::from_secs(55));
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while mx[0].connections.load(std::sync::atomic::Ordering::SeqCst) == 0
+        && std::time::Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        mx[0].connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "hung.test was tried at the same time"
+    );
+}

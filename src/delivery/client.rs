@@ -524,7 +524,10 @@ mod tests {
         let Next::EndEmpty(res) = t.reply(r(354)) else {
             panic!()
         };
-        assert_eq!(res.iter().map(|x| x.code).collect::<Vec<_>>(), vec![550, 551]);
+        assert_eq!(
+            res.iter().map(|x| x.code).collect::<Vec<_>>(),
+            vec![550, 551]
+        );
     }
 
     fn encode(chunks: &[&[u8]]) -> Vec<u8> {

@@ -107,6 +107,24 @@ impl Outcome {
 /// there: (entry index, recipient indexes).
 type Group = (String, Vec<(usize, Vec<usize>)>);
 
+/// How many domains are served at once.
+const PARALLEL_DOMAINS: usize = 8;
+
+/// One recipient's result: (entry index, recipient index, outcome, where).
+type Result1 = (usize, usize, Outcome, Via);
+
+/// What a group's delivery needs of one message (a snapshot, so that
+/// groups can run in parallel while the entries stay with the worker).
+struct MsgJob {
+    ei: usize,
+    /// (recipient index, address)
+    rcpts: Vec<(usize, String)>,
+    from: String,
+    params: MailParams,
+    prefix: Vec<u8>,
+    path: PathBuf,
+}
+
 /// Which host and address an attempt talked to, for logs and bounces.
 #[derive(Debug, Clone, Default)]
 struct Via {
@@ -320,7 +338,7 @@ impl Worker {
     }
 
     /// One round over the due messages.
-    async fn process(&mut self, mut entries: Vec<Entry>) {
+    async fn process(&self, mut entries: Vec<Entry>) {
         let now = crate::timefmt::unix_now();
         let mut failures: Vec<Vec<(Failure, Via)>> = vec![Vec::new(); entries.len()];
         // Local recipients (from `sendmail`): the mbox.
@@ -363,20 +381,60 @@ impl Worker {
                 }
             }
         }
-        let mut done = vec![false; entries.len()];
+        // Domains are served in parallel (a slow or dead MX must not hold
+        // up the others), each group from a snapshot of what it sends; the
+        // results come back per recipient and are applied and saved as each
+        // domain finishes, so that a crash later in the round does not
+        // deliver these recipients again.
+        let limit = smol::lock::Semaphore::new(PARALLEL_DOMAINS);
+        let (tx, rx) = smol::channel::unbounded::<Vec<Result1>>();
+        let ex = smol::LocalExecutor::new();
         for (key, items) in groups {
-            self.deliver_group(&key, items, &mut entries, &mut failures, now)
-                .await;
-            // Save what is settled now, so that a crash later in this round
-            // does not deliver these recipients again.
-            for ei in 0..entries.len() {
-                if !done[ei] && !still_in_round(&entries[ei], now) {
-                    done[ei] = true;
-                    self.finish(&entries[ei], std::mem::take(&mut failures[ei]))
-                        .await;
+            let msgs: Vec<MsgJob> = items
+                .into_iter()
+                .map(|(ei, ris)| {
+                    let e = &entries[ei];
+                    MsgJob {
+                        ei,
+                        rcpts: ris
+                            .iter()
+                            .map(|&ri| (ri, e.rcpts[ri].addr.to_string()))
+                            .collect(),
+                        from: e.sender(),
+                        params: MailParams {
+                            size: e.size,
+                            smtputf8: e.smtputf8,
+                        },
+                        prefix: queue::header_bytes(&e.headers),
+                        path: self.queue.msg_path(&e.id),
+                    }
+                })
+                .collect();
+            let (tx, limit) = (tx.clone(), &limit);
+            ex.spawn(async move {
+                let _slot = limit.acquire().await;
+                let results = self.deliver_group(&key, msgs).await;
+                let _ = tx.send(results).await;
+            })
+            .detach();
+        }
+        drop(tx);
+        let mut done = vec![false; entries.len()];
+        ex.run(async {
+            while let Ok(results) = rx.recv().await {
+                for (ei, ri, outcome, via) in results {
+                    self.apply(&mut entries[ei], ri, &outcome, &via, &mut failures[ei], now);
+                }
+                for ei in 0..entries.len() {
+                    if !done[ei] && !still_in_round(&entries[ei], now) {
+                        done[ei] = true;
+                        self.finish(&entries[ei], std::mem::take(&mut failures[ei]))
+                            .await;
+                    }
                 }
             }
-        }
+        })
+        .await;
         for ei in 0..entries.len() {
             if !done[ei] {
                 self.finish(&entries[ei], std::mem::take(&mut failures[ei]))
@@ -551,84 +609,64 @@ impl Worker {
         }
     }
 
-    async fn deliver_group(
-        &self,
-        key: &str,
-        items: Vec<(usize, Vec<usize>)>,
-        entries: &mut [Entry],
-        failures: &mut [Vec<(Failure, Via)>],
-        now: u64,
-    ) {
+    /// Delivers the messages of one group (a domain, or the relay): tries
+    /// each address of each MX in order; all messages go over the first
+    /// connection that works, the rest of them over the next. Returns one
+    /// outcome per recipient.
+    async fn deliver_group(&self, key: &str, msgs: Vec<MsgJob>) -> Vec<Result1> {
+        let mut out = Vec::new();
         let targets = match self.targets(key).await {
             Ok(t) => t,
             Err(outcome) => {
-                for (ei, ris) in items {
-                    for ri in ris {
-                        self.apply(
-                            &mut entries[ei],
-                            ri,
-                            &outcome,
-                            &Via::default(),
-                            &mut failures[ei],
-                            now,
-                        );
+                for m in msgs {
+                    for (ri, _) in m.rcpts {
+                        out.push((m.ei, ri, outcome.clone(), Via::default()));
                     }
                 }
-                return;
+                return out;
             }
         };
-        let mut remaining: VecDeque<(usize, Vec<usize>)> = items.into();
+        let mut remaining: VecDeque<MsgJob> = msgs.into();
         let mut last = String::from("451 4.4.1 no mail server answered");
         let mut last_via = Via::default();
         for (host, addr) in targets {
             if remaining.is_empty() {
                 break;
             }
-            let mut c =
-                match Conn::open(&host, addr, &self.hostname, &self.security, &self.verifier).await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        log::info!("outbound: {host} [{}]: {e}", addr.ip());
-                        last = match &e {
-                            ConnError::Network(s) => {
-                                format!("451 4.4.1 {host} [{}]: {s}", addr.ip())
-                            }
-                            ConnError::Refused(r) => {
-                                format!("{} (from {host} [{}])", r.one_line(), addr.ip())
-                            }
-                        };
-                        last_via = Via {
-                            host: Some(host.clone()),
-                            ip: Some(addr.ip()),
-                            tls: None,
-                        };
-                        continue;
-                    }
-                };
+            let opened =
+                Conn::open(&host, addr, &self.hostname, &self.security, &self.verifier).await;
+            let mut c = match opened {
+                Ok(c) => c,
+                Err(e) => {
+                    log::info!("outbound: {host} [{}]: {e}", addr.ip());
+                    last = match &e {
+                        ConnError::Network(s) => format!("451 4.4.1 {host} [{}]: {s}", addr.ip()),
+                        ConnError::Refused(r) => {
+                            format!("{} (from {host} [{}])", r.one_line(), addr.ip())
+                        }
+                    };
+                    last_via = Via {
+                        host: Some(host.clone()),
+                        ip: Some(addr.ip()),
+                        tls: None,
+                    };
+                    continue;
+                }
+            };
             let via = Via {
                 host: Some(host.clone()),
                 ip: Some(addr.ip()),
                 tls: c.tls.as_ref().map(|t| t.to_string()),
             };
             let mut broken = false;
-            while let Some((ei, ris)) = remaining.front().cloned() {
-                let e = &entries[ei];
-                let rcpts: Vec<String> =
-                    ris.iter().map(|&ri| e.rcpts[ri].addr.to_string()).collect();
-                let params = MailParams {
-                    size: e.size,
-                    smtputf8: e.smtputf8,
-                };
-                let prefix = queue::header_bytes(&e.headers);
-                let path = self.queue.msg_path(&e.id);
-                match c.send(&e.sender(), &rcpts, &params, &prefix, &path).await {
+            while let Some(m) = remaining.front() {
+                let rcpts: Vec<String> = m.rcpts.iter().map(|(_, a)| a.clone()).collect();
+                match c.send(&m.from, &rcpts, &m.params, &m.prefix, &m.path).await {
                     Ok(replies) => {
-                        remaining.pop_front();
-                        for (ri, reply) in ris.iter().zip(replies.iter()) {
-                            let o = Outcome::from_reply(reply);
-                            self.apply(&mut entries[ei], *ri, &o, &via, &mut failures[ei], now);
+                        for ((ri, _), reply) in m.rcpts.iter().zip(replies.iter()) {
+                            out.push((m.ei, *ri, Outcome::from_reply(reply), via.clone()));
                         }
+                        remaining.pop_front();
                     }
                     Err(e) => {
                         log::info!("outbound: {host} [{}]: {e}", addr.ip());
@@ -644,18 +682,12 @@ impl Worker {
             }
         }
         let outcome = Outcome::Temporary(last);
-        for (ei, ris) in remaining {
-            for ri in ris {
-                self.apply(
-                    &mut entries[ei],
-                    ri,
-                    &outcome,
-                    &last_via,
-                    &mut failures[ei],
-                    now,
-                );
+        for m in remaining {
+            for (ri, _) in m.rcpts {
+                out.push((m.ei, ri, outcome.clone(), last_via.clone()));
             }
         }
+        out
     }
 
     /// Sends the RFC 3464 report for `failures` to the message's sender:

@@ -244,6 +244,8 @@ pub struct Behavior {
     pub greeting: (u16, String),
     /// false: an old server that answers EHLO with 502.
     pub esmtp: bool,
+    /// Accept connections but say nothing for this long (a hung server).
+    pub silent_for: Option<Duration>,
     pub pipelining: bool,
     pub starttls: Option<Arc<rustls::ServerConfig>>,
     pub implicit_tls: Option<Arc<rustls::ServerConfig>>,
@@ -258,6 +260,7 @@ impl Default for Behavior {
         Behavior {
             greeting: (220, "fake ESMTP".into()),
             esmtp: true,
+            silent_for: None,
             pipelining: true,
             starttls: None,
             implicit_tls: None,
@@ -452,6 +455,10 @@ fn session(
         Some(cfg) => Io::tls(s, cfg)?,
         None => Io::Plain(s),
     };
+    if let Some(d) = b.silent_for {
+        std::thread::sleep(d);
+        return Ok(());
+    }
     let mut tls = matches!(io, Io::Tls(_));
     let mut l = Lines {
         io,
