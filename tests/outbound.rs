@@ -953,11 +953,17 @@ fn postfix_accepts_our_delivery() {
         srv.log().join("\n"),
         pf.log()
     );
-    let lines: Vec<String> = srv
-        .log()
-        .into_iter()
-        .filter(|l| l.contains("delivered id="))
-        .collect();
+    let delivered = || -> Vec<String> {
+        srv.log()
+            .into_iter()
+            .filter(|l| l.contains("delivered id="))
+            .collect()
+    };
+    let end = std::time::Instant::now() + WAIT;
+    while delivered().len() < 2 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = delivered();
     assert_eq!(lines.len(), 2, "{lines:?}");
     for l in &lines {
         assert!(l.contains("host=mx.pfx.test ip=127.0.0.11"), "{l}");
