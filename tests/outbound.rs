@@ -1130,3 +1130,21 @@ fn a_hung_mx_does_not_hold_up_other_domains() {
         "hung.test was tried at the same time"
     );
 }
+
+#[test]
+fn relay_user_without_password_file_is_refused_at_start() {
+    let dir = TempDir::new("relaycfg");
+    let o = Options {
+        extra: "[outbound]\nrelay = \"smtp.example.net:587\"\nrelay_user = \"alice\"\n".into(),
+        ..Options::default()
+    };
+    let cfg = Server::write_config(dir.path(), &o);
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("relay_password_file"), "{err}");
+}

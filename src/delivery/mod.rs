@@ -168,6 +168,12 @@ pub fn start(config: &Config, mbox: MboxWriter) -> Result<(Outbox, Worker), Stri
                 .rsplit_once(':')
                 .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_string(), p.parse().ok()?)))
                 .ok_or_else(|| format!("outbound.relay {hp:?}: expected host:port"))?;
+            if o.relay_user.is_some() != o.relay_password_file.is_some() {
+                return Err(
+                    "outbound.relay_user and outbound.relay_password_file go together: set both (AUTH) or neither"
+                        .into(),
+                );
+            }
             let password = match &o.relay_password_file {
                 None => None,
                 Some(p) => Some(
@@ -715,9 +721,12 @@ impl Worker {
             &id,
             now,
         );
+        // A sender at one of our domains that is not one of the user's
+        // addresses (`sendmail -f root`): on a one-person system the
+        // bounce is still the user's to read.
         let dest = self.policy.classify(&sender);
         let result = match dest {
-            Destination::Local => {
+            Destination::Local | Destination::UnknownLocal => {
                 let spool = self.spool_dir.join(format!("{id}.bounce"));
                 let s2 = spool.clone();
                 let written = smol::unblock(move || write_quoted(&s2, &text)).await;
@@ -757,7 +766,6 @@ impl Worker {
                 let _ = self.wake_tx.try_send(Wake::New);
                 r
             }
-            Destination::UnknownLocal => Err(format!("sender <{sender}> is not a local user")),
         };
         match result {
             Ok(()) => log::info!(
