@@ -296,7 +296,7 @@ impl Server {
         } = self;
         if let Some((worker, control)) = outbound {
             let sh = shared.clone();
-            ex.spawn(worker.run(control, move || sh.stopping()))
+            ex.spawn(worker.run(ex.clone(), control, move || sh.stopping()))
                 .detach();
         }
         for listener in pop3_listeners {

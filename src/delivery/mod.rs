@@ -27,9 +27,11 @@ use bounce::Failure;
 use client::{MailParams, ServerReply};
 use conn::{Conn, ConnError, Security};
 use rustls::client::WebPkiServerVerifier;
-use std::collections::{HashMap, VecDeque};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,7 +152,13 @@ pub struct Worker {
     wake_tx: smol::channel::Sender<Wake>,
     /// Messages tried in this round are not tried again before this time,
     /// even if saving their new state failed (no busy loop on a full disk).
-    not_before: HashMap<String, u64>,
+    not_before: RefCell<HashMap<String, u64>>,
+    /// Messages a delivery round is working on: the next scan leaves them
+    /// alone, so that new mail goes out while a slow server holds an old
+    /// round (RFC 5321 timeouts are minutes long).
+    in_flight: RefCell<HashSet<String>>,
+    /// Connections (domain groups) at once, over all rounds.
+    slots: smol::lock::Semaphore,
 }
 
 /// Sets up the queue and the worker; the worker runs when spawned.
@@ -213,7 +221,9 @@ pub fn start(config: &Config, mbox: MboxWriter) -> Result<(Outbox, Worker), Stri
         verifier,
         rx,
         wake_tx: tx,
-        not_before: HashMap::new(),
+        not_before: RefCell::new(HashMap::new()),
+        in_flight: RefCell::new(HashSet::new()),
+        slots: smol::lock::Semaphore::new(PARALLEL_DOMAINS),
     };
     Ok((outbox, worker))
 }
@@ -232,21 +242,25 @@ impl Worker {
         Ok(sock)
     }
 
-    /// Delivers until `stopping` says so.
+    /// Delivers until `stopping` says so. Each scan starts a delivery
+    /// round for the messages that are due (as a task on `ex`), and goes
+    /// back to waiting; a round that ends wakes it for the next scan.
     pub async fn run(
-        mut self,
+        self,
+        ex: Rc<smol::LocalExecutor<'static>>,
         control: Option<async_net::unix::UnixDatagram>,
         stopping: impl Fn() -> bool,
     ) {
         if let Match::Relay(h) = self.describe() {
             log::info!("outbound: relaying all mail through {h}");
         }
+        let this = Rc::new(self);
         let mut flush = false;
         loop {
             if stopping() {
                 return;
             }
-            let q = self.queue.clone();
+            let q = this.queue.clone();
             let entries = match smol::unblock(move || q.list()).await {
                 Ok(e) => e,
                 Err(e) => {
@@ -255,11 +269,15 @@ impl Worker {
                 }
             };
             let now = crate::timefmt::unix_now();
-            self.not_before.retain(|_, t| *t > now);
+            this.not_before.borrow_mut().retain(|_, t| *t > now);
             let mut due = Vec::new();
             let mut next_wake = now + MAX_SLEEP;
             for mut e in entries {
-                if self.not_before.contains_key(&e.id) {
+                if this.in_flight.borrow().contains(&e.id) {
+                    // Its round wakes us when it ends.
+                    continue;
+                }
+                if this.not_before.borrow().contains_key(&e.id) {
                     next_wake = next_wake.min(now + 1);
                     continue;
                 }
@@ -269,11 +287,11 @@ impl Worker {
                     }
                 }
                 match e.next_attempt() {
-                    Some(t) if t <= now && !self.queue.msg_path(&e.id).exists() => {
+                    Some(t) if t <= now && !this.queue.msg_path(&e.id).exists() => {
                         // Deleted by `queue delete` meanwhile, or damaged by
                         // hand: nothing to send.
                         log::error!("queue id={}: message body missing, dropping it", e.id);
-                        let _ = self.queue.remove(&e.id);
+                        let _ = this.queue.remove(&e.id);
                     }
                     Some(t) if t <= now => due.push(e),
                     Some(t) => next_wake = next_wake.min(t),
@@ -282,27 +300,36 @@ impl Worker {
             }
             flush = false;
             if !due.is_empty() {
-                for e in &due {
-                    self.not_before.insert(e.id.clone(), now + 1);
+                let ids: Vec<String> = due.iter().map(|e| e.id.clone()).collect();
+                for id in &ids {
+                    // Not again within the second, even if saving its new
+                    // state failed (no busy loop on a full disk).
+                    this.not_before.borrow_mut().insert(id.clone(), now + 1);
+                    this.in_flight.borrow_mut().insert(id.clone());
                 }
-                self.process(due).await;
-                continue;
+                let w = this.clone();
+                ex.spawn(async move {
+                    w.process(due).await;
+                    let mut f = w.in_flight.borrow_mut();
+                    for id in &ids {
+                        f.remove(id);
+                    }
+                    let _ = w.wake_tx.try_send(Wake::New);
+                })
+                .detach();
             }
             let sleep = Duration::from_secs(next_wake.saturating_sub(now).max(1));
-            let woke = crate::server::timeout(sleep, self.wait(control.as_ref())).await;
-            match woke {
-                Some(Wake::Flush) => {
-                    log::info!("queue flush: retrying every queued message now");
-                    flush = true;
-                    self.not_before.clear();
-                }
-                Some(Wake::New) | None => {}
+            let woke = crate::server::timeout(sleep, this.wait(control.as_ref())).await;
+            if woke == Some(Wake::Flush) {
+                log::info!("queue flush: retrying every queued message now");
+                flush = true;
+                this.not_before.borrow_mut().clear();
             }
             // Collect further wake-ups that came meanwhile.
-            while let Ok(w) = self.rx.try_recv() {
+            while let Ok(w) = this.rx.try_recv() {
                 if w == Wake::Flush {
                     flush = true;
-                    self.not_before.clear();
+                    this.not_before.borrow_mut().clear();
                 }
             }
         }
@@ -392,7 +419,6 @@ impl Worker {
         // results come back per recipient and are applied and saved as each
         // domain finishes, so that a crash later in the round does not
         // deliver these recipients again.
-        let limit = smol::lock::Semaphore::new(PARALLEL_DOMAINS);
         let (tx, rx) = smol::channel::unbounded::<Vec<Result1>>();
         let ex = smol::LocalExecutor::new();
         for (key, items) in groups {
@@ -416,9 +442,9 @@ impl Worker {
                     }
                 })
                 .collect();
-            let (tx, limit) = (tx.clone(), &limit);
+            let tx = tx.clone();
             ex.spawn(async move {
-                let _slot = limit.acquire().await;
+                let _slot = self.slots.acquire().await;
                 let results = self.deliver_group(&key, msgs).await;
                 let _ = tx.send(results).await;
             })
