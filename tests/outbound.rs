@@ -1153,3 +1153,28 @@ fn relay_user_without_password_file_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("relay_password_file"), "{err}");
 }
+
+#[test]
+fn broken_starttls_falls_back_to_plain_text() {
+    let dns = FakeDns::start();
+    let b = Behavior {
+        broken_tls: true,
+        ..Behavior::default()
+    };
+    let (port, mx) = FakeMx::start_all(vec![(ip(2), b)]);
+    dns.mx("badtls.test", &[(10, "mx.badtls.test")]);
+    dns.a("mx.badtls.test", &[ip(2)]);
+    let srv = Server::with(opts(&dns, port, ""));
+    send(&srv, &["sam@badtls.test"], "badtls");
+    let got = mx[0].wait_messages(1, WAIT);
+    assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
+    assert!(!got[0].tls);
+    assert_eq!(
+        mx[0].connections.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    assert!(srv
+        .log()
+        .iter()
+        .any(|l| l.contains("trying again without TLS")));
+}

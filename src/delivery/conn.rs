@@ -52,8 +52,10 @@ impl Default for Timeouts {
 /// Why a connection could not carry (more) mail: try the next address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnError {
-    /// Connection refused, reset, timeout, TLS failure, garbled replies.
+    /// Connection refused, reset, timeout, garbled replies.
     Network(String),
+    /// The TLS handshake after STARTTLS (or for implicit TLS) failed.
+    Tls(String),
     /// The server answered the greeting, EHLO, STARTTLS or AUTH with an
     /// error reply.
     Refused(ServerReply),
@@ -62,7 +64,7 @@ pub enum ConnError {
 impl std::fmt::Display for ConnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConnError::Network(s) => write!(f, "{s}"),
+            ConnError::Network(s) | ConnError::Tls(s) => write!(f, "{s}"),
             ConnError::Refused(r) => write!(f, "{}", r.one_line()),
         }
     }
@@ -246,13 +248,15 @@ pub struct Conn {
 
 impl Conn {
     /// Connects to `addr` (MX `host`) and does greeting, EHLO, STARTTLS
-    /// and, for a relay, AUTH.
+    /// and, for a relay, AUTH. `starttls: false` skips an offered STARTTLS
+    /// (MX delivery only: the retry after a failed handshake).
     pub async fn open(
         host: &str,
         addr: SocketAddr,
         helo: &str,
         security: &Security,
         opportunistic_verifier: &Arc<WebPkiServerVerifier>,
+        starttls: bool,
     ) -> Result<Conn, ConnError> {
         let t = Timeouts::default();
         let tcp = crate::server::timeout(t.connect, TcpStream::connect(addr))
@@ -275,7 +279,7 @@ impl Conn {
             ..
         } = security
         {
-            c.start_tls(verifier.clone(), true).await?;
+            c.start_tls(verifier.clone()).await?;
         }
         let greeting = c.read(c.t.command).await?;
         if greeting.code != 220 {
@@ -284,12 +288,12 @@ impl Conn {
         c.hello(helo).await?;
         match security {
             Security::Opportunistic => {
-                if c.caps.starttls {
+                if c.caps.starttls && starttls {
                     let v = Arc::new(Recording {
                         inner: opportunistic_verifier.clone(),
                         verdict: Mutex::new(None),
                     });
-                    c.starttls(v.clone(), false).await?;
+                    c.starttls(v.clone()).await?;
                     if let (Some(t), Ok(v)) = (&mut c.tls, v.verdict.lock()) {
                         t.unverified = v.clone();
                     }
@@ -309,7 +313,7 @@ impl Conn {
                                 .into(),
                         ));
                     }
-                    c.starttls(verifier.clone(), true).await?;
+                    c.starttls(verifier.clone()).await?;
                     c.hello(helo).await?;
                 }
                 if let (Some(u), Some(p)) = (user, password) {
@@ -345,11 +349,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn starttls(
-        &mut self,
-        verifier: Arc<dyn ServerCertVerifier>,
-        strict: bool,
-    ) -> Result<(), ConnError> {
+    async fn starttls(&mut self, verifier: Arc<dyn ServerCertVerifier>) -> Result<(), ConnError> {
         let r = self.command("STARTTLS", self.t.command).await?;
         if r.code != 220 {
             return Err(ConnError::Refused(r));
@@ -360,14 +360,10 @@ impl Conn {
                 "server sent data after 220 to STARTTLS".into(),
             ));
         }
-        self.start_tls(verifier, strict).await
+        self.start_tls(verifier).await
     }
 
-    async fn start_tls(
-        &mut self,
-        verifier: Arc<dyn ServerCertVerifier>,
-        _strict: bool,
-    ) -> Result<(), ConnError> {
+    async fn start_tls(&mut self, verifier: Arc<dyn ServerCertVerifier>) -> Result<(), ConnError> {
         let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| net("TLS", e))?
@@ -385,8 +381,8 @@ impl Conn {
         };
         let tls = crate::server::timeout(self.t.command, connector.connect(name, tcp))
             .await
-            .ok_or_else(|| ConnError::Network("TLS handshake: timeout".into()))?
-            .map_err(|e| net("TLS handshake", e))?;
+            .ok_or_else(|| ConnError::Tls("TLS handshake: timeout".into()))?
+            .map_err(|e| ConnError::Tls(format!("TLS handshake: {e}")))?;
         let (_, session) = tls.get_ref();
         self.tls = Some(TlsUsed {
             version: session

@@ -665,14 +665,35 @@ impl Worker {
             if remaining.is_empty() {
                 break;
             }
-            let opened =
-                Conn::open(&host, addr, &self.hostname, &self.security, &self.verifier).await;
+            let open = |starttls| {
+                Conn::open(
+                    &host,
+                    addr,
+                    &self.hostname,
+                    &self.security,
+                    &self.verifier,
+                    starttls,
+                )
+            };
+            let mut opened = open(true).await;
+            if let (Err(ConnError::Tls(e)), Security::Opportunistic) = (&opened, &self.security) {
+                // RFC 7435 opportunistic security: a broken TLS stack on
+                // their side must not stop the mail; fall back to clear
+                // text with the same server, as Postfix does.
+                log::info!(
+                    "outbound: {host} [{}]: {e}; trying again without TLS",
+                    addr.ip()
+                );
+                opened = open(false).await;
+            }
             let mut c = match opened {
                 Ok(c) => c,
                 Err(e) => {
                     log::info!("outbound: {host} [{}]: {e}", addr.ip());
                     last = match &e {
-                        ConnError::Network(s) => format!("451 4.4.1 {host} [{}]: {s}", addr.ip()),
+                        ConnError::Network(s) | ConnError::Tls(s) => {
+                            format!("451 4.4.1 {host} [{}]: {s}", addr.ip())
+                        }
                         ConnError::Refused(r) => {
                             format!("{} (from {host} [{}])", r.one_line(), addr.ip())
                         }

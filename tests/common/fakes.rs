@@ -244,6 +244,8 @@ pub struct Behavior {
     pub greeting: (u16, String),
     /// false: an old server that answers EHLO with 502.
     pub esmtp: bool,
+    /// Offer STARTTLS, say 220, then answer the handshake with garbage.
+    pub broken_tls: bool,
     /// Accept connections but say nothing for this long (a hung server).
     pub silent_for: Option<Duration>,
     pub pipelining: bool,
@@ -260,6 +262,7 @@ impl Default for Behavior {
         Behavior {
             greeting: (220, "fake ESMTP".into()),
             esmtp: true,
+            broken_tls: false,
             silent_for: None,
             pipelining: true,
             starttls: None,
@@ -489,7 +492,7 @@ fn session(
             if b.pipelining {
                 caps.push("PIPELINING".into());
             }
-            if (b.starttls.is_some()) && !tls {
+            if (b.starttls.is_some() || b.broken_tls) && !tls {
                 caps.push("STARTTLS".into());
             }
             if b.auth.is_some() && tls {
@@ -505,6 +508,10 @@ fn session(
         } else if upper.starts_with("HELO") {
             hello = text.clone();
             l.send(250, "fake")?;
+        } else if upper == "STARTTLS" && b.broken_tls {
+            l.send(220, "2.0.0 go ahead")?;
+            l.io.write_all(b"this is not TLS at all\r\n")?;
+            return Ok(());
         } else if upper == "STARTTLS" {
             let Some(cfg) = &b.starttls else {
                 l.send(502, "5.5.1 no")?;
