@@ -293,8 +293,11 @@ pub fn run(
         }
     }
 
+    // RFC 6531: an address beyond ASCII in the envelope needs SMTPUTF8.
+    let utf8 = rcpts.iter().any(|(a, _)| !a.to_string().is_ascii())
+        || sender.as_ref().is_some_and(|a| !a.to_string().is_ascii());
     let mut entry = Entry::new(&id, sender, now, 0);
-    entry.smtputf8 = !header.is_ascii() && rcpts.iter().any(|(a, _)| !a.to_string().is_ascii());
+    entry.smtputf8 = utf8;
     for (a, local) in rcpts {
         entry.add_rcpt(a, local);
     }
