@@ -319,7 +319,13 @@ impl Queue {
     /// must not clean up after others.
     pub fn ensure_dir(&self) -> Result<(), QueueError> {
         crate::paths::private_dir(&self.dir)
-            .map_err(|e| QueueError::io(format!("cannot create {}", self.dir.display()), e))
+            .map_err(|e| QueueError::io(format!("cannot create {}", self.dir.display()), e))?;
+        // Created by a root `sendmail`: it belongs to the server (the
+        // owner of data_dir) all the same.
+        if let Some(data_dir) = self.dir.parent() {
+            adopt_owner(&self.dir, data_dir);
+        }
+        Ok(())
     }
 
     /// At server start: creates the directory and removes what a crash
