@@ -1178,3 +1178,20 @@ fn broken_starttls_falls_back_to_plain_text() {
         .iter()
         .any(|l| l.contains("trying again without TLS")));
 }
+
+#[test]
+fn ipv6_only_mx_is_reached() {
+    let dns = FakeDns::start();
+    let mx = FakeMx::start_at("[::1]:0".parse().unwrap(), Behavior::default());
+    dns.mx("v6.test", &[(10, "mx6.v6.test")]);
+    dns.aaaa("mx6.v6.test", &["::1".parse().unwrap()]);
+    let srv = Server::with(opts(&dns, mx.port, ""));
+    send(&srv, &["uma@v6.test"], "ipv6");
+    assert_eq!(
+        mx.wait_messages(1, WAIT).len(),
+        1,
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    assert!(srv.wait_log("ip=::1", WAIT));
+}

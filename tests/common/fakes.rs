@@ -320,6 +320,13 @@ impl FakeMx {
         }
     }
 
+    /// Starts one fake on any address (e.g. `[::1]:port`).
+    pub fn start_at(addr: SocketAddr, b: Behavior) -> FakeMx {
+        let l = TcpListener::bind(addr).unwrap();
+        let a = l.local_addr().unwrap();
+        FakeMx::run(l, a.ip(), a.port(), b)
+    }
+
     /// Starts fakes on a given port (e.g. after a restart).
     pub fn start_all_on(port: u16, specs: Vec<(Ipv4Addr, Behavior)>) -> Vec<FakeMx> {
         specs
