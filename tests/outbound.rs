@@ -1195,3 +1195,32 @@ fn ipv6_only_mx_is_reached() {
     );
     assert!(srv.wait_log("ip=::1", WAIT));
 }
+
+#[test]
+fn second_nameserver_answers_when_the_first_is_silent() {
+    let dns = FakeDns::start();
+    let dead = FakeDns::start();
+    dead.set("ns2.test", RecordType::MX, Answer::Silence);
+    dead.set("mx.ns2.test", RecordType::A, Answer::Silence);
+    dead.set("mx.ns2.test", RecordType::AAAA, Answer::Silence);
+    let (port, mx) = FakeMx::start_all(vec![(ip(2), Behavior::default())]);
+    dns.mx("ns2.test", &[(10, "mx.ns2.test")]);
+    dns.a("mx.ns2.test", &[ip(2)]);
+    let mut o = opts(&dns, port, "");
+    o.extra = o.extra.replace(
+        &format!("dns = [\"{}\"]", dns.addr),
+        &format!("dns = [\"{}\", \"{}\"]", dead.addr, dns.addr),
+    );
+    let srv = Server::with(o);
+    send(&srv, &["vic@ns2.test"], "ns2");
+    assert_eq!(
+        mx[0].wait_messages(1, WAIT).len(),
+        1,
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    assert!(
+        dead.count("ns2.test", RecordType::MX, false) >= 1,
+        "the first server was not asked"
+    );
+}
