@@ -356,7 +356,7 @@ impl Conn {
         }
         if self.reader.buffered() > 0 {
             // RFC 3207 5: nothing may follow the 220 before the handshake.
-            return Err(ConnError::Network(
+            return Err(ConnError::Tls(
                 "server sent data after 220 to STARTTLS".into(),
             ));
         }
