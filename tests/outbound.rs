@@ -686,7 +686,7 @@ fn sendmail_local_recipient_and_exit_codes() {
     assert_ne!(bad, cfg);
     let bad_cfg = srv.dir.path().join("bad.toml");
     std::fs::write(&bad_cfg, bad).unwrap();
-    let mut child = Command::new(bin())
+    let mut child = pimail_command()
         .args(["sendmail", "--config"])
         .arg(&bad_cfg)
         .arg("x@far.example")
@@ -1144,7 +1144,7 @@ fn relay_user_without_password_file_is_refused_at_start() {
         ..Options::default()
     };
     let cfg = Server::write_config(dir.path(), &o);
-    let out = Command::new(bin())
+    let out = pimail_command()
         .args(["serve", "--config"])
         .arg(&cfg)
         .output()
