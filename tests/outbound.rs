@@ -1075,7 +1075,17 @@ fn binary_named_sendmail_is_sendmail() {
     let srv = Server::with(opts(&dns, port, ""));
     let link = srv.dir.path().join("sendmail");
     std::os::unix::fs::symlink(bin(), &link).unwrap();
-    let mut child = Command::new(&link)
+    // Through the emulator when the binary is for another CPU (cross/).
+    let r = runner();
+    let mut cmd = match r.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(&link);
+            c
+        }
+        None => Command::new(&link),
+    };
+    let mut child = cmd
         .args(["-oi", "--config"])
         .arg(&srv.config)
         .arg("rose@argv0.test")
