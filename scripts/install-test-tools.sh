@@ -12,6 +12,9 @@ have openssl  || need+=(openssl)
 have prlimit  || need+=(util-linux)
 have python3  || need+=(python3)
 have systemd-analyze || need+=(systemd)   # unit file checks
+# The receiving MX of the outbound interop test (a private instance on a
+# loopback high port; the system's own Postfix is not configured or started).
+[ -x /usr/sbin/postfix ] || need+=(postfix)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
@@ -22,5 +25,6 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "install-test-tools: installing ${need[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections 2>/dev/null || true
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

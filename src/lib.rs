@@ -3,7 +3,10 @@
 //! The mail flow: `smtp` receives (port 25 and submission), `mbox`
 //! delivers into the user's mbox, `pop3` (with `maildrop`, the mbox
 //! index) hands it to the user's clients, `server` runs listeners, limits
-//! and shutdown. `config` and `cli` are the edges a person touches. Protocol
+//! and shutdown. Sending: `queue` (the durable outbound queue), `delivery`
+//! (the worker, SMTP client and bounces), `dns` (our stub resolver) and
+//! `sendmail` (the local submission command). `config` and `cli` are the
+//! edges a person touches. Protocol
 //! cores are sans-I/O (`smtp::command`, `smtp::data`, `smtp::session`,
 //! `line`, `pop3::command`, `pop3::session`, `pop3::retr`); their async
 //! drivers are thin (`smtp::conn`, `pop3::conn`).
@@ -13,6 +16,8 @@ pub mod address;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod delivery;
+pub mod dns;
 pub mod envelope;
 pub mod line;
 pub mod logging;
@@ -21,6 +26,8 @@ pub mod mbox;
 pub mod notify;
 pub mod paths;
 pub mod pop3;
+pub mod queue;
+pub mod sendmail;
 pub mod server;
 pub mod smtp;
 pub mod sys;

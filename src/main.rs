@@ -16,6 +16,7 @@ use std::time::Duration;
 /// sysexits.h
 const EX_USAGE: u8 = 64;
 const EX_DATAERR: u8 = 65;
+const EX_NOINPUT: u8 = 66;
 const EX_UNAVAILABLE: u8 = 69;
 const EX_SOFTWARE: u8 = 70;
 const EX_OSERR: u8 = 71;
@@ -54,14 +55,8 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Serve => serve(&cli),
-        Command::Sendmail(_) => {
-            eprintln!("pimail sendmail: outbound mail is not available in this version; message not accepted");
-            ExitCode::from(EX_TEMPFAIL)
-        }
-        Command::Queue(_) => {
-            eprintln!("pimail queue: outbound mail is not available in this version");
-            ExitCode::from(EX_UNAVAILABLE)
-        }
+        Command::Sendmail(ref args) => sendmail(&cli, args),
+        Command::Queue(ref q) => queue(&cli, q),
     }
 }
 
@@ -71,6 +66,90 @@ fn load_config(cli: &cli::Cli) -> Result<Config, ExitCode> {
         eprintln!("pimail: config error: {e}");
         ExitCode::from(EX_CONFIG)
     })
+}
+
+/// `pimail sendmail`: queue the message from stdin (see `sendmail`).
+fn sendmail(cli: &cli::Cli, args: &cli::SendmailArgs) -> ExitCode {
+    let config = match load_config(cli) {
+        Ok(c) => c,
+        // Without a config we cannot queue: the caller must keep the mail.
+        Err(_) => return ExitCode::from(EX_TEMPFAIL),
+    };
+    logging::init(log::LevelFilter::Warn, cli.verbose);
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    match pimail::sendmail::run(&config, args, &mut input) {
+        Ok(id) => {
+            if cli.verbose > 0 {
+                eprintln!("pimail sendmail: queued as {id}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pimail sendmail: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// `pimail queue list|flush|delete ID`.
+fn queue(cli: &cli::Cli, cmd: &cli::QueueCommand) -> ExitCode {
+    use pimail::delivery::{poke, Wake};
+    use pimail::queue::{Queue, QueueError};
+    let config = match load_config(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let q = Queue::new(&config.data_dir);
+    match cmd {
+        cli::QueueCommand::List => match q.list() {
+            Ok(entries) => {
+                print!(
+                    "{}",
+                    pimail::queue::list_text(&entries, pimail::timefmt::unix_now())
+                );
+                if entries.is_empty() {
+                    println!("queue is empty");
+                }
+                ExitCode::SUCCESS
+            }
+            // No queue directory yet: nothing was ever queued.
+            Err(QueueError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                println!("queue is empty");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pimail queue: {e}");
+                ExitCode::from(EX_OSERR)
+            }
+        },
+        cli::QueueCommand::Flush => match poke(&config.data_dir, Wake::Flush) {
+            Ok(()) => {
+                println!("pimail queue: asked the server to retry every queued message now");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "pimail queue: the server is not running ({e}); queued mail is tried when it starts"
+                );
+                ExitCode::from(EX_UNAVAILABLE)
+            }
+        },
+        cli::QueueCommand::Delete(id) => match q.remove(id) {
+            Ok(()) => {
+                println!("pimail queue: deleted {id}");
+                ExitCode::SUCCESS
+            }
+            Err(e @ QueueError::NotFound(_)) => {
+                eprintln!("pimail queue: {e}");
+                ExitCode::from(EX_NOINPUT)
+            }
+            Err(e) => {
+                eprintln!("pimail queue: {e}");
+                ExitCode::from(EX_OSERR)
+            }
+        },
+    }
 }
 
 /// `pimail passwd`: one line from stdin (a terminal or a pipe) to a hash.

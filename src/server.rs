@@ -146,6 +146,11 @@ pub struct Server {
     listeners: Vec<(TcpListener, Port)>,
     pub pop3: Rc<Pop3Context>,
     pop3_listeners: Vec<TcpListener>,
+    /// The outbound delivery worker and its control socket.
+    outbound: Option<(
+        crate::delivery::Worker,
+        Option<async_net::unix::UnixDatagram>,
+    )>,
 }
 
 #[derive(Debug)]
@@ -153,6 +158,7 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     DataDir(std::path::PathBuf, std::io::Error),
     Mbox(crate::mbox::MboxError),
+    Outbound(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -163,6 +169,7 @@ impl std::fmt::Display for StartError {
                 write!(f, "cannot use data directory {}: {e}", p.display())
             }
             StartError::Mbox(e) => write!(f, "cannot open the mbox: {e}"),
+            StartError::Outbound(e) => write!(f, "outbound delivery: {e}"),
         }
     }
 }
@@ -184,6 +191,17 @@ impl Server {
         }
         let mbox =
             MboxWriter::start(&config.user.mbox, &config.data_dir).map_err(StartError::Mbox)?;
+        let (outbox, worker) =
+            crate::delivery::start(config, mbox.clone()).map_err(StartError::Outbound)?;
+        // Without the control socket (e.g. a data_dir path too long for a
+        // Unix socket) mail still goes out; sendmail's and `queue flush`'s
+        // pokes are then noticed at the next scheduled scan.
+        let control = worker
+            .bind_control()
+            .map_err(|e| {
+                log::warn!("outbound: {e}; `queue flush` and sendmail cannot wake the server")
+            })
+            .ok();
         let settings = Rc::new(Settings {
             hostname: config.hostname.clone(),
             policy: LocalPolicy::from_config(config),
@@ -237,8 +255,10 @@ impl Server {
                 settings,
                 mbox,
                 spool_dir,
+                outbox: Some(outbox),
             }),
             listeners,
+            outbound: Some((worker, control)),
         })
     }
 
@@ -272,7 +292,13 @@ impl Server {
             listeners,
             pop3,
             pop3_listeners,
+            outbound,
         } = self;
+        if let Some((worker, control)) = outbound {
+            let sh = shared.clone();
+            ex.spawn(worker.run(ex.clone(), control, move || sh.stopping()))
+                .detach();
+        }
         for listener in pop3_listeners {
             let shared = shared.clone();
             let pop3 = pop3.clone();

@@ -29,6 +29,8 @@ pub struct SmtpContext {
     pub settings: Rc<Settings>,
     pub mbox: MboxWriter,
     pub spool_dir: PathBuf,
+    /// The outbound queue; `None` only in tests of the receiving side.
+    pub outbox: Option<crate::delivery::Outbox>,
 }
 
 enum End {
@@ -276,11 +278,6 @@ async fn store(
     ctx: &SmtpContext,
     shared: &Shared,
 ) -> Result<(), StoreError> {
-    if env.remote_rcpts().next().is_some() {
-        // Outbound delivery is not built yet: say so rather than pretend.
-        log::error!("id={id}: outbound delivery is not available");
-        return Err(StoreError::Local);
-    }
     if env.has_local() {
         let now = crate::timefmt::unix_now();
         let mut prefix = mbox::from_line(&env.sender(), now);
@@ -299,5 +296,131 @@ async fn store(
             }
         })?;
     }
+    if env.remote_rcpts().next().is_some() {
+        enqueue(env, id, spool, ctx, shared).await?;
+    }
     Ok(())
+}
+
+/// Queues the message for its remote recipients (submission): durable
+/// before the caller says `250`.
+async fn enqueue(
+    env: &Envelope,
+    id: &str,
+    spool: &std::path::Path,
+    ctx: &SmtpContext,
+    shared: &Shared,
+) -> Result<(), StoreError> {
+    let Some(outbox) = &ctx.outbox else {
+        log::error!("id={id}: no outbound queue");
+        return Err(StoreError::Local);
+    };
+    let now = crate::timefmt::unix_now();
+    let size = std::fs::metadata(spool).map(|m| m.len()).unwrap_or(0);
+    let mut entry = crate::queue::Entry::new(id, env.from.clone(), now, size);
+    entry.smtputf8 = env.smtputf8;
+    // Our Received: goes out in front of the message (RFC 5321 4.4).
+    entry.headers = env
+        .received_header(&shared.hostname, id, now)
+        .lines()
+        .map(|l| l.to_string())
+        .collect();
+    for r in env.remote_rcpts() {
+        entry.add_rcpt(r.addr.clone(), false);
+    }
+    let queue = outbox.queue.clone();
+    let spool = spool.to_path_buf();
+    let r = smol::unblock(move || queue.enqueue(&entry, &spool)).await;
+    match r {
+        Ok(()) => {
+            outbox.wake();
+            Ok(())
+        }
+        Err(e) => {
+            log::error!("id={id}: cannot queue: {e}");
+            Err(if e.is_disk_full() {
+                StoreError::DiskFull
+            } else {
+                StoreError::Local
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::{parse_mailbox, Destination};
+    use crate::envelope::Recipient;
+
+    /// What an authenticated submission hands to `store`: remote
+    /// recipients are in the queue, durably, by the time it returns `Ok`
+    /// (the caller then says 250); the local one is in the mbox.
+    #[test]
+    fn store_queues_remote_recipients_before_ok() {
+        let dir = std::env::temp_dir().join(format!("pimail-conn-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data/spool")).unwrap();
+        let toml = format!(
+            "hostname = \"mail.example.org\"\ndomains = [\"example.org\"]\ndata_dir = {:?}\n\
+             [user]\nname = \"alice\"\npassword = \"$argon2id$v=19$m=64,t=1,p=1$d7bEe5+PDtR+c+lWi896vw$glblWHgdtnS/rmo83vVWocAP1oh4q0fcq6XvKfsvKO8\"\n\
+             addresses = [\"alice\"]\nmbox = {:?}\n",
+            dir.join("data").display().to_string(),
+            dir.join("mbox").display().to_string()
+        );
+        let config = crate::config::parse(&toml, "t.toml", &dir).unwrap();
+        let mbox = MboxWriter::start(&config.user.mbox, &config.data_dir).unwrap();
+        let (outbox, _worker) = crate::delivery::start(&config, mbox.clone()).unwrap();
+        let ctx = SmtpContext {
+            settings: Rc::new(Settings {
+                hostname: config.hostname.clone(),
+                policy: crate::address::LocalPolicy::from_config(&config),
+                max_message_size: 1 << 20,
+                max_recipients: 10,
+                max_errors: 10,
+                tls_available: false,
+            }),
+            mbox,
+            spool_dir: dir.join("data/spool"),
+            outbox: Some(outbox.clone()),
+        };
+        let shared = Shared::new(config.hostname.clone(), config.limits.clone());
+        let spool = dir.join("data/spool/ID1.msg");
+        std::fs::write(&spool, b"Subject: out\n\nhello\n").unwrap();
+        let rcpt = |s: &str, dest| Recipient {
+            addr: parse_mailbox(s, false).unwrap(),
+            dest,
+        };
+        let env = Envelope {
+            from: Some(parse_mailbox("alice@example.org", false).unwrap()),
+            rcpts: vec![
+                rcpt("bob@example.com", Destination::Remote),
+                rcpt("alice@example.org", Destination::Local),
+                rcpt("carol@example.net", Destination::Remote),
+            ],
+            helo: "laptop".into(),
+            esmtp: true,
+            peer: "127.0.0.1".parse().unwrap(),
+            tls: None,
+            auth: Some("alice".into()),
+            smtputf8: false,
+        };
+        smol::block_on(store(&env, "ID1", &spool, &ctx, &shared)).unwrap();
+        // The caller removes the spool file; the queue keeps its own link.
+        std::fs::remove_file(&spool).unwrap();
+        let q = &outbox.queue;
+        let e = q.load("ID1").unwrap();
+        let rcpts: Vec<String> = e.rcpts.iter().map(|r| r.addr.to_string()).collect();
+        assert_eq!(rcpts, vec!["bob@example.com", "carol@example.net"]);
+        assert_eq!(e.sender(), "alice@example.org");
+        assert!(e.headers[0].starts_with("Received: from laptop ([127.0.0.1])"));
+        assert!(e.headers.iter().any(|h| h.contains("with ESMTPA id ID1")));
+        assert_eq!(
+            std::fs::read(q.msg_path("ID1")).unwrap(),
+            b"Subject: out\n\nhello\n"
+        );
+        let mbox_text = std::fs::read_to_string(dir.join("mbox")).unwrap();
+        assert!(mbox_text.contains("Subject: out\n"), "{mbox_text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

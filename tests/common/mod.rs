@@ -4,6 +4,8 @@
 //! real sockets. Shared by every integration test file.
 #![allow(dead_code)]
 
+pub mod fakes;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -149,6 +151,42 @@ impl Server {
         };
         s.spawn();
         s
+    }
+
+    /// Runs `pimail sendmail ARGS` with this server's config and `input`
+    /// on stdin; returns the exit code and stderr.
+    pub fn sendmail(&self, args: &[&str], input: &[u8]) -> (i32, String) {
+        let mut child = pimail_command()
+            .arg("--config")
+            .arg(&self.config)
+            .arg("sendmail")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pimail sendmail");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let o = child.wait_with_output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `pimail queue ARGS` with this server's config: exit code, stdout.
+    pub fn queue_cmd(&self, args: &[&str]) -> (i32, String) {
+        let o = pimail_command()
+            .arg("queue")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run pimail queue");
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
     }
 
     /// Like `with`, but the child runs under `wrapper` (e.g. prlimit).
