@@ -15,6 +15,10 @@ have systemd-analyze || need+=(systemd)   # unit file checks
 # The receiving MX of the outbound interop test (a private instance on a
 # loopback high port; the system's own Postfix is not configured or started).
 [ -x /usr/sbin/postfix ] || need+=(postfix)
+# swaks speaks TLS through these Perl modules (only "recommended" by the
+# swaks package, so --no-install-recommends would leave them out).
+perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 \
+    || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

@@ -9,7 +9,8 @@
 //! edges a person touches. Protocol
 //! cores are sans-I/O (`smtp::command`, `smtp::data`, `smtp::session`,
 //! `line`, `pop3::command`, `pop3::session`, `pop3::retr`); their async
-//! drivers are thin (`smtp::conn`, `pop3::conn`).
+//! drivers are thin (`smtp::conn`, `pop3::conn`). `tls` loads the
+//! certificate and upgrades connections; `auth` and `sasl` check logins.
 #![deny(unsafe_code)]
 
 pub mod address;
@@ -27,8 +28,10 @@ pub mod notify;
 pub mod paths;
 pub mod pop3;
 pub mod queue;
+pub mod sasl;
 pub mod sendmail;
 pub mod server;
 pub mod smtp;
 pub mod sys;
 pub mod timefmt;
+pub mod tls;

@@ -8,7 +8,7 @@
 
 use pimail::cli::{self, Command};
 use pimail::config::{self, Config, Source};
-use pimail::{auth, logging, notify, paths, server, smtp};
+use pimail::{auth, logging, notify, paths, server, tls};
 use std::io::Read;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -49,6 +49,13 @@ fn main() -> ExitCode {
         Command::Passwd => passwd(),
         Command::CheckConfig => match load_config(&cli) {
             Ok(c) => {
+                // The certificate and key are part of a working config.
+                if let Some(t) = &c.tls {
+                    if let Err(e) = tls::load(&t.cert, &t.key) {
+                        eprintln!("pimail: config error: [tls]: {e}");
+                        return ExitCode::from(EX_CONFIG);
+                    }
+                }
                 print!("{}", c.effective());
                 ExitCode::SUCCESS
             }
@@ -244,6 +251,10 @@ fn serve(cli: &cli::Cli) -> ExitCode {
     };
     let server = match server::Server::start(&config) {
         Ok(s) => s,
+        Err(e @ server::StartError::Tls(_)) => {
+            log::error!("{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
         Err(e) => {
             log::error!("{e}");
             return ExitCode::from(EX_OSERR);
@@ -252,15 +263,7 @@ fn serve(cli: &cli::Cli) -> ExitCode {
     let addrs: Vec<String> = server
         .local_addrs()
         .iter()
-        .map(|(a, p)| {
-            format!(
-                "{} {a}",
-                match p {
-                    smtp::session::Port::Smtp => "smtp",
-                    smtp::session::Port::Submission => "submission",
-                }
-            )
-        })
+        .map(|(a, service)| format!("{} {a}", service.name()))
         .chain(server.pop3_addrs().iter().map(|a| format!("pop3 {a}")))
         .collect();
     let source = match &config.source {
@@ -287,6 +290,7 @@ fn serve(cli: &cli::Cli) -> ExitCode {
     if let Err(e) = notify::ready(&format!("listening: {}", addrs.join(", "))) {
         log::warn!("{e}");
     }
+    let certificate = server.certificate();
     let ex = std::rc::Rc::new(smol::LocalExecutor::new());
     let ex2 = ex.clone();
     smol::block_on(ex.run(async move {
@@ -295,7 +299,9 @@ fn serve(cli: &cli::Cli) -> ExitCode {
             let mut signals = signals;
             while let Some(sig) = signals.next().await {
                 match sig {
-                    Ok(Signal::Hup) => log::info!("received SIGHUP: nothing to reload"),
+                    // systemctl reload: a renewed certificate for new
+                    // connections; sessions in progress keep theirs.
+                    Ok(Signal::Hup) => reload(certificate.as_deref()),
                     Ok(sig) => {
                         log::info!("received {sig:?}, stopping");
                         break;
@@ -314,4 +320,21 @@ fn serve(cli: &cli::Cli) -> ExitCode {
     }));
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// `SIGHUP`: re-read the TLS certificate and key; keep the old pair if the
+/// new one is unusable (a half-finished renewal must not break TLS).
+fn reload(certificate: Option<&tls::Certificate>) {
+    match certificate {
+        None => log::info!("received SIGHUP: no [tls] configured, nothing to reload"),
+        Some(c) => match c.reload() {
+            Ok(()) => log::info!(
+                "received SIGHUP: reloaded TLS certificate {}",
+                c.cert_path().display()
+            ),
+            Err(e) => log::error!(
+                "received SIGHUP: TLS certificate not reloaded, keeping the old one: {e}"
+            ),
+        },
+    }
 }

@@ -5,13 +5,19 @@
 //! block others. Blocking file work (mbox appends and their fsyncs) runs on
 //! the mbox writer thread. `max_connections` and `max_connections_per_ip`
 //! are enforced at accept with `421 4.7.0`.
+//!
+//! The TLS certificate is loaded here at start (a bad one stops the start
+//! with an error naming the file) and shared by every listener;
+//! [`Server::certificate`] gives the handle that `SIGHUP` reloads.
 
 use crate::address::LocalPolicy;
+use crate::auth::Logins;
 use crate::config::{Config, Limits};
 use crate::mbox::MboxWriter;
 use crate::pop3::conn::Pop3Context;
 use crate::smtp::conn::SmtpContext;
 use crate::smtp::session::{Port, Settings};
+use crate::tls::{Certificate, TlsError};
 use async_net::{TcpListener, TcpStream};
 use smol::future::FutureExt;
 use smol::io::AsyncWriteExt;
@@ -53,10 +59,46 @@ pub fn new_id() -> String {
     format!("{:08X}{:08X}", crate::timefmt::unix_now() as u32, n)
 }
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Port 25: STARTTLS when a certificate is configured, never AUTH.
+    Smtp,
+    /// Port 587: STARTTLS, then AUTH.
+    Submission,
+    /// Port 465: implicit TLS (RFC 8314), then AUTH.
+    Submissions,
+}
+
+impl Service {
+    /// The name in the "listening:" log line and the config's `[listen]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Smtp => "smtp",
+            Service::Submission => "submission",
+            Service::Submissions => "submissions",
+        }
+    }
+
+    fn port(self) -> Port {
+        match self {
+            Service::Smtp => Port::Smtp,
+            Service::Submission | Service::Submissions => Port::Submission,
+        }
+    }
+
+    fn implicit_tls(self) -> bool {
+        self == Service::Submissions
+    }
+}
+
 /// State shared by all connections of the server.
 pub struct Shared {
     pub hostname: String,
     pub limits: Limits,
+    /// Login throttling and password-check slots, for every service with
+    /// logins.
+    pub logins: Logins,
     connections: Cell<usize>,
     per_ip: RefCell<HashMap<IpAddr, usize>>,
     /// Sessions in the middle of receiving or storing a message.
@@ -73,6 +115,7 @@ impl Shared {
         Shared {
             hostname,
             limits,
+            logins: Logins::default(),
             connections: Cell::new(0),
             per_ip: RefCell::new(HashMap::new()),
             busy: Cell::new(0),
@@ -143,7 +186,7 @@ impl Drop for ConnGuard {
 pub struct Server {
     pub shared: Rc<Shared>,
     pub smtp: Rc<SmtpContext>,
-    listeners: Vec<(TcpListener, Port)>,
+    listeners: Vec<(TcpListener, Service)>,
     pub pop3: Rc<Pop3Context>,
     pop3_listeners: Vec<TcpListener>,
     /// The outbound delivery worker and its control socket.
@@ -159,6 +202,8 @@ pub enum StartError {
     DataDir(std::path::PathBuf, std::io::Error),
     Mbox(crate::mbox::MboxError),
     Outbound(String),
+    /// `[tls]` cert or key unusable.
+    Tls(TlsError),
 }
 
 impl std::fmt::Display for StartError {
@@ -170,6 +215,7 @@ impl std::fmt::Display for StartError {
             }
             StartError::Mbox(e) => write!(f, "cannot open the mbox: {e}"),
             StartError::Outbound(e) => write!(f, "outbound delivery: {e}"),
+            StartError::Tls(e) => write!(f, "[tls]: {e}"),
         }
     }
 }
@@ -189,6 +235,12 @@ impl Server {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+        let certificate = match &config.tls {
+            Some(t) => Some(Rc::new(
+                Certificate::load(&t.cert, &t.key).map_err(StartError::Tls)?,
+            )),
+            None => None,
+        };
         let mbox =
             MboxWriter::start(&config.user.mbox, &config.data_dir).map_err(StartError::Mbox)?;
         let (outbox, worker) =
@@ -208,16 +260,18 @@ impl Server {
             max_message_size: config.limits.max_message_size,
             max_recipients: config.limits.max_recipients,
             max_errors: config.limits.max_errors,
-            tls_available: false,
+            tls_available: certificate.is_some(),
+            user: config.user.name.clone(),
         });
         let mut listeners = Vec::new();
-        for (addrs, port) in [
-            (&config.listen.smtp, Port::Smtp),
-            (&config.listen.submission, Port::Submission),
+        for (addrs, service) in [
+            (&config.listen.smtp, Service::Smtp),
+            (&config.listen.submission, Service::Submission),
+            (&config.listen.submissions, Service::Submissions),
         ] {
             for a in addrs {
                 let l = bind(*a)?;
-                listeners.push((l, port));
+                listeners.push((l, service));
             }
         }
         // A POP3 deletion a crash interrupted is finished before any
@@ -256,14 +310,21 @@ impl Server {
                 mbox,
                 spool_dir,
                 outbox: Some(outbox),
+                tls: certificate,
+                password_hash: config.user.password_hash.clone(),
             }),
             listeners,
             outbound: Some((worker, control)),
         })
     }
 
+    /// The certificate in use, for reloading on `SIGHUP`.
+    pub fn certificate(&self) -> Option<Rc<Certificate>> {
+        self.smtp.tls.clone()
+    }
+
     /// The addresses actually bound (port 0 resolved), with their kind.
-    pub fn local_addrs(&self) -> Vec<(SocketAddr, Port)> {
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, Service)> {
         self.listeners
             .iter()
             .filter_map(|(l, p)| l.local_addr().ok().map(|a| (a, *p)))
@@ -305,10 +366,10 @@ impl Server {
             ex.spawn(pop3_accept_loop(ex.clone(), listener, shared, pop3))
                 .detach();
         }
-        for (listener, port) in listeners {
+        for (listener, service) in listeners {
             let shared = shared.clone();
             let smtp = smtp.clone();
-            ex.spawn(accept_loop(ex.clone(), listener, port, shared, smtp))
+            ex.spawn(accept_loop(ex.clone(), listener, service, shared, smtp))
                 .detach();
         }
         stop.await;
@@ -341,7 +402,7 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 async fn accept_loop(
     ex: Rc<LocalExecutor<'static>>,
     listener: TcpListener,
-    port: Port,
+    service: Service,
     shared: Rc<Shared>,
     smtp: Rc<SmtpContext>,
 ) {
@@ -370,15 +431,27 @@ async fn accept_loop(
                 let shared = shared.clone();
                 let smtp = smtp.clone();
                 ex.spawn(async move {
-                    crate::smtp::conn::serve(stream, peer, port, smtp, shared).await;
+                    crate::smtp::conn::serve(
+                        stream,
+                        peer,
+                        service.port(),
+                        service.implicit_tls(),
+                        smtp,
+                        shared,
+                    )
+                    .await;
                     drop(guard);
                 })
                 .detach();
             }
             Err(why) => {
-                log::info!("smtp {peer}: refused, {why}");
-                let host = shared.hostname.clone();
-                ex.spawn(refuse(stream, host, why)).detach();
+                log::info!("{} {peer}: refused, {why}", service.name());
+                // On an implicit-TLS port a plain-text reply would be
+                // noise to the client: just close.
+                if !service.implicit_tls() {
+                    let host = shared.hostname.clone();
+                    ex.spawn(refuse(stream, host, why)).detach();
+                }
             }
         }
     }

@@ -4,14 +4,23 @@
 //!
 //! Replies are written when the input holds no further complete command,
 //! so pipelined commands (RFC 2920) get their replies in one write.
+//!
+//! TLS: on an implicit-TLS port (465) the handshake comes before the
+//! greeting; after STARTTLS (RFC 3207) everything the client pipelined
+//! behind the command is dropped before the handshake (CVE-2011-0411), so
+//! nothing sent in the clear is executed as if it came over TLS. AUTH
+//! checks run through [`crate::auth::check`] (argon2 off this thread, the
+//! per-address throttle, the fail2ban log line).
 
 use super::data::{DataDecoder, Progress};
 use super::session::{Action, DataOutcome, Port, Session, Settings, StoreError};
 use super::Reply;
+use crate::auth::{self, Account};
 use crate::envelope::Envelope;
 use crate::line::LineBuffer;
 use crate::mbox::{self, Delivery, MboxError, MboxWriter, Quoter};
 use crate::server::{timeout, Shared};
+use crate::tls::{self, Stream};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -19,9 +28,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-/// RFC 5321 4.5.3.1.4: command lines, including CRLF.
-const MAX_COMMAND_LINE: usize = 512;
-/// Read buffer: also the unit in which DATA is streamed to disk.
+/// Read buffer: also the unit in which DATA is streamed to disk. Holds the
+/// longest line the session accepts (`MAX_AUTH_LINE`).
 const BUFFER: usize = 16 * 1024;
 
 /// What the SMTP side needs besides the session settings.
@@ -31,6 +39,10 @@ pub struct SmtpContext {
     pub spool_dir: PathBuf,
     /// The outbound queue; `None` only in tests of the receiving side.
     pub outbox: Option<crate::delivery::Outbox>,
+    /// The certificate, when `[tls]` is configured.
+    pub tls: Option<Rc<tls::Certificate>>,
+    /// The user's argon2 hash, for AUTH on submission.
+    pub password_hash: String,
 }
 
 enum End {
@@ -39,16 +51,25 @@ enum End {
 }
 
 /// Serves one connection until QUIT, an error, a timeout or shutdown.
+/// With `implicit_tls` (port 465), TLS starts before the greeting.
 pub async fn serve<S>(
-    mut stream: S,
+    stream: S,
     peer: SocketAddr,
     port: Port,
+    implicit_tls: bool,
     ctx: Rc<SmtpContext>,
     shared: Rc<Shared>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut stream = Stream::Plain(stream);
     let mut session = Session::new(ctx.settings.clone(), port, peer.ip());
+    if implicit_tls {
+        match tls::handshake(&mut stream, ctx.tls.as_deref(), "smtp", peer).await {
+            Some(info) => session.tls_started(info),
+            None => return,
+        }
+    }
     let _ = drive(&mut stream, &mut session, peer, &ctx, &shared).await;
     // Closing may need to write (a TLS close_notify): bounded too.
     let _ = timeout(shared.limits.command_timeout, stream.close()).await;
@@ -67,7 +88,7 @@ where
 }
 
 async fn drive<S>(
-    stream: &mut S,
+    stream: &mut Stream<S>,
     session: &mut Session,
     peer: SocketAddr,
     ctx: &SmtpContext,
@@ -80,13 +101,15 @@ where
     let mut out = Vec::with_capacity(512);
     session.greeting().write_to(&mut out);
     loop {
-        while let Some(line) = lines.next_line(MAX_COMMAND_LINE) {
+        while let Some(line) = lines.next_line(session.max_line()) {
             let step = session.line(line);
-            if step.reply.is_error() {
-                // Refusals (unknown user, relay denied, syntax) with the reason.
-                log::info!("smtp {peer}: refused: {}", step.reply.to_wire().trim_end());
+            if let Some(reply) = &step.reply {
+                if reply.is_error() {
+                    // Refusals (unknown user, relay denied, syntax) with the reason.
+                    log::info!("smtp {peer}: refused: {}", reply.to_wire().trim_end());
+                }
+                reply.write_to(&mut out);
             }
-            step.reply.write_to(&mut out);
             match step.action {
                 Action::None => {}
                 Action::Close => {
@@ -104,10 +127,40 @@ where
                     reply.write_to(&mut out);
                 }
                 Action::StartTls => {
-                    // The session only asks for this when a certificate is
-                    // configured; the TLS layer plugs in here.
                     send(stream, &out, shared).await?;
-                    return Ok(End::Closed);
+                    out.clear();
+                    // CVE-2011-0411: whatever came with STARTTLS was sent in
+                    // the clear and must not run inside the TLS session.
+                    lines.clear();
+                    match tls::handshake(stream, ctx.tls.as_deref(), "smtp", peer).await {
+                        Some(info) => session.tls_started(info),
+                        None => return Ok(End::Closed),
+                    }
+                }
+                Action::Authenticate(credentials) => {
+                    // Earlier pipelined replies go out before the slow check.
+                    send(stream, &out, shared).await?;
+                    out.clear();
+                    let account = Account {
+                        name: &ctx.settings.user,
+                        domains: &ctx.settings.policy.domains,
+                        password_hash: &ctx.password_hash,
+                    };
+                    let service = if stream.is_tls() {
+                        "submission/tls"
+                    } else {
+                        "submission"
+                    };
+                    let outcome = auth::check(
+                        &shared.logins,
+                        &account,
+                        service,
+                        peer.ip(),
+                        &credentials.login,
+                        credentials.password,
+                    )
+                    .await;
+                    session.auth_finished(outcome).write_to(&mut out);
                 }
             }
         }
@@ -379,10 +432,13 @@ mod tests {
                 max_recipients: 10,
                 max_errors: 10,
                 tls_available: false,
+                user: "alice".into(),
             }),
             mbox,
             spool_dir: dir.join("data/spool"),
             outbox: Some(outbox.clone()),
+            tls: None,
+            password_hash: config.user.password_hash.clone(),
         };
         let shared = Shared::new(config.hostname.clone(), config.limits.clone());
         let spool = dir.join("data/spool/ID1.msg");

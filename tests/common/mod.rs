@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fakes;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -97,6 +98,12 @@ pub struct Options {
     pub extra: String,
     /// Extra lines at the top level (before any section).
     pub top: String,
+    /// Also listen for implicit-TLS submission (465); needs `tls`.
+    pub listen_submissions: bool,
+    /// Also listen for implicit-TLS POP3 (995); needs `tls`.
+    pub listen_pop3s: bool,
+    /// `[tls]` cert and key files (see `tls::make_certs`).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Options {
@@ -109,6 +116,9 @@ impl Default for Options {
             listen_pop3: false,
             extra: String::new(),
             top: String::new(),
+            listen_submissions: false,
+            listen_pop3s: false,
+            tls: None,
         }
     }
 }
@@ -234,10 +244,24 @@ impl Server {
         if o.listen_pop3 {
             listen += "pop3 = [\"127.0.0.1:0\"]\n";
         }
+        if o.listen_submissions {
+            listen += "submissions = [\"127.0.0.1:0\"]\n";
+        }
+        if o.listen_pop3s {
+            listen += "pop3s = [\"127.0.0.1:0\"]\n";
+        }
+        let tls = match &o.tls {
+            Some((cert, key)) => format!(
+                "[tls]\ncert = {:?}\nkey = {:?}\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            ),
+            None => String::new(),
+        };
         let text = format!(
             "hostname = \"mail.example.org\"\ndomains = {}\ndata_dir = {:?}\n{}\n\
              [user]\nname = \"alice\"\npassword = \"{PASSWORD_HASH}\"\naddresses = {}\nmbox = {:?}\n\n\
-             [listen]\n{listen}\n[limits]\n{}\n{}\n",
+             [listen]\n{listen}\n[limits]\n{}\n{tls}\n{}\n",
             quote_list(&o.domains),
             data.display().to_string(),
             o.top,
@@ -371,6 +395,38 @@ impl Server {
             .status()
             .unwrap();
         c.wait().unwrap()
+    }
+
+    /// Runs `pimail serve` with a config expected to be refused at start:
+    /// returns the exit code and stderr. Fails if it starts serving.
+    pub fn start_fails(o: Options) -> (Option<i32>, String) {
+        let dir = TempDir::new("fail");
+        let config = Self::write_config(dir.path(), &o);
+        let mut child = Command::new(bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pimail");
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                return (status.code(), err);
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                let mut err = String::new();
+                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                panic!("pimail started although it should have refused:\n{err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn mbox(&self) -> Vec<u8> {
