@@ -11,9 +11,10 @@
 //! failures, then a delay from 250 ms doubling to 4 s before each `535`,
 //! and after 10 failures in a row the address is refused for 15 minutes
 //! without its password being looked at. [`check`] is the one place where
-//! a login is verified (one argon2 run at a time, off the network thread,
-//! see [`Logins`]) and where failures are logged in one greppable line for
-//! fail2ban:
+//! a login is verified, for SMTP AUTH and POP3 alike (one argon2 run at a
+//! time, off the network thread, skipped when [`PasswordCache`] knows the
+//! password; see [`Logins`]) and where failures are logged in one
+//! greppable line for fail2ban:
 //! `auth failed: rhost=192.0.2.7 service=submission user=alice failures=3`.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -273,6 +274,8 @@ fn delay_after(failures: u32) -> Duration {
 /// from many addresses must not exhaust a Pi's RAM.
 pub struct Logins {
     pub throttle: RefCell<Throttle>,
+    /// The last verified password, so polling clients skip argon2.
+    pub cache: RefCell<PasswordCache>,
     slots: smol::lock::Semaphore,
 }
 
@@ -283,6 +286,7 @@ impl Default for Logins {
     fn default() -> Self {
         Logins {
             throttle: RefCell::new(Throttle::new()),
+            cache: RefCell::new(PasswordCache::new()),
             slots: smol::lock::Semaphore::new(CONCURRENT_VERIFICATIONS),
         }
     }
@@ -307,8 +311,9 @@ pub struct Account<'a> {
 
 /// Checks a login from `peer`: refuses at once while the address is
 /// blocked, otherwise runs argon2 on a blocking thread (it takes tens of
-/// milliseconds and must not stall other sessions), and on failure logs one
-/// line and waits out the penalty before returning. The password is never
+/// milliseconds and must not stall other sessions) unless the password
+/// cache vouches for it, and on failure logs one line and waits out the
+/// penalty (at least `min_delay`) before returning. The password is never
 /// logged; the login only when it is the configured user's, since people
 /// sometimes type their password into the user field.
 pub async fn check(
@@ -318,6 +323,7 @@ pub async fn check(
     peer: IpAddr,
     login: &str,
     password: Vec<u8>,
+    min_delay: Duration,
 ) -> Outcome {
     let throttle = &logins.throttle;
     if let Some(left) = throttle.borrow_mut().blocked(peer, Instant::now()) {
@@ -330,9 +336,16 @@ pub async fn check(
     let known = is_user(login, account.name, account.domains);
     // Verify even for an unknown login, so that timing does not tell.
     let hash = account.password_hash.to_string();
-    let good = {
+    let good = if logins.cache.borrow().hit(&hash, &password) {
+        true
+    } else {
         let _slot = logins.slots.acquire().await;
-        smol::unblock(move || verify_password(&hash, &password)).await
+        let (h, pw) = (hash.clone(), password.clone());
+        let good = smol::unblock(move || verify_password(&h, &pw)).await;
+        if good {
+            logins.cache.borrow_mut().remember(&hash, &password);
+        }
+        good
     };
     if good && known {
         throttle.borrow_mut().succeeded(peer);
@@ -353,8 +366,9 @@ pub async fn check(
             String::new()
         }
     );
-    if !p.delay.is_zero() {
-        smol::Timer::after(p.delay).await;
+    let delay = p.delay.max(min_delay);
+    if !delay.is_zero() {
+        smol::Timer::after(delay).await;
     }
     Outcome::Failure
 }

@@ -264,7 +264,12 @@ fn serve(cli: &cli::Cli) -> ExitCode {
         .local_addrs()
         .iter()
         .map(|(a, service)| format!("{} {a}", service.name()))
-        .chain(server.pop3_addrs().iter().map(|a| format!("pop3 {a}")))
+        .chain(
+            server
+                .pop3_addrs()
+                .iter()
+                .map(|(a, kind)| format!("{kind} {a}")),
+        )
         .collect();
     let source = match &config.source {
         Source::File(p) => p.display().to_string(),

@@ -188,7 +188,8 @@ pub struct Server {
     pub smtp: Rc<SmtpContext>,
     listeners: Vec<(TcpListener, Service)>,
     pub pop3: Rc<Pop3Context>,
-    pop3_listeners: Vec<TcpListener>,
+    /// With "implicit TLS" (pop3s, 995).
+    pop3_listeners: Vec<(TcpListener, bool)>,
     /// The outbound delivery worker and its control socket.
     outbound: Option<(
         crate::delivery::Worker,
@@ -284,22 +285,24 @@ impl Server {
         }
         let mut pop3_listeners = Vec::new();
         for a in &config.listen.pop3 {
-            pop3_listeners.push(bind(*a)?);
+            pop3_listeners.push((bind(*a)?, false));
+        }
+        for a in &config.listen.pop3s {
+            pop3_listeners.push((bind(*a)?, true));
         }
         let pop3 = Rc::new(Pop3Context {
             settings: Rc::new(crate::pop3::session::Settings {
                 hostname: config.hostname.clone(),
                 user: config.user.name.clone(),
                 domains: config.domains.clone(),
-                tls_available: false,
+                tls_available: certificate.is_some(),
                 max_errors: config.limits.max_errors,
             }),
             password_hash: config.user.password_hash.clone(),
             mbox: mbox.clone(),
             data_dir: config.data_dir.clone(),
             in_use: Cell::new(false),
-            password_cache: RefCell::new(crate::auth::PasswordCache::new()),
-            verifying: smol::lock::Semaphore::new(1),
+            tls: certificate.clone(),
         });
         Ok(Server {
             pop3,
@@ -331,11 +334,15 @@ impl Server {
             .collect()
     }
 
-    /// The POP3 addresses actually bound.
-    pub fn pop3_addrs(&self) -> Vec<SocketAddr> {
+    /// The POP3 addresses actually bound, with their kind ("pop3" or
+    /// "pop3s", as in `[listen]`).
+    pub fn pop3_addrs(&self) -> Vec<(SocketAddr, &'static str)> {
         self.pop3_listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, implicit)| {
+                let kind = if *implicit { "pop3s" } else { "pop3" };
+                l.local_addr().ok().map(|a| (a, kind))
+            })
             .collect()
     }
 
@@ -360,11 +367,17 @@ impl Server {
             ex.spawn(worker.run(ex.clone(), control, move || sh.stopping()))
                 .detach();
         }
-        for listener in pop3_listeners {
+        for (listener, implicit_tls) in pop3_listeners {
             let shared = shared.clone();
             let pop3 = pop3.clone();
-            ex.spawn(pop3_accept_loop(ex.clone(), listener, shared, pop3))
-                .detach();
+            ex.spawn(pop3_accept_loop(
+                ex.clone(),
+                listener,
+                implicit_tls,
+                shared,
+                pop3,
+            ))
+            .detach();
         }
         for (listener, service) in listeners {
             let shared = shared.clone();
@@ -465,6 +478,7 @@ async fn refuse(mut stream: TcpStream, host: String, why: &'static str) {
 async fn pop3_accept_loop(
     ex: Rc<LocalExecutor<'static>>,
     listener: TcpListener,
+    implicit_tls: bool,
     shared: Rc<Shared>,
     pop3: Rc<Pop3Context>,
 ) {
@@ -492,13 +506,17 @@ async fn pop3_accept_loop(
                 let shared = shared.clone();
                 let pop3 = pop3.clone();
                 ex.spawn(async move {
-                    crate::pop3::conn::serve(stream, peer, false, pop3, shared).await;
+                    crate::pop3::conn::serve(stream, peer, implicit_tls, pop3, shared).await;
                     drop(guard);
                 })
                 .detach();
             }
             Err(why) => {
                 log::info!("pop3 {peer}: refused, {why}");
+                if implicit_tls {
+                    // A plain-text reply would be noise to a TLS client.
+                    continue;
+                }
                 ex.spawn(async move {
                     let line = format!("-ERR [SYS/TEMP] {why}, try again later\r\n");
                     let _ =

@@ -152,7 +152,7 @@ fn every_command_and_error_path() {
     assert!(srv
         .log()
         .iter()
-        .any(|l| l.contains("login failed for \"alice\"")));
+        .any(|l| l.contains("auth failed: rhost=127.0.0.1 service=pop3 user=alice")));
     assert!(srv
         .log()
         .iter()

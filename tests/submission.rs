@@ -271,7 +271,10 @@ fn py_login(port: u16, source: &str, password: &str) -> String {
 
 #[test]
 fn brute_force_is_slowed_then_blocked_per_address() {
-    let srv = Server::start();
+    let srv = Server::with(Options {
+        listen_pop3: true,
+        ..Default::default()
+    });
     let port = srv.addr("submission");
     let wrong: Vec<String> = (0..20).map(|i| format!("guess-{i}-Zq")).collect();
     let mut codes = Vec::new();
@@ -302,6 +305,14 @@ fn brute_force_is_slowed_then_blocked_per_address() {
     assert_eq!(py_login(port.port(), "127.0.0.1", PASSWORD), "FAIL 454");
     // ...while another address logs in fine.
     assert_eq!(py_login(port.port(), "127.0.0.2", PASSWORD), "OK");
+    // The block covers every login of the address: POP3 too.
+    let mut p = Client::connect(srv.addr("pop3"));
+    assert!(p.line().starts_with("+OK"));
+    p.send("USER alice");
+    assert!(p.line().starts_with("+OK"));
+    p.send(&format!("PASS {PASSWORD}"));
+    let r = p.line();
+    assert!(r.starts_with("-ERR [SYS/TEMP]"), "{r}");
     // One greppable line per failure with the peer address.
     let log = srv.log();
     let failures: Vec<&String> = log

@@ -3,19 +3,24 @@
 //! maildrop (one session at a time), streams messages from the mbox and
 //! runs the QUIT rewrite on the mbox writer thread under the locks.
 //!
-//! Generic over the stream so that TLS (STLS, port 995) can wrap it.
+//! TLS: on pop3s (995, RFC 8314) the handshake comes before the greeting;
+//! after STLS (RFC 2595) whatever the client pipelined behind it is dropped
+//! before the handshake (CVE-2011-0411 class). Passwords go through
+//! [`crate::auth::check`], with the same per-address throttle, log line and
+//! argon2 slot as SMTP AUTH.
 //! Replies are written when the input holds no further complete command,
 //! so pipelined commands (RFC 2449 PIPELINING) get theirs in one write.
 
 use super::retr::Encoder;
 use super::session::{Action, LoginResult, Session, Settings};
-use crate::auth::PasswordCache;
+use crate::auth::{self, Account, Outcome};
 use crate::line::LineBuffer;
 use crate::maildrop::{self, Message};
 use crate::mbox::MboxWriter;
 use crate::server::{timeout, Shared};
+use crate::tls::{self, Stream};
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
@@ -32,8 +37,9 @@ const BUFFER: usize = 4 * 1024;
 const CHUNK: usize = 128 * 1024;
 /// RFC 1939 section 3: the autologout timer is at least 10 minutes.
 const AUTOLOGOUT: Duration = Duration::from_secs(600);
-/// A failed login waits this long before its reply, so passwords cannot
-/// be guessed quickly (a session closes after three failures).
+/// A failed login waits at least this long before its reply (longer as
+/// failures from the address pile up, see `auth::Throttle`), and a session
+/// closes after three failures.
 pub const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(1);
 
 /// What the POP3 side needs besides the session settings.
@@ -45,11 +51,8 @@ pub struct Pop3Context {
     pub data_dir: PathBuf,
     /// A session holds the maildrop (RFC 1939 section 8: exclusive access).
     pub in_use: Cell<bool>,
-    pub password_cache: RefCell<PasswordCache>,
-    /// One argon2 check at a time: each takes 12 MiB and a core's worth
-    /// of time, and a Pi must not run dozens at once for a flood of
-    /// guesses.
-    pub verifying: smol::lock::Semaphore,
+    /// The certificate, when `[tls]` is configured.
+    pub tls: Option<Rc<tls::Certificate>>,
 }
 
 /// Releases the maildrop when the session ends, however it ends.
@@ -62,19 +65,27 @@ impl Drop for Holding<'_> {
 }
 
 /// Serves one connection until QUIT, an error, a timeout or shutdown.
-/// `secure`: the stream is TLS already (port 995).
+/// `implicit_tls`: port 995, TLS before the greeting.
 pub async fn serve<S>(
-    mut stream: S,
+    stream: S,
     peer: SocketAddr,
-    secure: bool,
+    implicit_tls: bool,
     ctx: Rc<Pop3Context>,
     shared: Rc<Shared>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut stream = Stream::Plain(stream);
+    if implicit_tls
+        && tls::handshake(&mut stream, ctx.tls.as_deref(), "pop3", peer)
+            .await
+            .is_none()
+    {
+        return;
+    }
     let loopback = peer.ip().is_loopback()
         || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
-    let mut session = Session::new(ctx.settings.clone(), loopback, secure);
+    let mut session = Session::new(ctx.settings.clone(), loopback, implicit_tls);
     if let Err(e) = drive(&mut stream, &mut session, peer, &ctx, &shared).await {
         log::debug!("pop3 {peer}: {e}");
     }
@@ -82,7 +93,7 @@ pub async fn serve<S>(
 }
 
 async fn drive<S>(
-    stream: &mut S,
+    stream: &mut Stream<S>,
     session: &mut Session,
     peer: SocketAddr,
     ctx: &Pop3Context,
@@ -114,14 +125,29 @@ where
                         return Ok(());
                     }
                     Action::StartTls => {
-                        // The session asks only when a certificate is
-                        // configured; the TLS layer plugs in here.
                         stream.write_all(&out).await?;
-                        return Ok(());
+                        out.clear();
+                        // Sent in the clear behind STLS: never executed
+                        // inside the TLS session.
+                        lines.clear();
+                        match tls::handshake(stream, ctx.tls.as_deref(), "pop3", peer).await {
+                            Some(_) => session.tls_started(),
+                            None => return Ok(()),
+                        }
+                        break;
                     }
                     Action::Authenticate { login, password } => {
-                        let result =
-                            login_attempt(ctx, session, peer, &login, password, &mut holding).await;
+                        let service = if stream.is_tls() { "pop3/tls" } else { "pop3" };
+                        let result = login_attempt(
+                            ctx,
+                            shared,
+                            service,
+                            peer,
+                            &login,
+                            password,
+                            &mut holding,
+                        )
+                        .await;
                         let result = match result {
                             Ok((snapshot, result)) => {
                                 file = Some(snapshot);
@@ -204,30 +230,33 @@ where
 /// snapshot's file with the result for the session.
 async fn login_attempt<'a>(
     ctx: &'a Pop3Context,
-    session: &Session,
+    shared: &Shared,
+    service: &str,
     peer: SocketAddr,
     login: &str,
     password: Vec<u8>,
     holding: &mut Option<Holding<'a>>,
 ) -> Result<(File, LoginResult), LoginResult> {
     let started = std::time::Instant::now();
-    let hash = ctx.password_hash.clone();
-    let good_password = if ctx.password_cache.borrow().hit(&hash, &password) {
-        true
-    } else {
-        // Verify even for an unknown name, so timing tells nothing.
-        let _slot = ctx.verifying.acquire().await;
-        let (h, pw) = (hash.clone(), password.clone());
-        let good = smol::unblock(move || crate::auth::verify_password(&h, &pw)).await;
-        if good {
-            ctx.password_cache.borrow_mut().remember(&hash, &password);
-        }
-        good
+    let account = Account {
+        name: &ctx.settings.user,
+        domains: &ctx.settings.domains,
+        password_hash: &ctx.password_hash,
     };
-    if !(good_password && session.is_user(login)) {
-        log::warn!("pop3 {peer}: login failed for {login:?}");
-        smol::Timer::after(FAILED_LOGIN_DELAY).await;
-        return Err(LoginResult::BadCredentials);
+    let outcome = auth::check(
+        &shared.logins,
+        &account,
+        service,
+        peer.ip(),
+        login,
+        password,
+        FAILED_LOGIN_DELAY,
+    )
+    .await;
+    match outcome {
+        Outcome::Success => {}
+        Outcome::Failure => return Err(LoginResult::BadCredentials),
+        Outcome::Blocked => return Err(LoginResult::Blocked),
     }
     if ctx.in_use.get() {
         log::info!("pop3 {peer}: login {login:?} refused, maildrop in use");

@@ -133,6 +133,8 @@ impl Step {
 pub enum LoginResult {
     /// Wrong name or password (the driver has already delayed).
     BadCredentials,
+    /// Too many failures from the client's address: refused unchecked.
+    Blocked,
     /// Another session holds the maildrop.
     InUse,
     /// The maildrop could not be opened (locked too long, I/O error).
@@ -410,6 +412,12 @@ impl Session {
     pub fn login_result(&mut self, r: LoginResult) -> Step {
         let (reply, failure) = match r {
             LoginResult::BadCredentials => (Reply::err("[AUTH] invalid login or password"), true),
+            // RFC 3206: temporary, so clients retry later instead of
+            // asking the user for another password.
+            LoginResult::Blocked => (
+                Reply::err("[SYS/TEMP] too many failed logins from your address, try again later"),
+                true,
+            ),
             LoginResult::InUse => (
                 Reply::err("[IN-USE] maildrop in use by another session, try again later"),
                 false,

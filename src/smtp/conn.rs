@@ -27,6 +27,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// Read buffer: also the unit in which DATA is streamed to disk. Holds the
 /// longest line the session accepts (`MAX_AUTH_LINE`).
@@ -158,6 +159,7 @@ where
                         peer.ip(),
                         &credentials.login,
                         credentials.password,
+                        Duration::ZERO,
                     )
                     .await;
                     session.auth_finished(outcome).write_to(&mut out);
