@@ -349,3 +349,46 @@ fn wrong_login_names_fail_like_wrong_passwords() {
     assert!(srv.wait_log("user=(unknown)", Duration::from_secs(10)));
     assert!(!srv.log().iter().any(|l| l.contains(PASSWORD)));
 }
+
+#[test]
+fn authenticated_submission_is_queued_and_delivered_to_the_mx() {
+    use common::fakes::{Behavior, FakeDns, FakeMx};
+    let dns = FakeDns::start();
+    let mx_ip = std::net::Ipv4Addr::new(127, 0, 0, 7);
+    let (port, mx) = FakeMx::start_all(vec![(mx_ip, Behavior::default())]);
+    dns.mx("example.com", &[(10, "mx.example.com")]);
+    dns.a("mx.example.com", &[mx_ip]);
+    let dir = TempDir::new("certs");
+    let certs = make_certs(dir.path(), "q", KeyKind::Ecdsa);
+    let srv = Server::with(Options {
+        tls: certs.pair(),
+        listen_submissions: true,
+        extra: format!(
+            "[outbound]\ndns = [\"{}\"]\nmx_port = {port}\nretry = [\"1s\"]\n",
+            dns.addr
+        ),
+        ..Default::default()
+    });
+    let mut t = TlsClient::connect(srv.addr("submissions"), client_config(&certs.ca, &[TLS13]));
+    assert_eq!(t.reply().0, 220);
+    t.expect("EHLO laptop.example", 250);
+    t.expect(&format!("AUTH PLAIN {}", plain("alice", PASSWORD)), 235);
+    let (code, text) = t.send_message(
+        "alice@example.org",
+        &["bob@example.com", "alice@example.org"],
+        b"Subject: out and home\r\n\r\nhello\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    t.expect("QUIT", 221);
+    // The remote copy reaches the MX, the local one the mbox.
+    let got = mx[0].wait_messages(1, Duration::from_secs(40));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].mail_from, "alice@example.org");
+    assert_eq!(got[0].rcpts, vec!["bob@example.com"]);
+    let data = String::from_utf8_lossy(&got[0].data);
+    assert!(data.contains("Subject: out and home"), "{data}");
+    assert!(data.contains("with ESMTPSA id"), "{data}");
+    let msgs = python_mbox_messages(&srv.mbox_path());
+    assert_eq!(msgs.len(), 1);
+    assert!(String::from_utf8_lossy(&msgs[0]).contains("Subject: out and home"));
+}
