@@ -529,7 +529,7 @@ fn unusable_certificates_stop_the_start_with_a_clear_error() {
                 ..Default::default()
             },
         );
-        let o = Command::new(bin())
+        let o = pimail_command()
             .arg("check-config")
             .arg("--config")
             .arg(&config)

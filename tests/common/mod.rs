@@ -402,7 +402,7 @@ impl Server {
     pub fn start_fails(o: Options) -> (Option<i32>, String) {
         let dir = TempDir::new("fail");
         let config = Self::write_config(dir.path(), &o);
-        let mut child = Command::new(bin())
+        let mut child = pimail_command()
             .arg("serve")
             .arg("--config")
             .arg(&config)
