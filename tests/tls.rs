@@ -458,6 +458,8 @@ fn sighup_reloads_the_certificate_for_new_connections() {
     let srv = Server::with(Options {
         tls: Some((cert.clone(), key.clone())),
         listen_submissions: true,
+        listen_pop3: true,
+        listen_pop3s: true,
         ..Default::default()
     });
     let first_config = client_config(&first.ca, &[TLS13]);
@@ -478,6 +480,15 @@ fn sighup_reloads_the_certificate_for_new_connections() {
         assert_eq!(t.peer_leaf(), second.leaf_der);
     }
     let t = TlsClient::connect(srv.addr("submissions"), second_config.clone());
+    assert_eq!(t.peer_leaf(), second.leaf_der);
+    // POP3 shares the certificate: pop3s and STLS see the new one too.
+    let t = TlsClient::connect(srv.addr("pop3s"), second_config.clone());
+    assert_eq!(t.peer_leaf(), second.leaf_der);
+    let mut p = Client::connect(srv.addr("pop3"));
+    assert!(p.line().starts_with("+OK"));
+    p.send("STLS");
+    assert!(p.line().starts_with("+OK"));
+    let t = TlsClient::upgrade(p, second_config.clone());
     assert_eq!(t.peer_leaf(), second.leaf_der);
     // The session that started before the reload goes on undisturbed.
     old.expect("EHLO client.example", 250);
