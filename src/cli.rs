@@ -14,6 +14,7 @@ pub enum Command {
     Passwd,
     Sendmail(SendmailArgs),
     Queue(QueueCommand),
+    Dkim(DkimCommand),
     Version,
     Help,
 }
@@ -38,6 +39,15 @@ pub enum QueueCommand {
     Delete(String),
 }
 
+/// `pimail dkim ...`: key management for DKIM signing (see `dkim`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DkimCommand {
+    /// Make new keys; `selector` overrides the date-based default prefix.
+    Generate { selector: Option<String> },
+    /// Print the DNS records for the keys in data_dir.
+    Records,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cli {
     pub command: Command,
@@ -56,6 +66,8 @@ Usage:
   pimail sendmail [-t] [-i] [-f FROM] [RCPT...]
                                        sendmail-compatible submission
   pimail queue [list|flush|delete ID]  inspect and steer the outbound queue
+  pimail dkim generate [--selector S]  make DKIM keys in data_dir, print the DNS records
+  pimail dkim records                  print the DNS records of the existing DKIM keys
   pimail --version | --help
 
 Options:
@@ -108,6 +120,7 @@ pub fn parse(invoked_as: &str, args: Vec<OsString>) -> Result<Cli, UsageError> {
                         return parse_sendmail(rest, config, verbose);
                     }
                     "queue" => Command::Queue(parse_queue(&mut p)?),
+                    "dkim" => Command::Dkim(parse_dkim(&mut p)?),
                     other => return Err(UsageError(format!("unknown command '{other}'"))),
                 });
             }
@@ -173,6 +186,50 @@ fn parse_queue(p: &mut lexopt::Parser) -> Result<QueueCommand, UsageError> {
     *p = lexopt::Parser::from_args(leftover);
     let _ = Short('x');
     Ok(cmd.unwrap_or(QueueCommand::List))
+}
+
+/// `dkim generate [--selector S]` / `dkim records`; the global options
+/// may still follow and are handed back to the main loop.
+fn parse_dkim(p: &mut lexopt::Parser) -> Result<DkimCommand, UsageError> {
+    let rest: Vec<OsString> = p.raw_args().map_err(err)?.collect();
+    let mut it = rest.into_iter();
+    let mut leftover = Vec::new();
+    let mut sub: Option<String> = None;
+    let mut selector = None;
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy().to_string();
+        if s == "--selector" || s == "-s" {
+            let v = it
+                .next()
+                .ok_or_else(|| UsageError("--selector needs a value".into()))?;
+            selector = Some(v.to_string_lossy().to_string());
+        } else if let Some(v) = s.strip_prefix("--selector=") {
+            selector = Some(v.to_string());
+        } else if s.starts_with('-') {
+            leftover.push(a);
+            if s == "--config" || s == "-c" {
+                if let Some(v) = it.next() {
+                    leftover.push(v);
+                }
+            }
+        } else if sub.is_none() {
+            sub = Some(s);
+        } else {
+            return Err(UsageError(format!("unexpected argument '{s}'")));
+        }
+    }
+    *p = lexopt::Parser::from_args(leftover);
+    match sub.as_deref() {
+        Some("generate") => Ok(DkimCommand::Generate { selector }),
+        Some("records") if selector.is_none() => Ok(DkimCommand::Records),
+        Some("records") => Err(UsageError("dkim records takes no --selector".into())),
+        Some(other) => Err(UsageError(format!(
+            "unknown dkim command '{other}' (generate, records)"
+        ))),
+        None => Err(UsageError(
+            "dkim needs a command: generate or records".into(),
+        )),
+    }
 }
 
 /// sendmail's own flags (the subset cron, mailx, git send-email and
@@ -292,6 +349,31 @@ mod tests {
             Command::Queue(QueueCommand::Delete("ABC".into()))
         );
         assert_eq!(c.config, Some(PathBuf::from("/q.toml")));
+    }
+
+    #[test]
+    fn dkim_commands() {
+        assert_eq!(
+            p(&["dkim", "generate"]).unwrap().command,
+            Command::Dkim(DkimCommand::Generate { selector: None })
+        );
+        let c = p(&["dkim", "generate", "--selector", "k1", "-c", "/d.toml"]).unwrap();
+        assert_eq!(
+            c.command,
+            Command::Dkim(DkimCommand::Generate {
+                selector: Some("k1".into())
+            })
+        );
+        assert_eq!(c.config, Some(PathBuf::from("/d.toml")));
+        assert_eq!(
+            p(&["--config", "/e.toml", "dkim", "records"])
+                .unwrap()
+                .command,
+            Command::Dkim(DkimCommand::Records)
+        );
+        assert!(p(&["dkim"]).is_err());
+        assert!(p(&["dkim", "rotate"]).is_err());
+        assert!(p(&["dkim", "generate", "--selector"]).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 pub mod envelope;
 pub mod line;
