@@ -31,5 +31,6 @@ pub mod queue;
 pub mod sendmail;
 pub mod server;
 pub mod smtp;
+pub mod spf;
 pub mod sys;
 pub mod timefmt;
