@@ -869,6 +869,22 @@ impl Verifier {
         }
     }
 
+    /// The value of the first header field called `name` (for the From
+    /// domain DMARC needs), once the header block has been seen.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let parsed;
+        let fields = if self.split.in_body {
+            &self.fields
+        } else {
+            parsed = self.split.fields();
+            &parsed
+        };
+        fields
+            .iter()
+            .find(|f| f.name.trim().eq_ignore_ascii_case(name))
+            .map(Field::value_str)
+    }
+
     /// Ends the message; each signature now waits for its key.
     pub fn finish(mut self) -> Vec<Pending> {
         if !self.split.in_body {

@@ -14,10 +14,12 @@
 
 pub mod address;
 pub mod auth;
+pub mod authres;
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dkim;
+pub mod dmarc;
 pub mod dns;
 pub mod envelope;
 pub mod line;
