@@ -1304,7 +1304,7 @@ fn rsa_spki(pkcs1: &[u8]) -> Vec<u8> {
 }
 
 /// Reads one DER element: (tag, content, rest).
-fn der_read(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub(crate) fn der_read(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let tag = *input.first()?;
     let l0 = *input.get(1)? as usize;
     let (len, hdr) = if l0 < 0x80 {

@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod dmarc;
 pub mod dns;
+pub mod doctor;
 pub mod envelope;
 pub mod line;
 pub mod logging;
