@@ -497,6 +497,27 @@ impl Signer {
     /// The `DKIM-Signature:` header lines (CRLF-terminated, folded) to put
     /// on top of the message, one per key. `now` is the `t=` time.
     pub fn sign(&self, fields: &[Field], body_hash: &[u8], now: u64) -> Result<String, DkimError> {
+        let mut out = String::new();
+        for key in &self.keys {
+            out.push_str(&Signer::sign_one(
+                &self.domain,
+                key,
+                fields,
+                body_hash,
+                now,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// One `DKIM-Signature:` header line for `domain` with `key`.
+    pub fn sign_one(
+        domain: &str,
+        key: &SigningKey,
+        fields: &[Field],
+        body_hash: &[u8],
+        now: u64,
+    ) -> Result<String, DkimError> {
         // h=: each signed header as often as it occurs, plus one more
         // "from" so that a From added later breaks the signature
         // ("over-signing", RFC 6376 8.15).
@@ -505,7 +526,7 @@ impl Signer {
         for want in SIGNED_HEADERS {
             let n = fields
                 .iter()
-                .filter(|f| f.name.eq_ignore_ascii_case(want))
+                .filter(|f| f.name.trim().eq_ignore_ascii_case(want))
                 .count();
             has_from |= *want == "from" && n > 0;
             for _ in 0..n {
@@ -516,55 +537,51 @@ impl Signer {
             return Err(DkimError::NoFrom);
         }
         names.push("from");
-        let mut signed = Vec::new();
+        let mut data = Vec::new();
         for c in select_headers(fields, &names) {
-            signed.extend_from_slice(&c.canonical(Canon::Relaxed));
+            data.extend_from_slice(&c.canonical(Canon::Relaxed));
         }
-        let mut out = String::new();
-        for key in &self.keys {
-            let mut h = String::from("DKIM-Signature: v=1; a=");
-            h.push_str(key.algorithm().tag());
-            h.push_str("; c=relaxed/relaxed; d=");
-            h.push_str(&self.domain);
-            h.push_str("; s=");
-            h.push_str(&key.selector);
-            h.push_str(&format!(";\r\n\tt={now}; h="));
-            // Fold the h= list so no line gets long.
-            let mut line = 8;
-            for (i, n) in names.iter().enumerate() {
-                if i > 0 {
-                    h.push(':');
-                    line += 1;
-                }
-                if line + n.len() > 72 {
-                    h.push_str("\r\n\t ");
-                    line = 2;
-                }
-                h.push_str(n);
-                line += n.len();
+        let mut h = String::from("DKIM-Signature: v=1; a=");
+        h.push_str(key.algorithm().tag());
+        h.push_str("; c=relaxed/relaxed; d=");
+        h.push_str(domain);
+        h.push_str("; s=");
+        h.push_str(&key.selector);
+        h.push_str(&format!(";\r\n\tt={now}; h="));
+        // Fold the h= list so no line gets long.
+        let mut line = 8;
+        for (i, n) in names.iter().enumerate() {
+            if i > 0 {
+                h.push(':');
+                line += 1;
             }
-            h.push_str(";\r\n\tbh=");
-            h.push_str(&b64_encode(body_hash));
-            h.push_str(";\r\n\tb=");
-            // The signature covers this header with an empty b= and
-            // without its final CRLF (RFC 6376 3.7).
-            let field = &parse_fields(h.as_bytes())[0];
-            let mut data = signed.clone();
-            let mut own = relaxed_header(&field.name, &field.value);
-            own.truncate(own.len() - 2);
-            data.extend_from_slice(&own);
-            let sig = b64_encode(&key.sign(&data)?);
-            for (i, chunk) in sig.as_bytes().chunks(70).enumerate() {
-                if i > 0 {
-                    h.push_str("\r\n\t ");
-                }
-                // base64 is ASCII, so every chunk is valid UTF-8.
-                h.push_str(&String::from_utf8_lossy(chunk));
+            if line + n.len() > 72 {
+                h.push_str("\r\n\t ");
+                line = 2;
             }
-            h.push_str("\r\n");
-            out.push_str(&h);
+            h.push_str(n);
+            line += n.len();
         }
-        Ok(out)
+        h.push_str(";\r\n\tbh=");
+        h.push_str(&b64_encode(body_hash));
+        h.push_str(";\r\n\tb=");
+        // The signature covers this header with an empty b= and without
+        // its final CRLF (RFC 6376 3.7).
+        let own = parse_fields(h.as_bytes());
+        let own = own.first().ok_or(DkimError::NoFrom)?;
+        let mut own = relaxed_header(&own.name, &own.value);
+        own.truncate(own.len() - 2);
+        data.extend_from_slice(&own);
+        let sig = b64_encode(&key.sign(&data)?);
+        for (i, chunk) in sig.as_bytes().chunks(70).enumerate() {
+            if i > 0 {
+                h.push_str("\r\n\t ");
+            }
+            // base64 is ASCII, so every chunk is valid UTF-8.
+            h.push_str(&String::from_utf8_lossy(chunk));
+        }
+        h.push_str("\r\n");
+        Ok(h)
     }
 }
 
@@ -1080,6 +1097,58 @@ pub fn verify_message(
             p.verify(txt)
         })
         .collect())
+}
+
+/// Signs a message stored mboxrd-quoted with LF line ends (a queue file),
+/// if its From domain is one of `domains` or below one: the
+/// `DKIM-Signature:` lines to send in front of it, with CRLF line ends.
+/// `Ok(None)`: not our domain, no keys, or no From header. Blocking file
+/// I/O: call it off the executor. The file streams through the hasher in
+/// lines (bounded by the line lengths SMTP and sendmail accept).
+pub fn sign_queued(
+    path: &std::path::Path,
+    keys: &[SigningKey],
+    domains: &[String],
+    now: u64,
+) -> Result<Option<String>, DkimError> {
+    use std::io::BufRead;
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(path)
+        .map_err(|e| DkimError::Key(format!("cannot read {}: {e}", path.display())))?;
+    let mut r = std::io::BufReader::with_capacity(16 * 1024, file);
+    let mut h = MessageHasher::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = r
+            .read_until(b'\n', &mut line)
+            .map_err(|e| DkimError::Key(format!("cannot read {}: {e}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        h.update(crate::mbox::unquote_line(&line))?;
+    }
+    let (fields, bh) = h.finish();
+    let Some(from) = fields
+        .iter()
+        .find(|f| f.name.trim().eq_ignore_ascii_case("from"))
+        .and_then(|f| crate::dmarc::from_domain(&f.value_str()))
+    else {
+        return Ok(None);
+    };
+    let Some(domain) = domains
+        .iter()
+        .find(|d| from == **d || from.ends_with(&format!(".{d}")))
+    else {
+        return Ok(None);
+    };
+    let mut out = String::new();
+    for key in keys {
+        out.push_str(&Signer::sign_one(domain, key, &fields, &bh, now)?);
+    }
+    Ok(Some(out))
 }
 
 // ---------------------------------------------------------------------------
@@ -1657,6 +1726,40 @@ mod tests {
             panic!("the Ed25519 signature should be pending")
         };
         assert_eq!(key.sign(data).unwrap(), sig.b);
+    }
+
+    #[test]
+    fn queued_mboxrd_file_is_signed_as_sent() {
+        // A queue file holds the message mboxrd-quoted with LF ends; what
+        // goes out is unquoted with CRLF. The signature must fit the latter.
+        let dir = std::env::temp_dir().join(format!("pimail-dkim-q-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.msg");
+        std::fs::write(
+            &path,
+            "From: Al <al@lists.example.org>\nSubject: q\n\n>From here\n>>From there\nend  \n",
+        )
+        .unwrap();
+        let pem = generate_ed25519().unwrap();
+        let keys = vec![SigningKey::from_pem("q1", &pem).unwrap()];
+        let record = keys[0].dns_record();
+        let domains = vec!["example.net".to_string(), "example.org".to_string()];
+        let hdr = sign_queued(&path, &keys, &domains, 1_700_000_000)
+            .unwrap()
+            .unwrap();
+        assert!(hdr.contains("d=example.org;"), "{hdr}");
+        let sent = format!("{hdr}From: Al <al@lists.example.org>\r\nSubject: q\r\n\r\nFrom here\r\n>From there\r\nend  \r\n");
+        let o = verify_message(sent.as_bytes(), 1_700_000_000, |n| {
+            assert_eq!(n, "q1._domainkey.example.org");
+            Ok(vec![record.clone()])
+        })
+        .unwrap();
+        assert_eq!(o[0].status, Status::Pass, "{o:?}");
+        // Not one of our domains, or no keys: no signature.
+        std::fs::write(&path, "From: x@example.com\n\nhi\n").unwrap();
+        assert_eq!(sign_queued(&path, &keys, &domains, 0).unwrap(), None);
+        assert_eq!(sign_queued(&path, &[], &domains, 0).unwrap(), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
