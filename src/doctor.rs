@@ -251,7 +251,7 @@ pub async fn check_domain<D: Dns>(
             dmarc_fix,
         )),
         Err(e) => out.push(Check::fail(
-            format!("cannot look up DMARC of {domain}: {e:?}"),
+            format!("cannot look up DMARC of {domain}: {e}"),
             dmarc_fix,
         )),
     }

@@ -73,6 +73,15 @@ pub enum DnsError {
     Temporary(String),
 }
 
+impl std::fmt::Display for DnsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnsError::NotFound => write!(f, "no such domain"),
+            DnsError::Temporary(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// The DNS as SPF, DMARC and DKIM see it. Answers have CNAMEs followed.
 pub trait Dns {
     fn query(&self, name: &str, qtype: QType) -> impl Future<Output = Result<Vec<Rr>, DnsError>>;
