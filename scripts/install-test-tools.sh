@@ -15,6 +15,9 @@ have systemd-analyze || need+=(systemd)   # unit file checks
 # The receiving MX of the outbound interop test (a private instance on a
 # loopback high port; the system's own Postfix is not configured or started).
 [ -x /usr/sbin/postfix ] || need+=(postfix)
+# The independent DKIM verifier of tests/dkim.rs and tests/deliverability.rs
+# (for another python3 than Debian's: pip install dkimpy pynacl).
+python3 -c 'import dkim, nacl.signing' >/dev/null 2>&1 || need+=(python3-dkim python3-nacl)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

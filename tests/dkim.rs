@@ -74,7 +74,7 @@ fn printed_records(stdout: &str) -> BTreeMap<String, String> {
 
 fn generate_keys(dir: &TempDir) -> (PathBuf, BTreeMap<String, String>) {
     let config = Server::write_config(dir.path(), &Options::default());
-    let out = Command::new(common::bin())
+    let out = common::pimail_command()
         .args(["dkim", "generate", "--selector", "t1", "--config"])
         .arg(&config)
         .output()
@@ -111,7 +111,7 @@ fn generate_writes_private_keys_and_prints_both_records() {
     assert!(records["t1-rsa._domainkey.example.org"].starts_with("v=DKIM1; k=rsa; p=MII"));
     // A second run refuses to overwrite the keys already published.
     let config = dir.path().join("pimail.toml");
-    let again = Command::new(common::bin())
+    let again = common::pimail_command()
         .args(["dkim", "generate", "--selector", "t1", "--config"])
         .arg(&config)
         .output()
@@ -119,7 +119,7 @@ fn generate_writes_private_keys_and_prints_both_records() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
     // `dkim records` prints the same records again.
-    let rec = Command::new(common::bin())
+    let rec = common::pimail_command()
         .args(["dkim", "records", "--config"])
         .arg(&config)
         .output()
