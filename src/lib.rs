@@ -14,6 +14,7 @@
 
 pub mod address;
 pub mod auth;
+pub mod authdns;
 pub mod authres;
 pub mod cli;
 pub mod config;
