@@ -4,6 +4,7 @@
 //! real sockets. Shared by every integration test file.
 #![allow(dead_code)]
 
+pub mod dkimpy;
 pub mod fakes;
 
 use std::io::{BufRead, BufReader, Read, Write};
