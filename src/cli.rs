@@ -15,6 +15,10 @@ pub enum Command {
     Sendmail(SendmailArgs),
     Queue(QueueCommand),
     Dkim(DkimCommand),
+    /// `doctor [--probe HOST:PORT]`.
+    Doctor {
+        probe: Option<String>,
+    },
     Version,
     Help,
 }
@@ -68,6 +72,7 @@ Usage:
   pimail queue [list|flush|delete ID]  inspect and steer the outbound queue
   pimail dkim generate [--selector S]  make DKIM keys in data_dir, print the DNS records
   pimail dkim records                  print the DNS records of the existing DKIM keys
+  pimail doctor [--probe HOST:PORT]    check DNS (MX, PTR, SPF, DKIM, DMARC), TLS and port 25
   pimail --version | --help
 
 Options:
@@ -107,6 +112,10 @@ pub fn parse(invoked_as: &str, args: Vec<OsString>) -> Result<Cli, UsageError> {
             Short('v') | Long("verbose") => verbose += 1,
             Short('V') | Long("version") => command = Some(Command::Version),
             Short('h') | Long("help") => command = Some(Command::Help),
+            Long("probe") if matches!(command, Some(Command::Doctor { .. })) => {
+                let v = p.value().map_err(err)?.string().map_err(err)?;
+                command = Some(Command::Doctor { probe: Some(v) });
+            }
             Value(v) if command.is_none() => {
                 let v = v.string().map_err(err)?;
                 command = Some(match v.as_str() {
@@ -121,6 +130,7 @@ pub fn parse(invoked_as: &str, args: Vec<OsString>) -> Result<Cli, UsageError> {
                     }
                     "queue" => Command::Queue(parse_queue(&mut p)?),
                     "dkim" => Command::Dkim(parse_dkim(&mut p)?),
+                    "doctor" => Command::Doctor { probe: None },
                     other => return Err(UsageError(format!("unknown command '{other}'"))),
                 });
             }
@@ -374,6 +384,23 @@ mod tests {
         assert!(p(&["dkim"]).is_err());
         assert!(p(&["dkim", "rotate"]).is_err());
         assert!(p(&["dkim", "generate", "--selector"]).is_err());
+    }
+
+    #[test]
+    fn doctor_command() {
+        assert_eq!(
+            p(&["doctor"]).unwrap().command,
+            Command::Doctor { probe: None }
+        );
+        let c = p(&["doctor", "--probe", "192.0.2.1:25", "-c", "/x.toml"]).unwrap();
+        assert_eq!(
+            c.command,
+            Command::Doctor {
+                probe: Some("192.0.2.1:25".into())
+            }
+        );
+        assert!(p(&["doctor", "--probe"]).is_err());
+        assert!(p(&["--probe", "1.2.3.4:25"]).is_err());
     }
 
     #[test]

@@ -460,6 +460,204 @@ pub fn check_cert(info: &CertInfo, host: &str, now: i64, file: &str) -> Vec<Chec
     out
 }
 
+// ---------------------------------------------------------------------------
+// The driver: real DNS, files and sockets.
+
+/// Providers whose MX `doctor` connects to, to see whether port 25 is open
+/// outbound (the first that resolves is used).
+pub const PORT25_PROBE_DOMAINS: &[&str] = &["gmail.com", "outlook.com"];
+
+/// Reads one SMTP greeting line from `addr` within `limit`.
+async fn greeting(
+    addr: std::net::SocketAddr,
+    limit: std::time::Duration,
+) -> Result<String, String> {
+    use smol::io::AsyncReadExt;
+    let fut = async {
+        let mut s = async_net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 512];
+        let mut got = Vec::new();
+        while !got.contains(&b'\n') && got.len() < 4096 {
+            let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        Ok::<String, String>(
+            String::from_utf8_lossy(&got)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        )
+    };
+    crate::server::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|| Err(format!("no answer within {}s", limit.as_secs())))
+}
+
+/// Whether outbound port 25 works: a greeting from a large provider's MX.
+pub async fn check_port25<D: Dns>(dns: &D, port: u16) -> Check {
+    let mut target = None;
+    for d in PORT25_PROBE_DOMAINS {
+        if let Ok(mx) = dns.query(d, QType::Mx).await {
+            if let Some(Rr::Mx(host)) = mx.into_iter().next() {
+                if let Ok(Some(ip)) = addresses(dns, &host)
+                    .await
+                    .map(|a| a.into_iter().find(IpAddr::is_ipv4))
+                {
+                    target = Some((host, ip));
+                    break;
+                }
+            }
+        }
+    }
+    let Some((host, ip)) = target else {
+        return Check::warn(
+            "cannot test outbound port 25: no MX address found for gmail.com or outlook.com".into(),
+            "check the DNS servers (outbound.dns or /etc/resolv.conf)".into(),
+        );
+    };
+    let addr = std::net::SocketAddr::new(ip, port);
+    match greeting(addr, std::time::Duration::from_secs(10)).await {
+        Ok(g) if g.starts_with("220") => Check::ok(format!("outbound port {port} open ({host} [{ip}] greets)")),
+        Ok(g) => Check::fail(
+            format!("{host} [{ip}]:{port} answered {g:?} instead of a 220 greeting"),
+            "outbound port 25 may be filtered; send through a relay: set outbound.relay".into(),
+        ),
+        Err(e) => Check::fail(
+            format!("cannot reach {host} [{ip}] on port {port}: {e}; outbound port 25 seems blocked"),
+            "ask the ISP to unblock port 25, or send through a relay: set outbound.relay, relay_user, relay_password_file".into(),
+        ),
+    }
+}
+
+/// Whether our SMTP port answers at `probe` (host:port as seen from
+/// outside, e.g. the router's public address).
+pub async fn check_inbound(probe: std::net::SocketAddr, hostname: &str) -> Check {
+    match greeting(probe, std::time::Duration::from_secs(10)).await {
+        Ok(g) if g.starts_with("220") && g.to_ascii_lowercase().contains(&lower(hostname)) => {
+            Check::ok(format!("inbound: {probe} answers with our greeting"))
+        }
+        Ok(g) => Check::fail(
+            format!("inbound: {probe} answers {g:?}, not pimail's greeting for {hostname}"),
+            format!(
+                "forward TCP port {} on the router to this machine's SMTP listener",
+                probe.port()
+            ),
+        ),
+        Err(e) => Check::fail(
+            format!("inbound: cannot connect to {probe}: {e}"),
+            format!(
+                "open/forward TCP port {} to this machine (listen.smtp)",
+                probe.port()
+            ),
+        ),
+    }
+}
+
+/// The whole `pimail doctor` report: the text to print and whether
+/// everything needed is there.
+pub async fn run(
+    config: &crate::config::Config,
+    probe: Option<std::net::SocketAddr>,
+    now: i64,
+) -> (String, bool) {
+    let dns = crate::dns::Resolver::new(&config.outbound.dns);
+    let keys = crate::dkim::load_keys(&crate::dkim::key_dir(&config.data_dir));
+    let mut sections: Vec<(String, Vec<Check>)> = Vec::new();
+    let dkim = match &keys {
+        Ok(k) => k
+            .iter()
+            .map(|k| (k.selector.clone(), k.dns_record()))
+            .collect(),
+        Err(e) => {
+            sections.push((
+                "DKIM keys".into(),
+                vec![Check::fail(
+                    e.to_string(),
+                    "fix or remove the file, then `pimail dkim records`".into(),
+                )],
+            ));
+            Vec::new()
+        }
+    };
+    let setup = Setup {
+        hostname: config.hostname.clone(),
+        domains: config.domains.clone(),
+        dkim,
+    };
+    let (host_checks, addrs) = check_host(&dns, &setup).await;
+    sections.push((format!("Host {}", lower(&setup.hostname)), host_checks));
+    for d in &setup.domains {
+        sections.push((
+            format!("Domain {d}"),
+            check_domain(&dns, &setup, d, &addrs).await,
+        ));
+    }
+    let tls = match &config.tls {
+        None => vec![Check::warn(
+            "no TLS certificate configured: mail to and from this server travels unencrypted"
+                .into(),
+            format!(
+                "get one (e.g. `certbot certonly --standalone -d {}`) and set [tls] cert and key",
+                setup.hostname
+            ),
+        )],
+        Some(t) => {
+            let file = t.cert.display().to_string();
+            match std::fs::read_to_string(&t.cert) {
+                Err(e) => vec![Check::fail(
+                    format!("cannot read {file}: {e}"),
+                    "check [tls] cert".into(),
+                )],
+                Ok(pem) => match parse_cert_pem(&pem) {
+                    None => vec![Check::fail(
+                        format!("{file} holds no certificate pimail can read"),
+                        "check [tls] cert".into(),
+                    )],
+                    Some(info) => check_cert(&info, &setup.hostname, now, &file),
+                },
+            }
+        }
+    };
+    sections.push(("TLS".into(), tls));
+    let mut net = Vec::new();
+    if config.outbound.relay.is_some() {
+        net.push(Check::ok(
+            "outbound mail goes through the relay (port 25 not needed)".into(),
+        ));
+    } else {
+        net.push(check_port25(&dns, config.outbound.mx_port).await);
+    }
+    if let Some(p) = probe {
+        net.push(check_inbound(p, &setup.hostname).await);
+    }
+    sections.push(("Network".into(), net));
+
+    let mut text = String::new();
+    let mut problems = 0;
+    for (title, checks) in &sections {
+        text.push_str(&format!("{title}\n"));
+        for c in checks {
+            problems += usize::from(c.level == Level::Fail);
+            text.push_str(&format!("  {}\n", c.to_string().replace('\n', "\n  ")));
+        }
+        text.push('\n');
+    }
+    if problems == 0 {
+        text.push_str("All good: nothing needed is missing.\n");
+    } else {
+        text.push_str(&format!(
+            "{problems} problem(s) to fix; see the fix lines above.\n"
+        ));
+    }
+    (text, problems == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,6 +57,10 @@ fn main() -> ExitCode {
         Command::Serve => serve(&cli),
         Command::Sendmail(ref args) => sendmail(&cli, args),
         Command::Queue(ref q) => queue(&cli, q),
+        Command::Doctor { ref probe } => match load_config(&cli) {
+            Ok(c) => doctor(&c, probe.as_deref()),
+            Err(code) => code,
+        },
         Command::Dkim(ref cmd) => match load_config(&cli) {
             Ok(c) => dkim_command(&c, cmd.clone()),
             Err(code) => code,
@@ -181,6 +185,27 @@ fn passwd() -> ExitCode {
             eprintln!("pimail passwd: {e}");
             ExitCode::from(EX_SOFTWARE)
         }
+    }
+}
+
+/// `pimail doctor`: the deliverability checklist; exit 1 if something
+/// needed is missing.
+fn doctor(config: &Config, probe: Option<&str>) -> ExitCode {
+    let probe = match probe.map(|p| p.parse::<std::net::SocketAddr>()) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => {
+            eprintln!("pimail doctor: --probe needs IP:PORT, e.g. 203.0.113.5:25");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let now = pimail::timefmt::unix_now() as i64;
+    let (text, ok) = smol::block_on(pimail::doctor::run(config, probe, now));
+    print!("{text}");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -113,3 +113,198 @@ fn mail_from_other_domains_is_not_signed() {
     let got = mx[0].wait_messages(1, WAIT);
     assert!(!String::from_utf8_lossy(&got[0].data).contains("DKIM-Signature"));
 }
+
+// ---- pimail doctor ---------------------------------------------------------------
+
+/// A right setup in the fake DNS: our host 127.0.0.7, MX, PTR, SPF, DMARC,
+/// the DKIM records `dkim generate` printed, and a fake "gmail.com" MX on
+/// 127.0.0.5 for the outbound port 25 probe.
+struct World {
+    dns: FakeDns,
+    _mx: Vec<FakeMx>,
+    dir: TempDir,
+    config: std::path::PathBuf,
+    records: std::collections::BTreeMap<String, String>,
+}
+
+fn write_cert(dir: &std::path::Path, host: &str, not_before: (i32, u8, u8), not_after: (i32, u8, u8)) {
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+    params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+fn world() -> World {
+    let dns = FakeDns::start();
+    let (port, mx) = FakeMx::start_all(vec![(ip(5), Behavior::default())]);
+    dns.mx("gmail.com", &[(5, "gmail-smtp-in.l.google.com")]);
+    dns.a("gmail-smtp-in.l.google.com", &[ip(5)]);
+    dns.a("mail.example.org", &[ip(7)]);
+    dns.ptr(IpAddr::V4(ip(7)), "mail.example.org");
+    dns.mx("example.org", &[(10, "mail.example.org")]);
+    dns.txt("example.org", &["v=spf1 a:mail.example.org -all"]);
+    dns.txt("_dmarc.example.org", &["v=DMARC1; p=quarantine; rua=mailto:postmaster@example.org"]);
+    let dir = TempDir::new("doctor");
+    write_cert(dir.path(), "mail.example.org", (2020, 1, 1), (2099, 1, 1));
+    let extra = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\n",
+        dir.path().join("cert.pem").display().to_string(),
+        dir.path().join("key.pem").display().to_string()
+    );
+    let mut o = opts(&dns, port, "");
+    o.extra = extra + &o.extra;
+    let config = Server::write_config(dir.path(), &o);
+    let out = Command::new(bin())
+        .args(["dkim", "generate", "--selector", "t", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let records = dkimpy::printed_records(&String::from_utf8_lossy(&out.stdout));
+    for (name, value) in &records {
+        dns.txt(name, &[value]);
+    }
+    World {
+        dns,
+        _mx: mx,
+        dir,
+        config,
+        records,
+    }
+}
+
+fn doctor(w: &World, extra_args: &[&str]) -> (i32, String) {
+    let o = Command::new(bin())
+        .arg("doctor")
+        .args(extra_args)
+        .arg("--config")
+        .arg(&w.config)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+    )
+}
+
+#[test]
+fn doctor_says_all_good_for_a_right_setup() {
+    let w = world();
+    let (code, out) = doctor(&w, &[]);
+    assert_eq!(code, 0, "{out}");
+    for line in [
+        "[ok]   mail.example.org has address 127.0.0.7",
+        "[ok]   127.0.0.7 has forward-confirmed reverse DNS mail.example.org",
+        "[ok]   MX of example.org is mail.example.org",
+        "[ok]   SPF of example.org allows 127.0.0.7",
+        "[ok]   DMARC record for example.org (p=quarantine)",
+        "[ok]   DKIM record t-ed._domainkey.example.org matches our key",
+        "[ok]   DKIM record t-rsa._domainkey.example.org matches our key",
+        "[ok]   TLS certificate names mail.example.org",
+        "[ok]   outbound port ",
+        "All good",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn doctor_names_each_wrong_record_and_its_fix() {
+    let w = world();
+    let ed = "t-ed._domainkey.example.org";
+    let other_key = "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+    type Break = Box<dyn Fn(&World)>;
+    type Mend = Box<dyn Fn(&World)>;
+    let cases: Vec<(&str, Break, Mend, &str, String)> = vec![
+        (
+            "missing SPF",
+            Box::new(|w| w.dns.txt("example.org", &[])),
+            Box::new(|w| w.dns.txt("example.org", &["v=spf1 a:mail.example.org -all"])),
+            "[FAIL] example.org has no SPF record",
+            "fix: publish `example.org. IN TXT \"v=spf1 a:mail.example.org -all\"`".into(),
+        ),
+        (
+            "SPF without our IP",
+            Box::new(|w| w.dns.txt("example.org", &["v=spf1 ip4:192.0.2.1 -all"])),
+            Box::new(|w| w.dns.txt("example.org", &["v=spf1 a:mail.example.org -all"])),
+            "[FAIL] SPF of example.org gives fail for 127.0.0.7",
+            "fix: add `a:mail.example.org` (or `ip4:127.0.0.7`)".into(),
+        ),
+        (
+            "no PTR",
+            Box::new(|w| {
+                w.dns
+                    .set("7.0.0.127.in-addr.arpa", hickory_proto::rr::RecordType::PTR, Answer::NxDomain)
+            }),
+            Box::new(|w| w.dns.ptr(IpAddr::V4(ip(7)), "mail.example.org")),
+            "[FAIL] 127.0.0.7 has no reverse DNS (PTR)",
+            "set its reverse DNS (PTR) to mail.example.org".into(),
+        ),
+        (
+            "wrong DKIM key",
+            Box::new(move |w| w.dns.txt(ed, &[other_key])),
+            Box::new(move |w| w.dns.txt(ed, &[&w.records[ed]])),
+            "[FAIL] DKIM record t-ed._domainkey.example.org does not match our key",
+            format!("fix: replace it: publish `t-ed._domainkey.example.org. IN TXT \"{}\"`", w.records[ed]),
+        ),
+        (
+            "no DMARC",
+            Box::new(|w| {
+                w.dns
+                    .set("_dmarc.example.org", hickory_proto::rr::RecordType::TXT, Answer::NxDomain)
+            }),
+            Box::new(|w| w.dns.txt("_dmarc.example.org", &["v=DMARC1; p=quarantine"])),
+            "[FAIL] example.org has no DMARC record",
+            "fix: publish `_dmarc.example.org. IN TXT \"v=DMARC1; p=none; rua=mailto:postmaster@example.org\"`".into(),
+        ),
+        (
+            "expired certificate",
+            Box::new(|w| write_cert(w.dir.path(), "mail.example.org", (2020, 1, 1), (2021, 1, 1))),
+            Box::new(|w| write_cert(w.dir.path(), "mail.example.org", (2020, 1, 1), (2099, 1, 1))),
+            "[FAIL] TLS certificate expired",
+            "fix: renew the certificate".into(),
+        ),
+        (
+            "certificate for another name",
+            Box::new(|w| write_cert(w.dir.path(), "other.example.net", (2020, 1, 1), (2099, 1, 1))),
+            Box::new(|w| write_cert(w.dir.path(), "mail.example.org", (2020, 1, 1), (2099, 1, 1))),
+            "[FAIL] TLS certificate is for other.example.net, not mail.example.org",
+            "fix: get a certificate for mail.example.org".into(),
+        ),
+        (
+            "outbound port 25 blocked",
+            Box::new(|w| w.dns.a("gmail-smtp-in.l.google.com", &[ip(9)])),
+            Box::new(|w| w.dns.a("gmail-smtp-in.l.google.com", &[ip(5)])),
+            "outbound port 25 seems blocked",
+            "set outbound.relay".into(),
+        ),
+    ];
+    for (name, breaks, mend, problem, fix) in cases {
+        breaks(&w);
+        let (code, out) = doctor(&w, &[]);
+        assert_eq!(code, 1, "{name}: doctor should fail:\n{out}");
+        assert!(out.contains(problem), "{name}: no {problem:?} in:\n{out}");
+        assert!(out.contains(&fix), "{name}: no {fix:?} in:\n{out}");
+        assert_eq!(out.matches("[FAIL]").count(), 1, "{name}: one problem only:\n{out}");
+        mend(&w);
+    }
+    let (code, out) = doctor(&w, &[]);
+    assert_eq!(code, 0, "all mended:\n{out}");
+}
+
+#[test]
+fn doctor_probes_inbound_reachability() {
+    let w = world();
+    let srv = Server::start();
+    let smtp = srv.addr("smtp").to_string();
+    let (code, out) = doctor(&w, &["--probe", &smtp]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("[ok]   inbound: {smtp} answers with our greeting")), "{out}");
+    let dead = format!("127.0.0.9:{}", srv.addr("smtp").port());
+    let (code, out) = doctor(&w, &["--probe", &dead]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("[FAIL] inbound: cannot connect to {dead}")), "{out}");
+}
