@@ -256,6 +256,13 @@ impl Server {
                 mbox,
                 spool_dir,
                 outbox: Some(outbox),
+                auth: config
+                    .inbound
+                    .auth_checks
+                    .then(|| crate::smtp::conn::AuthChecks {
+                        resolver: crate::dns::Resolver::new(&config.outbound.dns),
+                        dmarc_reject: config.inbound.dmarc_reject,
+                    }),
             }),
             listeners,
             outbound: Some((worker, control)),

@@ -127,7 +127,12 @@ struct World {
     records: std::collections::BTreeMap<String, String>,
 }
 
-fn write_cert(dir: &std::path::Path, host: &str, not_before: (i32, u8, u8), not_after: (i32, u8, u8)) {
+fn write_cert(
+    dir: &std::path::Path,
+    host: &str,
+    not_before: (i32, u8, u8),
+    not_after: (i32, u8, u8),
+) {
     let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
     params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
     params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
@@ -146,7 +151,10 @@ fn world() -> World {
     dns.ptr(IpAddr::V4(ip(7)), "mail.example.org");
     dns.mx("example.org", &[(10, "mail.example.org")]);
     dns.txt("example.org", &["v=spf1 a:mail.example.org -all"]);
-    dns.txt("_dmarc.example.org", &["v=DMARC1; p=quarantine; rua=mailto:postmaster@example.org"]);
+    dns.txt(
+        "_dmarc.example.org",
+        &["v=DMARC1; p=quarantine; rua=mailto:postmaster@example.org"],
+    );
     let dir = TempDir::new("doctor");
     write_cert(dir.path(), "mail.example.org", (2020, 1, 1), (2099, 1, 1));
     let extra = format!(
@@ -162,7 +170,11 @@ fn world() -> World {
         .arg(&config)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let records = dkimpy::printed_records(&String::from_utf8_lossy(&out.stdout));
     for (name, value) in &records {
         dns.txt(name, &[value]);
@@ -288,7 +300,11 @@ fn doctor_names_each_wrong_record_and_its_fix() {
         assert_eq!(code, 1, "{name}: doctor should fail:\n{out}");
         assert!(out.contains(problem), "{name}: no {problem:?} in:\n{out}");
         assert!(out.contains(&fix), "{name}: no {fix:?} in:\n{out}");
-        assert_eq!(out.matches("[FAIL]").count(), 1, "{name}: one problem only:\n{out}");
+        assert_eq!(
+            out.matches("[FAIL]").count(),
+            1,
+            "{name}: one problem only:\n{out}"
+        );
         mend(&w);
     }
     let (code, out) = doctor(&w, &[]);
@@ -302,9 +318,143 @@ fn doctor_probes_inbound_reachability() {
     let smtp = srv.addr("smtp").to_string();
     let (code, out) = doctor(&w, &["--probe", &smtp]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains(&format!("[ok]   inbound: {smtp} answers with our greeting")), "{out}");
+    assert!(
+        out.contains(&format!("[ok]   inbound: {smtp} answers with our greeting")),
+        "{out}"
+    );
     let dead = format!("127.0.0.9:{}", srv.addr("smtp").port());
     let (code, out) = doctor(&w, &["--probe", &dead]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains(&format!("[FAIL] inbound: cannot connect to {dead}")), "{out}");
+    assert!(
+        out.contains(&format!("[FAIL] inbound: cannot connect to {dead}")),
+        "{out}"
+    );
+}
+
+// ---- checks on port 25 -----------------------------------------------------------
+
+/// A server with port 25 checks on, resolving with `dns`; `policy` goes
+/// into `[inbound]`.
+fn checking_server(dns: &FakeDns, policy: &str) -> Server {
+    Server::with(Options {
+        extra: format!(
+            "[outbound]\ndns = [\"{}\"]\n[inbound]\nauth_checks = true\n{policy}\n",
+            dns.addr
+        ),
+        ..Options::default()
+    })
+}
+
+/// A message from sender.test signed by dkimpy (Ed25519 and RSA,
+/// relaxed/relaxed), with the signing keys published in `dns`.
+fn dkimpy_signed(dns: &FakeDns, dir: &std::path::Path) -> Vec<u8> {
+    let src = dir.join("in.eml");
+    std::fs::write(
+        &src,
+        "From: Sam <sam@sender.test>\r\nTo: alice@example.org\r\nSubject: checked\r\nMessage-ID: <in1@sender.test>\r\n\r\nHello Alice.\r\n",
+    )
+    .unwrap();
+    let prefix = dir.join("in-signed");
+    let json = dkimpy::run_helper(&[
+        "sign",
+        src.to_str().unwrap(),
+        prefix.to_str().unwrap(),
+        "sender.test",
+    ]);
+    for kv in json.trim().trim_matches(['{', '}']).split("\", \"") {
+        let (k, v) = kv.split_once("\": \"").unwrap();
+        dns.txt(k.trim_matches('"'), &[v.trim_matches('"')]);
+    }
+    std::fs::read(format!("{}.relaxed", prefix.display())).unwrap()
+}
+
+fn auth_results(mbox: &[u8]) -> String {
+    let text = String::from_utf8_lossy(mbox);
+    let start = text
+        .find("Authentication-Results:")
+        .unwrap_or_else(|| panic!("no Authentication-Results in:\n{text}"));
+    let mut out = String::new();
+    for (i, line) in text[start..].lines().enumerate() {
+        if i > 0 && !line.starts_with([' ', '\t']) {
+            break;
+        }
+        out.push_str(line.trim());
+        out.push(' ');
+    }
+    out
+}
+
+#[test]
+fn port25_mail_gets_authentication_results() {
+    let dns = FakeDns::start();
+    dns.txt("sender.test", &["v=spf1 ip4:127.0.0.1 -all"]);
+    dns.txt("_dmarc.sender.test", &["v=DMARC1; p=reject"]);
+    let srv = checking_server(&dns, "");
+    let msg = dkimpy_signed(&dns, srv.dir.path());
+    let mut c = srv.connect();
+    c.hello();
+    let (code, text) = c.send_message("sam@sender.test", &["alice@example.org"], &msg);
+    assert_eq!(code, 250, "{text}");
+    assert!(srv.wait_log("auth id=", WAIT));
+    let ar = auth_results(&srv.mbox());
+    assert!(
+        ar.starts_with("Authentication-Results: mail.example.org;"),
+        "{ar}"
+    );
+    for part in [
+        "spf=pass smtp.mailfrom=sam@sender.test;",
+        "dkim=pass header.d=sender.test header.s=py-ed header.a=ed25519-sha256",
+        "dkim=pass header.d=sender.test header.s=py-rsa header.a=rsa-sha256",
+        "dmarc=pass (p=reject) header.from=sender.test",
+    ] {
+        assert!(ar.contains(part), "no {part:?} in {ar}");
+    }
+    // The header sits on top of the stored message, the message intact.
+    let stored = python_mbox_messages(&srv.mbox_path());
+    assert_eq!(stored.len(), 1);
+    assert!(String::from_utf8_lossy(&stored[0]).contains("Hello Alice."));
+}
+
+#[test]
+fn dmarc_failures_are_marked_by_default_and_refused_when_configured() {
+    let dns = FakeDns::start();
+    // The From domain asks for reject; the mail comes from elsewhere,
+    // unsigned, with an envelope sender whose SPF does not cover us.
+    dns.txt("_dmarc.bank.test", &["v=DMARC1; p=reject"]);
+    dns.txt("bank.test", &["v=spf1 ip4:192.0.2.1 -all"]);
+    let forged = b"From: Bank <security@bank.test>\r\nTo: alice@example.org\r\nSubject: verify your account\r\n\r\nClick here.\r\n";
+    let srv = checking_server(&dns, "");
+    let mut c = srv.connect();
+    c.hello();
+    let (code, text) = c.send_message("security@bank.test", &["alice@example.org"], forged);
+    assert_eq!(code, 250, "mark only by default: {text}");
+    assert!(srv.wait_log("auth id=", WAIT));
+    let ar = auth_results(&srv.mbox());
+    for part in [
+        "spf=fail smtp.mailfrom=security@bank.test",
+        "dkim=none",
+        "dmarc=fail (p=reject) header.from=bank.test",
+    ] {
+        assert!(ar.contains(part), "no {part:?} in {ar}");
+    }
+    drop(c);
+    let strict = checking_server(&dns, "dmarc_reject = true");
+    let mut c = strict.connect();
+    c.hello();
+    let (code, text) = c.send_message("security@bank.test", &["alice@example.org"], forged);
+    assert_eq!(code, 550, "{text}");
+    assert!(
+        text.contains("5.7.1") && text.contains("DMARC policy of bank.test"),
+        "{text}"
+    );
+    assert!(strict.wait_log("refused id=", WAIT));
+    assert!(python_mbox_messages(&strict.mbox_path()).is_empty());
+    // The session goes on: a legitimate message right after is accepted.
+    dns.txt("ok.test", &["v=spf1 ip4:127.0.0.1 -all"]);
+    let (code, text) = c.send_message(
+        "x@ok.test",
+        &["alice@example.org"],
+        b"From: x@ok.test\r\nSubject: fine\r\n\r\nhi\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
 }

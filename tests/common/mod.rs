@@ -235,10 +235,18 @@ impl Server {
         if o.listen_pop3 {
             listen += "pop3 = [\"127.0.0.1:0\"]\n";
         }
+        // Port 25 authentication checks (SPF/DKIM/DMARC) ask the DNS; tests
+        // only get them when they configure `[inbound]` (and a fake DNS in
+        // `[outbound] dns`), so that no test queries a real resolver.
+        let inbound = if o.extra.contains("[inbound]") {
+            ""
+        } else {
+            "[inbound]\nauth_checks = false\n"
+        };
         let text = format!(
             "hostname = \"mail.example.org\"\ndomains = {}\ndata_dir = {:?}\n{}\n\
              [user]\nname = \"alice\"\npassword = \"{PASSWORD_HASH}\"\naddresses = {}\nmbox = {:?}\n\n\
-             [listen]\n{listen}\n[limits]\n{}\n{}\n",
+             [listen]\n{listen}\n[limits]\n{}\n{}\n{inbound}",
             quote_list(&o.domains),
             data.display().to_string(),
             o.top,
