@@ -5,34 +5,12 @@
 
 mod common;
 
+use common::dkimpy::{printed_records, run_helper};
 use common::{Options, Server, TempDir};
 use pimail::dkim;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-
-fn helper() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/dkimpy_helper.py")
-}
-
-/// Runs the helper; a missing module or tool fails the test with the fix.
-fn run_helper(args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg(helper())
-        .args(args)
-        .output()
-        .expect("python3 is needed for the DKIM interop tests");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.code() != Some(3),
-        "DKIM interop tests need dkimpy and pynacl: {stderr}"
-    );
-    assert!(
-        out.status.success(),
-        "dkimpy helper {args:?} failed (needs openssl on PATH too): {stderr}"
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn require_openssl() {
     let ok = Command::new("openssl")
@@ -53,24 +31,6 @@ const MESSAGES: &[&[u8]] = &[
     "From: Zoë <alice@example.org>\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nÇa va? ünïcödé\r\n.\r\n..dots\r\n"
         .as_bytes(),
 ];
-
-/// Parses the records `pimail dkim generate` printed, joining quoted strings.
-fn printed_records(stdout: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for line in stdout.lines() {
-        let Some((name, value)) = line.split_once("  IN TXT  ") else {
-            continue;
-        };
-        let joined: String = value
-            .split('"')
-            .enumerate()
-            .filter(|(i, _)| i % 2 == 1)
-            .map(|(_, s)| s)
-            .collect();
-        out.insert(name.trim_end_matches('.').to_string(), joined);
-    }
-    out
-}
 
 fn generate_keys(dir: &TempDir) -> (PathBuf, BTreeMap<String, String>) {
     let config = Server::write_config(dir.path(), &Options::default());
