@@ -475,6 +475,7 @@ mod tests {
             mbox,
             spool_dir: dir.join("data/spool"),
             outbox: Some(outbox.clone()),
+            auth: None,
         };
         let shared = Shared::new(config.hostname.clone(), config.limits.clone());
         let spool = dir.join("data/spool/ID1.msg");
@@ -497,7 +498,7 @@ mod tests {
             auth: Some("alice".into()),
             smtputf8: false,
         };
-        smol::block_on(store(&env, "ID1", &spool, &ctx, &shared)).unwrap();
+        smol::block_on(store(&env, "ID1", &spool, &ctx, &shared, None)).unwrap();
         // The caller removes the spool file; the queue keeps its own link.
         std::fs::remove_file(&spool).unwrap();
         let q = &outbox.queue;
