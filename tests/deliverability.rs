@@ -9,7 +9,6 @@ mod common;
 use common::fakes::*;
 use common::*;
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::Command;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -30,7 +29,7 @@ fn opts(dns: &FakeDns, port: u16, extra: &str) -> Options {
 
 /// Runs `pimail ARGS --config <server's config>`: exit code, stdout, stderr.
 fn pimail(srv: &Server, args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(bin())
+    let o = pimail_command()
         .args(args)
         .arg("--config")
         .arg(&srv.config)
@@ -165,7 +164,7 @@ fn world() -> World {
     let mut o = opts(&dns, port, "");
     o.extra = extra + &o.extra;
     let config = Server::write_config(dir.path(), &o);
-    let out = Command::new(bin())
+    let out = pimail_command()
         .args(["dkim", "generate", "--selector", "t", "--config"])
         .arg(&config)
         .output()
@@ -189,7 +188,7 @@ fn world() -> World {
 }
 
 fn doctor(w: &World, extra_args: &[&str]) -> (i32, String) {
-    let o = Command::new(bin())
+    let o = pimail_command()
         .arg("doctor")
         .args(extra_args)
         .arg("--config")
