@@ -170,6 +170,141 @@ impl Results {
     }
 }
 
+/// Removes `Authentication-Results:` fields that carry our own
+/// authserv-id from a message's header block as it streams (RFC 8601 5:
+/// a border MTA must not let a sender forge its verdicts). Everything
+/// else, and the whole body, passes through unchanged. Memory is bounded:
+/// one header line, or one Authentication-Results field up to
+/// [`MAX_HELD_FIELD`] bytes (a longer one is dropped too).
+pub struct ForgedResultsFilter {
+    id: String,
+    in_body: bool,
+    /// The current, unfinished line.
+    line: Vec<u8>,
+    /// An Authentication-Results field being collected (all its lines).
+    held: Option<Vec<u8>>,
+    /// Whether continuation lines of the current (non-held) field are kept.
+    keep_current: bool,
+    /// Fields removed so far.
+    pub removed: usize,
+}
+
+/// The most of one Authentication-Results field held while deciding.
+pub const MAX_HELD_FIELD: usize = 16 * 1024;
+/// Header lines longer than this pass through in pieces (SMTP caps lines
+/// at 1000 octets anyway).
+const MAX_LINE: usize = 8 * 1024;
+
+impl ForgedResultsFilter {
+    /// `authserv_id`: our host name.
+    pub fn new(authserv_id: &str) -> ForgedResultsFilter {
+        ForgedResultsFilter {
+            id: authserv_id.trim_end_matches('.').to_ascii_lowercase(),
+            in_body: false,
+            line: Vec::new(),
+            held: None,
+            keep_current: true,
+            removed: 0,
+        }
+    }
+
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        if self.in_body {
+            out.extend_from_slice(input);
+            return;
+        }
+        for (i, &b) in input.iter().enumerate() {
+            self.line.push(b);
+            if b == b'\n' {
+                let line = std::mem::take(&mut self.line);
+                self.line_done(line, out);
+                if self.in_body {
+                    out.extend_from_slice(&input[i + 1..]);
+                    return;
+                }
+            } else if self.line.len() > MAX_LINE {
+                // Not a header line we can judge: let it through.
+                self.flush_held(out);
+                out.append(&mut self.line);
+                self.keep_current = true;
+            }
+        }
+    }
+
+    /// At the end of the message: whatever is pending.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.in_body && !self.line.is_empty() {
+            // A last header line without its line end.
+            let line = std::mem::take(&mut self.line);
+            self.line_done(line, out);
+        }
+        self.flush_held(out);
+        out.append(&mut self.line);
+    }
+
+    fn line_done(&mut self, line: Vec<u8>, out: &mut Vec<u8>) {
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if continuation {
+            if let Some(h) = &mut self.held {
+                h.extend_from_slice(&line);
+                if h.len() > MAX_HELD_FIELD {
+                    // Too big to judge, and no real verdict is this long.
+                    self.held = None;
+                    self.removed += 1;
+                    self.keep_current = false;
+                }
+            } else if self.keep_current {
+                out.extend_from_slice(&line);
+            }
+            return;
+        }
+        self.flush_held(out);
+        if line == b"\r\n" || line == b"\n" {
+            out.extend_from_slice(&line);
+            self.in_body = true;
+            return;
+        }
+        let is_ar = line.iter().position(|&c| c == b':').is_some_and(|c| {
+            line[..c]
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"authentication-results")
+        });
+        if is_ar {
+            self.held = Some(line);
+        } else {
+            self.keep_current = true;
+            out.extend_from_slice(&line);
+        }
+    }
+
+    /// Decides on a held Authentication-Results field: ours is dropped.
+    fn flush_held(&mut self, out: &mut Vec<u8>) {
+        let Some(field) = self.held.take() else {
+            return;
+        };
+        let text = String::from_utf8_lossy(&field);
+        let value = text.split_once(':').map(|(_, v)| v).unwrap_or("");
+        // authserv-id is the first token, before ';' (a version may follow
+        // it after whitespace, RFC 8601 2.2); comments are not expected.
+        let id = value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if id == self.id {
+            self.removed += 1;
+            self.keep_current = false;
+        } else {
+            out.extend_from_slice(&field);
+            self.keep_current = true;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +364,64 @@ mod tests {
             v.finish(),
             from.as_deref(),
         ))
+    }
+
+    fn filtered(id: &str, msg: &[u8], chunk: usize) -> (Vec<u8>, usize) {
+        let mut f = ForgedResultsFilter::new(id);
+        let mut out = Vec::new();
+        for c in msg.chunks(chunk.max(1)) {
+            f.feed(c, &mut out);
+        }
+        f.finish(&mut out);
+        (out, f.removed)
+    }
+
+    #[test]
+    fn forged_results_with_our_id_are_removed_others_kept() {
+        let msg = b"Authentication-Results: MX.example.org.; dkim=pass\r\n\
+Received: from x\r\n\tby y\r\n\
+Authentication-Results:\r\n mx.example.org 1;\r\n spf=pass\r\n\
+Authentication-Results: other.example; dkim=fail\r\n\
+authentication-results : mx.example.org; dmarc=pass\r\n\
+Subject: hi\r\n\
+\r\n\
+Authentication-Results: mx.example.org; in the body stays\r\n";
+        let want = b"Received: from x\r\n\tby y\r\n\
+Authentication-Results: other.example; dkim=fail\r\n\
+Subject: hi\r\n\
+\r\n\
+Authentication-Results: mx.example.org; in the body stays\r\n";
+        for chunk in [1, 2, 3, 7, 64, 10_000] {
+            let (out, removed) = filtered("mx.example.org", msg, chunk);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(want),
+                "chunk {chunk}"
+            );
+            assert_eq!(removed, 3);
+        }
+        // No header end at all, and LF-only lines, pass through too.
+        let (out, removed) = filtered(
+            "mx.example.org",
+            b"Subject: x\nAuthentication-Results: mx.example.org; a",
+            5,
+        );
+        assert_eq!(out, b"Subject: x\n");
+        assert_eq!(removed, 1);
+        let (out, _) = filtered("mx.example.org", b"Subject: only", 3);
+        assert_eq!(out, b"Subject: only");
+    }
+
+    #[test]
+    fn an_oversized_results_field_is_dropped_not_held() {
+        let mut msg = b"Authentication-Results: other.example;\r\n".to_vec();
+        for _ in 0..(MAX_HELD_FIELD / 20 + 10) {
+            msg.extend_from_slice(b" x=yyyyyyyyyyyyyyy\r\n");
+        }
+        msg.extend_from_slice(b"Subject: s\r\n\r\nbody\r\n");
+        let (out, removed) = filtered("mx.example.org", &msg, 100);
+        assert_eq!(out, b"Subject: s\r\n\r\nbody\r\n");
+        assert_eq!(removed, 1);
     }
 
     #[test]

@@ -421,7 +421,8 @@ fn dmarc_failures_are_marked_by_default_and_refused_when_configured() {
     // unsigned, with an envelope sender whose SPF does not cover us.
     dns.txt("_dmarc.bank.test", &["v=DMARC1; p=reject"]);
     dns.txt("bank.test", &["v=spf1 ip4:192.0.2.1 -all"]);
-    let forged = b"From: Bank <security@bank.test>\r\nTo: alice@example.org\r\nSubject: verify your account\r\n\r\nClick here.\r\n";
+    // It even carries a verdict in our name, which must not survive.
+    let forged = b"Authentication-Results: mail.example.org; spf=pass; dkim=pass; dmarc=pass\r\nFrom: Bank <security@bank.test>\r\nTo: alice@example.org\r\nSubject: verify your account\r\n\r\nClick here.\r\n";
     let srv = checking_server(&dns, "");
     let mut c = srv.connect();
     c.hello();
@@ -436,6 +437,20 @@ fn dmarc_failures_are_marked_by_default_and_refused_when_configured() {
     ] {
         assert!(ar.contains(part), "no {part:?} in {ar}");
     }
+    let stored = String::from_utf8_lossy(&python_mbox_messages(&srv.mbox_path())[0]).into_owned();
+    assert_eq!(
+        stored.matches("Authentication-Results:").count(),
+        1,
+        "{stored}"
+    );
+    assert!(
+        !stored.contains("dmarc=pass"),
+        "the forged verdict survived:\n{stored}"
+    );
+    assert!(srv.wait_log(
+        "removed 1 Authentication-Results header(s) claiming to be ours",
+        WAIT
+    ));
     drop(c);
     let strict = checking_server(&dns, "dmarc_reject = true");
     let mut c = strict.connect();

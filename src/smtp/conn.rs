@@ -176,6 +176,11 @@ where
         (Some(_), Port::Smtp) => Some(crate::dkim::Verifier::new(crate::timefmt::unix_now())),
         _ => None,
     };
+    // And loses any Authentication-Results claiming to be ours (RFC 8601 5).
+    let mut forged = verifier
+        .as_ref()
+        .map(|_| crate::authres::ForgedResultsFilter::new(&shared.hostname));
+    let mut filtered = Vec::new();
     loop {
         let input = lines.buffered();
         let progress = decoder.feed(input, &mut decoded);
@@ -191,7 +196,18 @@ where
                 verifier = None;
             }
         }
-        quoter.feed(&decoded, &mut quoted);
+        let data: &[u8] = match &mut forged {
+            Some(f) => {
+                filtered.clear();
+                f.feed(&decoded, &mut filtered);
+                if progress != Progress::NeedMore {
+                    f.finish(&mut filtered);
+                }
+                &filtered
+            }
+            None => &decoded,
+        };
+        quoter.feed(data, &mut quoted);
         decoded.clear();
         if progress != Progress::NeedMore {
             quoter.finish(&mut quoted);
@@ -259,6 +275,11 @@ where
         );
         // Bounded: a dead resolver must not hold the client until its DATA
         // timeout; the message is then marked as not checked.
+        if let Some(n) = forged.as_ref().map(|f| f.removed).filter(|&n| n > 0) {
+            log::info!(
+                "auth id={id}: removed {n} Authentication-Results header(s) claiming to be ours"
+            );
+        }
         match timeout(AUTH_CHECKS_TIMEOUT, checks).await {
             None => {
                 log::info!("auth id={id} peer={}: checks timed out", peer.ip());
