@@ -1111,25 +1111,28 @@ pub fn sign_queued(
     domains: &[String],
     now: u64,
 ) -> Result<Option<String>, DkimError> {
-    use std::io::BufRead;
     if keys.is_empty() {
         return Ok(None);
     }
-    let file = std::fs::File::open(path)
+    let mut file = std::fs::File::open(path)
         .map_err(|e| DkimError::Key(format!("cannot read {}: {e}", path.display())))?;
-    let mut r = std::io::BufReader::with_capacity(16 * 1024, file);
     let mut h = MessageHasher::new();
-    let mut line = Vec::new();
+    let mut unquote = Unquoter::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut out = Vec::with_capacity(16 * 1024 + 64);
     loop {
-        line.clear();
-        let n = r
-            .read_until(b'\n', &mut line)
+        let n = std::io::Read::read(&mut file, &mut buf)
             .map_err(|e| DkimError::Key(format!("cannot read {}: {e}", path.display())))?;
         if n == 0 {
             break;
         }
-        h.update(crate::mbox::unquote_line(&line))?;
+        out.clear();
+        unquote.feed(&buf[..n], &mut out);
+        h.update(&out)?;
     }
+    out.clear();
+    unquote.finish(&mut out);
+    h.update(&out)?;
     let (fields, bh) = h.finish();
     let Some(from) = fields
         .iter()
@@ -1149,6 +1152,50 @@ pub fn sign_queued(
         out.push_str(&Signer::sign_one(domain, key, &fields, &bh, now)?);
     }
     Ok(Some(out))
+}
+
+/// Undoes mboxrd quoting (`>From ` -> `From `, `>>From ` -> `>From `) in
+/// a stream, holding at most a short run of `>` at a line start; the same
+/// rule as [`crate::mbox::unquote_line`] without needing whole lines.
+#[derive(Default)]
+struct Unquoter {
+    /// Bytes at the start of the current line that may still be `>+From `.
+    pending: Vec<u8>,
+    mid_line: bool,
+}
+
+impl Unquoter {
+    /// A run of `>` longer than this is no quoting we wrote: pass it on.
+    const MAX_PENDING: usize = 1024;
+
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        for &b in input {
+            if self.mid_line {
+                out.push(b);
+                self.mid_line = b != b'\n';
+                continue;
+            }
+            self.pending.push(b);
+            let quotes = self.pending.iter().take_while(|&&c| c == b'>').count();
+            let rest = &self.pending[quotes..];
+            let undecided = rest.len() < 5 && b"From ".starts_with(rest);
+            if undecided && self.pending.len() < Self::MAX_PENDING {
+                continue;
+            }
+            let quoted = quotes > 0 && rest == b"From ";
+            out.extend_from_slice(if quoted {
+                &self.pending[1..]
+            } else {
+                &self.pending
+            });
+            self.pending.clear();
+            self.mid_line = b != b'\n';
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.pending);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1726,6 +1773,36 @@ mod tests {
             panic!("the Ed25519 signature should be pending")
         };
         assert_eq!(key.sign(data).unwrap(), sig.b);
+    }
+
+    #[test]
+    fn unquoting_streams_like_unquote_line() {
+        let text: &[u8] = b">From a\n>>From b\nFrom c\n>Fro\n>>>\n\n>From\n>From x";
+        let want: Vec<u8> = text
+            .split_inclusive(|&b| b == b'\n')
+            .flat_map(|l| crate::mbox::unquote_line(l).to_vec())
+            .collect();
+        for chunk in 1..text.len() {
+            let mut u = Unquoter::default();
+            let mut out = Vec::new();
+            for c in text.chunks(chunk) {
+                u.feed(c, &mut out);
+            }
+            u.finish(&mut out);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&want),
+                "chunk {chunk}"
+            );
+        }
+        // A giant line holds no more than a short prefix in memory.
+        let mut u = Unquoter::default();
+        let mut out = Vec::new();
+        u.feed(&vec![b'>'; 100_000], &mut out);
+        assert!(
+            u.pending.len() <= Unquoter::MAX_PENDING
+                && out.len() >= 100_000 - Unquoter::MAX_PENDING
+        );
     }
 
     #[test]
