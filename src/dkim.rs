@@ -1104,7 +1104,7 @@ pub fn verify_message(
 /// `DKIM-Signature:` lines to send in front of it, with CRLF line ends.
 /// `Ok(None)`: not our domain, no keys, or no From header. Blocking file
 /// I/O: call it off the executor. The file streams through the hasher in
-/// lines (bounded by the line lengths SMTP and sendmail accept).
+/// 16 KiB reads; only the header block is kept in memory.
 pub fn sign_queued(
     path: &std::path::Path,
     keys: &[SigningKey],
