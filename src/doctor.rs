@@ -813,6 +813,21 @@ mod tests {
     }
 
     #[test]
+    fn no_dkim_keys_is_a_failure_with_the_command_to_run() {
+        let mut s = setup();
+        s.dkim.clear();
+        let z = good();
+        let checks = smol::block_on(check_domain(&z, &s, "example.org", &[]));
+        let f = failures(&checks);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert!(
+            f[0].contains("no DKIM keys") && f[0].contains("pimail dkim generate"),
+            "{}",
+            f[0]
+        );
+    }
+
+    #[test]
     fn certificate_dates_and_names() {
         let info = parse_cert_pem(include_str!("../tests/data/doctor-cert.pem")).unwrap();
         assert_eq!(info.not_before, 1_795_577_147);
