@@ -20,6 +20,14 @@ have systemd-analyze || need+=(systemd)   # unit file checks
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 \
     || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 
+# The independent DKIM verifier of tests/dkim.rs and tests/deliverability.rs,
+# for whichever python3 is first on PATH (pip, not apt: it may not be Debian's).
+if ! python3 -c 'import dkim, nacl.signing' >/dev/null 2>&1; then
+    echo "install-test-tools: installing dkimpy, pynacl (pip)" >&2
+    python3 -m pip install -q dkimpy pynacl 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages dkimpy pynacl
+fi
+
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

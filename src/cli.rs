@@ -14,6 +14,11 @@ pub enum Command {
     Passwd,
     Sendmail(SendmailArgs),
     Queue(QueueCommand),
+    Dkim(DkimCommand),
+    /// `doctor [--probe HOST:PORT]`.
+    Doctor {
+        probe: Option<String>,
+    },
     Version,
     Help,
 }
@@ -38,6 +43,15 @@ pub enum QueueCommand {
     Delete(String),
 }
 
+/// `pimail dkim ...`: key management for DKIM signing (see `dkim`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DkimCommand {
+    /// Make new keys; `selector` overrides the date-based default prefix.
+    Generate { selector: Option<String> },
+    /// Print the DNS records for the keys in data_dir.
+    Records,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cli {
     pub command: Command,
@@ -56,6 +70,9 @@ Usage:
   pimail sendmail [-t] [-i] [-f FROM] [RCPT...]
                                        sendmail-compatible submission
   pimail queue [list|flush|delete ID]  inspect and steer the outbound queue
+  pimail dkim generate [--selector S]  make DKIM keys in data_dir, print the DNS records
+  pimail dkim records                  print the DNS records of the existing DKIM keys
+  pimail doctor [--probe HOST:PORT]    check DNS (MX, PTR, SPF, DKIM, DMARC), TLS and port 25
   pimail --version | --help
 
 Options:
@@ -95,6 +112,10 @@ pub fn parse(invoked_as: &str, args: Vec<OsString>) -> Result<Cli, UsageError> {
             Short('v') | Long("verbose") => verbose += 1,
             Short('V') | Long("version") => command = Some(Command::Version),
             Short('h') | Long("help") => command = Some(Command::Help),
+            Long("probe") if matches!(command, Some(Command::Doctor { .. })) => {
+                let v = p.value().map_err(err)?.string().map_err(err)?;
+                command = Some(Command::Doctor { probe: Some(v) });
+            }
             Value(v) if command.is_none() => {
                 let v = v.string().map_err(err)?;
                 command = Some(match v.as_str() {
@@ -108,6 +129,8 @@ pub fn parse(invoked_as: &str, args: Vec<OsString>) -> Result<Cli, UsageError> {
                         return parse_sendmail(rest, config, verbose);
                     }
                     "queue" => Command::Queue(parse_queue(&mut p)?),
+                    "dkim" => Command::Dkim(parse_dkim(&mut p)?),
+                    "doctor" => Command::Doctor { probe: None },
                     other => return Err(UsageError(format!("unknown command '{other}'"))),
                 });
             }
@@ -173,6 +196,50 @@ fn parse_queue(p: &mut lexopt::Parser) -> Result<QueueCommand, UsageError> {
     *p = lexopt::Parser::from_args(leftover);
     let _ = Short('x');
     Ok(cmd.unwrap_or(QueueCommand::List))
+}
+
+/// `dkim generate [--selector S]` / `dkim records`; the global options
+/// may still follow and are handed back to the main loop.
+fn parse_dkim(p: &mut lexopt::Parser) -> Result<DkimCommand, UsageError> {
+    let rest: Vec<OsString> = p.raw_args().map_err(err)?.collect();
+    let mut it = rest.into_iter();
+    let mut leftover = Vec::new();
+    let mut sub: Option<String> = None;
+    let mut selector = None;
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy().to_string();
+        if s == "--selector" || s == "-s" {
+            let v = it
+                .next()
+                .ok_or_else(|| UsageError("--selector needs a value".into()))?;
+            selector = Some(v.to_string_lossy().to_string());
+        } else if let Some(v) = s.strip_prefix("--selector=") {
+            selector = Some(v.to_string());
+        } else if s.starts_with('-') {
+            leftover.push(a);
+            if s == "--config" || s == "-c" {
+                if let Some(v) = it.next() {
+                    leftover.push(v);
+                }
+            }
+        } else if sub.is_none() {
+            sub = Some(s);
+        } else {
+            return Err(UsageError(format!("unexpected argument '{s}'")));
+        }
+    }
+    *p = lexopt::Parser::from_args(leftover);
+    match sub.as_deref() {
+        Some("generate") => Ok(DkimCommand::Generate { selector }),
+        Some("records") if selector.is_none() => Ok(DkimCommand::Records),
+        Some("records") => Err(UsageError("dkim records takes no --selector".into())),
+        Some(other) => Err(UsageError(format!(
+            "unknown dkim command '{other}' (generate, records)"
+        ))),
+        None => Err(UsageError(
+            "dkim needs a command: generate or records".into(),
+        )),
+    }
 }
 
 /// sendmail's own flags (the subset cron, mailx, git send-email and
@@ -292,6 +359,48 @@ mod tests {
             Command::Queue(QueueCommand::Delete("ABC".into()))
         );
         assert_eq!(c.config, Some(PathBuf::from("/q.toml")));
+    }
+
+    #[test]
+    fn dkim_commands() {
+        assert_eq!(
+            p(&["dkim", "generate"]).unwrap().command,
+            Command::Dkim(DkimCommand::Generate { selector: None })
+        );
+        let c = p(&["dkim", "generate", "--selector", "k1", "-c", "/d.toml"]).unwrap();
+        assert_eq!(
+            c.command,
+            Command::Dkim(DkimCommand::Generate {
+                selector: Some("k1".into())
+            })
+        );
+        assert_eq!(c.config, Some(PathBuf::from("/d.toml")));
+        assert_eq!(
+            p(&["--config", "/e.toml", "dkim", "records"])
+                .unwrap()
+                .command,
+            Command::Dkim(DkimCommand::Records)
+        );
+        assert!(p(&["dkim"]).is_err());
+        assert!(p(&["dkim", "rotate"]).is_err());
+        assert!(p(&["dkim", "generate", "--selector"]).is_err());
+    }
+
+    #[test]
+    fn doctor_command() {
+        assert_eq!(
+            p(&["doctor"]).unwrap().command,
+            Command::Doctor { probe: None }
+        );
+        let c = p(&["doctor", "--probe", "192.0.2.1:25", "-c", "/x.toml"]).unwrap();
+        assert_eq!(
+            c.command,
+            Command::Doctor {
+                probe: Some("192.0.2.1:25".into())
+            }
+        );
+        assert!(p(&["doctor", "--probe"]).is_err());
+        assert!(p(&["--probe", "1.2.3.4:25"]).is_err());
     }
 
     #[test]

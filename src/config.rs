@@ -33,6 +33,7 @@ pub struct Config {
     pub tls: Option<Tls>,
     pub limits: Limits,
     pub outbound: Outbound,
+    pub inbound: Inbound,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +87,27 @@ pub struct Outbound {
     pub retry: Vec<Duration>,
     pub bounce_after: Duration,
     pub mx_port: u16,
+}
+
+/// `[inbound]`: what port 25 checks on received mail (see
+/// docs/deliverability.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// Check SPF, DKIM and DMARC and add an `Authentication-Results:`
+    /// header (RFC 8601) to each message received on port 25.
+    pub auth_checks: bool,
+    /// Refuse (`550 5.7.1`) messages failing DMARC for a domain whose
+    /// policy is `p=reject`. Off by default: mark only.
+    pub dmarc_reject: bool,
+}
+
+impl Default for Inbound {
+    fn default() -> Self {
+        Inbound {
+            auth_checks: true,
+            dmarc_reject: false,
+        }
+    }
 }
 
 /// A configuration error with the place to fix it.
@@ -172,6 +194,12 @@ pub fn embedded_default() -> Config {
         tls: None,
         limits: Limits::default(),
         outbound: Outbound::default(),
+        // The try-it setup only hears loopback: SPF and DMARC of local
+        // test mail mean nothing, and an offline laptop would wait on DNS.
+        inbound: Inbound {
+            auth_checks: false,
+            dmarc_reject: false,
+        },
     }
 }
 
@@ -257,6 +285,15 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     outbound: RawOutbound,
+    #[serde(default)]
+    inbound: RawInbound,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    auth_checks: Option<bool>,
+    dmarc_reject: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -613,6 +650,10 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
         tls,
         limits,
         outbound,
+        inbound: Inbound {
+            auth_checks: raw.inbound.auth_checks.unwrap_or(true),
+            dmarc_reject: raw.inbound.dmarc_reject.unwrap_or(false),
+        },
     })
 }
 
@@ -808,6 +849,10 @@ impl Config {
             fmt_duration(o.bounce_after),
             o.mx_port
         );
+        s += &format!(
+            "\n[inbound]\nauth_checks = {}\ndmarc_reject = {}\n",
+            self.inbound.auth_checks, self.inbound.dmarc_reject
+        );
         s
     }
 }
@@ -887,6 +932,21 @@ mx_port = 2526
         );
         assert_eq!(c.outbound.bounce_after, Duration::from_secs(3 * 86400));
         assert_eq!(c.outbound.mx_port, 2526);
+    }
+
+    #[test]
+    fn inbound_auth_policy() {
+        let c = parse_str(&full()).unwrap();
+        assert_eq!(c.inbound, Inbound::default());
+        assert!(c.inbound.auth_checks && !c.inbound.dmarc_reject);
+        assert!(!embedded_default().inbound.auth_checks);
+        let c = parse_str(&(full() + "\n[inbound]\ndmarc_reject = true\n")).unwrap();
+        assert!(c.inbound.dmarc_reject);
+        assert!(c.effective().contains("dmarc_reject = true"));
+        let e = parse_str(&(full() + "\n[inbound]\ndmarc_rejct = true\n")).unwrap_err();
+        assert!(e.message.contains("dmarc_rejct"), "{e}");
+        let e = parse_str(&(full() + "\n[inbound]\ndmarc_reject = \"yes\"\n")).unwrap_err();
+        assert!(e.key.contains("dmarc_reject"), "{e}");
     }
 
     #[test]

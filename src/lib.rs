@@ -15,10 +15,15 @@
 
 pub mod address;
 pub mod auth;
+pub mod authdns;
+pub mod authres;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
+pub mod dmarc;
 pub mod dns;
+pub mod doctor;
 pub mod envelope;
 pub mod line;
 pub mod logging;
@@ -32,6 +37,7 @@ pub mod sasl;
 pub mod sendmail;
 pub mod server;
 pub mod smtp;
+pub mod spf;
 pub mod sys;
 pub mod timefmt;
 pub mod tls;

@@ -64,6 +64,14 @@ fn main() -> ExitCode {
         Command::Serve => serve(&cli),
         Command::Sendmail(ref args) => sendmail(&cli, args),
         Command::Queue(ref q) => queue(&cli, q),
+        Command::Doctor { ref probe } => match load_config(&cli) {
+            Ok(c) => doctor(&c, probe.as_deref()),
+            Err(code) => code,
+        },
+        Command::Dkim(ref cmd) => match load_config(&cli) {
+            Ok(c) => dkim_command(&c, cmd.clone()),
+            Err(code) => code,
+        },
     }
 }
 
@@ -185,6 +193,139 @@ fn passwd() -> ExitCode {
             ExitCode::from(EX_SOFTWARE)
         }
     }
+}
+
+/// `pimail doctor`: the deliverability checklist; exit 1 if something
+/// needed is missing.
+fn doctor(config: &Config, probe: Option<&str>) -> ExitCode {
+    let probe = match probe.map(|p| p.parse::<std::net::SocketAddr>()) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => {
+            eprintln!("pimail doctor: --probe needs IP:PORT, e.g. 203.0.113.5:25");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let now = pimail::timefmt::unix_now() as i64;
+    let (text, ok) = smol::block_on(pimail::doctor::run(config, probe, now));
+    print!("{text}");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `pimail dkim generate|records`: keys in `<data_dir>/dkim/<selector>.pem`
+/// (mode 0600) and the TXT records to publish for every domain.
+fn dkim_command(config: &Config, cmd: cli::DkimCommand) -> ExitCode {
+    use pimail::dkim;
+    let dir = dkim::key_dir(&config.data_dir);
+    if let cli::DkimCommand::Generate { selector } = cmd {
+        let prefix = selector.unwrap_or_else(|| {
+            let c = pimail::timefmt::civil(pimail::timefmt::unix_now());
+            format!("pimail{:04}{:02}", c.year, c.month)
+        });
+        let (ed_sel, rsa_sel) = (format!("{prefix}-ed"), format!("{prefix}-rsa"));
+        if !dkim::is_selector(&rsa_sel) {
+            eprintln!("pimail dkim: selector {prefix:?} must be letters, digits and '-'");
+            return ExitCode::from(EX_USAGE);
+        }
+        let (ed_path, rsa_path) = (
+            dir.join(format!("{ed_sel}.pem")),
+            dir.join(format!("{rsa_sel}.pem")),
+        );
+        for p in [&ed_path, &rsa_path] {
+            if p.exists() {
+                eprintln!(
+                    "pimail dkim: {} already exists; keep it, or pick a new selector with --selector",
+                    p.display()
+                );
+                return ExitCode::from(EX_DATAERR);
+            }
+        }
+        if let Err(e) = paths::private_dir(&dir) {
+            eprintln!("pimail dkim: cannot create {}: {e}", dir.display());
+            return ExitCode::from(EX_OSERR);
+        }
+        let ed = match dkim::generate_ed25519() {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("pimail dkim: {e}");
+                return ExitCode::from(EX_SOFTWARE);
+            }
+        };
+        if let Err(e) = paths::write_atomic(&ed_path, ed.as_bytes()) {
+            eprintln!("pimail dkim: cannot write {}: {e}", ed_path.display());
+            return ExitCode::from(EX_OSERR);
+        }
+        println!("wrote {}", ed_path.display());
+        // ring cannot generate RSA keys; openssl (on every Raspberry Pi OS)
+        // can. Its output goes through our own 0600 atomic write.
+        match openssl_rsa_key() {
+            Ok(pem) => {
+                if let Err(e) = paths::write_atomic(&rsa_path, pem.as_bytes()) {
+                    eprintln!("pimail dkim: cannot write {}: {e}", rsa_path.display());
+                    return ExitCode::from(EX_OSERR);
+                }
+                println!("wrote {}", rsa_path.display());
+            }
+            Err(why) => {
+                println!(
+                    "no RSA key ({why}); Ed25519 alone is verified by Gmail but not by every receiver. Make one with:\n  {}\nthen run `pimail dkim records`.",
+                    dkim::openssl_rsa_command(&rsa_path)
+                );
+            }
+        }
+    }
+    let keys = match dkim::load_keys(&dir) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("pimail dkim: {e}");
+            return ExitCode::from(EX_DATAERR);
+        }
+    };
+    if keys.is_empty() {
+        eprintln!(
+            "pimail dkim: no keys in {}; run `pimail dkim generate`",
+            dir.display()
+        );
+        return ExitCode::from(EX_DATAERR);
+    }
+    println!("\nPublish these DNS TXT records (zone-file syntax; long values are split into quoted strings of at most 255 characters):\n");
+    for domain in &config.domains {
+        for k in &keys {
+            println!(
+                "{}.  IN TXT  {}",
+                dkim::record_name(&k.selector, domain),
+                dkim::txt_strings(&k.dns_record())
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs `openssl genpkey` for a 2048-bit RSA key and returns its PKCS#8
+/// PEM, checked to be a key ring can sign with.
+fn openssl_rsa_key() -> Result<String, String> {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run openssl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("openssl genpkey failed ({})", out.status));
+    }
+    let pem = String::from_utf8(out.stdout).map_err(|_| "openssl wrote no PEM".to_string())?;
+    pimail::dkim::SigningKey::from_pem("check", &pem).map_err(|e| e.to_string())?;
+    Ok(pem)
 }
 
 /// The try-it default keeps its generated password's hash here.

@@ -315,6 +315,13 @@ impl Server {
                 outbox: Some(outbox),
                 tls: certificate,
                 password_hash: config.user.password_hash.clone(),
+                auth: config
+                    .inbound
+                    .auth_checks
+                    .then(|| crate::smtp::conn::AuthChecks {
+                        resolver: crate::dns::Resolver::new(&config.outbound.dns),
+                        dmarc_reject: config.inbound.dmarc_reject,
+                    }),
             }),
             listeners,
             outbound: Some((worker, control)),

@@ -159,6 +159,9 @@ pub struct Worker {
     in_flight: RefCell<HashSet<String>>,
     /// Connections (domain groups) at once, over all rounds.
     slots: smol::lock::Semaphore,
+    /// DKIM keys (`<data_dir>/dkim/*.pem`) and the domains we sign for.
+    dkim_keys: Arc<Vec<crate::dkim::SigningKey>>,
+    domains: Arc<Vec<String>>,
 }
 
 /// Sets up the queue and the worker; the worker runs when spawned.
@@ -202,6 +205,23 @@ pub fn start(config: &Config, mbox: MboxWriter) -> Result<(Outbox, Worker), Stri
             )
         }
     };
+    let key_dir = crate::dkim::key_dir(&config.data_dir);
+    // A key file that does not load stops the start: silently sending
+    // unsigned mail would be worse.
+    let dkim_keys = crate::dkim::load_keys(&key_dir).map_err(|e| e.to_string())?;
+    if dkim_keys.is_empty() {
+        log::info!(
+            "dkim: no keys in {}: outbound mail is not signed (run `pimail dkim generate`)",
+            key_dir.display()
+        );
+    } else {
+        let sels: Vec<&str> = dkim_keys.iter().map(|k| k.selector.as_str()).collect();
+        log::info!(
+            "dkim: signing mail from {} with selectors {}",
+            config.domains.join(", "),
+            sels.join(", ")
+        );
+    }
     let outbox = Outbox {
         queue: queue.clone(),
         wake: tx.clone(),
@@ -224,6 +244,8 @@ pub fn start(config: &Config, mbox: MboxWriter) -> Result<(Outbox, Worker), Stri
         not_before: RefCell::new(HashMap::new()),
         in_flight: RefCell::new(HashSet::new()),
         slots: smol::lock::Semaphore::new(PARALLEL_DOMAINS),
+        dkim_keys: Arc::new(dkim_keys),
+        domains: Arc::new(config.domains.clone()),
     };
     Ok((outbox, worker))
 }
@@ -419,6 +441,16 @@ impl Worker {
         // results come back per recipient and are applied and saved as each
         // domain finishes, so that a crash later in the round does not
         // deliver these recipients again.
+        // DKIM signatures, once per message for all its domains.
+        let mut signatures: HashMap<usize, Vec<u8>> = HashMap::new();
+        for (_, items) in &groups {
+            for (ei, _) in items {
+                if !signatures.contains_key(ei) {
+                    let sig = self.dkim_signature(&entries[*ei], now).await;
+                    signatures.insert(*ei, sig);
+                }
+            }
+        }
         let (tx, rx) = smol::channel::unbounded::<Vec<Result1>>();
         let ex = smol::LocalExecutor::new();
         for (key, items) in groups {
@@ -437,7 +469,13 @@ impl Worker {
                             size: e.size,
                             smtputf8: e.smtputf8,
                         },
-                        prefix: queue::header_bytes(&e.headers),
+                        prefix: {
+                            let mut p = queue::header_bytes(&e.headers);
+                            if let Some(sig) = signatures.get(&ei) {
+                                p.extend_from_slice(sig);
+                            }
+                            p
+                        },
                         path: self.queue.msg_path(&e.id),
                     }
                 })
@@ -741,6 +779,29 @@ impl Worker {
             }
         }
         out
+    }
+
+    /// The `DKIM-Signature:` lines for a message from one of our domains
+    /// (empty otherwise, or when signing fails: the message still goes,
+    /// unsigned, and the log says why).
+    async fn dkim_signature(&self, e: &Entry, now: u64) -> Vec<u8> {
+        if self.dkim_keys.is_empty() {
+            return Vec::new();
+        }
+        let (keys, domains, path) = (
+            self.dkim_keys.clone(),
+            self.domains.clone(),
+            self.queue.msg_path(&e.id),
+        );
+        match smol::unblock(move || crate::dkim::sign_queued(&path, &keys, &domains, now)).await {
+            // The body encoder turns LF into CRLF, like the queue file's.
+            Ok(Some(h)) => h.replace("\r\n", "\n").into_bytes(),
+            Ok(None) => Vec::new(),
+            Err(err) => {
+                log::warn!("id={}: not DKIM-signed: {err}", e.id);
+                Vec::new()
+            }
+        }
     }
 
     /// Sends the RFC 3464 report for `failures` to the message's sender:

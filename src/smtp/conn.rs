@@ -29,6 +29,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+/// The most the SPF/DKIM/DMARC lookups of one message may take.
+const AUTH_CHECKS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Read buffer: also the unit in which DATA is streamed to disk. Holds the
 /// longest line the session accepts (`MAX_AUTH_LINE`).
 const BUFFER: usize = 16 * 1024;
@@ -44,6 +46,15 @@ pub struct SmtpContext {
     pub tls: Option<Rc<tls::Certificate>>,
     /// The user's argon2 hash, for AUTH on submission.
     pub password_hash: String,
+    /// SPF/DKIM/DMARC checks on port 25 (`[inbound] auth_checks`).
+    pub auth: Option<AuthChecks>,
+}
+
+/// What the port 25 authentication checks need (see `authres`).
+pub struct AuthChecks {
+    pub resolver: crate::dns::Resolver,
+    /// `[inbound] dmarc_reject`: refuse DMARC failures of p=reject domains.
+    pub dmarc_reject: bool,
 }
 
 enum End {
@@ -215,6 +226,16 @@ where
     let mut quoted = Vec::with_capacity(BUFFER + BUFFER / 4);
     let mut write_error: Option<std::io::Error> = None;
     let guard = SpoolGuard(spool_path.clone());
+    // Port 25 mail streams through the DKIM hashers as it is spooled.
+    let mut verifier = match (&ctx.auth, session.port()) {
+        (Some(_), Port::Smtp) => Some(crate::dkim::Verifier::new(crate::timefmt::unix_now())),
+        _ => None,
+    };
+    // And loses any Authentication-Results claiming to be ours (RFC 8601 5).
+    let mut forged = verifier
+        .as_ref()
+        .map(|_| crate::authres::ForgedResultsFilter::new(&shared.hostname));
+    let mut filtered = Vec::new();
     loop {
         let input = lines.buffered();
         let progress = decoder.feed(input, &mut decoded);
@@ -223,7 +244,25 @@ where
             Progress::Done { consumed } => consumed,
         };
         lines.consume(used);
-        quoter.feed(&decoded, &mut quoted);
+        if let Some(v) = &mut verifier {
+            if let Err(e) = v.update(&decoded) {
+                // A giant header block: no DKIM verdict, SPF still runs.
+                log::info!("smtp {peer}: DKIM not checked: {e}");
+                verifier = None;
+            }
+        }
+        let data: &[u8] = match &mut forged {
+            Some(f) => {
+                filtered.clear();
+                f.feed(&decoded, &mut filtered);
+                if progress != Progress::NeedMore {
+                    f.finish(&mut filtered);
+                }
+                &filtered
+            }
+            None => &decoded,
+        };
+        quoter.feed(data, &mut quoted);
         decoded.clear();
         if progress != Progress::NeedMore {
             quoter.finish(&mut quoted);
@@ -275,6 +314,65 @@ where
         }
         DataOutcome::Deliver(env) => env,
     };
+    let mut auth_header = None;
+    if let (Some(auth), Port::Smtp) = (&ctx.auth, session.port()) {
+        let from = verifier.as_ref().and_then(|v| v.header("from"));
+        let pending = verifier.map(|v| v.finish()).unwrap_or_default();
+        let sender = envelope.sender();
+        let checks = crate::authres::check(
+            &auth.resolver,
+            peer.ip(),
+            &envelope.helo,
+            &sender,
+            &shared.hostname,
+            pending,
+            from.as_deref(),
+        );
+        // Bounded: a dead resolver must not hold the client until its DATA
+        // timeout; the message is then marked as not checked.
+        if let Some(n) = forged.as_ref().map(|f| f.removed).filter(|&n| n > 0) {
+            log::info!(
+                "auth id={id}: removed {n} Authentication-Results header(s) claiming to be ours"
+            );
+        }
+        match timeout(AUTH_CHECKS_TIMEOUT, checks).await {
+            None => {
+                log::info!("auth id={id} peer={}: checks timed out", peer.ip());
+                auth_header = Some(format!(
+                    "Authentication-Results: {}; none\r\n",
+                    shared.hostname
+                ));
+            }
+            Some(r) => {
+                let dmarc = r.dmarc.as_ref().map(|d| d.result).unwrap_or("none");
+                log::info!(
+                    "auth id={id} peer={} spf={} dkim={} dmarc={dmarc}",
+                    peer.ip(),
+                    r.spf.result.name(),
+                    r.dkim
+                        .iter()
+                        .map(|d| format!("{}:{}", d.domain, d.status.name()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                if auth.dmarc_reject && r.dmarc_reject() {
+                    let domain = r
+                        .dmarc
+                        .as_ref()
+                        .map(|d| d.from_domain.clone())
+                        .unwrap_or_default();
+                    log::info!(
+                        "refused id={id} peer={}: DMARC p=reject failure for {domain}",
+                        peer.ip()
+                    );
+                    return Ok(Some(session.policy_refused(&format!(
+                        "DMARC policy of {domain} says reject, and this message failed SPF and DKIM alignment"
+                    ))));
+                }
+                auth_header = Some(r.header(&shared.hostname));
+            }
+        }
+    }
     let result = match write_error {
         Some(e) => {
             log::error!("spool {}: {e}", spool_path.display());
@@ -284,7 +382,17 @@ where
                 StoreError::Local
             })
         }
-        None => store(&envelope, &id, &spool_path, ctx, shared).await,
+        None => {
+            store(
+                &envelope,
+                &id,
+                &spool_path,
+                ctx,
+                shared,
+                auth_header.as_deref(),
+            )
+            .await
+        }
     };
     drop(guard);
     match result {
@@ -332,11 +440,16 @@ async fn store(
     spool: &std::path::Path,
     ctx: &SmtpContext,
     shared: &Shared,
+    auth_header: Option<&str>,
 ) -> Result<(), StoreError> {
     if env.has_local() {
         let now = crate::timefmt::unix_now();
         let mut prefix = mbox::from_line(&env.sender(), now);
         prefix += &env.return_path_header();
+        // RFC 8601 5: above the trace fields we add, LF as in the mbox.
+        if let Some(h) = auth_header {
+            prefix += &h.replace("\r\n", "\n");
+        }
         prefix += &env.received_header(&shared.hostname, id, now);
         let d = Delivery {
             prefix: prefix.into_bytes(),
@@ -441,6 +554,7 @@ mod tests {
             outbox: Some(outbox.clone()),
             tls: None,
             password_hash: config.user.password_hash.clone(),
+            auth: None,
         };
         let shared = Shared::new(config.hostname.clone(), config.limits.clone());
         let spool = dir.join("data/spool/ID1.msg");
@@ -463,7 +577,7 @@ mod tests {
             auth: Some("alice".into()),
             smtputf8: false,
         };
-        smol::block_on(store(&env, "ID1", &spool, &ctx, &shared)).unwrap();
+        smol::block_on(store(&env, "ID1", &spool, &ctx, &shared, None)).unwrap();
         // The caller removes the spool file; the queue keeps its own link.
         std::fs::remove_file(&spool).unwrap();
         let q = &outbox.queue;

@@ -681,6 +681,16 @@ impl Session {
         }
     }
 
+    /// The refusal of a message that a sender's policy asks us to reject
+    /// (DMARC `p=reject`, RFC 7489 6.6.4 / 10.3).
+    pub fn policy_refused(&self, why: &str) -> Reply {
+        Reply::new(550, format!("5.7.1 Message refused: {why}"))
+    }
+
+    pub fn port(&self) -> Port {
+        self.port
+    }
+
     pub fn helo_name(&self) -> Option<&str> {
         self.helo.as_deref()
     }

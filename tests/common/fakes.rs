@@ -635,3 +635,35 @@ pub fn b64(s: &str) -> String {
     }
     out
 }
+
+// ---- records for deliverability tests (SPF, DKIM, DMARC, reverse DNS) ----------
+
+impl FakeDns {
+    /// TXT records at `n`, one per value (each value one character-string,
+    /// split at 255 bytes as DNS requires).
+    pub fn txt(&self, n: &str, values: &[&str]) {
+        let recs = values
+            .iter()
+            .map(|v| {
+                let parts: Vec<&[u8]> = v.as_bytes().chunks(255).collect();
+                Record::from_rdata(
+                    name(n),
+                    60,
+                    RData::TXT(hickory_proto::rr::rdata::TXT::from_bytes(parts)),
+                )
+            })
+            .collect();
+        self.set(n, RecordType::TXT, Answer::Records(recs));
+    }
+
+    /// The PTR record of `ip`.
+    pub fn ptr(&self, ip: IpAddr, host: &str) {
+        let n = pimail::spf::reverse_name(ip);
+        let r = Record::from_rdata(
+            name(&n),
+            60,
+            RData::PTR(hickory_proto::rr::rdata::PTR(name(host))),
+        );
+        self.set(&n, RecordType::PTR, Answer::Records(vec![r]));
+    }
+}

@@ -4,6 +4,7 @@
 //! real sockets. Shared by every integration test file.
 #![allow(dead_code)]
 
+pub mod dkimpy;
 pub mod fakes;
 pub mod tls;
 
@@ -258,10 +259,18 @@ impl Server {
             ),
             None => String::new(),
         };
+        // Port 25 authentication checks (SPF/DKIM/DMARC) ask the DNS; tests
+        // only get them when they configure `[inbound]` (and a fake DNS in
+        // `[outbound] dns`), so that no test queries a real resolver.
+        let inbound = if o.extra.contains("[inbound]") {
+            ""
+        } else {
+            "[inbound]\nauth_checks = false\n"
+        };
         let text = format!(
             "hostname = \"mail.example.org\"\ndomains = {}\ndata_dir = {:?}\n{}\n\
              [user]\nname = \"alice\"\npassword = \"{PASSWORD_HASH}\"\naddresses = {}\nmbox = {:?}\n\n\
-             [listen]\n{listen}\n[limits]\n{}\n{tls}\n{}\n",
+             [listen]\n{listen}\n[limits]\n{}\n{tls}\n{}\n{inbound}",
             quote_list(&o.domains),
             data.display().to_string(),
             o.top,
