@@ -17,6 +17,7 @@ pub mod address;
 pub mod auth;
 pub mod authdns;
 pub mod authres;
+pub mod base64;
 pub mod cli;
 pub mod config;
 pub mod delivery;

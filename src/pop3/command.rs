@@ -130,41 +130,6 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
     }
 }
 
-/// Decodes standard base64 (RFC 4648 section 4, padding required as SASL
-/// sends it); `None` for anything malformed.
-pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let b = s.as_bytes();
-    if b.len() % 4 != 0 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(b.len() / 4 * 3);
-    for (i, q) in b.chunks(4).enumerate() {
-        let last = i + 1 == b.len() / 4;
-        let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in &q[..4 - pad] {
-            n = (n << 6) | val(c)?;
-        }
-        n <<= 6 * pad as u32;
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,20 +174,5 @@ mod tests {
             parse(b"RETR 99999999999"),
             Err(ParseError::Syntax("invalid message number"))
         );
-    }
-
-    #[test]
-    fn base64() {
-        assert_eq!(
-            base64_decode("AGFsaWNlAHNlY3JldA==").unwrap(),
-            b"\0alice\0secret"
-        );
-        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
-        assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
-        assert_eq!(base64_decode("").unwrap(), b"");
-        assert_eq!(base64_decode("YQ=a"), None);
-        assert_eq!(base64_decode("Y==="), None);
-        assert_eq!(base64_decode("YQ"), None);
-        assert_eq!(base64_decode("YQ==YQ=="), None);
     }
 }

@@ -379,7 +379,7 @@ impl Session {
         let decoded = if b64 == "=" {
             Some(Vec::new())
         } else {
-            command::base64_decode(b64)
+            crate::base64::decode(b64)
         };
         let Some(raw) = decoded else {
             return Step::reply(Reply::err("invalid base64"));
