@@ -426,26 +426,7 @@ async fn accept_loop(
     shared: Rc<Shared>,
     smtp: Rc<SmtpContext>,
 ) {
-    loop {
-        let stopped = async {
-            let _ = shared.stop_rx.recv().await;
-            None
-        };
-        if shared.stopping() {
-            return;
-        }
-        let accepted = async { Some(listener.accept().await) }.or(stopped).await;
-        let (stream, peer) = match accepted {
-            None => return,
-            Some(Ok(x)) => x,
-            Some(Err(e)) => {
-                // EMFILE and friends: back off instead of spinning.
-                log::error!("accept: {e}");
-                smol::Timer::after(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = accept_next(&listener, &shared).await {
         match shared.try_admit(peer.ip()) {
             Ok(guard) => {
                 let shared = shared.clone();
@@ -477,6 +458,30 @@ async fn accept_loop(
     }
 }
 
+/// The next connection, or `None` once the server is stopping.
+async fn accept_next(listener: &TcpListener, shared: &Shared) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        if shared.stopping() {
+            return None;
+        }
+        let stopped = async {
+            let _ = shared.stop_rx.recv().await;
+            None
+        };
+        match async { Some(listener.accept().await) }.or(stopped).await? {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, peer));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::error!("accept: {e}");
+                smol::Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 async fn refuse(mut stream: TcpStream, host: String, why: &'static str) {
     let line = format!("421 4.7.0 {host} Service not available: {why}, try again later\r\n");
     let _ = timeout(Duration::from_secs(5), stream.write_all(line.as_bytes())).await;
@@ -489,25 +494,7 @@ async fn pop3_accept_loop(
     shared: Rc<Shared>,
     pop3: Rc<Pop3Context>,
 ) {
-    loop {
-        if shared.stopping() {
-            return;
-        }
-        let stopped = async {
-            let _ = shared.stop_rx.recv().await;
-            None
-        };
-        let accepted = async { Some(listener.accept().await) }.or(stopped).await;
-        let (mut stream, peer) = match accepted {
-            None => return,
-            Some(Ok(x)) => x,
-            Some(Err(e)) => {
-                log::error!("accept: {e}");
-                smol::Timer::after(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((mut stream, peer)) = accept_next(&listener, &shared).await {
         match shared.try_admit(peer.ip()) {
             Ok(guard) => {
                 let shared = shared.clone();
