@@ -148,6 +148,12 @@ impl Server {
     }
 
     pub fn with(o: Options) -> Server {
+        Self::build(o, vec![], vec![])
+    }
+
+    /// Writes the config and starts the child, under `wrapper` and with
+    /// extra environment variables.
+    fn build(o: Options, wrapper: Vec<String>, env: Vec<(String, String)>) -> Server {
         let dir = TempDir::new("srv");
         let config = Self::write_config(dir.path(), &o);
         let mut s = Server {
@@ -157,8 +163,8 @@ impl Server {
             smtp: "127.0.0.1:0".parse().unwrap(),
             addrs: vec![],
             log: Arc::new(Mutex::new(vec![])),
-            wrapper: vec![],
-            env: vec![],
+            wrapper,
+            env,
         };
         s.spawn();
         s
@@ -202,38 +208,12 @@ impl Server {
 
     /// Like `with`, but the child runs under `wrapper` (e.g. prlimit).
     pub fn with_wrapper(o: Options, wrapper: Vec<String>) -> Server {
-        let dir = TempDir::new("srv");
-        let config = Self::write_config(dir.path(), &o);
-        let mut s = Server {
-            dir,
-            config,
-            child: None,
-            smtp: "127.0.0.1:0".parse().unwrap(),
-            addrs: vec![],
-            log: Arc::new(Mutex::new(vec![])),
-            wrapper,
-            env: vec![],
-        };
-        s.spawn();
-        s
+        Self::build(o, wrapper, vec![])
     }
 
     /// Like `with`, with extra environment variables for the child.
     pub fn with_env(o: Options, env: Vec<(String, String)>) -> Server {
-        let dir = TempDir::new("srv");
-        let config = Self::write_config(dir.path(), &o);
-        let mut s = Server {
-            dir,
-            config,
-            child: None,
-            smtp: "127.0.0.1:0".parse().unwrap(),
-            addrs: vec![],
-            log: Arc::new(Mutex::new(vec![])),
-            wrapper: vec![],
-            env,
-        };
-        s.spawn();
-        s
+        Self::build(o, vec![], env)
     }
 
     pub fn write_config(dir: &Path, o: &Options) -> PathBuf {
