@@ -459,19 +459,7 @@ impl Client {
 
     /// One (possibly multi-line) SMTP reply: code and the full text.
     pub fn reply(&mut self) -> (u16, String) {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let n = self.reader.read_line(&mut line).unwrap_or(0);
-            if n == 0 {
-                return (0, all);
-            }
-            all += &line;
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
-                return (code, all);
-            }
-        }
+        read_reply(&mut self.reader)
     }
 
     /// Sends a command and returns the reply.
@@ -518,6 +506,24 @@ impl Client {
         self.send_raw(data);
         self.send_raw(b".\r\n");
         self.reply()
+    }
+}
+
+/// Reads one (possibly multi-line) SMTP reply: the code and the full text;
+/// `(0, text)` when the connection ends.
+pub fn read_reply(r: &mut impl BufRead) -> (u16, String) {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        let n = r.read_line(&mut line).unwrap_or(0);
+        if n == 0 {
+            return (0, all);
+        }
+        all += &line;
+        if line.len() < 4 || line.as_bytes()[3] != b'-' {
+            let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            return (code, all);
+        }
     }
 }
 

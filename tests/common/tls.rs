@@ -266,19 +266,7 @@ impl TlsClient {
 
     /// One (possibly multi-line) reply; `(0, text)` when the connection ends.
     pub fn reply(&mut self) -> (u16, String) {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let n = self.reader.read_line(&mut line).unwrap_or(0);
-            if n == 0 {
-                return (0, all);
-            }
-            all += &line;
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
-                return (code, all);
-            }
-        }
+        super::read_reply(&mut self.reader)
     }
 
     /// One raw line without CRLF (for POP3).
