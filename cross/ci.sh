@@ -24,6 +24,8 @@ export PATH="$tools/venv/bin:$PATH"
 # As in build.sh: one value for all builds keeps proc macros from rebuilding.
 export RUSTC_BOOTSTRAP=1
 dist=$CARGO_TARGET_DIR/dist
+# The tests' python3 is now the venv's: give it the test tools too (dkimpy).
+scripts/install-test-tools.sh
 
 step "test suite on aarch64 under qemu-user"
 PIMAIL_TEST_BIN=$dist/pimail-aarch64 PIMAIL_TEST_RUNNER=qemu-aarch64-static \
