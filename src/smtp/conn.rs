@@ -280,6 +280,16 @@ where
         if progress != Progress::NeedMore {
             break;
         }
+        if decoder.runaway() {
+            // An endless DATA: refuse it and close rather than read forever.
+            log::info!("smtp {peer}: DATA far over the size limit, closing");
+            if let DataOutcome::Refused(reply) = session.data_finished(decoder.error()) {
+                let mut out = Vec::new();
+                reply.write_to(&mut out);
+                stream.write_all(&out).await?;
+            }
+            return Ok(None);
+        }
         let limit = shared.limits.data_timeout;
         match timeout(limit, stream.read(lines.spare())).await {
             None => {

@@ -10,6 +10,10 @@
 //!   while reading, and their bytes are no longer emitted, so a flood
 //!   never reaches the disk.
 //!
+//! - a client that keeps sending far past the size limit (an endless
+//!   DATA) is reported as [`DataDecoder::runaway`], so the connection can
+//!   be closed instead of reading forever.
+//!
 //! Output uses LF line ends: it is what the mbox stores, and it is lossless
 //! because a message with a bare CR or LF is never accepted.
 
@@ -42,6 +46,9 @@ pub struct DataDecoder {
     line_len: usize,
     /// Octets of the message as received (CRLF counted as two), for SIZE.
     size: u64,
+    /// Every octet fed, whatever it was: the runaway measure (bare CRs or
+    /// LFs do not count towards `size`).
+    received: u64,
     max_size: u64,
     error: Option<DataError>,
 }
@@ -61,6 +68,7 @@ impl DataDecoder {
             state: State::LineStart,
             line_len: 0,
             size: 0,
+            received: 0,
             max_size,
             error: None,
         }
@@ -76,6 +84,13 @@ impl DataDecoder {
         self.size
     }
 
+    /// True once far more than the size limit arrived without the end of
+    /// DATA (twice the limit plus 1 MiB): the client is not going to stop,
+    /// and reading on would only tie up the connection.
+    pub fn runaway(&self) -> bool {
+        self.received > self.max_size.saturating_mul(2).saturating_add(1 << 20)
+    }
+
     fn fail(&mut self, e: DataError) {
         if self.error.is_none() {
             self.error = Some(e);
@@ -85,6 +100,7 @@ impl DataDecoder {
     /// Decodes `input`, appending message bytes to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
         for (i, &b) in input.iter().enumerate() {
+            self.received += 1;
             // The dot added for transparency is not part of the line's
             // length (RFC 5321 4.5.3.1.6): a stuffed 998-octet line is fine.
             if !(self.state == State::LineStart && b == b'.') {
@@ -270,5 +286,26 @@ mod tests {
         assert_eq!(err, Some(DataError::TooBig));
         assert!(out.len() <= 1200);
         assert_eq!(end, end2);
+    }
+
+    #[test]
+    fn endless_data_is_a_runaway() {
+        // Bare LFs add nothing to `size`, yet must count as a flood too.
+        for chunk in [&b"0123456789\r\n"[..], b"\n", b"\r"] {
+            let mut d = DataDecoder::new(1000);
+            let mut out = Vec::new();
+            let mut fed = 0u64;
+            while !d.runaway() {
+                assert_eq!(d.feed(chunk, &mut out), Progress::NeedMore);
+                fed += chunk.len() as u64;
+                assert!(fed < 4 << 20, "{chunk:?} never became a runaway");
+            }
+            assert!(fed > 2000 + (1 << 20));
+            assert!(out.len() <= 1000);
+        }
+        // Just over the limit is an ordinary refusal, not a runaway.
+        let mut d = DataDecoder::new(1000);
+        d.feed(&[b'a'; 5000], &mut Vec::new());
+        assert!(!d.runaway());
     }
 }
