@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""pimail benchmark driver (Python 3 standard library only).
+
+Builds the release binary, runs every benchmark section found beside this
+file, and writes bench/results/latest.json and latest.md with the date and
+the machine. A section is a module `bench/<name>.py` with
+
+    run(ctx) -> dict          # measures; ctx is the Context below
+    markdown(result) -> str   # its part of latest.md
+
+Sections: smtp.py (SMTP acceptance vs Postfix, disk limit, memory, start-up,
+binary size); pop3.py (POP3 vs Dovecot) when present. `--quick` is a
+seconds-long smoke run for CI: pimail only, no peers.
+"""
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SECTIONS = ["smtp", "pop3"]
+
+
+class Context:
+    def __init__(self, args):
+        self.quick = args.quick
+        self.repo = REPO
+        self.binary = os.path.join(REPO, "target", "release", "pimail")
+        # On the project's disk (not a tmpfs), so fsync costs are real.
+        self.work = args.work or os.path.join(REPO, "target", "bench")
+        self.keep = args.keep
+        self.no_peers = args.no_peers or args.quick
+
+    def log(self, *a):
+        print(*a, file=sys.stderr, flush=True)
+
+    def workdir(self, name):
+        d = os.path.join(self.work, name)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        return d
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(
+            cmd, shell=True, capture_output=True, text=True, timeout=20
+        ).stdout.strip()
+    except Exception:
+        return ""
+
+
+def machine(work):
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "arch": platform.machine(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_mib": mem,
+        "disk": sh(f"df -T {work} | tail -1 | awk '{{print $1\" \"$2}}'"),
+        "load_avg_at_start": os.getloadavg()[0],
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke run, pimail only")
+    p.add_argument("--only", help="comma-separated sections (default: all present)")
+    p.add_argument("--no-build", action="store_true", help="use target/release/pimail as is")
+    p.add_argument("--no-peers", action="store_true", help="skip Postfix/Dovecot")
+    p.add_argument("--work", help="scratch directory (default target/bench)")
+    p.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
+    p.add_argument("--keep", action="store_true", help="keep scratch files")
+    args = p.parse_args()
+    ctx = Context(args)
+    os.makedirs(ctx.work, exist_ok=True)
+
+    if not args.no_build:
+        ctx.log("building release binary (cargo build --release)...")
+        r = subprocess.run(["cargo", "build", "--release", "-j", "2"], cwd=REPO)
+        if r.returncode != 0:
+            sys.exit("bench: cargo build --release failed")
+    if not os.path.exists(ctx.binary):
+        sys.exit(f"bench: {ctx.binary} missing (run cargo build --release)")
+
+    wanted = args.only.split(",") if args.only else SECTIONS
+    started = time.time()
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": ctx.quick,
+        "commit": sh(f"git -C {REPO} rev-parse --short HEAD"),
+        "machine": machine(ctx.work),
+        "sections": {},
+    }
+    md_parts = []
+    for name in wanted:
+        if not os.path.exists(os.path.join(HERE, name + ".py")):
+            if args.only:
+                sys.exit(f"bench: no section {name}")
+            continue
+        sys.path.insert(0, HERE)
+        mod = importlib.import_module(name)
+        ctx.log(f"== {name}")
+        result = mod.run(ctx)
+        report["sections"][name] = result
+        md_parts.append(mod.markdown(result))
+    report["seconds"] = round(time.time() - started, 1)
+
+    m = report["machine"]
+    head = (
+        f"# pimail benchmark{' (quick smoke run)' if ctx.quick else ''}\n\n"
+        f"{report['date']}, commit {report['commit']}, {m['cpu']} "
+        f"({m['cores']} cores, {m['mem_mib']} MiB, {m['arch']}, Linux {m['kernel']}), "
+        f"disk {m['disk']}, load average at start {m['load_avg_at_start']:.2f}; "
+        f"run took {report['seconds']} s (`bench/run{' --quick' if ctx.quick else ''}`).\n"
+    )
+    md = head + "\n" + "\n".join(md_parts)
+    os.makedirs(args.out, exist_ok=True)
+    base = "quick" if ctx.quick else "latest"
+    with open(os.path.join(args.out, base + ".json"), "w") as f:
+        json.dump(report, f, indent=1)
+        f.write("\n")
+    with open(os.path.join(args.out, base + ".md"), "w") as f:
+        f.write(md)
+    print(md)
+    if not ctx.keep:
+        shutil.rmtree(ctx.work, ignore_errors=True)
+    failed = [n for n, r in report["sections"].items() if r.get("failed")]
+    if failed:
+        sys.exit(f"bench: failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,764 @@
+"""SMTP acceptance benchmark: pimail against Postfix and the disk's limit.
+
+Throughput: durable messages/s and latency (MAIL FROM to the final reply
+after DATA) at concurrency 1, 8, 32 for 2 KiB, 64 KiB and 1 MiB messages.
+Every client connection sends messages back to back for a fixed time; a
+message counts only if it was acknowledged with 250 AND is found in the
+mbox afterwards (each carries a unique X-Bench-Id header).
+
+Postfix (Debian package) runs in the same run as a private instance: its own
+config_directory, queue_directory, data_directory and mail directory under
+the scratch directory, smtpd on a loopback high port, delivery to an mbox by
+virtual(8) (mbox + fcntl/dot-lock + fsync, like local(8), but needing no
+system user). Its 250 means "fsynced in the queue", so its accepted/s is its
+durable rate; how fast it then gets the mail into the mbox is shown too.
+
+Disk limit: append+fsync of 2 KiB records per second on the same file
+system, from 1 writer and from 8 concurrent writers (the file system's own
+journal batches the latter: the ceiling for group commit).
+
+Memory (VmRSS from /proc): idle, with 32 sessions in the middle of DATA,
+and the increase while receiving one 25 MiB message. Start-up: spawn to the
+"listening:" log line. Binary size of target/release/pimail.
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+SIZES = [("2 KiB", 2 << 10), ("64 KiB", 64 << 10), ("1 MiB", 1 << 20)]
+CONCURRENCY = [1, 8, 32]
+RCPT = "alice@example.org"
+SENDER = "bench@sender.example"
+
+
+# ---- measuring helpers -------------------------------------------------------
+
+
+def percentile(values, p):
+    if not values:
+        return None
+    v = sorted(values)
+    k = min(len(v) - 1, max(0, int(round(p / 100.0 * (len(v) - 1)))))
+    return v[k]
+
+
+def rss_kib(pid):
+    """VmRSS of one process in KiB (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def descendants(pid):
+    """pid and all its descendants (by /proc/*/stat ppid)."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                s = f.read()
+            ppid = int(s[s.rindex(")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(d))
+        except (OSError, ValueError):
+            pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def disk_fsync_rate(directory, writers, seconds):
+    """append(2 KiB)+fsync per second, `writers` threads, one file each."""
+    rec = b"x" * 2047 + b"\n"
+    stop = time.monotonic() + seconds
+    counts = [0] * writers
+
+    def worker(i):
+        path = os.path.join(directory, f"fsync-{writers}-{i}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            n = 0
+            while time.monotonic() < stop:
+                os.write(fd, rec)
+                os.fsync(fd)
+                n += 1
+            counts[i] = n
+        finally:
+            os.close(fd)
+            os.unlink(path)
+
+    t0 = time.monotonic()
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(writers)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(counts) / (time.monotonic() - t0)
+
+
+# ---- SMTP client -------------------------------------------------------------
+
+
+class SmtpError(Exception):
+    pass
+
+
+class Conn:
+    def __init__(self, addr, timeout=120):
+        self.s = socket.create_connection(addr, timeout=timeout)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def reply(self):
+        while True:
+            i = self.buf.find(b"\r\n")
+            while i >= 0:
+                line = self.buf[: i + 2]
+                if len(line) < 4 or line[3:4] != b"-":
+                    self.buf = self.buf[i + 2 :]
+                    return int(line[:3]) if line[:3].isdigit() else 0
+                # continuation line of a multi-line reply: skip it
+                self.buf = self.buf[i + 2 :]
+                i = self.buf.find(b"\r\n")
+            data = self.s.recv(65536)
+            if not data:
+                raise SmtpError("connection closed")
+            self.buf += data
+
+    def expect(self, code):
+        c = self.reply()
+        if c != code:
+            raise SmtpError(f"expected {code}, got {c}")
+
+    def hello(self):
+        self.expect(220)
+        self.s.sendall(b"EHLO bench.client\r\n")
+        self.expect(250)
+
+    def message(self, head, body):
+        """One message, MAIL/RCPT/DATA pipelined (RFC 2920); the final code."""
+        self.s.sendall(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RCPT}>\r\nDATA\r\n".encode())
+        codes = (self.reply(), self.reply(), self.reply())
+        if codes != (250, 250, 354):
+            raise SmtpError(f"MAIL/RCPT/DATA got {codes}")
+        self.s.sendall(head)
+        self.s.sendall(body)
+        return self.reply()
+
+    def close(self):
+        try:
+            self.s.sendall(b"QUIT\r\n")
+            self.reply()
+        except (OSError, SmtpError):
+            pass
+        self.s.close()
+
+
+def make_body(size):
+    """Body lines of 78 octets + CRLF, no leading dots; one `From ` line to
+    exercise mbox quoting. `size` is the whole message including headers."""
+    line = (b"The quick brown fox jumps over the lazy dog; pack my box with five dozen jugs " * 2)[:78]
+    out = [b"From here on the body is filler.\r\n"]
+    n = len(out[0]) + 300  # about the header size
+    while n < size:
+        out.append(line + b"\r\n")
+        n += 80
+    out.append(b".\r\n")
+    return b"".join(out)
+
+
+def make_head(bench_id):
+    return (
+        f"From: Bench <{SENDER}>\r\nTo: <{RCPT}>\r\nSubject: benchmark message\r\n"
+        f"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <{bench_id}@bench>\r\n"
+        f"X-Bench-Id: {bench_id}\r\n\r\n"
+    ).encode()
+
+
+def load(addr, size, concurrency, seconds, tag):
+    """Each of `concurrency` connections sends messages back to back until
+    `seconds` are up. Returns acknowledged ids, latencies, elapsed, errors."""
+    body = make_body(size)
+    acked, lat, errors = [], [], []
+    lock = threading.Lock()
+    t0 = time.monotonic()
+    deadline = t0 + seconds
+    barrier = threading.Barrier(concurrency)
+
+    def worker(w):
+        mine, my_lat, n = [], [], 0
+        try:
+            c = Conn(addr)
+            c.hello()
+            barrier.wait(timeout=60)
+            while time.monotonic() < deadline:
+                bid = f"{tag}-{w}-{n}"
+                n += 1
+                t = time.monotonic()
+                code = c.message(make_head(bid), body)
+                if code == 250:
+                    my_lat.append(time.monotonic() - t)
+                    mine.append(bid)
+                else:
+                    with lock:
+                        errors.append(f"final reply {code}")
+            c.close()
+        except (OSError, SmtpError, threading.BrokenBarrierError) as e:
+            with lock:
+                errors.append(f"{type(e).__name__}: {e}")
+        with lock:
+            acked.extend(mine)
+            lat.extend(my_lat)
+
+    ts = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
+    for t in ts:
+        t.start()
+    t_start = time.monotonic()
+    for t in ts:
+        t.join()
+    return acked, lat, time.monotonic() - t_start, errors
+
+
+ID_RE = re.compile(rb"^X-Bench-Id: (\S+)$", re.M)
+
+
+def ids_in_mbox(path, offset):
+    """Bench ids in the mbox from byte `offset` on (streamed, not read whole)."""
+    found = set()
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            carry = b""
+            while True:
+                chunk = f.read(8 << 20)
+                if not chunk:
+                    break
+                data = carry + chunk
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    carry = data
+                    continue
+                for m in ID_RE.finditer(data, 0, cut + 1):
+                    found.add(m.group(1).decode())
+                carry = data[cut + 1 :]
+    except FileNotFoundError:
+        pass
+    return found
+
+
+def mbox_size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+# ---- servers -----------------------------------------------------------------
+
+
+class Pimail:
+    name = "pimail"
+
+    def __init__(self, ctx, work, max_size="64M"):
+        self.ctx = ctx
+        self.work = work
+        self.mbox = os.path.join(work, "mbox")
+        self.config = os.path.join(work, "pimail.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                f'hostname = "mail.example.org"\ndomains = ["example.org"]\n'
+                f'data_dir = "{work}/data"\n\n'
+                f'[user]\nname = "alice"\npassword = "$argon2id$v=19$m=64,t=1,p=1$'
+                f'd7bEe5+PDtR+c+lWi896vw$glblWHgdtnS/rmo83vVWocAP1oh4q0fcq6XvKfsvKO8"\n'
+                f'addresses = ["alice"]\nmbox = "{self.mbox}"\n\n'
+                f'[listen]\nsmtp = ["127.0.0.1:0"]\n\n'
+                f'[limits]\nmax_message_size = "{max_size}"\nmax_connections = 1000\n'
+                f"max_connections_per_ip = 1000\n"
+            )
+        self.proc = None
+
+    def start(self):
+        """Starts the server; returns seconds from spawn to the listening line.
+        The log goes to a file (as to journald in real use): a pipe read by
+        this Python process could stall the server when Python lags."""
+        logpath = os.path.join(self.work, "pimail.log")
+        log = open(logpath, "wb")
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [self.ctx.binary, "serve", "--config", self.config],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        log.close()
+        end = t0 + 20
+        while True:
+            with open(logpath, "rb") as f:
+                text = f.read()
+            m = re.search(rb"listening: smtp (\S+?):(\d+)[,;]", text)
+            if m:
+                took = time.monotonic() - t0
+                break
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self.stop()
+                raise RuntimeError(f"pimail did not start: {text.decode(errors='replace')}")
+            time.sleep(0.0002)
+        self.addr = (m.group(1).decode(), int(m.group(2)))
+        return took
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def rss_kib(self):
+        return rss_kib(self.proc.pid)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+MASTER_SERVICES = {
+    "pickup", "cleanup", "qmgr", "rewrite", "bounce", "defer", "trace", "verify",
+    "flush", "proxymap", "proxywrite", "smtp", "relay", "showq", "error", "retry",
+    "discard", "local", "virtual", "anvil", "scache", "postlog",
+}
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Postfix:
+    """A private Postfix instance: nothing outside `work` is touched."""
+
+    name = "Postfix"
+
+    @staticmethod
+    def missing():
+        if os.geteuid() != 0:
+            return "Postfix must be started as root"
+        for tool in ("postfix", "postconf"):
+            if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+                return "postfix is not installed (apt-get install postfix)"
+        try:
+            import pwd
+
+            pwd.getpwnam("postfix")
+        except KeyError:
+            return "the postfix user is missing (apt-get install postfix)"
+        return None
+
+    def __init__(self, ctx, work):
+        self.ctx = ctx
+        self.work = work
+        conf = os.path.join(work, "etc")
+        self.conf = conf
+        mail = os.path.join(work, "mail")
+        for d in (conf, mail, os.path.join(work, "queue"), os.path.join(work, "data")):
+            os.makedirs(d, exist_ok=True)
+        os.chown(mail, 65534, 65534)
+        import pwd
+
+        pf = pwd.getpwnam("postfix")
+        os.chown(os.path.join(work, "data"), pf.pw_uid, pf.pw_gid)
+        os.chmod(os.path.join(work, "data"), 0o700)
+        self.mbox = os.path.join(mail, "alice")
+        self.port = free_port()
+        self.addr = ("127.0.0.1", self.port)
+        with open(os.path.join(conf, "vmailbox"), "w") as f:
+            f.write(f"{RCPT} alice\n")
+        main = f"""
+compatibility_level = 3.6
+queue_directory = {work}/queue
+data_directory = {work}/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+meta_directory = /etc/postfix
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix.bench.test
+mydomain = bench.test
+myorigin = $myhostname
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+alias_maps =
+alias_database =
+local_recipient_maps =
+relayhost =
+virtual_mailbox_domains = example.org
+virtual_mailbox_base = {mail}
+virtual_mailbox_maps = texthash:{conf}/vmailbox
+virtual_uid_maps = static:65534
+virtual_gid_maps = static:65534
+virtual_mailbox_limit = 0
+maillog_file_prefixes = {work}
+maillog_file = {work}/maillog
+smtpd_banner = $myhostname ESMTP
+biff = no
+smtputf8_enable = no
+"""
+        with open(os.path.join(conf, "main.cf"), "w") as f:
+            f.write(main)
+        lines = [f"127.0.0.1:{self.port} inet n - n - - smtpd"]
+        with open("/etc/postfix/master.cf") as f:
+            for line in f:
+                if not line.strip() or line[0] in "# \t":
+                    continue
+                fields = line.split()
+                if fields[0] in MASTER_SERVICES and fields[1] != "inet":
+                    fields[4] = "n"  # no chroot: the private queue is not prepared for it
+                    lines.append(" ".join(fields))
+        with open(os.path.join(conf, "master.cf"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.master = None
+
+    def _postfix(self, *args):
+        return subprocess.run(
+            ["/usr/sbin/postfix", "-c", self.conf, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def start(self):
+        r = self._postfix("start")
+        if r.returncode != 0:
+            raise RuntimeError(f"postfix start failed: {r.stdout}{r.stderr}")
+        pidfile = os.path.join(self.work, "queue", "pid", "master.pid")
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            try:
+                with socket.create_connection(self.addr, timeout=5) as s:
+                    s.recv(100)
+                with open(pidfile) as f:
+                    self.master = int(f.read().split()[0])
+                return
+            except (OSError, ValueError, IndexError):
+                time.sleep(0.1)
+        raise RuntimeError("postfix did not start listening; see " + self.work + "/maillog")
+
+    def rss_kib(self):
+        return sum(rss_kib(p) for p in descendants(self.master)) if self.master else 0
+
+    def queue_empty(self):
+        q = os.path.join(self.work, "queue")
+        for sub in ("incoming", "active", "deferred"):
+            for _root, _dirs, files in os.walk(os.path.join(q, sub)):
+                if files:
+                    return False
+        return True
+
+    def stop(self):
+        self._postfix("stop")
+        # postfix stop returns before every child is gone; wait a little.
+        end = time.monotonic() + 10
+        while self.master and time.monotonic() < end and os.path.exists(f"/proc/{self.master}"):
+            time.sleep(0.1)
+
+
+# ---- the benchmark -----------------------------------------------------------
+
+
+def throughput(ctx, server, size_name, size, conc, seconds, drain_timeout):
+    offset = mbox_size(server.mbox)
+    tag = f"{server.name}-{size}-{conc}-{time.time_ns()}"
+    acked, lat, elapsed, errors = load(server.addr, size, conc, seconds, tag)
+    # Messages still on their way to the mbox (Postfix): wait for them.
+    t_end = time.monotonic()
+    want = set(acked)
+    found = ids_in_mbox(server.mbox, offset)
+    while not want <= found and time.monotonic() - t_end < drain_timeout:
+        time.sleep(0.2)
+        found = ids_in_mbox(server.mbox, offset)
+    to_mbox = time.monotonic() - t_end + elapsed
+    durable = len(want & found)
+    r = {
+        "server": server.name,
+        "size": size_name,
+        "concurrency": conc,
+        "acked": len(acked),
+        "in_mbox": durable,
+        "lost": len(want - found),
+        "seconds": round(elapsed, 3),
+        "msgs_per_s": round(durable / elapsed, 1),
+        "to_mbox_per_s": round(durable / to_mbox, 1),
+        "p50_ms": round(percentile(lat, 50) * 1000, 2) if lat else None,
+        "p99_ms": round(percentile(lat, 99) * 1000, 2) if lat else None,
+        "errors": errors[:5],
+    }
+    ctx.log(
+        f"  {server.name:8} {size_name:>6} c={conc:<2}: {r['msgs_per_s']:8.1f} msg/s"
+        f" (to mbox {r['to_mbox_per_s']:.1f}/s), p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms,"
+        f" acked {r['acked']}, lost {r['lost']}{', errors ' + str(errors[:2]) if errors else ''}"
+    )
+    return r
+
+
+def memory(ctx):
+    """Fresh servers for each figure, so one does not hide another."""
+    out = {}
+    work = ctx.workdir("mem-idle")
+    s = Pimail(ctx, work)
+    s.start()
+    time.sleep(0.5)
+    out["idle_kib"] = s.rss_kib()
+    s.stop()
+
+    # 32 sessions, each in the middle of DATA with 16 KiB sent.
+    work = ctx.workdir("mem-32")
+    s = Pimail(ctx, work)
+    s.start()
+    conns = []
+    chunk = make_body(16 << 10)[:-3]
+    try:
+        for _ in range(32):
+            c = Conn(s.addr)
+            c.hello()
+            c.s.sendall(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RCPT}>\r\nDATA\r\n".encode())
+            for code in (250, 250, 354):
+                c.expect(code)
+            c.s.sendall(make_head("mem32") + chunk)
+            conns.append(c)
+        time.sleep(1.0)
+        out["sessions32_kib"] = s.rss_kib()
+    finally:
+        for c in conns:
+            c.s.close()
+        s.stop()
+
+    # One 25 MiB message: peak VmRSS while it streams in, minus before.
+    work = ctx.workdir("mem-25m")
+    s = Pimail(ctx, work)
+    s.start()
+    c = Conn(s.addr)
+    c.hello()
+    time.sleep(0.3)
+    before = s.rss_kib()
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], s.rss_kib())
+            time.sleep(0.002)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    code = c.message(make_head("big"), make_body(25 << 20))
+    done.set()
+    t.join()
+    c.close()
+    out["msg25m_before_kib"] = before
+    out["msg25m_peak_kib"] = peak[0]
+    out["msg25m_added_kib"] = peak[0] - before
+    out["msg25m_reply"] = code
+    out["msg25m_stored"] = "big" in ids_in_mbox(s.mbox, 0)
+    s.stop()
+    return out
+
+
+def startup(ctx, runs):
+    times = []
+    for i in range(runs):
+        work = ctx.workdir("start")
+        s = Pimail(ctx, work)
+        times.append(s.start())
+        s.stop()
+    return {
+        "median_ms": round(percentile(times, 50) * 1000, 2),
+        "min_ms": round(min(times) * 1000, 2),
+        "max_ms": round(max(times) * 1000, 2),
+        "runs": runs,
+    }
+
+
+def run(ctx):
+    quick = ctx.quick
+    seconds = 1.0 if quick else 5.0
+    sizes = SIZES[:2] if quick else SIZES
+    concs = [1, 8] if quick else CONCURRENCY
+    result = {"seconds_per_cell": seconds, "failed": False, "notes": []}
+
+    result["binary_bytes"] = os.path.getsize(ctx.binary)
+    try:
+        result["postfix_version"] = subprocess.run(
+            ["postconf", "-dh", "mail_version"], capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        result["postfix_version"] = None
+
+    disk_dir = ctx.workdir("disk")
+    result["disk"] = {
+        "fsync_1_writer_per_s": round(disk_fsync_rate(disk_dir, 1, seconds / 2), 0),
+        "fsync_8_writers_per_s": round(disk_fsync_rate(disk_dir, 8, seconds / 2), 0),
+    }
+    ctx.log(f"  disk: {result['disk']}")
+
+    servers = []
+    p = Pimail(ctx, ctx.workdir("pimail"))
+    p.start()
+    servers.append(p)
+    postfix = None
+    why = "--quick" if quick else ("--no-peers" if ctx.no_peers else Postfix.missing())
+    if why:
+        result["notes"].append(f"Postfix skipped: {why}")
+        ctx.log(f"  Postfix skipped: {why}")
+    else:
+        postfix = Postfix(ctx, ctx.workdir("postfix"))
+        postfix.start()
+        servers.append(postfix)
+    rows = []
+    try:
+        idle = {s.name: s.rss_kib() for s in servers}
+        # Warm-up (page cache, first mbox creation, Postfix process start).
+        for s in servers:
+            load(s.addr, 2 << 10, 2, 0.5, "warmup")
+        for size_name, size in sizes:
+            for conc in concs:
+                for s in servers:
+                    drain = 300 if s is postfix else 10
+                    rows.append(throughput(ctx, s, size_name, size, conc, seconds, drain))
+                    if s is postfix:
+                        # Let Postfix empty its queue before the next cell.
+                        end = time.monotonic() + 120
+                        while not postfix.queue_empty() and time.monotonic() < end:
+                            time.sleep(0.2)
+        result["rss_after_load_kib"] = {s.name: s.rss_kib() for s in servers}
+        result["idle_rss_kib"] = idle
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                hwm = [line for line in f if line.startswith("VmHWM:")]
+            result["pimail_peak_rss_during_load_kib"] = int(hwm[0].split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    finally:
+        for s in servers:
+            s.stop()
+    result["throughput"] = rows
+    for r in rows:
+        if r["lost"] or r["acked"] == 0:
+            result["failed"] = True
+            result["notes"].append(
+                f"{r['server']} {r['size']} c={r['concurrency']}: acked {r['acked']}, "
+                f"lost {r['lost']}, errors {r['errors']}"
+            )
+
+    result["memory"] = memory(ctx)
+    ctx.log(f"  memory: {result['memory']}")
+    result["startup"] = startup(ctx, 5 if quick else 20)
+    ctx.log(f"  start-up: {result['startup']}")
+    return result
+
+
+# ---- report ------------------------------------------------------------------
+
+
+def _ms(v):
+    return "-" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
+
+
+def markdown(r):
+    rows = r["throughput"]
+    by = {(x["server"], x["size"], x["concurrency"]): x for x in rows}
+    disk1 = r["disk"]["fsync_1_writer_per_s"]
+    disk8 = r["disk"]["fsync_8_writers_per_s"]
+    have_pf = any(x["server"] == "Postfix" for x in rows)
+    out = ["## SMTP acceptance (durable messages/s; latency MAIL to final 250)", ""]
+    out.append(
+        f"Each cell: {r['seconds_per_cell']} s of back-to-back messages per connection; "
+        f"counted only if acknowledged and found in the mbox afterwards. "
+        f"Disk limit on the same file system: {disk1:.0f} append+fsync/s from 1 writer, "
+        f"{disk8:.0f}/s from 8."
+        + (f" Postfix {r.get('postfix_version')}, private instance, default tuning, "
+           "virtual(8) mbox delivery." if have_pf else "")
+    )
+    out.append("")
+    if have_pf:
+        out.append(
+            "| size | conc | pimail msg/s | p50 / p99 ms | Postfix msg/s | p50 / p99 ms "
+            "| Postfix to mbox/s | pimail / Postfix | pimail / disk (1w, 8w) |"
+        )
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    else:
+        out.append("| size | conc | pimail msg/s | p50 / p99 ms | pimail / disk (1w, 8w) |")
+        out.append("|---|---:|---:|---:|---:|")
+    sizes = []
+    for x in rows:
+        if (x["size"], x["concurrency"]) not in sizes:
+            sizes.append((x["size"], x["concurrency"]))
+    for size, conc in sizes:
+        p = by.get(("pimail", size, conc))
+        if not p:
+            continue
+        disk = f"{p['msgs_per_s'] / disk1:.2f}, {p['msgs_per_s'] / disk8:.2f}"
+        cells = [size, str(conc), f"{p['msgs_per_s']:.0f}", f"{_ms(p['p50_ms'])} / {_ms(p['p99_ms'])}"]
+        if have_pf:
+            f = by.get(("Postfix", size, conc))
+            if f:
+                ratio = f"**{p['msgs_per_s'] / f['msgs_per_s']:.1f}×**" if f["msgs_per_s"] else "-"
+                cells += [
+                    f"{f['msgs_per_s']:.0f}",
+                    f"{_ms(f['p50_ms'])} / {_ms(f['p99_ms'])}",
+                    f"{f['to_mbox_per_s']:.0f}",
+                    ratio,
+                ]
+            else:
+                cells += ["-"] * 4
+        cells.append(disk)
+        out.append("| " + " | ".join(cells) + " |")
+    m = r["memory"]
+    s = r["startup"]
+    idle = r.get("idle_rss_kib", {})
+    out += [
+        "",
+        "## Memory, start-up, size",
+        "",
+        "| what | pimail | budget |" + (" Postfix |" if have_pf else ""),
+        "|---|---:|---:|" + ("---:|" if have_pf else ""),
+        f"| RSS idle | {m['idle_kib'] / 1024:.2f} MiB | ≤ 2 MiB |"
+        + (f" {idle.get('Postfix', 0) / 1024:.1f} MiB (all processes) |" if have_pf else ""),
+        f"| RSS, 32 sessions in DATA | {m['sessions32_kib'] / 1024:.2f} MiB | ≤ 8 MiB |"
+        + (" |" if have_pf else ""),
+        f"| RSS added by a 25 MiB message | {m['msg25m_added_kib'] / 1024:.2f} MiB"
+        f" (reply {m['msg25m_reply']}, stored {m['msg25m_stored']}) | < 1 MiB |"
+        + (" |" if have_pf else ""),
+        f"| peak RSS over the whole throughput run | "
+        f"{r.get('pimail_peak_rss_during_load_kib', 0) / 1024:.2f} MiB | |"
+        + (f" {r.get('rss_after_load_kib', {}).get('Postfix', 0) / 1024:.1f} MiB after |" if have_pf else ""),
+        f"| start to listening (median of {s['runs']}) | {s['median_ms']:.2f} ms"
+        f" (min {s['min_ms']:.2f}, max {s['max_ms']:.2f}) | < 10 ms |" + (" |" if have_pf else ""),
+        f"| release binary (x86_64, stripped) | {r['binary_bytes'] / 1048576:.2f} MiB "
+        f"| ≤ 3 MiB (aarch64 static) |" + (" |" if have_pf else ""),
+        "",
+    ]
+    for n in r["notes"]:
+        out.append(f"- {n}")
+    if r["notes"]:
+        out.append("")
+    return "\n".join(out)
