@@ -177,7 +177,12 @@ fn endless_data_is_cut_off_and_memory_stays_flat() {
         );
         // Nothing of it reached the disk beyond the size limit.
         let spooled: u64 = std::fs::read_dir(&spool)
-            .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
             .unwrap_or(0);
         assert!(spooled <= 2 << 20, "{what}: {spooled} bytes in the spool");
     }
