@@ -80,8 +80,8 @@ pub fn is_disk_full(e: &io::Error) -> bool {
 #[derive(Debug, Default)]
 pub struct Quoter {
     /// Bytes at the start of the current line that may still become
-    /// `>*From `; `None` once the line is decided.
-    pending: Option<Vec<u8>>,
+    /// `>*From ` (empty when nothing is pending; reused, not reallocated).
+    pending: Vec<u8>,
     mid_line: bool,
 }
 
@@ -91,34 +91,44 @@ impl Quoter {
     }
 
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        for &b in input {
-            if !self.mid_line {
-                let pending = self.pending.get_or_insert_with(Vec::new);
-                pending.push(b);
-                match from_prefix(pending) {
-                    Prefix::Maybe => continue,
-                    Prefix::Yes => {
-                        out.push(b'>');
-                        out.extend_from_slice(pending);
+        let mut i = 0;
+        while i < input.len() {
+            if self.mid_line {
+                // The rest of a decided line goes out as it is, in one go.
+                let rest = &input[i..];
+                match rest.iter().position(|&b| b == b'\n') {
+                    Some(p) => {
+                        out.extend_from_slice(&rest[..=p]);
+                        self.mid_line = false;
+                        i += p + 1;
                     }
-                    Prefix::No => out.extend_from_slice(pending),
+                    None => {
+                        out.extend_from_slice(rest);
+                        return;
+                    }
                 }
-                self.pending = None;
-                self.mid_line = b != b'\n';
-            } else {
-                out.push(b);
-                if b == b'\n' {
-                    self.mid_line = false;
-                }
+                continue;
             }
+            let b = input[i];
+            i += 1;
+            self.pending.push(b);
+            match from_prefix(&self.pending) {
+                Prefix::Maybe => continue,
+                Prefix::Yes => {
+                    out.push(b'>');
+                    out.extend_from_slice(&self.pending);
+                }
+                Prefix::No => out.extend_from_slice(&self.pending),
+            }
+            self.pending.clear();
+            self.mid_line = b != b'\n';
         }
     }
 
     /// Flushes a pending line start at the end of the message.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if let Some(p) = self.pending.take() {
-            out.extend_from_slice(&p);
-        }
+        out.extend_from_slice(&self.pending);
+        self.pending.clear();
         self.mid_line = false;
     }
 }

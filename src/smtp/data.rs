@@ -99,8 +99,24 @@ impl DataDecoder {
 
     /// Decodes `input`, appending message bytes to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
-        for (i, &b) in input.iter().enumerate() {
-            self.received += 1;
+        let mut i = 0;
+        while i < input.len() {
+            if self.state == State::InLine {
+                // Fast path: the run of ordinary bytes up to the next CR or
+                // LF is copied in one go (the bulk of any message).
+                let rest = &input[i..];
+                let k = rest
+                    .iter()
+                    .position(|&b| b == b'\r' || b == b'\n')
+                    .unwrap_or(rest.len());
+                if k > 0 {
+                    self.plain_run(&rest[..k], out);
+                    i += k;
+                    continue;
+                }
+            }
+            let b = input[i];
+            i += 1;
             // The dot added for transparency is not part of the line's
             // length (RFC 5321 4.5.3.1.6): a stuffed 998-octet line is fine.
             if !(self.state == State::LineStart && b == b'.') {
@@ -115,7 +131,8 @@ impl DataDecoder {
                 (State::DotCr, b'\n') => {
                     self.state = State::LineStart;
                     self.line_len = 0;
-                    return Progress::Done { consumed: i + 1 };
+                    self.received += i as u64;
+                    return Progress::Done { consumed: i };
                 }
                 (State::DotCr, _) => {
                     // ".\rX": a bare CR after a leading dot.
@@ -143,7 +160,36 @@ impl DataDecoder {
                 }
             }
         }
+        self.received += input.len() as u64;
         Progress::NeedMore
+    }
+
+    /// What `byte_in_line` does for each byte of `run` (none a CR or LF),
+    /// at once: the first byte that breaks the line or size limit fails,
+    /// and only the bytes before it are emitted.
+    fn plain_run(&mut self, run: &[u8], out: &mut Vec<u8>) {
+        let k = run.len();
+        // Index of the first byte over each limit (byte j makes the line
+        // `line_len + j + 1` long and the message `size + j + 1`).
+        let too_long = (self.line_len + k > MAX_TEXT_LINE)
+            .then(|| MAX_TEXT_LINE.saturating_sub(self.line_len));
+        let too_big = (self.size + k as u64 > self.max_size)
+            .then(|| self.max_size.saturating_sub(self.size) as usize);
+        let first = match (too_long, too_big) {
+            // The line check comes first for the same byte.
+            (Some(l), Some(b)) if b < l => Some((b, DataError::TooBig)),
+            (Some(l), _) => Some((l, DataError::LineTooLong)),
+            (None, Some(b)) => Some((b, DataError::TooBig)),
+            (None, None) => None,
+        };
+        self.line_len += k;
+        self.size += k as u64;
+        if self.error.is_none() {
+            out.extend_from_slice(&run[..first.map_or(k, |(j, _)| j)]);
+        }
+        if let Some((_, e)) = first {
+            self.fail(e);
+        }
     }
 
     /// A byte inside a line (never the LF of a CRLF).
