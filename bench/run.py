@@ -34,6 +34,12 @@ class Context:
         self.quick = args.quick
         self.repo = REPO
         self.binary = os.path.join(REPO, "target", "release", "pimail")
+        # The static musl build (what ships to a Pi is static musl too),
+        # for memory, start-up and size; throughput uses `binary`.
+        self.static_binary = os.path.join(
+            REPO, "target", "x86_64-unknown-linux-musl", "release", "pimail"
+        )
+        self.builds = [("glibc", self.binary)]
         # On the project's disk (not a tmpfs), so fsync costs are real.
         self.work = args.work or os.path.join(REPO, "target", "bench")
         self.keep = args.keep
@@ -104,8 +110,18 @@ def main():
         r = subprocess.run(["cargo", "build", "--release", "-j", "2"], cwd=REPO)
         if r.returncode != 0:
             sys.exit("bench: cargo build --release failed")
+        musl = "x86_64-unknown-linux-musl"
+        if not ctx.quick and musl in sh("rustup target list --installed"):
+            ctx.log(f"building static binary (cargo build --release --target {musl})...")
+            r = subprocess.run(
+                ["cargo", "build", "--release", "-j", "2", "--target", musl], cwd=REPO
+            )
+            if r.returncode != 0:
+                sys.exit("bench: static musl build failed")
     if not os.path.exists(ctx.binary):
         sys.exit(f"bench: {ctx.binary} missing (run cargo build --release)")
+    if not ctx.quick and os.path.exists(ctx.static_binary):
+        ctx.builds.append(("static musl", ctx.static_binary))
 
     wanted = args.only.split(",") if args.only else SECTIONS
     started = time.time()
