@@ -619,10 +619,11 @@ def startup(ctx, runs, binary):
 
 def run(ctx):
     quick = ctx.quick
-    seconds = 1.0 if quick else 5.0
+    seconds = 1.0 if quick else 2.0
+    repeats = 1 if quick else 3
     sizes = SIZES[:2] if quick else SIZES
     concs = [1, 8] if quick else CONCURRENCY
-    result = {"seconds_per_cell": seconds, "failed": False, "notes": []}
+    result = {"seconds_per_trial": seconds, "trials": repeats, "failed": False, "notes": []}
 
     try:
         result["postfix_version"] = subprocess.run(
@@ -633,8 +634,12 @@ def run(ctx):
 
     disk_dir = ctx.workdir("disk")
     result["disk"] = {
-        "fsync_1_writer_per_s": round(disk_fsync_rate(disk_dir, 1, seconds / 2), 0),
-        "fsync_8_writers_per_s": round(disk_fsync_rate(disk_dir, 8, seconds / 2), 0),
+        "fsync_1_writer_per_s": round(
+            max(disk_fsync_rate(disk_dir, 1, seconds / 2) for _ in range(repeats)), 0
+        ),
+        "fsync_8_writers_per_s": round(
+            max(disk_fsync_rate(disk_dir, 8, seconds / 2) for _ in range(repeats)), 0
+        ),
     }
     ctx.log(f"  disk: {result['disk']}")
 
@@ -659,14 +664,30 @@ def run(ctx):
             load(s.addr, 2 << 10, 2, 0.5, "warmup")
         for size_name, size in sizes:
             for conc in concs:
+                # Best of `trials` short runs, the servers taking turns: the
+                # machine is shared, and interference only ever slows a
+                # run down, so the best trial is the closest to the truth
+                # and both servers get the same chances.
+                trials = {s.name: [] for s in servers}
+                for _ in range(repeats):
+                    for s in servers:
+                        drain = 300 if s is postfix else 10
+                        trials[s.name].append(
+                            throughput(ctx, s, size_name, size, conc, seconds, drain)
+                        )
+                        if s is postfix:
+                            # Let Postfix empty its queue before going on.
+                            end = time.monotonic() + 120
+                            while not postfix.queue_empty() and time.monotonic() < end:
+                                time.sleep(0.2)
                 for s in servers:
-                    drain = 300 if s is postfix else 10
-                    rows.append(throughput(ctx, s, size_name, size, conc, seconds, drain))
-                    if s is postfix:
-                        # Let Postfix empty its queue before the next cell.
-                        end = time.monotonic() + 120
-                        while not postfix.queue_empty() and time.monotonic() < end:
-                            time.sleep(0.2)
+                    ts = trials[s.name]
+                    best = dict(max(ts, key=lambda r: r["msgs_per_s"]))
+                    best["trials_msgs_per_s"] = [r["msgs_per_s"] for r in ts]
+                    best["lost"] = sum(r["lost"] for r in ts)
+                    best["acked_all_trials"] = sum(r["acked"] for r in ts)
+                    best["errors"] = [e for r in ts for e in r["errors"]][:5]
+                    rows.append(best)
         result["rss_after_load_kib"] = {s.name: s.rss_kib() for s in servers}
         result["idle_rss_kib"] = idle
         try:
@@ -680,7 +701,7 @@ def run(ctx):
             s.stop()
     result["throughput"] = rows
     for r in rows:
-        if r["lost"] or r["acked"] == 0:
+        if r["lost"] or r["in_mbox"] == 0:
             result["failed"] = True
             result["notes"].append(
                 f"{r['server']} {r['size']} c={r['concurrency']}: acked {r['acked']}, "
@@ -712,10 +733,11 @@ def markdown(r):
     have_pf = any(x["server"] == "Postfix" for x in rows)
     out = ["## SMTP acceptance (durable messages/s; latency MAIL to final 250)", ""]
     out.append(
-        f"Each cell: {r['seconds_per_cell']} s of back-to-back messages per connection; "
-        f"counted only if acknowledged and found in the mbox afterwards. "
-        f"Disk limit on the same file system: {disk1:.0f} append+fsync/s from 1 writer, "
-        f"{disk8:.0f}/s from 8."
+        f"Each cell: the best of {r['trials']} trials of {r['seconds_per_trial']} s "
+        f"(pimail and Postfix taking turns) of back-to-back messages on each connection; "
+        f"a message counts only if acknowledged and found in the mbox afterwards. "
+        f"Disk limit on the same file system (best of {r['trials']}): {disk1:.0f} "
+        f"append+fsync/s from 1 writer, {disk8:.0f}/s from 8."
         + (f" Postfix {r.get('postfix_version')}, private instance, default tuning, "
            "virtual(8) mbox delivery." if have_pf else "")
     )
@@ -801,7 +823,8 @@ def markdown(r):
         "",
         f"Peak RSS of the glibc server over the whole throughput run: "
         f"{r.get('pimail_peak_rss_during_load_kib', 0) / 1024:.2f} MiB"
-        + (f"; Postfix after it: {r.get('rss_after_load_kib', {}).get('Postfix', 0) / 1024:.1f} MiB over its processes."
+        + (f"; Postfix after it: {r.get('rss_after_load_kib', {}).get('Postfix', 0) / 1024:.1f} MiB "
+           "(sum over its processes, shared pages counted in each)."
            if have_pf else "."),
         "",
     ]
