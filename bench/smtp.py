@@ -619,8 +619,8 @@ def startup(ctx, runs, binary):
 
 def run(ctx):
     quick = ctx.quick
-    seconds = 1.0 if quick else 2.0
-    repeats = 1 if quick else 3
+    seconds = 1.0 if quick else 1.5
+    repeats = 1 if quick else 5
     sizes = SIZES[:2] if quick else SIZES
     concs = [1, 8] if quick else CONCURRENCY
     result = {"seconds_per_trial": seconds, "trials": repeats, "failed": False, "notes": []}
