@@ -32,7 +32,11 @@ fn read(input: &[u8], splits: &[u8]) -> Vec<String> {
                 }
             }
         }
-        assert!(r.buffered() <= 64 * 1024 + n, "reply buffer grew to {}", r.buffered());
+        assert!(
+            r.buffered() <= 64 * 1024 + n,
+            "reply buffer grew to {}",
+            r.buffered()
+        );
     }
     out
 }
@@ -50,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
     // where the data was cut (a too-long line), but the good replies
     // before it must be the same.
     let good = |v: &[String]| -> Vec<String> {
-        v.iter().filter(|s| !s.starts_with("error")).cloned().collect()
+        v.iter()
+            .filter(|s| !s.starts_with("error"))
+            .cloned()
+            .collect()
     };
     let (a, b) = (good(&whole), good(&split));
     let k = a.len().min(b.len());
