@@ -93,6 +93,25 @@ def machine(work):
     }
 
 
+def run_script(ctx, name):
+    """A section that is a stand-alone script (bench/pop3.py): run it and
+    keep what it prints. Skipped in --quick and --no-peers runs (it needs
+    its peer server)."""
+    if ctx.no_peers:
+        why = "--quick" if ctx.quick else "--no-peers"
+        return {"skipped": why, "markdown": f"## {name}\n\nSkipped ({why}).\n"}
+    script = os.path.join(HERE, name + ".py")
+    r = subprocess.run([sys.executable, script], cwd=REPO, capture_output=True, text=True)
+    out = r.stdout.strip()
+    err = r.stderr.strip().splitlines()[-5:]
+    failed = r.returncode != 0
+    ctx.log(out)
+    md = f"## {name} (`bench/{name}.py`)\n\n```\n{out}\n```\n"
+    if failed:
+        md += f"\nFailed (exit {r.returncode}): " + " / ".join(err) + "\n"
+    return {"output": out, "exit": r.returncode, "failed": failed, "markdown": md}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run, pimail only")
@@ -142,9 +161,14 @@ def main():
         sys.path.insert(0, HERE)
         mod = importlib.import_module(name)
         ctx.log(f"== {name}")
-        result = mod.run(ctx)
-        report["sections"][name] = result
-        md_parts.append(mod.markdown(result))
+        if hasattr(mod, "run") and hasattr(mod, "markdown"):
+            result = mod.run(ctx)
+            report["sections"][name] = result
+            md_parts.append(mod.markdown(result))
+        else:
+            result = run_script(ctx, name)
+            report["sections"][name] = result
+            md_parts.append(result["markdown"])
     report["seconds"] = round(time.time() - started, 1)
 
     m = report["machine"]
