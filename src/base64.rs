@@ -40,7 +40,8 @@ fn value(c: u8) -> Option<u32> {
     } as u32)
 }
 
-/// Decodes padded base64; `None` for anything malformed.
+/// Decodes padded base64; `None` for anything malformed or not in the
+/// canonical form `encode` writes.
 pub fn decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
     if s.len() % 4 != 0 {
@@ -57,6 +58,13 @@ pub fn decode(s: &str) -> Option<Vec<u8>> {
         let mut n = 0u32;
         for &c in &q[..4 - pad] {
             n = (n << 6) | value(c)?;
+        }
+        // The bits the padding cuts off must be zero (RFC 4648 3.5):
+        // otherwise "Zh==" would be a second spelling of "Zg==" ("f"),
+        // and one byte string must have one encoding.
+        let spare = [0, 0x3, 0xf][pad];
+        if n & spare != 0 {
+            return None;
         }
         n <<= 6 * pad as u32;
         let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
@@ -129,6 +137,11 @@ mod tests {
             "Zm=9v",
             "Zg==Zg==",
             "Zm9v YmFy",
+            // Found by fuzz/fuzz_targets/sasl.rs: non-zero bits under the
+            // padding, a second spelling of "Zg==" and of "Zm8=".
+            "Zh==",
+            "Zm9=",
+            "rrrrrrrrrrrrrrr=",
         ] {
             assert_eq!(decode(bad), None, "{bad}");
         }
