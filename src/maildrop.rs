@@ -216,10 +216,13 @@ impl Current {
         }
     }
 
-    fn into_message(mut self, end: u64) -> Message {
+    /// `last_cr`: the content's last byte is a CR. RETR ends an open
+    /// last line with CRLF, or with just the LF after a CR
+    /// ([`crate::pop3::retr::Encoder::finish`]); LIST must count the same.
+    fn into_message(mut self, end: u64, last_cr: bool) -> Message {
         self.finish_received();
         if self.open_line {
-            self.size += 2;
+            self.size += if last_cr { 1 } else { 2 };
         }
         let uid = match self.received {
             Received::Done(Some(id)) => id,
@@ -287,7 +290,8 @@ impl Scanner {
         if starts_line && p.starts_with(b"From ") {
             if let Some(cur) = self.current.take() {
                 let end = pos - cur.pending_empty;
-                self.messages.push(cur.into_message(end));
+                // A `From ` line starts a line: the previous one is closed.
+                self.messages.push(cur.into_message(end, false));
             }
             let mut hash = Fnv::new();
             hash.feed(p);
@@ -419,7 +423,7 @@ impl Scanner {
     fn finish(mut self, len: u64) -> Vec<Message> {
         if let Some(cur) = self.current.take() {
             let end = len - cur.pending_empty;
-            self.messages.push(cur.into_message(end));
+            self.messages.push(cur.into_message(end, self.prev_cr));
         }
         self.messages
     }
@@ -968,7 +972,11 @@ mod tests {
                 }
                 None => {
                     out.extend_from_slice(line);
-                    out.extend_from_slice(b"\r\n");
+                    // As RETR: a last line cut after its CR gets the LF.
+                    if !line.ends_with(b"\r") {
+                        out.push(b'\r');
+                    }
+                    out.push(b'\n');
                 }
             }
         }
@@ -1007,6 +1015,30 @@ mod tests {
         // Changing the body changes it.
         let other = mbox.replace("body\n", "bodz\n");
         assert_ne!(scan_bytes(other.as_bytes())[1].uid, msgs[1].uid);
+    }
+
+    /// Found by fuzz/fuzz_targets/maildrop.rs: a mbox ending in a bare CR
+    /// made LIST say one octet more than RETR sent ("\r" goes out as
+    /// "\r\n", not "\r\r\n").
+    #[test]
+    fn size_of_a_last_line_cut_after_cr_matches_retr() {
+        for (mbox, content) in [
+            (&b"\nFrom \n\r"[..], &b"\r"[..]),
+            (b"From x\nSubject: a\n\nbody\r", b"Subject: a\n\nbody\r"),
+            (b"From x\nSubject: a\n\nbody", b"Subject: a\n\nbody"),
+        ] {
+            let msgs = scan_bytes(mbox);
+            assert_eq!(msgs.len(), 1);
+            let mut retr = Vec::new();
+            let mut enc = crate::pop3::retr::Encoder::new(None);
+            for line in content.split_inclusive(|&b| b == b'\n') {
+                enc.piece(line, &mut retr);
+            }
+            enc.finish(&mut retr);
+            assert!(retr.ends_with(b"\r\n.\r\n"));
+            assert_eq!(msgs[0].size, retr.len() as u64 - 3, "{mbox:?}");
+            assert_eq!(msgs[0].size, pop_form(content).len() as u64);
+        }
     }
 
     #[test]
