@@ -284,26 +284,33 @@ impl Field {
 }
 
 /// Splits a header block (without the empty separator line) into fields.
-/// Lines without a colon that do not continue a field are skipped.
+/// Lines without a colon that do not continue a field are skipped, and so
+/// are the continuation lines after them: they must not be folded into the
+/// field before (a DKIM-Signature we put on top would change meaning).
 pub fn parse_fields(block: &[u8]) -> Vec<Field> {
     let mut fields: Vec<Field> = Vec::new();
+    let mut skipping = false;
     for raw in block.split(|&b| b == b'\n') {
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         if line.is_empty() {
             continue;
         }
         if line[0] == b' ' || line[0] == b'\t' {
-            if let Some(f) = fields.last_mut() {
+            if let Some(f) = fields.last_mut().filter(|_| !skipping) {
                 f.value.extend_from_slice(b"\r\n");
                 f.value.extend_from_slice(line);
             }
             continue;
         }
-        if let Some(colon) = line.iter().position(|&b| b == b':') {
-            fields.push(Field {
-                name: String::from_utf8_lossy(&line[..colon]).into_owned(),
-                value: line[colon + 1..].to_vec(),
-            });
+        match line.iter().position(|&b| b == b':') {
+            Some(colon) => {
+                skipping = false;
+                fields.push(Field {
+                    name: String::from_utf8_lossy(&line[..colon]).into_owned(),
+                    value: line[colon + 1..].to_vec(),
+                });
+            }
+            None => skipping = true,
         }
     }
     fields
@@ -1533,6 +1540,20 @@ mod tests {
             b" v=1; bh=abc; b=; d=x"
         );
         assert_eq!(empty_b_tag(b"b=abc"), b"b=");
+    }
+
+    /// Found by fuzz/fuzz_targets/dkim.rs: the continuation lines of a
+    /// line without a colon were folded into the field before it, so a
+    /// message starting with one broke the DKIM-Signature we put on top.
+    #[test]
+    fn continuation_of_a_skipped_line_is_skipped() {
+        let f = parse_fields(b"Subject: hi\r\nno colon here\r\n folded: x\r\nFrom: a@b.c\r\n");
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].value, b" hi");
+        assert_eq!(f[1].name, "From");
+        let msg = b"garbage\n fold: x\nFrom: a@example.org\n\nbody\n";
+        let (_, out, _) = sign_and_verify(msg, &generate_ed25519().unwrap());
+        assert_eq!(out[0].status, Status::Pass, "{out:?}");
     }
 
     fn ed_key() -> SigningKey {
