@@ -679,20 +679,7 @@ mod tests {
     impl Dns for Zone {
         async fn query(&self, name: &str, qtype: QType) -> Result<Vec<Rr>, DnsError> {
             let recs = self.0.get(name).ok_or(DnsError::NotFound)?;
-            Ok(recs
-                .iter()
-                .filter(|r| {
-                    matches!(
-                        (r, qtype),
-                        (Rr::A(_), QType::A)
-                            | (Rr::Aaaa(_), QType::Aaaa)
-                            | (Rr::Mx(_), QType::Mx)
-                            | (Rr::Txt(_), QType::Txt)
-                            | (Rr::Ptr(_), QType::Ptr)
-                    )
-                })
-                .cloned()
-                .collect())
+            Ok(recs.iter().filter(|r| r.is_type(qtype)).cloned().collect())
         }
     }
 

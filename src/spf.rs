@@ -64,6 +64,20 @@ pub enum Rr {
     Ptr(String),
 }
 
+impl Rr {
+    /// Is this a record of type `qtype`? (What a zone answers for a query.)
+    pub fn is_type(&self, qtype: QType) -> bool {
+        matches!(
+            (self, qtype),
+            (Rr::A(_), QType::A)
+                | (Rr::Aaaa(_), QType::Aaaa)
+                | (Rr::Mx(_), QType::Mx)
+                | (Rr::Txt(_), QType::Txt)
+                | (Rr::Ptr(_), QType::Ptr)
+        )
+    }
+}
+
 /// Why a query gave no records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DnsError {
@@ -977,20 +991,7 @@ mod tests {
                 return Err(DnsError::Temporary("timeout".into()));
             }
             let recs = self.records.get(&name).ok_or(DnsError::NotFound)?;
-            Ok(recs
-                .iter()
-                .filter(|r| {
-                    matches!(
-                        (r, qtype),
-                        (Rr::A(_), QType::A)
-                            | (Rr::Aaaa(_), QType::Aaaa)
-                            | (Rr::Mx(_), QType::Mx)
-                            | (Rr::Txt(_), QType::Txt)
-                            | (Rr::Ptr(_), QType::Ptr)
-                    )
-                })
-                .cloned()
-                .collect())
+            Ok(recs.iter().filter(|r| r.is_type(qtype)).cloned().collect())
         }
     }
 
