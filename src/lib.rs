@@ -1,44 +1,45 @@
 //! pimail: a complete mail server for one person, in one small binary.
 //!
-//! The mail flow: `smtp` receives (port 25 and submission), `mbox`
-//! delivers into the user's mbox, `pop3` (with `maildrop`, the mbox
-//! index) hands it to the user's clients, `server` runs listeners, limits
-//! and shutdown. Sending: `queue` (the durable outbound queue), `delivery`
-//! (the worker, SMTP client and bounces), `dns` (our stub resolver) and
-//! `sendmail` (the local submission command). `config` and `cli` are the
-//! edges a person touches. Protocol
-//! cores are sans-I/O (`smtp::command`, `smtp::data`, `smtp::session`,
-//! `line`, `pop3::command`, `pop3::session`, `pop3::retr`); their async
-//! drivers are thin (`smtp::conn`, `pop3::conn`). `tls` loads the
-//! certificate and upgrades connections; `auth` and `sasl` check logins.
+//! The folders follow a message: it is received (`receive`: SMTP on port
+//! 25 and submission), checked (`trust`: SPF, DKIM, DMARC), stored
+//! (`store`: the mbox and its POP3 index), read (`read`: POP3) or sent on
+//! (`send`: the queue, MX delivery, bounces, `sendmail`). Beneath them lie
+//! `net` (listeners' admission, the line reader, TLS, DNS), `mail` (addresses
+//! and the envelope), `config` (the TOML file and the command line), `user`
+//! (passwords and SASL) and `util` (small leaf helpers). `server` is the
+//! top: it starts every stage.
+//!
+//! Dependencies point one way, down this list of floors; a module may use
+//! its own folder and any floor below it, never one above:
+//!
+//! ```text
+//!   server            starts everything
+//!   receive           smtp/
+//!   read              pop3/
+//!   send              queue, delivery/, sendmail
+//!   trust             spf, dkim, dmarc, authres, authdns, doctor
+//!   store             mbox, maildrop
+//!   net               listen, line, tls, dns
+//!   mail              address, envelope
+//!   config            the config file, cli
+//!   user              auth, sasl
+//!   util              base64, timefmt, paths, sys, rt, logging, notify
+//! ```
+//!
+//! `tests/layout.rs` checks that rule (and the absence of cycles) on every
+//! test run. Protocol cores are sans-I/O (`receive::smtp::{command, data,
+//! session}`, `net::line`, `read::pop3::{command, session, retr}`); their
+//! async drivers are thin (`receive::smtp::conn`, `read::pop3::conn`).
 #![deny(unsafe_code)]
 
-pub mod address;
-pub mod auth;
-pub mod authdns;
-pub mod authres;
-pub mod base64;
-pub mod cli;
 pub mod config;
-pub mod delivery;
-pub mod dkim;
-pub mod dmarc;
-pub mod dns;
-pub mod doctor;
-pub mod envelope;
-pub mod line;
-pub mod logging;
-pub mod maildrop;
-pub mod mbox;
-pub mod notify;
-pub mod paths;
-pub mod pop3;
-pub mod queue;
-pub mod sasl;
-pub mod sendmail;
+pub mod mail;
+pub mod net;
+pub mod read;
+pub mod receive;
+pub mod send;
 pub mod server;
-pub mod smtp;
-pub mod spf;
-pub mod sys;
-pub mod timefmt;
-pub mod tls;
+pub mod store;
+pub mod trust;
+pub mod user;
+pub mod util;

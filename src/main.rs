@@ -2,13 +2,16 @@
 //!
 //! This file is the command line's dispatch: load the config, set up
 //! logging, and run the server or one of the tools (`check-config`,
-//! `passwd`, `sendmail`, `queue`). The mail flow is in `smtp` (receive),
-//! `mbox` (deliver) and `server` (listeners, limits, shutdown).
+//! `passwd`, `sendmail`, `queue`, `doctor`). The mail flow is in the
+//! library's folders (see `lib.rs`); `server` starts them.
 #![forbid(unsafe_code)]
 
-use pimail::cli::{self, Command};
+use pimail::config::cli::{self, Command};
 use pimail::config::{self, Config, Source};
-use pimail::{auth, logging, notify, paths, server, tls};
+use pimail::net::tls;
+use pimail::server;
+use pimail::user::auth;
+use pimail::util::{logging, notify, paths};
 use std::io::Read;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -93,7 +96,7 @@ fn sendmail(cli: &cli::Cli, args: &cli::SendmailArgs) -> ExitCode {
     logging::init(log::LevelFilter::Warn, cli.verbose);
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
-    match pimail::sendmail::run(&config, args, &mut input) {
+    match pimail::send::sendmail::run(&config, args, &mut input) {
         Ok(id) => {
             if cli.verbose > 0 {
                 eprintln!("pimail sendmail: queued as {id}");
@@ -109,8 +112,8 @@ fn sendmail(cli: &cli::Cli, args: &cli::SendmailArgs) -> ExitCode {
 
 /// `pimail queue list|flush|delete ID`.
 fn queue(cli: &cli::Cli, cmd: &cli::QueueCommand) -> ExitCode {
-    use pimail::delivery::{poke, Wake};
-    use pimail::queue::{Queue, QueueError};
+    use pimail::send::delivery::{poke, Wake};
+    use pimail::send::queue::{Queue, QueueError};
     let config = match load_config(cli) {
         Ok(c) => c,
         Err(code) => return code,
@@ -121,7 +124,7 @@ fn queue(cli: &cli::Cli, cmd: &cli::QueueCommand) -> ExitCode {
             Ok(entries) => {
                 print!(
                     "{}",
-                    pimail::queue::list_text(&entries, pimail::timefmt::unix_now())
+                    pimail::send::queue::list_text(&entries, pimail::util::timefmt::unix_now())
                 );
                 if entries.is_empty() {
                     println!("queue is empty");
@@ -206,8 +209,8 @@ fn doctor(config: &Config, probe: Option<&str>) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    let now = pimail::timefmt::unix_now() as i64;
-    let (text, ok) = smol::block_on(pimail::doctor::run(config, probe, now));
+    let now = pimail::util::timefmt::unix_now() as i64;
+    let (text, ok) = smol::block_on(pimail::trust::doctor::run(config, probe, now));
     print!("{text}");
     if ok {
         ExitCode::SUCCESS
@@ -219,11 +222,11 @@ fn doctor(config: &Config, probe: Option<&str>) -> ExitCode {
 /// `pimail dkim generate|records`: keys in `<data_dir>/dkim/<selector>.pem`
 /// (mode 0600) and the TXT records to publish for every domain.
 fn dkim_command(config: &Config, cmd: cli::DkimCommand) -> ExitCode {
-    use pimail::dkim;
+    use pimail::trust::dkim;
     let dir = dkim::key_dir(&config.data_dir);
     if let cli::DkimCommand::Generate { selector } = cmd {
         let prefix = selector.unwrap_or_else(|| {
-            let c = pimail::timefmt::civil(pimail::timefmt::unix_now());
+            let c = pimail::util::timefmt::civil(pimail::util::timefmt::unix_now());
             format!("pimail{:04}{:02}", c.year, c.month)
         });
         let (ed_sel, rsa_sel) = (format!("{prefix}-ed"), format!("{prefix}-rsa"));
@@ -324,7 +327,7 @@ fn openssl_rsa_key() -> Result<String, String> {
         return Err(format!("openssl genpkey failed ({})", out.status));
     }
     let pem = String::from_utf8(out.stdout).map_err(|_| "openssl wrote no PEM".to_string())?;
-    pimail::dkim::SigningKey::from_pem("check", &pem).map_err(|e| e.to_string())?;
+    pimail::trust::dkim::SigningKey::from_pem("check", &pem).map_err(|e| e.to_string())?;
     Ok(pem)
 }
 
@@ -369,7 +372,7 @@ fn serve(cli: &cli::Cli) -> ExitCode {
     };
     logging::init(config.log_level, cli.verbose);
     // A file-size limit must make writes fail (452, rolled back), not kill us.
-    if let Err(e) = pimail::sys::ignore_sigxfsz() {
+    if let Err(e) = pimail::util::sys::ignore_sigxfsz() {
         log::error!("cannot ignore SIGXFSZ: {e}");
         return ExitCode::from(EX_OSERR);
     }

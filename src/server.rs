@@ -1,4 +1,7 @@
-//! Listeners, connection limits and shutdown.
+//! The top of the tree: starts every stage and wires them together.
+//! Binds the listeners, repairs the mbox, starts the outbound worker, runs
+//! the accept loops that hand each connection to its protocol driver, and
+//! shuts down.
 //!
 //! Everything runs on one thread (a `smol::LocalExecutor`): a session costs
 //! a few KiB, not a thread, so idle or slow clients are cheap and never
@@ -10,54 +13,23 @@
 //! with an error naming the file) and shared by every listener;
 //! [`Server::certificate`] gives the handle that `SIGHUP` reloads.
 
-use crate::address::LocalPolicy;
-use crate::auth::Logins;
-use crate::config::{Config, Limits};
-use crate::mbox::MboxWriter;
-use crate::pop3::conn::Pop3Context;
-use crate::smtp::conn::SmtpContext;
-use crate::smtp::session::{Port, Settings};
-use crate::tls::{Certificate, TlsError};
+use crate::config::Config;
+use crate::mail::address::LocalPolicy;
+use crate::net::listen::{self, accept_next, Shared};
+use crate::net::tls::{Certificate, TlsError};
+use crate::read::pop3::conn::Pop3Context;
+use crate::receive::smtp::conn::SmtpContext;
+use crate::receive::smtp::session::{Port, Settings};
+use crate::store::mbox::MboxWriter;
+use crate::util::rt::timeout;
 use async_net::{TcpListener, TcpStream};
-use smol::future::FutureExt;
 use smol::io::AsyncWriteExt;
 use smol::LocalExecutor;
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
-
-/// Runs `f`, or gives `None` after `d`.
-pub async fn timeout<T>(d: Duration, f: impl Future<Output = T>) -> Option<T> {
-    async { Some(f.await) }
-        .or(async {
-            smol::Timer::after(d).await;
-            None
-        })
-        .await
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A message id: 8 hex digits of time, 8 of a counter seeded randomly at
-/// start. Unique in this process, sortable by time, safe in file names.
-pub fn new_id() -> String {
-    if COUNTER.load(Ordering::Relaxed) == 0 {
-        let mut seed = [0u8; 4];
-        let _ = getrandom::getrandom(&mut seed);
-        let _ = COUNTER.compare_exchange(
-            0,
-            u32::from_le_bytes(seed) | 1,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-    }
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:08X}{:08X}", crate::timefmt::unix_now() as u32, n)
-}
+use std::time::Duration;
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,96 +64,6 @@ impl Service {
     }
 }
 
-/// State shared by all connections of the server.
-pub struct Shared {
-    pub hostname: String,
-    pub limits: Limits,
-    /// Login throttling and password-check slots, for every service with
-    /// logins.
-    pub logins: Logins,
-    connections: Cell<usize>,
-    per_ip: RefCell<HashMap<IpAddr, usize>>,
-    /// Sessions in the middle of receiving or storing a message.
-    busy: Cell<usize>,
-    stopping: Cell<bool>,
-    /// Closed (sender dropped) to tell every accept loop to stop.
-    stop_rx: smol::channel::Receiver<()>,
-    stop_tx: RefCell<Option<smol::channel::Sender<()>>>,
-}
-
-impl Shared {
-    pub fn new(hostname: String, limits: Limits) -> Self {
-        let (stop_tx, stop_rx) = smol::channel::bounded(1);
-        Shared {
-            hostname,
-            limits,
-            logins: Logins::default(),
-            connections: Cell::new(0),
-            per_ip: RefCell::new(HashMap::new()),
-            busy: Cell::new(0),
-            stopping: Cell::new(false),
-            stop_rx,
-            stop_tx: RefCell::new(Some(stop_tx)),
-        }
-    }
-
-    pub fn stopping(&self) -> bool {
-        self.stopping.get()
-    }
-
-    /// Marks a message in flight for as long as the guard lives, so that
-    /// shutdown waits for it.
-    pub fn busy(&self) -> BusyGuard<'_> {
-        self.busy.set(self.busy.get() + 1);
-        BusyGuard(self)
-    }
-
-    fn try_admit(self: &Rc<Self>, ip: IpAddr) -> Result<ConnGuard, &'static str> {
-        if self.connections.get() >= self.limits.max_connections {
-            return Err("too many connections");
-        }
-        let mut per_ip = self.per_ip.borrow_mut();
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= self.limits.max_connections_per_ip {
-            return Err("too many connections from your address");
-        }
-        *n += 1;
-        self.connections.set(self.connections.get() + 1);
-        Ok(ConnGuard {
-            shared: self.clone(),
-            ip,
-        })
-    }
-}
-
-pub struct BusyGuard<'a>(&'a Shared);
-
-impl Drop for BusyGuard<'_> {
-    fn drop(&mut self) {
-        self.0.busy.set(self.0.busy.get() - 1);
-    }
-}
-
-/// Releases a connection slot when the connection ends.
-struct ConnGuard {
-    shared: Rc<Shared>,
-    ip: IpAddr,
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        let s = &self.shared;
-        s.connections.set(s.connections.get() - 1);
-        let mut per_ip = s.per_ip.borrow_mut();
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// The running server's parts.
 pub struct Server {
     pub shared: Rc<Shared>,
@@ -192,7 +74,7 @@ pub struct Server {
     pop3_listeners: Vec<(TcpListener, bool)>,
     /// The outbound delivery worker and its control socket.
     outbound: Option<(
-        crate::delivery::Worker,
+        crate::send::delivery::Worker,
         Option<async_net::unix::UnixDatagram>,
     )>,
 }
@@ -201,7 +83,7 @@ pub struct Server {
 pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     DataDir(std::path::PathBuf, std::io::Error),
-    Mbox(crate::mbox::MboxError),
+    Mbox(crate::store::mbox::MboxError),
     Outbound(String),
     /// `[tls]` cert or key unusable.
     Tls(TlsError),
@@ -226,9 +108,9 @@ impl Server {
     /// that all start-up errors show before anything is served.
     pub fn start(config: &Config) -> Result<Server, StartError> {
         let spool_dir = config.data_dir.join("spool");
-        crate::paths::private_dir(&config.data_dir)
+        crate::util::paths::private_dir(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
-        crate::paths::private_dir(&spool_dir)
+        crate::util::paths::private_dir(&spool_dir)
             .map_err(|e| StartError::DataDir(spool_dir.clone(), e))?;
         // Spool files of a crashed run were never acknowledged.
         if let Ok(rd) = std::fs::read_dir(&spool_dir) {
@@ -245,7 +127,7 @@ impl Server {
         let mbox =
             MboxWriter::start(&config.user.mbox, &config.data_dir).map_err(StartError::Mbox)?;
         let (outbox, worker) =
-            crate::delivery::start(config, mbox.clone()).map_err(StartError::Outbound)?;
+            crate::send::delivery::start(config, mbox.clone()).map_err(StartError::Outbound)?;
         // Without the control socket (e.g. a data_dir path too long for a
         // Unix socket) mail still goes out; sendmail's and `queue flush`'s
         // pokes are then noticed at the next scheduled scan.
@@ -278,9 +160,11 @@ impl Server {
         // A POP3 deletion a crash interrupted is finished before any
         // append can land on the half-rewritten mbox.
         let data_dir = config.data_dir.clone();
-        let recovered =
-            smol::block_on(mbox.exclusive(move |l| Ok(crate::maildrop::recover(l, &data_dir))));
-        if let Ok(Err(e)) | Err(e) = recovered.map_err(crate::maildrop::MaildropError::from) {
+        let recovered = smol::block_on(
+            mbox.exclusive(move |l| Ok(crate::store::maildrop::recover(l, &data_dir))),
+        );
+        if let Ok(Err(e)) | Err(e) = recovered.map_err(crate::store::maildrop::MaildropError::from)
+        {
             log::error!("cannot finish an interrupted POP3 deletion: {e}");
         }
         let mut pop3_listeners = Vec::new();
@@ -291,7 +175,7 @@ impl Server {
             pop3_listeners.push((bind(*a)?, true));
         }
         let pop3 = Rc::new(Pop3Context {
-            settings: Rc::new(crate::pop3::session::Settings {
+            settings: Rc::new(crate::read::pop3::session::Settings {
                 hostname: config.hostname.clone(),
                 user: config.user.name.clone(),
                 domains: config.domains.clone(),
@@ -318,8 +202,8 @@ impl Server {
                 auth: config
                     .inbound
                     .auth_checks
-                    .then(|| crate::smtp::conn::AuthChecks {
-                        resolver: crate::dns::Resolver::new(&config.outbound.dns),
+                    .then(|| crate::receive::smtp::conn::AuthChecks {
+                        resolver: crate::net::dns::Resolver::new(&config.outbound.dns),
                         dmarc_reject: config.inbound.dmarc_reject,
                     }),
             }),
@@ -393,30 +277,12 @@ impl Server {
                 .detach();
         }
         stop.await;
-        shared.stopping.set(true);
-        shared.stop_tx.borrow_mut().take();
-        let deadline = Instant::now() + grace;
-        while shared.busy.get() > 0 && Instant::now() < deadline {
-            smol::Timer::after(Duration::from_millis(20)).await;
-        }
-        if shared.busy.get() > 0 {
-            log::warn!(
-                "stopping with {} message(s) still being received",
-                shared.busy.get()
-            );
-        }
+        shared.stop(grace).await;
     }
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    // SO_REUSEADDR (std sets it on Unix) so a restart does not wait for
-    // TIME_WAIT. IPv6 listeners are IPv6-only: list 0.0.0.0 for IPv4.
-    let l = match addr {
-        SocketAddr::V4(_) => std::net::TcpListener::bind(addr),
-        SocketAddr::V6(v6) => crate::sys::bind_v6only(v6),
-    }
-    .map_err(|e| StartError::Bind(addr, e))?;
-    TcpListener::try_from(l).map_err(|e| StartError::Bind(addr, e))
+    listen::bind(addr).map_err(|listen::BindError(a, e)| StartError::Bind(a, e))
 }
 
 async fn accept_loop(
@@ -432,7 +298,7 @@ async fn accept_loop(
                 let shared = shared.clone();
                 let smtp = smtp.clone();
                 ex.spawn(async move {
-                    crate::smtp::conn::serve(
+                    crate::receive::smtp::conn::serve(
                         stream,
                         peer,
                         service.port(),
@@ -458,30 +324,6 @@ async fn accept_loop(
     }
 }
 
-/// The next connection, or `None` once the server is stopping.
-async fn accept_next(listener: &TcpListener, shared: &Shared) -> Option<(TcpStream, SocketAddr)> {
-    loop {
-        if shared.stopping() {
-            return None;
-        }
-        let stopped = async {
-            let _ = shared.stop_rx.recv().await;
-            None
-        };
-        match async { Some(listener.accept().await) }.or(stopped).await? {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                return Some((stream, peer));
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                log::error!("accept: {e}");
-                smol::Timer::after(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
 async fn refuse(mut stream: TcpStream, host: String, why: &'static str) {
     let line = format!("421 4.7.0 {host} Service not available: {why}, try again later\r\n");
     let _ = timeout(Duration::from_secs(5), stream.write_all(line.as_bytes())).await;
@@ -500,7 +342,7 @@ async fn pop3_accept_loop(
                 let shared = shared.clone();
                 let pop3 = pop3.clone();
                 ex.spawn(async move {
-                    crate::pop3::conn::serve(stream, peer, implicit_tls, pop3, shared).await;
+                    crate::read::pop3::conn::serve(stream, peer, implicit_tls, pop3, shared).await;
                     drop(guard);
                 })
                 .detach();

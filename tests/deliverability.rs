@@ -85,15 +85,16 @@ fn outbound_mail_is_dkim_signed_and_verifies_with_dkimpy() {
         "{text}"
     );
     // And pimail's own verifier too.
-    let out = pimail::dkim::verify_message(data, pimail::timefmt::unix_now(), |n| {
+    let out = pimail::trust::dkim::verify_message(data, pimail::util::timefmt::unix_now(), |n| {
         records
             .get(n)
             .map(|r| vec![r.clone()])
-            .ok_or(pimail::dkim::LookupError::NotFound)
+            .ok_or(pimail::trust::dkim::LookupError::NotFound)
     })
     .unwrap();
     assert!(
-        out.iter().all(|o| o.status == pimail::dkim::Status::Pass),
+        out.iter()
+            .all(|o| o.status == pimail::trust::dkim::Status::Pass),
         "{out:?}"
     );
 }

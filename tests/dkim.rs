@@ -7,7 +7,7 @@ mod common;
 
 use common::dkimpy::{printed_records, run_helper};
 use common::{Options, Server, TempDir};
-use pimail::dkim;
+use pimail::trust::dkim;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -115,7 +115,7 @@ fn pimail_signatures_verify_with_dkimpy() {
         }
         let (fields, bh) = h.finish();
         let headers = signer
-            .sign(&fields, &bh, pimail::timefmt::unix_now())
+            .sign(&fields, &bh, pimail::util::timefmt::unix_now())
             .unwrap();
         let mut signed = headers.into_bytes();
         signed.extend_from_slice(msg);
@@ -175,7 +175,7 @@ fn dkimpy_signatures_verify_in_pimail() {
         assert_eq!(records.len(), 2, "{json}");
         for canon in ["relaxed", "simple"] {
             let signed = std::fs::read(format!("{}.{canon}", prefix.display())).unwrap();
-            let out = dkim::verify_message(&signed, pimail::timefmt::unix_now(), |name| {
+            let out = dkim::verify_message(&signed, pimail::util::timefmt::unix_now(), |name| {
                 records
                     .get(name)
                     .map(|r| vec![r.clone()])

@@ -6,7 +6,7 @@
 //! timing out. Results are compared; the explanation strings (exp=) are
 //! not, because pimail never fetches explanations.
 
-use pimail::spf::{self, Dns, DnsError, QType, Rr};
+use pimail::trust::spf::{self, Dns, DnsError, QType, Rr};
 use std::collections::HashMap;
 use std::net::IpAddr;
 

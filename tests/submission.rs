@@ -206,9 +206,9 @@ fn authenticated_submission_on_587_and_465() {
     assert_eq!(t.reply().0, 220);
     t.expect("EHLO client.example", 250);
     assert_eq!(t.cmd("AUTH LOGIN").1, "334 VXNlcm5hbWU6\r\n");
-    let user = pimail::sasl::encode_base64(b"alice@example.org");
+    let user = pimail::user::sasl::encode_base64(b"alice@example.org");
     assert_eq!(t.cmd(&user).1, "334 UGFzc3dvcmQ6\r\n");
-    t.expect(&pimail::sasl::encode_base64(PASSWORD.as_bytes()), 235);
+    t.expect(&pimail::user::sasl::encode_base64(PASSWORD.as_bytes()), 235);
     let (code, text) = t.send_message(
         "alice@example.org",
         &["alice@example.org"],

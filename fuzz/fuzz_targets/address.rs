@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pimail::address::{parse_mailbox, parse_path};
+use pimail::mail::address::{parse_mailbox, parse_path};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {

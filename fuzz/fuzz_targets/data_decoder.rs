@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pimail::smtp::data::{DataDecoder, Progress};
+use pimail::receive::smtp::data::{DataDecoder, Progress};
 
 /// Decodes `input` in pieces whose sizes come from `splits` (cycled).
 fn decode(input: &[u8], splits: &[u8], max: u64) -> (Vec<u8>, Option<String>, Option<usize>, u64) {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pimail::dkim::{
+use pimail::trust::dkim::{
     generate_ed25519, parse_key_record, parse_tags, verify_message, LookupError, MessageHasher,
     Outcome, Signer, SigningKey, Status, Verifier,
 };

@@ -9,7 +9,7 @@ mod fake_dns;
 
 use fake_dns::{block_on, FakeDns};
 use libfuzzer_sys::fuzz_target;
-use pimail::dmarc::{aligned, evaluate, from_domain, parse_record};
+use pimail::trust::dmarc::{aligned, evaluate, from_domain, parse_record};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

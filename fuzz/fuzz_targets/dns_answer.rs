@@ -19,9 +19,9 @@ fuzz_target!(|data: &[u8]| {
         _ => RecordType::AAAA,
     };
     let id = u16::from_be_bytes([data[1], data[2]]);
-    if let Ok(pimail::dns::Answer::Records(records)) =
-        pimail::dns::parse_answer(&data[3..], id, &name, rtype)
+    if let Ok(pimail::net::dns::Answer::Records(records)) =
+        pimail::net::dns::parse_answer(&data[3..], id, &name, rtype)
     {
-        let _ = pimail::dns::follow(&records, &name, rtype);
+        let _ = pimail::net::dns::follow(&records, &name, rtype);
     }
 });

@@ -2,7 +2,7 @@
 //! input, the same answer for the same question (as a resolver's cache
 //! would give), and every query is counted. Shared with `#[path]`.
 
-use pimail::spf::{Dns, DnsError, QType, Rr};
+use pimail::trust::spf::{Dns, DnsError, QType, Rr};
 use std::cell::Cell;
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};

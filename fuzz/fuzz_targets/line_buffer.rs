@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pimail::line::{LineBuffer, LineError};
+use pimail::net::line::{LineBuffer, LineError};
 
 const CAP: usize = 64;
 

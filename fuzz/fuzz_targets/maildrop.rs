@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pimail::pop3::retr::Encoder;
+use pimail::read::pop3::retr::Encoder;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -55,9 +55,9 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(&mbox, data).expect("write the mbox");
     // A fresh index every time: a cached one could match by chance
     // (same length, mtime within the clock's granularity).
-    let _ = std::fs::remove_file(pimail::maildrop::index_path(d));
-    let mut locked = pimail::mbox::lock(&mbox).expect("lock the mbox");
-    let snap = pimail::maildrop::open(&mut locked, d).expect("index the mbox");
+    let _ = std::fs::remove_file(pimail::store::maildrop::index_path(d));
+    let mut locked = pimail::store::mbox::lock(&mbox).expect("lock the mbox");
+    let snap = pimail::store::maildrop::open(&mut locked, d).expect("index the mbox");
     drop(locked);
     let len = data.len() as u64;
     assert_eq!(snap.len, len);

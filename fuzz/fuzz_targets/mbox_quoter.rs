@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pimail::mbox::{unquote_line, Quoter};
+use pimail::store::mbox::{unquote_line, Quoter};
 
 fn quote(input: &[u8], splits: &[u8]) -> Vec<u8> {
     let mut q = Quoter::new();

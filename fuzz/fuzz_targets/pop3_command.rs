@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = pimail::pop3::command::parse(data);
+    let _ = pimail::read::pop3::command::parse(data);
 });

@@ -7,8 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pimail::base64;
-use pimail::sasl::{decode_response, parse_login_user, parse_plain};
+use pimail::util::base64;
+use pimail::user::sasl::{decode_response, parse_login_user, parse_plain};
 
 fuzz_target!(|data: &[u8]| {
     // Any bytes round-trip through encode.

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pimail::address::parse_mailbox;
-use pimail::smtp::command::{parse, Command};
+use pimail::mail::address::parse_mailbox;
+use pimail::receive::smtp::command::{parse, Command};
 
 fuzz_target!(|data: &[u8]| {
     match parse(data) {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pimail::delivery::client::ReplyReader;
+use pimail::send::delivery::client::ReplyReader;
 
 fn read(input: &[u8], splits: &[u8]) -> Vec<String> {
     let mut r = ReplyReader::new();

@@ -9,7 +9,7 @@ mod fake_dns;
 
 use fake_dns::{block_on, FakeDns};
 use libfuzzer_sys::fuzz_target;
-use pimail::spf::{check, Query};
+use pimail::trust::spf::{check, Query};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// 10 mechanisms that query, each MX or PTR at most 10 names, the record

@@ -658,7 +658,7 @@ impl FakeDns {
 
     /// The PTR record of `ip`.
     pub fn ptr(&self, ip: IpAddr, host: &str) {
-        let n = pimail::spf::reverse_name(ip);
+        let n = pimail::trust::spf::reverse_name(ip);
         let r = Record::from_rdata(
             name(&n),
             60,

@@ -302,5 +302,5 @@ impl TlsClient {
 
 /// `AUTH PLAIN` initial response for `login`/`password`.
 pub fn plain(login: &str, password: &str) -> String {
-    pimail::sasl::encode_base64(format!("\0{login}\0{password}").as_bytes())
+    pimail::user::sasl::encode_base64(format!("\0{login}\0{password}").as_bytes())
 }

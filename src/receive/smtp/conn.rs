@@ -1,0 +1,611 @@
+//! The async driver of one SMTP connection: reads lines into the session,
+//! writes its replies, streams DATA through the decoder and the mbox quoter
+//! into a spool file, and stores the message before the final reply.
+//!
+//! Replies are written when the input holds no further complete command,
+//! so pipelined commands (RFC 2920) get their replies in one write.
+//!
+//! TLS: on an implicit-TLS port (465) the handshake comes before the
+//! greeting; after STARTTLS (RFC 3207) everything the client pipelined
+//! behind the command is dropped before the handshake (CVE-2011-0411), so
+//! nothing sent in the clear is executed as if it came over TLS. AUTH
+//! checks run through [`crate::user::auth::check`] (argon2 off this thread, the
+//! per-address throttle, the fail2ban log line).
+
+use super::data::{DataDecoder, Progress};
+use super::session::{Action, DataOutcome, Port, Session, Settings, StoreError};
+use super::Reply;
+use crate::mail::envelope::Envelope;
+use crate::net::line::LineBuffer;
+use crate::net::listen::Shared;
+use crate::net::tls::{self, Stream};
+use crate::store::mbox::{self, Delivery, MboxError, MboxWriter, Quoter};
+use crate::user::auth::{self, Account};
+use crate::util::rt::timeout;
+use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// The most the SPF/DKIM/DMARC lookups of one message may take.
+const AUTH_CHECKS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Read buffer: also the unit in which DATA is streamed to disk. Holds the
+/// longest line the session accepts (`MAX_AUTH_LINE`).
+const BUFFER: usize = 16 * 1024;
+
+/// What the SMTP side needs besides the session settings.
+pub struct SmtpContext {
+    pub settings: Rc<Settings>,
+    pub mbox: MboxWriter,
+    pub spool_dir: PathBuf,
+    /// The outbound queue; `None` only in tests of the receiving side.
+    pub outbox: Option<crate::send::delivery::Outbox>,
+    /// The certificate, when `[tls]` is configured.
+    pub tls: Option<Rc<tls::Certificate>>,
+    /// The user's argon2 hash, for AUTH on submission.
+    pub password_hash: String,
+    /// SPF/DKIM/DMARC checks on port 25 (`[inbound] auth_checks`).
+    pub auth: Option<AuthChecks>,
+}
+
+/// What the port 25 authentication checks need (see `authres`).
+pub struct AuthChecks {
+    pub resolver: crate::net::dns::Resolver,
+    /// `[inbound] dmarc_reject`: refuse DMARC failures of p=reject domains.
+    pub dmarc_reject: bool,
+}
+
+enum End {
+    /// The client or we closed normally, or the peer vanished.
+    Closed,
+}
+
+/// Serves one connection until QUIT, an error, a timeout or shutdown.
+/// With `implicit_tls` (port 465), TLS starts before the greeting.
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    port: Port,
+    implicit_tls: bool,
+    ctx: Rc<SmtpContext>,
+    shared: Rc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut stream = Stream::Plain(stream);
+    let mut session = Session::new(ctx.settings.clone(), port, peer.ip());
+    if implicit_tls {
+        match tls::handshake(&mut stream, ctx.tls.as_deref(), "smtp", peer).await {
+            Some(info) => session.tls_started(info),
+            None => return,
+        }
+    }
+    let _ = drive(&mut stream, &mut session, peer, &ctx, &shared).await;
+    // Closing may need to write (a TLS close_notify): bounded too.
+    let _ = timeout(shared.limits.command_timeout, stream.close()).await;
+}
+
+/// Writes replies, bounded by the command timeout: a client that stops
+/// reading its replies must not hold its connection slot forever.
+async fn send<S>(stream: &mut S, bytes: &[u8], shared: &Shared) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    match timeout(shared.limits.command_timeout, stream.write_all(bytes)).await {
+        Some(r) => r,
+        None => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+async fn drive<S>(
+    stream: &mut Stream<S>,
+    session: &mut Session,
+    peer: SocketAddr,
+    ctx: &SmtpContext,
+    shared: &Shared,
+) -> Result<End, std::io::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut lines = LineBuffer::new(BUFFER);
+    let mut out = Vec::with_capacity(512);
+    session.greeting().write_to(&mut out);
+    loop {
+        while let Some(line) = lines.next_line(session.max_line()) {
+            let step = session.line(line);
+            if let Some(reply) = &step.reply {
+                if reply.is_error() {
+                    // Refusals (unknown user, relay denied, syntax) with the reason.
+                    log::info!("smtp {peer}: refused: {}", reply.to_wire().trim_end());
+                }
+                reply.write_to(&mut out);
+            }
+            match step.action {
+                Action::None => {}
+                Action::Close => {
+                    send(stream, &out, shared).await?;
+                    return Ok(End::Closed);
+                }
+                Action::ReceiveData => {
+                    send(stream, &out, shared).await?;
+                    out.clear();
+                    let _busy = shared.busy();
+                    let reply = receive(stream, &mut lines, session, peer, ctx, shared).await?;
+                    let Some(reply) = reply else {
+                        return Ok(End::Closed);
+                    };
+                    reply.write_to(&mut out);
+                }
+                Action::StartTls => {
+                    send(stream, &out, shared).await?;
+                    out.clear();
+                    // CVE-2011-0411: whatever came with STARTTLS was sent in
+                    // the clear and must not run inside the TLS session.
+                    lines.clear();
+                    match tls::handshake(stream, ctx.tls.as_deref(), "smtp", peer).await {
+                        Some(info) => session.tls_started(info),
+                        None => return Ok(End::Closed),
+                    }
+                }
+                Action::Authenticate(credentials) => {
+                    // Earlier pipelined replies go out before the slow check.
+                    send(stream, &out, shared).await?;
+                    out.clear();
+                    let account = Account {
+                        name: &ctx.settings.user,
+                        domains: &ctx.settings.policy.domains,
+                        password_hash: &ctx.password_hash,
+                    };
+                    let service = if stream.is_tls() {
+                        "submission/tls"
+                    } else {
+                        "submission"
+                    };
+                    let outcome = auth::check(
+                        &shared.logins,
+                        &account,
+                        service,
+                        peer.ip(),
+                        &credentials.login,
+                        credentials.password,
+                        Duration::ZERO,
+                    )
+                    .await;
+                    session.auth_finished(outcome).write_to(&mut out);
+                }
+            }
+        }
+        if !out.is_empty() {
+            send(stream, &out, shared).await?;
+            out.clear();
+        }
+        if shared.stopping() && !session.in_transaction() {
+            session.shutting_down().write_to(&mut out);
+            send(stream, &out, shared).await?;
+            return Ok(End::Closed);
+        }
+        let limit = shared.limits.command_timeout;
+        match timeout(limit, stream.read(lines.spare())).await {
+            None => {
+                log::info!("smtp {peer}: timeout after {}s idle", limit.as_secs());
+                session.timeout().write_to(&mut out);
+                send(stream, &out, shared).await?;
+                return Ok(End::Closed);
+            }
+            Some(Ok(0)) | Some(Err(_)) => return Ok(End::Closed),
+            Some(Ok(n)) => lines.filled(n),
+        }
+    }
+}
+
+/// Reads DATA to its end, spooling it, then stores it. `None`: the
+/// connection is gone (timeout or the client left mid-message).
+async fn receive<S>(
+    stream: &mut S,
+    lines: &mut LineBuffer,
+    session: &mut Session,
+    peer: SocketAddr,
+    ctx: &SmtpContext,
+    shared: &Shared,
+) -> Result<Option<Reply>, std::io::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let id = crate::util::rt::new_id();
+    let spool_path = ctx.spool_dir.join(format!("{id}.msg"));
+    let mut spool = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&spool_path);
+    let mut decoder = DataDecoder::new(ctx.settings.max_message_size);
+    let mut quoter = Quoter::new();
+    let mut decoded = Vec::with_capacity(BUFFER);
+    let mut quoted = Vec::with_capacity(BUFFER + BUFFER / 4);
+    let mut write_error: Option<std::io::Error> = None;
+    let guard = SpoolGuard(spool_path.clone());
+    // Port 25 mail streams through the DKIM hashers as it is spooled.
+    let mut verifier = match (&ctx.auth, session.port()) {
+        (Some(_), Port::Smtp) => Some(crate::trust::dkim::Verifier::new(
+            crate::util::timefmt::unix_now(),
+        )),
+        _ => None,
+    };
+    // And loses any Authentication-Results claiming to be ours (RFC 8601 5).
+    let mut forged = verifier
+        .as_ref()
+        .map(|_| crate::trust::authres::ForgedResultsFilter::new(&shared.hostname));
+    let mut filtered = Vec::new();
+    loop {
+        let input = lines.buffered();
+        let progress = decoder.feed(input, &mut decoded);
+        let used = match progress {
+            Progress::NeedMore => input.len(),
+            Progress::Done { consumed } => consumed,
+        };
+        lines.consume(used);
+        if let Some(v) = &mut verifier {
+            if let Err(e) = v.update(&decoded) {
+                // A giant header block: no DKIM verdict, SPF still runs.
+                log::info!("smtp {peer}: DKIM not checked: {e}");
+                verifier = None;
+            }
+        }
+        let data: &[u8] = match &mut forged {
+            Some(f) => {
+                filtered.clear();
+                f.feed(&decoded, &mut filtered);
+                if progress != Progress::NeedMore {
+                    f.finish(&mut filtered);
+                }
+                &filtered
+            }
+            None => &decoded,
+        };
+        quoter.feed(data, &mut quoted);
+        decoded.clear();
+        if progress != Progress::NeedMore {
+            quoter.finish(&mut quoted);
+        }
+        if decoder.error().is_none() && write_error.is_none() {
+            let r = match &mut spool {
+                Ok(f) => f.write_all(&quoted),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            if let Err(e) = r {
+                write_error = Some(e);
+            }
+        }
+        quoted.clear();
+        if progress != Progress::NeedMore {
+            break;
+        }
+        if decoder.runaway() {
+            // An endless DATA: refuse it and close rather than read forever.
+            log::info!("smtp {peer}: DATA far over the size limit, closing");
+            if let DataOutcome::Refused(reply) = session.data_finished(decoder.error()) {
+                let mut out = Vec::new();
+                reply.write_to(&mut out);
+                stream.write_all(&out).await?;
+            }
+            return Ok(None);
+        }
+        let limit = shared.limits.data_timeout;
+        match timeout(limit, stream.read(lines.spare())).await {
+            None => {
+                log::info!("smtp {peer}: timeout during DATA, message discarded");
+                let mut out = Vec::new();
+                session.timeout().write_to(&mut out);
+                send(stream, &out, shared).await?;
+                return Ok(None);
+            }
+            Some(Ok(0)) | Some(Err(_)) => {
+                log::info!("smtp {peer}: connection lost during DATA, message discarded");
+                return Ok(None);
+            }
+            Some(Ok(n)) => lines.filled(n),
+        }
+    }
+    drop(spool);
+    let size = decoder.size();
+    let envelope = match session.data_finished(decoder.error()) {
+        DataOutcome::Refused(reply) => {
+            log::info!(
+                "refused peer={} helo={} size={size} reason={:?}",
+                peer.ip(),
+                session.helo_name().unwrap_or("-"),
+                reply
+                    .lines
+                    .last()
+                    .map(|l| l.to_string())
+                    .unwrap_or_default()
+            );
+            return Ok(Some(reply));
+        }
+        DataOutcome::Deliver(env) => env,
+    };
+    let mut auth_header = None;
+    if let (Some(auth), Port::Smtp) = (&ctx.auth, session.port()) {
+        let from = verifier.as_ref().and_then(|v| v.header("from"));
+        let pending = verifier.map(|v| v.finish()).unwrap_or_default();
+        let sender = envelope.sender();
+        let checks = crate::trust::authres::check(
+            &auth.resolver,
+            peer.ip(),
+            &envelope.helo,
+            &sender,
+            &shared.hostname,
+            pending,
+            from.as_deref(),
+        );
+        // Bounded: a dead resolver must not hold the client until its DATA
+        // timeout; the message is then marked as not checked.
+        if let Some(n) = forged.as_ref().map(|f| f.removed).filter(|&n| n > 0) {
+            log::info!(
+                "auth id={id}: removed {n} Authentication-Results header(s) claiming to be ours"
+            );
+        }
+        match timeout(AUTH_CHECKS_TIMEOUT, checks).await {
+            None => {
+                log::info!("auth id={id} peer={}: checks timed out", peer.ip());
+                auth_header = Some(format!(
+                    "Authentication-Results: {}; none\r\n",
+                    shared.hostname
+                ));
+            }
+            Some(r) => {
+                let dmarc = r.dmarc.as_ref().map(|d| d.result).unwrap_or("none");
+                log::info!(
+                    "auth id={id} peer={} spf={} dkim={} dmarc={dmarc}",
+                    peer.ip(),
+                    r.spf.result.name(),
+                    r.dkim
+                        .iter()
+                        .map(|d| format!("{}:{}", d.domain, d.status.name()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                if auth.dmarc_reject && r.dmarc_reject() {
+                    let domain = r
+                        .dmarc
+                        .as_ref()
+                        .map(|d| d.from_domain.clone())
+                        .unwrap_or_default();
+                    log::info!(
+                        "refused id={id} peer={}: DMARC p=reject failure for {domain}",
+                        peer.ip()
+                    );
+                    return Ok(Some(session.policy_refused(&format!(
+                        "DMARC policy of {domain} says reject, and this message failed SPF and DKIM alignment"
+                    ))));
+                }
+                auth_header = Some(r.header(&shared.hostname));
+            }
+        }
+    }
+    let result = match write_error {
+        Some(e) => {
+            log::error!("spool {}: {e}", spool_path.display());
+            Err(if mbox::is_disk_full(&e) {
+                StoreError::DiskFull
+            } else {
+                StoreError::Local
+            })
+        }
+        None => {
+            store(
+                &envelope,
+                &id,
+                &spool_path,
+                ctx,
+                shared,
+                auth_header.as_deref(),
+            )
+            .await
+        }
+    };
+    drop(guard);
+    match result {
+        Ok(()) => log::info!(
+            "accepted id={id} from=<{}> rcpts={} size={size} peer={} helo={} tls={}",
+            envelope.sender(),
+            rcpt_list(&envelope),
+            peer.ip(),
+            envelope.helo,
+            envelope
+                .tls
+                .as_ref()
+                .map_or("no".to_string(), |t| format!("{}/{}", t.version, t.cipher)),
+        ),
+        Err(e) => log::warn!(
+            "not stored id={id} from=<{}> rcpts={} size={size} peer={}: {e:?}",
+            envelope.sender(),
+            rcpt_list(&envelope),
+            peer.ip(),
+        ),
+    }
+    Ok(Some(session.delivered(
+        result.as_ref().map(|()| id.as_str()).map_err(|e| *e),
+    )))
+}
+
+fn rcpt_list(env: &Envelope) -> String {
+    let v: Vec<String> = env.rcpts.iter().map(|r| format!("<{}>", r.addr)).collect();
+    v.join(",")
+}
+
+/// Removes the spool file however `receive` ends.
+struct SpoolGuard(PathBuf);
+
+impl Drop for SpoolGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Stores an accepted message: one copy in the mbox for local recipients.
+async fn store(
+    env: &Envelope,
+    id: &str,
+    spool: &std::path::Path,
+    ctx: &SmtpContext,
+    shared: &Shared,
+    auth_header: Option<&str>,
+) -> Result<(), StoreError> {
+    if env.has_local() {
+        let now = crate::util::timefmt::unix_now();
+        let mut prefix = mbox::from_line(&env.sender(), now);
+        prefix += &env.return_path_header();
+        // RFC 8601 5: above the trace fields we add, LF as in the mbox.
+        if let Some(h) = auth_header {
+            prefix += &h.replace("\r\n", "\n");
+        }
+        prefix += &env.received_header(&shared.hostname, id, now);
+        let d = Delivery {
+            prefix: prefix.into_bytes(),
+            spool: spool.to_path_buf(),
+        };
+        ctx.mbox.append(d).await.map_err(|e| {
+            log::error!("id={id}: cannot store in mbox: {e}");
+            match e {
+                MboxError::DiskFull => StoreError::DiskFull,
+                MboxError::Locked(_) => StoreError::Busy,
+                _ => StoreError::Local,
+            }
+        })?;
+    }
+    if env.remote_rcpts().next().is_some() {
+        enqueue(env, id, spool, ctx, shared).await?;
+    }
+    Ok(())
+}
+
+/// Queues the message for its remote recipients (submission): durable
+/// before the caller says `250`.
+async fn enqueue(
+    env: &Envelope,
+    id: &str,
+    spool: &std::path::Path,
+    ctx: &SmtpContext,
+    shared: &Shared,
+) -> Result<(), StoreError> {
+    let Some(outbox) = &ctx.outbox else {
+        log::error!("id={id}: no outbound queue");
+        return Err(StoreError::Local);
+    };
+    let now = crate::util::timefmt::unix_now();
+    let size = std::fs::metadata(spool).map(|m| m.len()).unwrap_or(0);
+    let mut entry = crate::send::queue::Entry::new(id, env.from.clone(), now, size);
+    entry.smtputf8 = env.smtputf8;
+    // Our Received: goes out in front of the message (RFC 5321 4.4).
+    entry.headers = env
+        .received_header(&shared.hostname, id, now)
+        .lines()
+        .map(|l| l.to_string())
+        .collect();
+    for r in env.remote_rcpts() {
+        entry.add_rcpt(r.addr.clone(), false);
+    }
+    let queue = outbox.queue.clone();
+    let spool = spool.to_path_buf();
+    let r = smol::unblock(move || queue.enqueue(&entry, &spool)).await;
+    match r {
+        Ok(()) => {
+            outbox.wake();
+            Ok(())
+        }
+        Err(e) => {
+            log::error!("id={id}: cannot queue: {e}");
+            Err(if e.is_disk_full() {
+                StoreError::DiskFull
+            } else {
+                StoreError::Local
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mail::address::{parse_mailbox, Destination};
+    use crate::mail::envelope::Recipient;
+
+    /// What an authenticated submission hands to `store`: remote
+    /// recipients are in the queue, durably, by the time it returns `Ok`
+    /// (the caller then says 250); the local one is in the mbox.
+    #[test]
+    fn store_queues_remote_recipients_before_ok() {
+        let dir = std::env::temp_dir().join(format!("pimail-conn-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data/spool")).unwrap();
+        let toml = format!(
+            "hostname = \"mail.example.org\"\ndomains = [\"example.org\"]\ndata_dir = {:?}\n\
+             [user]\nname = \"alice\"\npassword = \"$argon2id$v=19$m=64,t=1,p=1$d7bEe5+PDtR+c+lWi896vw$glblWHgdtnS/rmo83vVWocAP1oh4q0fcq6XvKfsvKO8\"\n\
+             addresses = [\"alice\"]\nmbox = {:?}\n",
+            dir.join("data").display().to_string(),
+            dir.join("mbox").display().to_string()
+        );
+        let config = crate::config::parse(&toml, "t.toml", &dir).unwrap();
+        let mbox = MboxWriter::start(&config.user.mbox, &config.data_dir).unwrap();
+        let (outbox, _worker) = crate::send::delivery::start(&config, mbox.clone()).unwrap();
+        let ctx = SmtpContext {
+            settings: Rc::new(Settings {
+                hostname: config.hostname.clone(),
+                policy: crate::mail::address::LocalPolicy::from_config(&config),
+                max_message_size: 1 << 20,
+                max_recipients: 10,
+                max_errors: 10,
+                tls_available: false,
+                user: "alice".into(),
+            }),
+            mbox,
+            spool_dir: dir.join("data/spool"),
+            outbox: Some(outbox.clone()),
+            tls: None,
+            password_hash: config.user.password_hash.clone(),
+            auth: None,
+        };
+        let shared = Shared::new(config.hostname.clone(), config.limits.clone());
+        let spool = dir.join("data/spool/ID1.msg");
+        std::fs::write(&spool, b"Subject: out\n\nhello\n").unwrap();
+        let rcpt = |s: &str, dest| Recipient {
+            addr: parse_mailbox(s, false).unwrap(),
+            dest,
+        };
+        let env = Envelope {
+            from: Some(parse_mailbox("alice@example.org", false).unwrap()),
+            rcpts: vec![
+                rcpt("bob@example.com", Destination::Remote),
+                rcpt("alice@example.org", Destination::Local),
+                rcpt("carol@example.net", Destination::Remote),
+            ],
+            helo: "laptop".into(),
+            esmtp: true,
+            peer: "127.0.0.1".parse().unwrap(),
+            tls: None,
+            auth: Some("alice".into()),
+            smtputf8: false,
+        };
+        smol::block_on(store(&env, "ID1", &spool, &ctx, &shared, None)).unwrap();
+        // The caller removes the spool file; the queue keeps its own link.
+        std::fs::remove_file(&spool).unwrap();
+        let q = &outbox.queue;
+        let e = q.load("ID1").unwrap();
+        let rcpts: Vec<String> = e.rcpts.iter().map(|r| r.addr.to_string()).collect();
+        assert_eq!(rcpts, vec!["bob@example.com", "carol@example.net"]);
+        assert_eq!(e.sender(), "alice@example.org");
+        assert!(e.headers[0].starts_with("Received: from laptop ([127.0.0.1])"));
+        assert!(e.headers.iter().any(|h| h.contains("with ESMTPA id ID1")));
+        assert_eq!(
+            std::fs::read(q.msg_path("ID1")).unwrap(),
+            b"Subject: out\n\nhello\n"
+        );
+        let mbox_text = std::fs::read_to_string(dir.join("mbox")).unwrap();
+        assert!(mbox_text.contains("Subject: out\n"), "{mbox_text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

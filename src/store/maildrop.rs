@@ -1,0 +1,1232 @@
+//! The POP3 view of the mbox: where each message is, its size as POP3
+//! reports it, and its UIDL; kept in an index under data_dir so that a login
+//! costs in proportion to the mail that arrived since the last one (SPEC
+//! "Budgets"); and the rewrite that removes deleted messages at QUIT
+//! (RFC 1939 section 6, the UPDATE state), in place and crash-safe with
+//! a redo journal.
+//!
+//! Message boundaries follow what Python's `mailbox` and mutt read: a line
+//! starting with `From ` starts a message; the empty line before it (and
+//! before the end of the file) is the separator, not part of the message.
+//! The size is the octets RETR sends before dot-stuffing: mboxrd quoting
+//! undone, every line ending in CRLF (RFC 1939 section 11 asks for the
+//! exact size a client will receive).
+//!
+//! UIDLs (RFC 1939 section 7) come from the message itself, so any rebuild
+//! of the index gives the same values: the id our SMTP side writes in the
+//! first `Received:` header (`by HOST (pimail) ... id ID`), or, for mail
+//! another program wrote, a hash of the message without the headers mail
+//! readers change (`Status:`, `X-Status:`...). Duplicates get `-2`, `-3`.
+//!
+//! The index is a cache: validated on every use against the mbox (device,
+//! inode, length, mtime and hashes of the first and last 4 KiB it covers),
+//! extended when mail was appended, rebuilt when another program rewrote
+//! the mbox. It is written without fsync; a torn or stale index is simply
+//! rebuilt.
+
+use crate::store::mbox::{Locked, MboxError};
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+pub enum MaildropError {
+    /// Locking or opening the mbox failed.
+    Mbox(MboxError),
+    Io {
+        context: String,
+        source: io::Error,
+    },
+    /// Another program changed the mbox during the session: deleting by
+    /// our offsets would hit the wrong messages, so nothing is deleted.
+    Changed,
+}
+
+impl std::fmt::Display for MaildropError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaildropError::Mbox(e) => write!(f, "{e}"),
+            MaildropError::Io { context, source } => write!(f, "{context}: {source}"),
+            MaildropError::Changed => write!(f, "the mbox was changed by another program"),
+        }
+    }
+}
+
+impl std::error::Error for MaildropError {}
+
+impl From<MboxError> for MaildropError {
+    fn from(e: MboxError) -> Self {
+        MaildropError::Mbox(e)
+    }
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> MaildropError {
+    let context = context.into();
+    move |source| MaildropError::Io { context, source }
+}
+
+/// One message of the mbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Start of its `From ` line.
+    pub offset: u64,
+    /// Start of its content (after the `From ` line).
+    pub start: u64,
+    /// End of its content (exclusive; the separator line is not content).
+    pub end: u64,
+    /// Octets as RETR sends them, before dot-stuffing.
+    pub size: u64,
+    /// The UIDL: derived from the content, `-N` added to duplicates.
+    pub uid: String,
+}
+
+/// The maildrop as a session sees it: fixed at login (RFC 1939 section 8:
+/// later mail shows in the next session).
+#[derive(Debug)]
+pub struct Snapshot {
+    pub messages: Vec<Message>,
+    /// The mbox length the snapshot covers.
+    pub len: u64,
+    /// The mbox open for reading: RETR reads from this file even if another
+    /// program replaces the mbox meanwhile.
+    pub file: File,
+    /// Identity of what was indexed, checked again before deleting.
+    pub stamp: Stamp,
+}
+
+/// Identifies the indexed part of one mbox file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub mtime_ns: i128,
+    pub head: u64,
+    pub tail: u64,
+}
+
+// ---- hashing ----------------------------------------------------------------------
+
+/// FNV-1a, 64 bit: enough to tell messages apart (duplicates still get
+/// distinct UIDLs) and to notice a rewritten mbox; no dependency.
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+const CHECK_SPAN: u64 = 4096;
+
+fn hash_range(file: &File, from: u64, to: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; (to - from) as usize];
+    file.read_exact_at(&mut buf, from)?;
+    let mut h = Fnv::new();
+    h.feed(&buf);
+    Ok(h.0)
+}
+
+/// The stamp of `file` covering its first `len` bytes.
+fn stamp(file: &File, len: u64) -> io::Result<Stamp> {
+    let meta = file.metadata()?;
+    Ok(Stamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len,
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        head: hash_range(file, 0, len.min(CHECK_SPAN))?,
+        tail: hash_range(file, len.saturating_sub(CHECK_SPAN), len)?,
+    })
+}
+
+/// Does `file` still hold, unchanged, the part that `s` describes (perhaps
+/// followed by appended mail)?
+fn still_holds(file: &File, s: &Stamp) -> io::Result<bool> {
+    let meta = file.metadata()?;
+    let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    if meta.dev() != s.dev || meta.ino() != s.ino || meta.len() < s.len {
+        return Ok(false);
+    }
+    // Same length but touched: rewritten in place (mutt does that).
+    if meta.len() == s.len && mtime_ns != s.mtime_ns {
+        return Ok(false);
+    }
+    Ok(hash_range(file, 0, s.len.min(CHECK_SPAN))? == s.head
+        && hash_range(file, s.len.saturating_sub(CHECK_SPAN), s.len)? == s.tail)
+}
+
+// ---- scanning ------------------------------------------------------------------------
+
+/// Headers that mail readers add or change when they rewrite an mbox; left
+/// out of the content hash so that UIDLs survive them.
+const VOLATILE: &[&[u8]] = &[
+    b"status",
+    b"x-status",
+    b"x-keywords",
+    b"x-uid",
+    b"x-imap",
+    b"x-imapbase",
+    b"content-length",
+    b"lines",
+    b"x-mozilla-status",
+    b"x-mozilla-status2",
+];
+
+/// Longest first `Received:` header we look into for our id.
+const MAX_RECEIVED: usize = 2048;
+
+enum Received {
+    NotSeen,
+    Collecting(Vec<u8>),
+    Done(Option<String>),
+}
+
+struct Current {
+    offset: u64,
+    start: u64,
+    /// Still inside the `From ` line (only if it spans read chunks).
+    in_from_line: bool,
+    size: u64,
+    /// An empty line seen last: the separator if a `From ` line or the end
+    /// follows, else content. Its length (1 for "\n").
+    pending_empty: u64,
+    /// The last line had no LF yet.
+    open_line: bool,
+    in_headers: bool,
+    skip_header: bool,
+    received: Received,
+    hash: Fnv,
+    hash_body: bool,
+}
+
+impl Current {
+    fn finish_received(&mut self) {
+        if let Received::Collecting(text) = &self.received {
+            self.received = Received::Done(pimail_id(text));
+        }
+    }
+
+    /// `last_cr`: the content's last byte is a CR. RETR ends an open
+    /// last line with CRLF, or with just the LF after a CR
+    /// ([`crate::read::pop3::retr::Encoder::finish`]); LIST must count the same.
+    fn into_message(mut self, end: u64, last_cr: bool) -> Message {
+        self.finish_received();
+        if self.open_line {
+            self.size += if last_cr { 1 } else { 2 };
+        }
+        let uid = match self.received {
+            Received::Done(Some(id)) => id,
+            _ => format!("h{:016x}", self.hash.0),
+        };
+        Message {
+            offset: self.offset,
+            start: self.start,
+            end,
+            size: self.size,
+            uid,
+        }
+    }
+}
+
+/// Our SMTP side's id in a `Received:` header: `... (pimail) ... id ID ...`.
+fn pimail_id(text: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(text).ok()?;
+    if !text.contains("(pimail)") {
+        return None;
+    }
+    let mut words = text.split_ascii_whitespace();
+    while let Some(w) = words.next() {
+        if w == "id" {
+            let id = words.next()?.trim_end_matches(';');
+            // RFC 1939 section 7: 1 to 70 characters in 0x21..0x7E.
+            let ok =
+                !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| (0x21..=0x7e).contains(&b));
+            return ok.then(|| id.to_string());
+        }
+    }
+    None
+}
+
+/// Finds messages in a stream of line pieces: a piece is a whole line with
+/// its LF, or a part of a line too long for the read buffer.
+struct Scanner {
+    messages: Vec<Message>,
+    current: Option<Current>,
+    /// The next piece starts a line.
+    line_start: bool,
+    prev_cr: bool,
+}
+
+impl Scanner {
+    fn new() -> Self {
+        Scanner {
+            messages: Vec::new(),
+            current: None,
+            line_start: true,
+            prev_cr: false,
+        }
+    }
+
+    fn piece(&mut self, pos: u64, p: &[u8]) {
+        let starts_line = self.line_start;
+        let ends_line = p.last() == Some(&b'\n');
+        self.line_start = ends_line;
+        let cr_before_lf = if p.len() >= 2 {
+            p[p.len() - 2] == b'\r'
+        } else {
+            self.prev_cr
+        };
+        self.prev_cr = p.last() == Some(&b'\r');
+        if starts_line && p.starts_with(b"From ") {
+            if let Some(cur) = self.current.take() {
+                let end = pos - cur.pending_empty;
+                // A `From ` line starts a line: the previous one is closed.
+                self.messages.push(cur.into_message(end, false));
+            }
+            let mut hash = Fnv::new();
+            hash.feed(p);
+            self.current = Some(Current {
+                offset: pos,
+                start: pos + p.len() as u64,
+                in_from_line: !ends_line,
+                size: 0,
+                pending_empty: 0,
+                open_line: false,
+                in_headers: true,
+                skip_header: false,
+                received: Received::NotSeen,
+                hash,
+                hash_body: true,
+            });
+            return;
+        }
+        let Some(cur) = self.current.as_mut() else {
+            return; // bytes before the first message
+        };
+        if cur.in_from_line {
+            cur.start = pos + p.len() as u64;
+            cur.in_from_line = !ends_line;
+            cur.hash.feed(p);
+            return;
+        }
+        if starts_line {
+            if cur.pending_empty > 0 {
+                cur.pending_empty = 0;
+                cur.size += 2;
+                if cur.hash_body {
+                    cur.hash.feed(b"\n");
+                }
+            }
+            if p == b"\n" {
+                cur.pending_empty = 1;
+                if cur.in_headers {
+                    cur.in_headers = false;
+                    cur.finish_received();
+                    cur.hash_body = !matches!(cur.received, Received::Done(Some(_)));
+                }
+                return;
+            }
+            if cur.in_headers {
+                if p == b"\r\n" {
+                    cur.in_headers = false;
+                    cur.finish_received();
+                    cur.hash_body = !matches!(cur.received, Received::Done(Some(_)));
+                } else if p[0] != b' ' && p[0] != b'\t' {
+                    // A new header field: its name decides.
+                    cur.finish_received();
+                    let name_end = p.iter().position(|&b| b == b':').unwrap_or(p.len());
+                    let name = &p[..name_end];
+                    cur.skip_header = VOLATILE.iter().any(|v| v.eq_ignore_ascii_case(name));
+                    if name.eq_ignore_ascii_case(b"received")
+                        && matches!(cur.received, Received::NotSeen)
+                    {
+                        cur.received = Received::Collecting(Vec::new());
+                    }
+                }
+            }
+            let n = p.iter().take_while(|&&b| b == b'>').count();
+            if n > 0 && p[n..].starts_with(b"From ") {
+                cur.size += p.len() as u64 - 1; // mboxrd quoting is undone on the way out
+            } else {
+                cur.size += p.len() as u64;
+            }
+        } else {
+            cur.size += p.len() as u64;
+        }
+        if ends_line && !cr_before_lf {
+            cur.size += 1;
+        }
+        cur.open_line = !ends_line;
+        if let Received::Collecting(text) = &mut cur.received {
+            if cur.in_headers && text.len() + p.len() <= MAX_RECEIVED {
+                text.extend_from_slice(p);
+            }
+        }
+        if (cur.in_headers && !cur.skip_header) || (!cur.in_headers && cur.hash_body) {
+            cur.hash.feed(p);
+        }
+    }
+
+    /// At a line start in the body of a message whose UIDL is known:
+    /// whole runs of lines can be taken at once ([`Scanner::bulk`]).
+    fn fast_body(&self) -> bool {
+        self.line_start
+            && matches!(&self.current, Some(c) if !c.in_headers && !c.hash_body && !c.in_from_line)
+    }
+
+    /// The same as [`Scanner::piece`] for each line of `r`, for a run of
+    /// whole body lines none of which starts with `From `: the size is
+    /// counted with a few vectorized searches instead of line by line
+    /// (the first login on a big mbox is mostly this).
+    fn bulk(&mut self, r: &[u8]) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        if r.is_empty() {
+            return;
+        }
+        if cur.pending_empty > 0 {
+            cur.pending_empty = 0;
+            cur.size += 2;
+        }
+        let lf = memchr::memchr_iter(b'\n', r).count() as u64;
+        let crlf = memchr::memmem::find_iter(r, b"\r\n").count() as u64;
+        let quoted_at = |line: &[u8]| {
+            let n = line.iter().take_while(|&&b| b == b'>').count();
+            n > 0 && line[n..].starts_with(b"From ")
+        };
+        let mut quoted = u64::from(quoted_at(r));
+        for j in memchr::memmem::find_iter(r, b"\n>") {
+            quoted += u64::from(quoted_at(&r[j + 1..]));
+        }
+        cur.size += r.len() as u64 + lf - crlf - quoted;
+        // A last empty line may be the separator: pending, as in `piece`.
+        if r.len() == 1 || r[r.len() - 2] == b'\n' {
+            cur.size -= 2;
+            cur.pending_empty = 1;
+        }
+        cur.open_line = false;
+        self.prev_cr = false;
+        self.line_start = true;
+    }
+
+    fn finish(mut self, len: u64) -> Vec<Message> {
+        if let Some(cur) = self.current.take() {
+            let end = len - cur.pending_empty;
+            self.messages.push(cur.into_message(end, self.prev_cr));
+        }
+        self.messages
+    }
+}
+
+/// Read buffer for scanning and copying.
+const CHUNK: usize = 256 * 1024;
+
+/// Scans `file` from `from` (a line start) to `to`.
+fn scan(file: &File, from: u64, to: u64) -> io::Result<Vec<Message>> {
+    scan_with(file, from, to, CHUNK)
+}
+
+/// [`scan`] with a given buffer size (small in tests, to cut lines at
+/// every place).
+fn scan_with(file: &File, from: u64, to: u64, chunk: usize) -> io::Result<Vec<Message>> {
+    let mut sc = Scanner::new();
+    let from_finder = memchr::memmem::Finder::new(b"\nFrom ");
+    let mut buf = vec![0u8; chunk];
+    let mut pos = from; // file offset of buf[0]
+    let mut filled = 0usize;
+    while pos + (filled as u64) < to {
+        let want = ((to - pos) as usize).min(chunk) - filled;
+        let n = file.read_at(&mut buf[filled..filled + want], pos + filled as u64)?;
+        if n == 0 {
+            break; // shorter than we were told: scan what is there
+        }
+        filled += n;
+        let mut i = 0;
+        loop {
+            if sc.fast_body() {
+                let rest = &buf[i..filled];
+                let undecided = rest.len() < 5 && b"From ".starts_with(rest);
+                if !rest.starts_with(b"From ") && !undecided {
+                    // Up to the next `From ` line, or the last whole line.
+                    let end = match from_finder.find(rest) {
+                        Some(j) => Some(j + 1),
+                        None => memchr::memrchr(b'\n', rest).map(|k| k + 1),
+                    };
+                    if let Some(e) = end {
+                        sc.bulk(&rest[..e]);
+                        i += e;
+                        continue;
+                    }
+                }
+            }
+            let Some(nl) = memchr::memchr(b'\n', &buf[i..filled]) else {
+                break;
+            };
+            sc.piece(pos + i as u64, &buf[i..i + nl + 1]);
+            i += nl + 1;
+        }
+        if i == 0 && filled == chunk {
+            // A line longer than the buffer: hand it on in parts.
+            sc.piece(pos, &buf[..filled]);
+            i = filled;
+        }
+        buf.copy_within(i..filled, 0);
+        filled -= i;
+        pos += i as u64;
+    }
+    if filled > 0 {
+        sc.piece(pos, &buf[..filled]);
+    }
+    Ok(sc.finish(pos + filled as u64))
+}
+
+/// Makes UIDLs unique: the first of equal ones keeps its UIDL, later ones
+/// get `-2`, `-3`... (the index keeps the result, so they stay stable).
+fn make_unique(messages: &mut [Message]) {
+    let dups: Vec<usize> = {
+        let mut seen: HashSet<&str> = HashSet::with_capacity(messages.len());
+        (0..messages.len())
+            .filter(|&i| !seen.insert(messages[i].uid.as_str()))
+            .collect()
+    };
+    if dups.is_empty() {
+        return; // the common case, without allocating
+    }
+    let mut all: HashSet<String> = messages.iter().map(|m| m.uid.clone()).collect();
+    for i in dups {
+        let base = messages[i].uid.clone();
+        let mut k = 2;
+        let mut candidate = format!("{base}-{k}");
+        while all.contains(&candidate) {
+            k += 1;
+            candidate = format!("{base}-{k}");
+        }
+        all.insert(candidate.clone());
+        messages[i].uid = candidate;
+    }
+}
+
+// ---- the index file -------------------------------------------------------------------
+
+const MAGIC: &str = "pimail-pop3-index 1";
+
+/// The index file for an mbox, under data_dir.
+pub fn index_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("pop3.index")
+}
+
+fn parse_index(text: &str) -> Option<(Stamp, Vec<Message>)> {
+    let mut lines = text.lines();
+    if lines.next()? != MAGIC {
+        return None;
+    }
+    let n: Vec<&str> = lines.next()?.split(' ').collect();
+    let [dev, ino, len, mtime, head, tail] = n.as_slice() else {
+        return None;
+    };
+    let stamp = Stamp {
+        dev: dev.parse().ok()?,
+        ino: ino.parse().ok()?,
+        len: len.parse().ok()?,
+        mtime_ns: mtime.parse().ok()?,
+        head: u64::from_str_radix(head, 16).ok()?,
+        tail: u64::from_str_radix(tail, 16).ok()?,
+    };
+    let mut messages = Vec::new();
+    let mut complete = false;
+    for line in lines {
+        if line == "end" {
+            complete = true;
+            break;
+        }
+        let mut f = line.split(' ');
+        let m = Message {
+            offset: f.next()?.parse().ok()?,
+            start: f.next()?.parse().ok()?,
+            end: f.next()?.parse().ok()?,
+            size: f.next()?.parse().ok()?,
+            uid: f.next()?.to_string(),
+        };
+        if f.next().is_some() || m.end > stamp.len || m.start > m.end {
+            return None;
+        }
+        messages.push(m);
+    }
+    complete.then_some((stamp, messages))
+}
+
+fn format_index(stamp: &Stamp, messages: &[Message]) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(64 + messages.len() * 48);
+    let _ = writeln!(
+        s,
+        "{MAGIC}\n{} {} {} {} {:016x} {:016x}",
+        stamp.dev, stamp.ino, stamp.len, stamp.mtime_ns, stamp.head, stamp.tail
+    );
+    for m in messages {
+        let _ = writeln!(s, "{} {} {} {} {}", m.offset, m.start, m.end, m.size, m.uid);
+    }
+    s.push_str("end\n");
+    s.into_bytes()
+}
+
+/// Writes the index (temp + rename; no fsync: it is a cache).
+fn save_index(path: &Path, stamp: &Stamp, messages: &[Message]) {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let r = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&format_index(stamp, messages)))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        // Only costs time at the next login.
+        log::warn!("cannot write {}: {e}", path.display());
+    }
+}
+
+/// Opens the maildrop: an interrupted deletion finished, the index
+/// checked, extended or rebuilt. Called with the
+/// mbox locked (from [`crate::store::mbox::MboxWriter::exclusive`]), so no append
+/// is half-written while we look.
+pub fn open(locked: &mut Locked, data_dir: &Path) -> Result<Snapshot, MaildropError> {
+    recover(locked, data_dir)?;
+    let index = &index_path(data_dir);
+    let path = locked.path.clone();
+    let file = &locked.file;
+    let len = file
+        .metadata()
+        .map_err(io_err(format!("cannot stat {}", path.display())))?
+        .len();
+    let cached = std::fs::read_to_string(index)
+        .ok()
+        .and_then(|t| parse_index(&t));
+    let (mut messages, resume) = match cached {
+        Some((s, mut msgs)) if still_holds(file, &s).unwrap_or(false) => {
+            // A last message without the blank separator line may grow by
+            // the line an append adds first: scan it again.
+            let mut tail = [0u8; 2];
+            let clean =
+                s.len < 2 || (file.read_exact_at(&mut tail, s.len - 2).is_ok() && &tail == b"\n\n");
+            match msgs.last() {
+                Some(last) if !clean && len > s.len => {
+                    let from = last.offset;
+                    msgs.pop();
+                    (msgs, from)
+                }
+                _ => (msgs, s.len),
+            }
+        }
+        Some(_) => {
+            log::info!(
+                "{} was changed by another program; re-indexing it",
+                path.display()
+            );
+            (Vec::new(), 0)
+        }
+        None => (Vec::new(), 0),
+    };
+    let indexed = messages.len();
+    if resume < len {
+        let new =
+            scan(file, resume, len).map_err(io_err(format!("cannot read {}", path.display())))?;
+        messages.extend(new);
+        make_unique(&mut messages);
+    }
+    let st = stamp(file, len).map_err(io_err(format!("cannot read {}", path.display())))?;
+    if resume < len || indexed == 0 {
+        log::debug!(
+            "{}: indexed {} new message(s) from offset {resume}",
+            path.display(),
+            messages.len() - indexed
+        );
+        save_index(index, &st, &messages);
+    }
+    let reader = File::open(&path).map_err(io_err(format!("cannot open {}", path.display())))?;
+    Ok(Snapshot {
+        messages,
+        len,
+        file: reader,
+        stamp: st,
+    })
+}
+
+/// What a session hands to the rewrite at QUIT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expunge {
+    pub messages: Vec<Message>,
+    pub stamp: Stamp,
+    pub deleted: Vec<bool>,
+}
+
+/// Removes the deleted messages (RFC 1939 UPDATE state), under the locks.
+///
+/// The mbox is rewritten in place, so it keeps its inode, owner, group and
+/// mode (a `/var/mail/alice` owned by alice, read by mutt, stays hers), and
+/// its directory need not be writable. Crash-safe with a redo journal in
+/// data_dir:
+///
+/// 1. the new content from the first deleted message on (kept messages,
+///    then any mail appended after the session's login) goes to
+///    `pop3.expunge.data`, fsynced;
+/// 2. `pop3.expunge` records where it goes and what the mbox looked like
+///    (written durably);
+/// 3. the data is copied over the mbox from that offset, the mbox is cut
+///    to its new length and fsynced;
+/// 4. the journal is marked done, durably, before the locks are released.
+///
+/// A crash before 2 leaves the mbox untouched; after it, [`recover`] at the
+/// next start redoes 3 (it is idempotent). At worst deleted messages come
+/// back; a message that was not deleted is never lost.
+pub fn expunge(locked: &mut Locked, x: &Expunge, data_dir: &Path) -> Result<usize, MaildropError> {
+    let count = x.deleted.iter().filter(|&&d| d).count();
+    if count == 0 {
+        return Ok(0);
+    }
+    // A deletion a crash interrupted must be finished first.
+    recover(locked, data_dir)?;
+    let path = locked.path.clone();
+    let rd = |e| MaildropError::Io {
+        context: format!("cannot read {}", path.display()),
+        source: e,
+    };
+    if !still_holds(&locked.file, &x.stamp).map_err(rd)? {
+        return Err(MaildropError::Changed);
+    }
+    let plan = plan(x, locked.file.metadata().map_err(rd)?.len());
+    let job = prepare(&locked.file, &plan, data_dir)?;
+    if let Err(e) = apply(&locked.file, &job, data_dir, &path) {
+        // Half-copied: finish it now if the disk lets us, else at the
+        // next start (the journal stays pending).
+        log::error!("{e}; trying again");
+        apply(&locked.file, &job, data_dir, &path)?;
+    }
+    finish(data_dir)?;
+    // The index for the rewritten mbox; mail after the kept part is
+    // indexed at the next login.
+    if let Ok(st) = stamp(&locked.file, plan.kept_len) {
+        save_index(&index_path(data_dir), &st, &plan.kept);
+    }
+    Ok(count)
+}
+
+/// What the rewrite does: the new content from `from` on is `ranges` of
+/// the old file, in order.
+struct Plan {
+    from: u64,
+    old_len: u64,
+    ranges: Vec<(u64, u64)>,
+    kept: Vec<Message>,
+    kept_len: u64,
+}
+
+fn plan(x: &Expunge, len: u64) -> Plan {
+    let first_deleted = x.deleted.iter().position(|&d| d).unwrap_or(0);
+    let from = x
+        .messages
+        .get(first_deleted)
+        .map_or(x.stamp.len, |m| m.offset);
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut push = |a: u64, b: u64| match ranges.last_mut() {
+        Some(last) if last.1 == a => last.1 = b,
+        _ if a < b => ranges.push((a, b)),
+        _ => {}
+    };
+    let mut kept = Vec::new();
+    let mut new_pos = from;
+    for (i, m) in x.messages.iter().enumerate() {
+        if m.offset < from {
+            kept.push(m.clone());
+            continue;
+        }
+        let next = x.messages.get(i + 1).map_or(x.stamp.len, |n| n.offset);
+        if x.deleted[i] {
+            continue;
+        }
+        let shift = m.offset - new_pos;
+        kept.push(Message {
+            offset: m.offset - shift,
+            start: m.start - shift,
+            end: m.end - shift,
+            size: m.size,
+            uid: m.uid.clone(),
+        });
+        new_pos += next - m.offset;
+        push(m.offset, next);
+    }
+    let kept_len = new_pos;
+    // Mail that arrived during the session.
+    push(x.stamp.len, len);
+    Plan {
+        from,
+        old_len: len,
+        ranges,
+        kept,
+        kept_len,
+    }
+}
+
+const JOURNAL: &str = "pop3.expunge";
+const JOURNAL_DATA: &str = "pop3.expunge.data";
+
+/// A redo record: copy `data` (of `len` bytes, hash `hash`) over the mbox
+/// identified by dev/ino at `from`, then cut it to `from + len`. Valid
+/// while the mbox is `old_len` long (before the cut) or `from + len`
+/// (after it).
+#[derive(Debug, PartialEq, Eq)]
+struct Job {
+    dev: u64,
+    ino: u64,
+    from: u64,
+    old_len: u64,
+    len: u64,
+    hash: u64,
+}
+
+fn format_job(j: &Job) -> String {
+    format!(
+        "pimail-expunge 1 pending\n{} {} {} {} {} {:016x}\n",
+        j.dev, j.ino, j.from, j.old_len, j.len, j.hash
+    )
+}
+
+fn parse_job(text: &str) -> Option<Job> {
+    let mut lines = text.lines();
+    if lines.next()? != "pimail-expunge 1 pending" {
+        return None;
+    }
+    let f: Vec<&str> = lines.next()?.split(' ').collect();
+    let [dev, ino, from, old_len, len, hash] = f.as_slice() else {
+        return None;
+    };
+    Some(Job {
+        dev: dev.parse().ok()?,
+        ino: ino.parse().ok()?,
+        from: from.parse().ok()?,
+        old_len: old_len.parse().ok()?,
+        len: len.parse().ok()?,
+        hash: u64::from_str_radix(hash, 16).ok()?,
+    })
+}
+
+/// Steps 1 and 2: the new content, fsynced, then the durable journal.
+fn prepare(file: &File, plan: &Plan, data_dir: &Path) -> Result<Job, MaildropError> {
+    let data_path = data_dir.join(JOURNAL_DATA);
+    let werr = |e| MaildropError::Io {
+        context: format!("cannot write {}", data_path.display()),
+        source: e,
+    };
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&data_path)
+        .map_err(werr)?;
+    let mut hash = Fnv::new();
+    let mut len = 0u64;
+    let copied = (|| -> io::Result<()> {
+        let mut buf = vec![0u8; CHUNK];
+        for &(a, b) in &plan.ranges {
+            let mut at = a;
+            while at < b {
+                let n = ((b - at) as usize).min(CHUNK);
+                file.read_exact_at(&mut buf[..n], at)?;
+                out.write_all(&buf[..n])?;
+                hash.feed(&buf[..n]);
+                at += n as u64;
+                len += n as u64;
+            }
+        }
+        out.sync_all()
+    })();
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&data_path);
+        return Err(werr(e));
+    }
+    let meta = file.metadata().map_err(io_err("cannot stat the mbox"))?;
+    let job = Job {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        from: plan.from,
+        old_len: plan.old_len,
+        len,
+        hash: hash.0,
+    };
+    let jpath = data_dir.join(JOURNAL);
+    crate::util::paths::write_atomic(&jpath, format_job(&job).as_bytes())
+        .map_err(io_err(format!("cannot write {}", jpath.display())))?;
+    Ok(job)
+}
+
+/// Step 3: copy the new content over the mbox, cut it, fsync.
+fn apply(file: &File, job: &Job, data_dir: &Path, path: &Path) -> Result<(), MaildropError> {
+    let done = (|| -> io::Result<()> {
+        let data = File::open(data_dir.join(JOURNAL_DATA))?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut at = 0u64;
+        while at < job.len {
+            let n = ((job.len - at) as usize).min(CHUNK);
+            data.read_exact_at(&mut buf[..n], at)?;
+            file.write_all_at(&buf[..n], job.from + at)?;
+            at += n as u64;
+        }
+        file.set_len(job.from + job.len)?;
+        file.sync_all()
+    })();
+    done.map_err(io_err(format!("cannot rewrite {}", path.display())))
+}
+
+/// Step 4: the journal says done, durably; the data file goes.
+fn finish(data_dir: &Path) -> Result<(), MaildropError> {
+    let jpath = data_dir.join(JOURNAL);
+    crate::util::paths::write_atomic(&jpath, b"pimail-expunge 1 done\n")
+        .map_err(io_err(format!("cannot write {}", jpath.display())))?;
+    let _ = std::fs::remove_file(data_dir.join(JOURNAL_DATA));
+    Ok(())
+}
+
+/// Finishes a deletion a crash interrupted (see [`expunge`]). Called with
+/// the mbox locked, at start and before every rewrite.
+pub fn recover(locked: &mut Locked, data_dir: &Path) -> Result<(), MaildropError> {
+    let jpath = data_dir.join(JOURNAL);
+    let Ok(text) = std::fs::read_to_string(&jpath) else {
+        return Ok(()); // no journal: nothing was ever interrupted
+    };
+    let Some(job) = parse_job(&text) else {
+        return Ok(()); // done (or never completely written: step 2 not reached)
+    };
+    let path = locked.path.clone();
+    let meta = locked
+        .file
+        .metadata()
+        .map_err(io_err(format!("cannot stat {}", path.display())))?;
+    let data_path = data_dir.join(JOURNAL_DATA);
+    let data_ok = File::open(&data_path)
+        .and_then(|f| {
+            let len = f.metadata()?.len();
+            Ok(len == job.len && hash_range(&f, 0, len)? == job.hash)
+        })
+        .unwrap_or(false);
+    let same_mbox = meta.dev() == job.dev
+        && meta.ino() == job.ino
+        && (meta.len() == job.old_len || meta.len() == job.from + job.len);
+    if data_ok && same_mbox {
+        log::warn!(
+            "{}: finishing a POP3 deletion that a crash interrupted",
+            path.display()
+        );
+        apply(&locked.file, &job, data_dir, &path)?;
+    } else {
+        log::error!(
+            "{}: a POP3 deletion was interrupted, but the mbox has changed since \
+             (or its saved data is damaged); leaving the mbox as it is",
+            path.display()
+        );
+    }
+    finish(data_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_bytes(data: &[u8]) -> Vec<Message> {
+        let d = std::env::temp_dir().join(format!(
+            "pimail-maildrop-{}-{}",
+            std::process::id(),
+            data.len()
+        ));
+        std::fs::write(&d, data).unwrap();
+        let f = File::open(&d).unwrap();
+        let m = scan(&f, 0, data.len() as u64).unwrap();
+        std::fs::remove_file(&d).unwrap();
+        m
+    }
+
+    /// What RETR sends for a message, the slow obvious way.
+    fn pop_form(content: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in content.split_inclusive(|&b| b == b'\n') {
+            let line = crate::store::mbox::unquote_line(line);
+            match line.strip_suffix(b"\n") {
+                Some(l) => {
+                    let l = l.strip_suffix(b"\r").unwrap_or(l);
+                    out.extend_from_slice(l);
+                    out.extend_from_slice(b"\r\n");
+                }
+                None => {
+                    out.extend_from_slice(line);
+                    // As RETR: a last line cut after its CR gets the LF.
+                    if !line.ends_with(b"\r") {
+                        out.push(b'\r');
+                    }
+                    out.push(b'\n');
+                }
+            }
+        }
+        out
+    }
+
+    const RECEIVED: &str = "Received: from a ([127.0.0.1])\n\tby mail.example.org (pimail)\n\twith ESMTP id 0000ABCD00000001\n\tfor <alice@example.org>;\n\tThu, 1 Jan 1970 00:00:00 +0000\n";
+
+    #[test]
+    fn boundaries_sizes_and_uids() {
+        let m1 = format!("Return-Path: <b@c>\n{RECEIVED}Subject: one\n\n>From quoted\n\nlast\n");
+        let m2 = "Subject: foreign\nStatus: RO\n\nbody\n";
+        let m3 = "Subject: no final newline\n\nx";
+        let mbox = format!(
+            "junk before\nFrom b@c Thu Jan  1 00:00:00 1970\n{m1}\nFrom x Thu Jan  1 00:00:00 1970\n{m2}\nFrom y Thu Jan  1 00:00:00 1970\n{m3}"
+        );
+        let msgs = scan_bytes(mbox.as_bytes());
+        assert_eq!(msgs.len(), 3);
+        for (m, content) in msgs.iter().zip([m1.as_str(), m2, m3]) {
+            assert_eq!(
+                &mbox.as_bytes()[m.start as usize..m.end as usize],
+                content.as_bytes()
+            );
+            assert_eq!(
+                m.size,
+                pop_form(content.as_bytes()).len() as u64,
+                "{content:?}"
+            );
+        }
+        assert_eq!(msgs[0].uid, "0000ABCD00000001");
+        assert!(msgs[1].uid.starts_with('h') && msgs[1].uid.len() == 17);
+        // A reader that adds or changes Status: keeps the UIDL.
+        let edited = mbox.replace("Status: RO\n", "Status: O\nX-Status: A\n");
+        let again = scan_bytes(edited.as_bytes());
+        assert_eq!(again[1].uid, msgs[1].uid);
+        // Changing the body changes it.
+        let other = mbox.replace("body\n", "bodz\n");
+        assert_ne!(scan_bytes(other.as_bytes())[1].uid, msgs[1].uid);
+    }
+
+    /// Found by fuzz/fuzz_targets/maildrop.rs: a mbox ending in a bare CR
+    /// made LIST say one octet more than RETR sent ("\r" goes out as
+    /// "\r\n", not "\r\r\n").
+    #[test]
+    fn size_of_a_last_line_cut_after_cr_matches_retr() {
+        for (mbox, content) in [
+            (&b"\nFrom \n\r"[..], &b"\r"[..]),
+            (b"From x\nSubject: a\n\nbody\r", b"Subject: a\n\nbody\r"),
+            (b"From x\nSubject: a\n\nbody", b"Subject: a\n\nbody"),
+        ] {
+            let msgs = scan_bytes(mbox);
+            assert_eq!(msgs.len(), 1);
+            let mut retr = Vec::new();
+            let mut enc = crate::read::pop3::retr::Encoder::new(None);
+            for line in content.split_inclusive(|&b| b == b'\n') {
+                enc.piece(line, &mut retr);
+            }
+            enc.finish(&mut retr);
+            assert!(retr.ends_with(b"\r\n.\r\n"));
+            assert_eq!(msgs[0].size, retr.len() as u64 - 3, "{mbox:?}");
+            assert_eq!(msgs[0].size, pop_form(content).len() as u64);
+        }
+    }
+
+    #[test]
+    fn small_buffers_find_the_same_messages() {
+        let mut mbox = String::new();
+        for i in 0..6 {
+            mbox += &format!(
+                "From x Thu Jan  1 00:00:00 1970\nReceived: by h (pimail)\n\twith ESMTP id ID{i}\nSubject: {}\n\n>From q\n{}\n\n\ncr\r\n\r\n>>From r\nx From y\n>Fro\n\n\n",
+                "s".repeat(i * 7),
+                "b".repeat(i * 13)
+            );
+        }
+        let path = tmpdir("chunks").join("mbox");
+        std::fs::write(&path, &mbox).unwrap();
+        let f = File::open(&path).unwrap();
+        let want = scan(&f, 0, mbox.len() as u64).unwrap();
+        assert_eq!(want.len(), 6);
+        assert_eq!(want[5].uid, "ID5");
+        for chunk in 12..80 {
+            assert_eq!(
+                scan_with(&f, 0, mbox.len() as u64, chunk).unwrap(),
+                want,
+                "chunk {chunk}"
+            );
+        }
+        for m in &want {
+            let content = &mbox.as_bytes()[m.start as usize..m.end as usize];
+            assert_eq!(m.size, pop_form(content).len() as u64);
+            assert!(
+                content.ends_with(b">Fro\n\n"),
+                "{:?}",
+                String::from_utf8_lossy(content)
+            );
+        }
+    }
+
+    #[test]
+    fn long_lines_span_chunks() {
+        let long = "a".repeat(CHUNK * 2 + 17);
+        let content = format!("Subject: long\n\n{long}\n>From x\n");
+        let mbox = format!("From x Thu Jan  1 00:00:00 1970\n{content}\n");
+        let msgs = scan_bytes(mbox.as_bytes());
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(msgs[0].size, pop_form(content.as_bytes()).len() as u64);
+        assert_eq!(msgs[0].end as usize, mbox.len() - 1);
+    }
+
+    #[test]
+    fn duplicate_uids_are_made_unique() {
+        let m = |uid: &str| Message {
+            offset: 0,
+            start: 0,
+            end: 0,
+            size: 0,
+            uid: uid.into(),
+        };
+        let mut v = vec![m("a"), m("a"), m("a-2"), m("b"), m("a")];
+        make_unique(&mut v);
+        let u: Vec<&str> = v.iter().map(|m| m.uid.as_str()).collect();
+        assert_eq!(u, ["a", "a-3", "a-2", "b", "a-4"]);
+    }
+
+    #[test]
+    fn index_round_trip() {
+        let s = Stamp {
+            dev: 1,
+            ino: 2,
+            len: 100,
+            mtime_ns: 5,
+            head: 7,
+            tail: 8,
+        };
+        let msgs = vec![Message {
+            offset: 0,
+            start: 10,
+            end: 90,
+            size: 85,
+            uid: "abc".into(),
+        }];
+        let text = String::from_utf8(format_index(&s, &msgs)).unwrap();
+        assert_eq!(parse_index(&text), Some((s, msgs)));
+        // Torn: no end marker.
+        assert_eq!(parse_index(text.trim_end_matches("end\n")), None);
+    }
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pimail-maildrop-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn five() -> (String, String) {
+        let m = |i: usize| format!("From a Thu Jan  1 00:00:00 1970\nSubject: {i}\n\nbody {i}\n\n");
+        let all: String = (0..5).map(m).collect();
+        let kept: String = [0, 2, 4].into_iter().map(m).collect();
+        (all, kept)
+    }
+
+    #[test]
+    fn expunge_keeps_mail_that_arrived_during_the_session() {
+        let d = tmpdir("expunge");
+        let mbox = d.join("mbox");
+        let (all, kept) = five();
+        std::fs::write(&mbox, &all).unwrap();
+        let mut l = crate::store::mbox::lock(&mbox).unwrap();
+        let snap = open(&mut l, &d).unwrap();
+        assert_eq!(snap.messages.len(), 5);
+        drop(l);
+        let late = "From b Thu Jan  1 00:00:00 1970\nSubject: late\n\nnew\n\n";
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&mbox)
+            .unwrap()
+            .write_all(late.as_bytes())
+            .unwrap();
+        let x = Expunge {
+            messages: snap.messages,
+            stamp: snap.stamp,
+            deleted: vec![false, true, false, true, false],
+        };
+        let mut l = crate::store::mbox::lock(&mbox).unwrap();
+        assert_eq!(expunge(&mut l, &x, &d).unwrap(), 2);
+        assert_eq!(
+            std::fs::read_to_string(&mbox).unwrap(),
+            format!("{kept}{late}")
+        );
+        // The saved index fits the new mbox: the next open scans only "late".
+        let again = open(&mut l, &d).unwrap();
+        let subjects: Vec<u64> = again.messages.iter().map(|m| m.offset).collect();
+        assert_eq!(again.messages.len(), 4, "{subjects:?}");
+        assert_eq!(again.messages[0].uid, x.messages[0].uid);
+        assert_eq!(again.messages[1].uid, x.messages[2].uid);
+        assert!(!d.join(JOURNAL_DATA).exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_rewrite_is_finished_by_recover() {
+        let d = tmpdir("recover");
+        let mbox = d.join("mbox");
+        let (all, kept) = five();
+        std::fs::write(&mbox, &all).unwrap();
+        let mut l = crate::store::mbox::lock(&mbox).unwrap();
+        let snap = open(&mut l, &d).unwrap();
+        let x = Expunge {
+            messages: snap.messages,
+            stamp: snap.stamp,
+            deleted: vec![false, true, false, true, false],
+        };
+        // Steps 1 and 2, then half of step 3, then a "crash".
+        let p = plan(&x, all.len() as u64);
+        let job = prepare(&l.file, &p, &d).unwrap();
+        let data = std::fs::read(d.join(JOURNAL_DATA)).unwrap();
+        l.file
+            .write_all_at(&data[..data.len() / 2], job.from)
+            .unwrap();
+        drop(l);
+        let mut l = crate::store::mbox::lock(&mbox).unwrap();
+        recover(&mut l, &d).unwrap();
+        assert_eq!(std::fs::read_to_string(&mbox).unwrap(), kept);
+        // Done: a second recovery changes nothing.
+        std::fs::write(&mbox, &all).unwrap();
+        recover(&mut l, &d).unwrap();
+        assert_eq!(std::fs::read_to_string(&mbox).unwrap(), all);
+        // An mbox another program changed after the crash is left alone.
+        let p = plan(&x, all.len() as u64);
+        prepare(&l.file, &p, &d).unwrap();
+        std::fs::write(&mbox, "From z Thu Jan  1 00:00:00 1970\n\nother\n\n").unwrap();
+        recover(&mut l, &d).unwrap();
+        assert!(std::fs::read_to_string(&mbox).unwrap().contains("other"));
+        assert_eq!(
+            parse_job(&std::fs::read_to_string(d.join(JOURNAL)).unwrap()),
+            None
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn pimail_ids() {
+        assert_eq!(
+            pimail_id(RECEIVED.as_bytes()).as_deref(),
+            Some("0000ABCD00000001")
+        );
+        assert_eq!(pimail_id(b"Received: by x (postfix) id ABC;"), None);
+        assert_eq!(
+            pimail_id(b"Received: by x (pimail) with ESMTP id ABC;"),
+            Some("ABC".into())
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! Where accepted mail lives: the user's mbox (mboxrd, dot-lock and
+//! `fcntl` locks, crash-safe appends and rewrites) and the POP3 maildrop
+//! index over it (sizes, UIDLs, the rewrite at QUIT; RFC 1939). Receive,
+//! send (local delivery, bounces) and read all go through here.
+
+pub mod maildrop;
+pub mod mbox;
