@@ -1,6 +1,6 @@
 //! pimail-loadgen: the SMTP load client of `bench/smtp.py`.
 //!
-//! One thread drives every connection: non-blocking sockets and poll(2),
+//! One thread drives every connection: non-blocking sockets and epoll,
 //! so the client's CPU stays a small share of the machine that also runs
 //! the server under test. Each connection sends EHLO once, then messages
 //! back to back: MAIL FROM, RCPT TO and DATA in one write when the server
@@ -202,6 +202,9 @@ struct Conn {
     t_data_end: Option<Instant>,
     last_progress: Instant,
     error: Option<String>,
+    /// Registered with epoll, and for EPOLLOUT too.
+    registered: bool,
+    watching_out: bool,
 }
 
 /// What the whole run counts.
@@ -266,6 +269,8 @@ impl Conn {
             t_data_end: None,
             last_progress: now,
             error: None,
+            registered: false,
+            watching_out: false,
         }
     }
 
@@ -335,14 +340,13 @@ impl Conn {
     }
 
     /// Reads what has arrived; false when the connection ended.
-    fn fill(&mut self) -> bool {
+    fn fill(&mut self, chunk: &mut [u8]) -> bool {
         for _ in 0..64 {
             if self.inbuf.len() - self.in_start > MAX_LINE {
                 self.fail(format!("reply line longer than {MAX_LINE} bytes"));
                 return false;
             }
-            let mut chunk = [0u8; 16 << 10];
-            match self.sock.read(&mut chunk) {
+            match self.sock.read(chunk) {
                 Ok(0) => {
                     if self.state == State::Quit {
                         self.state = State::Done;
@@ -561,8 +565,8 @@ impl Conn {
     }
 
     /// Reads and handles every reply that has arrived, then writes.
-    fn on_readable(&mut self, job: &mut Job, tot: &mut Totals) {
-        let open = self.fill();
+    fn on_readable(&mut self, job: &mut Job, tot: &mut Totals, chunk: &mut [u8]) {
+        let open = self.fill(chunk);
         let now = Instant::now();
         loop {
             match self.next_reply() {
@@ -627,6 +631,77 @@ fn opt(v: Option<f64>) -> String {
     v.map_or("null".into(), |x| format!("{x:.3}"))
 }
 
+/// A level-triggered epoll set: EPOLLIN always, EPOLLOUT while a
+/// connection has something to write; each ready connection costs one
+/// event, however many are idle (poll(2) would look at every one).
+struct Epoll(std::os::fd::OwnedFd);
+
+impl Epoll {
+    fn new() -> Result<Epoll, String> {
+        // SAFETY: plain syscall; a valid fd is owned by the OwnedFd.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!("epoll_create1: {}", io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a new descriptor that nothing else owns.
+        Ok(Epoll(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+    }
+
+    fn ctl(&self, op: libc::c_int, c: &Conn, out: bool) -> Result<(), String> {
+        let mut events = libc::EPOLLIN as u32;
+        if out {
+            events |= libc::EPOLLOUT as u32;
+        }
+        let mut ev = libc::epoll_event {
+            events,
+            u64: c.id as u64,
+        };
+        // SAFETY: both fds are open; ev is a valid epoll_event.
+        let r = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, c.sock.as_raw_fd(), &mut ev) };
+        if r != 0 {
+            return Err(format!("epoll_ctl: {}", io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Brings the registration in line with the connection's state;
+    /// returns 1 when the connection just ended (to count it off).
+    fn sync(&self, c: &mut Conn) -> Result<usize, String> {
+        if !c.active() {
+            if c.registered {
+                c.registered = false;
+                self.ctl(libc::EPOLL_CTL_DEL, c, false)?;
+                return Ok(1);
+            }
+            return Ok(0);
+        }
+        let out = c.wants_write();
+        if !c.registered {
+            self.ctl(libc::EPOLL_CTL_ADD, c, out)?;
+            c.registered = true;
+            c.watching_out = out;
+        } else if out != c.watching_out {
+            self.ctl(libc::EPOLL_CTL_MOD, c, out)?;
+            c.watching_out = out;
+        }
+        Ok(0)
+    }
+
+    fn wait(&self, events: &mut [libc::epoll_event], ms: i32) -> Result<usize, String> {
+        let max = libc::c_int::try_from(events.len()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: events is a valid buffer of at least `max` entries.
+        let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), max, ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(format!("epoll_wait: {e}"));
+        }
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+}
+
 fn run(args: &Args) -> Result<bool, String> {
     let body = make_body(args.size);
     let ids = match &args.ids {
@@ -671,18 +746,28 @@ fn run(args: &Args) -> Result<bool, String> {
         conns.push(Conn::new(id, s, args.pipelining));
     }
 
-    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(conns.len());
-    let mut idx: Vec<usize> = Vec::with_capacity(conns.len());
+    let ep = Epoll::new()?;
+    for c in &mut conns {
+        ep.sync(c)?;
+    }
+    let mut active = conns.len();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; conns.len().min(1024)];
+    let mut chunk = vec![0u8; 16 << 10];
     let mut t_start: Option<Instant> = None;
     let mut cpu_start = (0.0, 0.0);
+    let mut last_check = Instant::now();
     // The loop ends when every connection is done or failed; a connection
     // without progress for --timeout fails, so this is bounded.
-    loop {
+    while active > 0 {
         let now = Instant::now();
-        for c in conns.iter_mut().filter(|c| c.active()) {
-            if now.duration_since(c.last_progress) > args.timeout {
-                let s = c.state;
-                c.fail(format!("no progress for {:?} in {s:?}", args.timeout));
+        if now.duration_since(last_check) >= Duration::from_millis(100) {
+            last_check = now;
+            for c in conns.iter_mut().filter(|c| c.active()) {
+                if now.duration_since(c.last_progress) > args.timeout {
+                    let s = c.state;
+                    c.fail(format!("no progress for {:?} in {s:?}", args.timeout));
+                    active -= ep.sync(c)?;
+                }
             }
         }
         if t_start.is_none()
@@ -699,44 +784,25 @@ fn run(args: &Args) -> Result<bool, String> {
                 c.last_progress = now;
                 c.begin(&mut job, &mut tot, now);
                 c.flush(&body);
+                active -= ep.sync(c)?;
             }
+            continue;
         }
-        fds.clear();
-        idx.clear();
-        for (i, c) in conns.iter().enumerate() {
-            if c.active() {
-                let mut events = libc::POLLIN;
-                if c.wants_write() {
-                    events |= libc::POLLOUT;
-                }
-                fds.push(libc::pollfd {
-                    fd: c.sock.as_raw_fd(),
-                    events,
-                    revents: 0,
-                });
-                idx.push(i);
-            }
-        }
-        if fds.is_empty() {
-            break;
-        }
-        // SAFETY: fds is a valid array of fds.len() pollfd structs.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 250) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(format!("poll: {e}"));
-        }
-        for (f, &i) in fds.iter().zip(&idx) {
-            let c = &mut conns[i];
-            if f.revents & libc::POLLOUT != 0 {
+        let n = ep.wait(&mut events, 250)?;
+        for ev in &events[..n] {
+            let Some(c) = usize::try_from(ev.u64).ok().and_then(|i| conns.get_mut(i)) else {
+                return Err(format!("epoll returned an unknown connection {}", {
+                    ev.u64
+                }));
+            };
+            let flags = ev.events;
+            if flags & libc::EPOLLOUT as u32 != 0 {
                 c.flush(&body);
             }
-            if f.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                c.on_readable(&mut job, &mut tot);
+            if flags & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 {
+                c.on_readable(&mut job, &mut tot, &mut chunk);
             }
+            active -= ep.sync(c)?;
         }
     }
     let t_end = Instant::now();
