@@ -910,7 +910,7 @@ def markdown(r):
     client = r.get("load_client", "python")
     out.append(
         (
-            "Load client: `bench/loadgen` (Rust, all connections on one thread, poll(2)). "
+            "Load client: `bench/loadgen` (Rust, all connections on one thread, epoll). "
             if client == "rust"
             else "Load client: the threaded Python client (fallback, see the notes). "
         )
