@@ -473,3 +473,36 @@ fn dmarc_failures_are_marked_by_default_and_refused_when_configured() {
     );
     assert_eq!(code, 250, "{text}");
 }
+
+/// RFC 7489 6.6.4: `pct=50` applies `p=reject` to about half of the
+/// failing messages; the others are accepted (as quarantine), none lost.
+#[test]
+fn dmarc_pct_rejects_only_a_sample() {
+    let dns = FakeDns::start();
+    dns.txt("_dmarc.half.test", &["v=DMARC1; p=reject; pct=50"]);
+    dns.txt("half.test", &["v=spf1 ip4:192.0.2.1 -all"]);
+    let msg = b"From: <news@half.test>\r\nTo: alice@example.org\r\nSubject: sample\r\n\r\nHi.\r\n";
+    let srv = checking_server(&dns, "dmarc_reject = true");
+    let mut c = srv.connect();
+    c.hello();
+    let (mut refused, mut accepted) = (0, 0);
+    for _ in 0..40 {
+        let (code, text) = c.send_message("news@half.test", &["alice@example.org"], msg);
+        match code {
+            550 => {
+                assert!(text.contains("5.7.1"), "{text}");
+                refused += 1;
+            }
+            250 => accepted += 1,
+            _ => panic!("unexpected reply {code} {text}"),
+        }
+    }
+    // The chance of either count being 0 by luck is 2 * 2^-40.
+    assert!(
+        refused > 0 && accepted > 0,
+        "refused {refused}, accepted {accepted}"
+    );
+    assert_eq!(python_mbox_messages(&srv.mbox_path()).len(), accepted);
+    let ar = auth_results(&srv.mbox());
+    assert!(ar.contains("dmarc=fail"), "{ar}");
+}
