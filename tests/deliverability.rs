@@ -506,3 +506,38 @@ fn dmarc_pct_rejects_only_a_sample() {
     let ar = auth_results(&srv.mbox());
     assert!(ar.contains("dmarc=fail"), "{ar}");
 }
+
+/// RFC 7208 2.3: the HELO identity is checked on its own too, and the
+/// result is reported as `smtp.helo=` next to the MAIL FROM result.
+#[test]
+fn helo_identity_gets_its_own_spf_result() {
+    let dns = FakeDns::start();
+    dns.txt("relay.helo.test", &["v=spf1 ip4:127.0.0.1 -all"]);
+    dns.txt("nospf.test", &["v=spf1 ip4:192.0.2.1 -all"]);
+    let srv = checking_server(&dns, "");
+    let mut c = srv.connect();
+    let (code, _) = c.reply();
+    assert_eq!(code, 220);
+    c.expect("EHLO relay.helo.test", 250);
+    let msg = b"From: <x@nospf.test>\r\nTo: alice@example.org\r\nSubject: helo\r\n\r\nHi.\r\n";
+    let (code, text) = c.send_message("x@nospf.test", &["alice@example.org"], msg);
+    assert_eq!(code, 250, "{text}");
+    assert!(srv.wait_log("auth id=", WAIT));
+    let ar = auth_results(&srv.mbox());
+    for part in [
+        "spf=fail smtp.mailfrom=x@nospf.test;",
+        "spf=pass smtp.helo=relay.helo.test;",
+    ] {
+        assert!(ar.contains(part), "no {part:?} in {ar}");
+    }
+    // An address literal is not a HELO identity to check.
+    let mut c = srv.connect();
+    let _ = c.reply();
+    c.expect("EHLO [127.0.0.1]", 250);
+    let (code, _) = c.send_message("x@nospf.test", &["alice@example.org"], msg);
+    assert_eq!(code, 250);
+    let stored = python_mbox_messages(&srv.mbox_path());
+    assert_eq!(stored.len(), 2);
+    let second = String::from_utf8_lossy(&stored[1]).into_owned();
+    assert!(!second.contains("smtp.helo="), "{second}");
+}
