@@ -73,6 +73,10 @@ pub enum Code {
     UidValidity(u32),
     Unavailable,
     UnknownCte,
+    /// RFC 3501 7.1: the first unseen message (rev1 SELECT).
+    Unseen(u32),
+    /// `BADCHARSET (UTF-8 US-ASCII)` (RFC 9051 7.1).
+    BadCharset,
 }
 
 fn write_code(out: &mut Vec<u8>, code: &Code) {
@@ -123,6 +127,8 @@ fn write_code(out: &mut Vec<u8>, code: &Code) {
         }
         Code::UidNext(n) => return push(out, format_args!("UIDNEXT {n}")),
         Code::UidValidity(n) => return push(out, format_args!("UIDVALIDITY {n}")),
+        Code::Unseen(n) => return push(out, format_args!("UNSEEN {n}")),
+        Code::BadCharset => "BADCHARSET (UTF-8 US-ASCII)",
     };
     out.extend_from_slice(s.as_bytes());
 }
