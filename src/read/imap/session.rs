@@ -140,10 +140,28 @@ impl<F: Folder> Selected<F> {
     /// error (RFC 9051 9 "seq-number").
     fn resolve(&self, set: &SeqSet, uid: bool) -> Result<Vec<(u32, Uid)>, &'static str> {
         let n = self.uids.len() as u32;
+        let largest = if uid {
+            self.uids.last().copied().unwrap_or(0)
+        } else {
+            if n == 0 {
+                return Err("no messages in the folder");
+            }
+            n
+        };
+        // Merge the ranges first, so that `1:*,1:*,...` costs no more
+        // than `1:*` (memory stays one entry per message).
+        let mut ranges: Vec<(u32, u32)> = set.ranges(largest).collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
         let mut out = Vec::new();
-        if uid {
-            let largest = self.uids.last().copied().unwrap_or(0);
-            for (lo, hi) in set.ranges(largest) {
+        for (lo, hi) in merged {
+            if uid {
                 // Walk the view, not the range: `1:4294967295` is cheap.
                 let start = self.uids.partition_point(|&u| u < lo);
                 for (i, &u) in self.uids[start..].iter().enumerate() {
@@ -152,12 +170,7 @@ impl<F: Folder> Selected<F> {
                     }
                     out.push((start as u32 + i as u32 + 1, u));
                 }
-            }
-        } else {
-            if n == 0 {
-                return Err("no messages in the folder");
-            }
-            for (lo, hi) in set.ranges(n) {
+            } else {
                 if hi > n {
                     return Err("message sequence number out of range");
                 }
@@ -166,8 +179,6 @@ impl<F: Folder> Selected<F> {
                 }
             }
         }
-        out.sort_unstable();
-        out.dedup();
         Ok(out)
     }
 }
@@ -458,7 +469,16 @@ impl<A: Account> Session<A> {
                 size,
                 sync,
                 binary: _,
-            } => self.append(acct, tag, header, size, sync, out),
+            } => {
+                if self.idle.is_some() || self.sasl.is_some() {
+                    // Only DONE or a SASL response may come now.
+                    let t = self.idle.take().or(self.sasl.take());
+                    bad(out, t.as_deref(), None, "unexpected command");
+                    self.reader.skip_append();
+                    return None;
+                }
+                self.append(acct, tag, header, size, sync, out)
+            }
             Event::AppendEnd(result) => {
                 let (tag, write) = self.appending.take()?;
                 match result {
@@ -2303,6 +2323,12 @@ mod tests {
         assert!(t
             .send("e FETCH 3 FLAGS\r\n")
             .starts_with("e BAD message sequence number out of range"));
+        // Repeated ranges name each message once, in order.
+        let many = vec!["2,1:*"; 2000].join(",");
+        assert_eq!(
+            t.send(&format!("r FETCH {many} UID\r\n")),
+            "* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 2)\r\nr OK FETCH completed\r\n"
+        );
         // UID FETCH of UIDs that do not exist: nothing, OK (RFC 9051 6.4.8).
         assert_eq!(
             t.send("f UID FETCH 7:9 FLAGS\r\n"),
