@@ -9,8 +9,9 @@
 - `make_message(id)`: a deterministic message for an id (size and content
   follow from the id), with lines the mbox must quote (`From `, `>From `)
   and lines SMTP must dot-stuff, so "intact" is checked byte for byte.
-- `read_mbox(path)`: the mbox read twice, by Python's `mailbox.mbox` and by
-  a strict raw mboxrd parser; their disagreement or any structural fault
+- `iter_mbox(path, problems)` / `read_mbox(path)`: the mbox read twice, by
+  Python's `mailbox.mbox` and by a strict raw mboxrd parser, streaming;
+  their disagreement or any structural fault
   (a `From ` line without the empty line before it, a file not ending in an
   empty line...) is reported.
 - `classify(...)`: acknowledged / lost / duplicated / torn / unacknowledged
@@ -352,55 +353,56 @@ class Pop3:
 FROM_LINE = re.compile(rb"^From \S+ (Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}$")
 
 
-def raw_mboxrd(data):
-    """A strict mboxrd parse: (contents, problems). Every `From ` line at a
-    line start begins a message (bodies are quoted, so no other line may
-    begin so); it must look like `From <sender> <asctime>` and follow an
-    empty line (or start the file); the file must end with an empty line."""
-    problems = []
-    if not data:
-        return [], problems
-    if not data.startswith(b"From "):
-        problems.append("the mbox does not start with a From line")
-    if not data.endswith(b"\n\n"):
-        problems.append("the mbox does not end with an empty line (last message cut short?) "
-                        f"tail={data[-80:]!r}")
-    lines = data.split(b"\n")
-    # split() leaves one empty string after the final \n
-    if lines and lines[-1] == b"":
-        lines.pop()
-    msgs, cur, prev_empty = [], None, True
-    for no, line in enumerate(lines, 1):
+def raw_mboxrd(f, problems):
+    """A strict, streaming mboxrd parse of the open file `f`: yields each
+    message's content (after its From line, without the empty line that
+    ends it) and appends to `problems`. Every `From ` line at a line start
+    begins a message (bodies are quoted, so no other line may begin so); it
+    must look like `From <sender> <asctime>` and follow an empty line (or
+    start the file); the file must end with an empty line."""
+    cur, prev_empty, last, no = None, True, [b"", b""], 0
+    for line in iter(f.readline, b""):
+        no += 1
+        last = [last[1], line]
         if line.startswith(b"From "):
-            if not prev_empty:
+            if no == 1:
+                pass
+            elif not prev_empty:
                 problems.append(f"line {no}: a From line without an empty line before it "
                                 "(a message cut short, then another one)")
-            if not FROM_LINE.match(line):
+            if not FROM_LINE.match(line.rstrip(b"\n")):
                 problems.append(f"line {no}: malformed From line {line[:100]!r}")
             if cur is not None:
-                msgs.append(cur)
+                yield ended(cur)
             cur = []
         elif cur is None:
-            cur = []  # content before the first From line: already reported
+            if no == 1:
+                problems.append(f"the mbox does not start with a From line: {line[:100]!r}")
+            cur = []
         else:
             cur.append(line)
-        prev_empty = line == b""
+        prev_empty = line == b"\n"
     if cur is not None:
-        msgs.append(cur)
-    contents = []
-    for m in msgs:
-        # The empty line that ends each message is the separator, not content.
-        if m and m[-1] == b"":
-            m = m[:-1]
-        contents.append(b"".join(l + b"\n" for l in m))
-    return contents, problems
+        if last[1] != b"\n" or not last[0].endswith(b"\n"):
+            problems.append("the mbox does not end with an empty line (last message cut short?) "
+                            f"tail={(last[0] + last[1])[-80:]!r}")
+        yield ended(cur)
+
+
+def ended(lines):
+    """A message's content: its lines without the empty line that ends it."""
+    if lines and lines[-1] == b"\n":
+        lines = lines[:-1]
+    return b"".join(lines)
 
 
 def python_mbox(path):
-    """Each message's bytes (after the From line) as Python's mailbox module reads them."""
+    """Each message's bytes (after the From line), one at a time, as Python's
+    mailbox module reads them."""
     box = mailbox.mbox(path, create=False)
     try:
-        return [box.get_bytes(k) for k in box.keys()]
+        for k in box.keys():
+            yield box.get_bytes(k)
     finally:
         box.close()
 
@@ -428,21 +430,34 @@ def original_from_stored(stored):
     return b"".join(out)
 
 
+def iter_mbox(path, problems):
+    """Each stored message turned back into what was sent, in mbox order,
+    one at a time (the mbox of a long soak is GiBs). Every structural
+    problem found by either parser, or a disagreement between them, is
+    appended to `problems`."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        raw = raw_mboxrd(f, problems)
+        n = 0
+        for py in python_mbox(path):
+            n += 1
+            r = next(raw, None)
+            if r != py:
+                problems.append(f"Python's mailbox and the raw parse disagree on message {n}")
+                if r is None:
+                    break
+            yield original_from_stored(py)
+        rest = sum(1 for _ in raw)
+        if rest:
+            problems.append(f"the raw parse finds {rest} more message(s) than Python's mailbox ({n})")
+
+
 def read_mbox(path):
-    """(originals, problems): each stored message turned back into what was
-    sent, in mbox order, and every structural problem found by either parser."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return [], []
-    raw, problems = raw_mboxrd(data)
-    py = python_mbox(path)
-    if py != raw:
-        k = next((i for i, (a, b) in enumerate(zip(py, raw)) if a != b), min(len(py), len(raw)))
-        problems.append(f"Python's mailbox and the raw parse disagree: {len(py)} vs {len(raw)} "
-                        f"messages, first difference in message {k + 1}")
-    return [original_from_stored(m) for m in py], problems
+    """(originals, problems): the whole mbox as a list (for small ones)."""
+    problems = []
+    originals = list(iter_mbox(path, problems))
+    return originals, problems
 
 
 def classify(originals, acked, attempted, expected_of):
@@ -454,10 +469,12 @@ def classify(originals, acked, attempted, expected_of):
     that carries no (known) id at all."""
     seen = collections.Counter()
     torn = []
+    stored = 0
     for i, m in enumerate(originals):
+        stored += 1
         mid = id_of(m)
         if mid is None or mid not in attempted:
-            torn.append((i, mid, m[:200]))
+            torn.append((i, mid, f"no known X-Fault-Id: {m[:200]!r}"))
             continue
         if m != expected_of(mid):
             torn.append((i, mid, first_difference(m, expected_of(mid))))
@@ -467,7 +484,7 @@ def classify(originals, acked, attempted, expected_of):
     dup = sorted(k for k, v in seen.items() if v > 1)
     unacked_present = sorted(set(seen) - set(acked))
     return {
-        "stored": len(originals),
+        "stored": stored,
         "acknowledged": len(set(acked)),
         "lost": lost,
         "duplicated": dup,

@@ -146,8 +146,8 @@ def main():
         flood.finish()
         rc = srv.stop()
 
-    originals, problems = F.read_mbox(srv.mbox)
-    r = F.classify(originals, flood.acked, flood.attempted, lambda m: F.make_message(m, not args.no_big))
+    problems = []
+    r = F.classify(F.iter_mbox(srv.mbox, problems), flood.acked, flood.attempted, lambda m: F.make_message(m, not args.no_big))
     repaired = srv.log_count("removing an incomplete message left by a crash")
     spool = os.path.join(srv.data_dir, "spool")
     leftover = len(os.listdir(spool)) if os.path.isdir(spool) else 0
