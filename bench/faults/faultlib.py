@@ -169,6 +169,14 @@ class Pimail:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def litter(self):
+        """Files a killed pimail left beside the mbox: the dot-lock itself
+        (`mbox.lock`) and the temporary files it is made from
+        (`mbox.lock.PID.SEQ`), as (dot-lock present?, temporary files)."""
+        d, base = os.path.split(self.mbox)
+        names = os.listdir(d)
+        return base + ".lock" in names, sum(n.startswith(base + ".lock.") for n in names)
+
     def log_count(self, needle):
         with open(self.logpath, "rb") as f:
             return f.read().count(needle.encode())

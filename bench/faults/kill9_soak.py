@@ -151,6 +151,7 @@ def main():
     repaired = srv.log_count("removing an incomplete message left by a crash")
     spool = os.path.join(srv.data_dir, "spool")
     leftover = len(os.listdir(spool)) if os.path.isdir(spool) else 0
+    dotlock, lock_tmp = srv.litter()
 
     print(f"kill9_soak: {cycles} kill -9 cycles in {soak_seconds:.0f} s"
           + (f" (stopped by --max-seconds {args.max_seconds:g} before {args.cycles})" if capped else "")
@@ -168,7 +169,9 @@ def main():
     print(f"  mbox structure problems  {len(problems)}")
     if flood.refused:
         print(f"  final replies other than 250: {flood.refused}")
-    print(f"  clean stop exit code {rc}; spool files left in data_dir {leftover}")
+    print(f"  clean stop exit code {rc}; spool files left in data_dir {leftover}; "
+          f"beside the mbox: dot-lock {'present' if dotlock else 'absent'}, "
+          f"{lock_tmp} temporary dot-lock files (mbox.lock.PID.SEQ) left by kills")
     for mid in r["lost"][:20]:
         print(f"  LOST {mid}")
     for i, mid, what in r["torn"][:20]:

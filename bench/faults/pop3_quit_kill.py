@@ -257,7 +257,9 @@ def main():
           f"unacknowledged present {c['smtp_unacked_present']}, duplicated {c['duplicated']}")
     print(f"  torn {c['torn']}, unknown {c['unknown']}, UIDL changed {c['uidl_changed']}, "
           f"POP3 view != mbox {c['view_mismatch']}, mbox structure problems {c['structure']}")
-    print(f"  clean stop exit code {rc}")
+    dotlock, lock_tmp = srv.litter()
+    print(f"  clean stop exit code {rc}; beside the mbox: dot-lock {'present' if dotlock else 'absent'}, "
+          f"{lock_tmp} temporary dot-lock files (mbox.lock.PID.SEQ) left by kills")
     if c["quit_ok_undone"]:
         print(f"  WARNING: {c['quit_ok_undone']} QUIT(s) answered +OK, yet the deleted messages were back "
               "after the crash (no loss, but the +OK came before the deletion was durable)")
