@@ -243,8 +243,7 @@ class Run:
         rc = self.srv.stop()
         if rc != 0:
             self.problems.append(f"clean stop exit code {rc}")
-        self.notes.append(f"log lines mentioning 'No space left': {self.srv.log_count('No space left')} "
-                          f"(log: {self.srv.logpath})")
+        self.notes.append(f"log lines mentioning 'No space left': {self.srv.log_count('No space left')}")
 
 
 def main():
