@@ -124,6 +124,7 @@ def main():
     flood = Flood(srv.smtp, args.clients, not args.no_big)
     flood.start()
     t0 = time.monotonic()
+    soak_seconds = 0.0
     cycles = 0
     kills_in_flight = 0
     capped = False
