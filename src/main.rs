@@ -122,9 +122,26 @@ fn queue(cli: &cli::Cli, cmd: &cli::QueueCommand) -> ExitCode {
     match cmd {
         cli::QueueCommand::List => match q.list() {
             Ok(entries) => {
+                // The route the running server chose (relay fallback), else
+                // the configured one.
+                let status = pimail::store::status::read(&config.data_dir);
+                let route = status
+                    .iter()
+                    .find(|(k, _)| k == "route")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| {
+                        match (&config.outbound.relay, config.outbound.relay_fallback) {
+                            (Some(r), false) => format!("relay {r}"),
+                            _ => "direct".into(),
+                        }
+                    });
                 print!(
                     "{}",
-                    pimail::send::queue::list_text(&entries, pimail::util::timefmt::unix_now())
+                    pimail::send::queue::list_text_routed(
+                        &entries,
+                        pimail::util::timefmt::unix_now(),
+                        Some(&route)
+                    )
                 );
                 if entries.is_empty() {
                     println!("queue is empty");

@@ -92,6 +92,41 @@ pub struct Outbound {
     /// long (Postfix's `delay_warning_time`); `None` (`"0s"`): never.
     pub warn_after: Option<Duration>,
     pub mx_port: u16,
+    /// Which address families direct delivery uses (docs/outbound.md).
+    pub ip_family: IpFamily,
+    /// In `auto`: how often the source addresses' FCrDNS is checked again.
+    pub ip_family_recheck: Duration,
+    /// With a relay: deliver directly, and through the relay only while
+    /// port 25 seems blocked.
+    pub relay_fallback: bool,
+    /// While on the relay: how often the direct route is probed.
+    pub relay_probe: Duration,
+    /// How long connecting to an MX (or the relay) may take.
+    pub connect_timeout: Duration,
+    /// Honour MTA-STS policies (RFC 8461) of recipient domains.
+    pub mta_sts: bool,
+}
+
+/// `outbound.ip_family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    /// IPv4 and IPv6, leaving out a family whose source address has no
+    /// forward-confirmed reverse DNS.
+    Auto,
+    V4,
+    V6,
+    Both,
+}
+
+impl IpFamily {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpFamily::Auto => "auto",
+            IpFamily::V4 => "ipv4",
+            IpFamily::V6 => "ipv6",
+            IpFamily::Both => "both",
+        }
+    }
 }
 
 /// `[inbound]`: what port 25 checks on received mail (see
@@ -269,6 +304,12 @@ impl Default for Outbound {
             bounce_after: Duration::from_secs(5 * 86400),
             warn_after: Some(Duration::from_secs(4 * 3600)),
             mx_port: 25,
+            ip_family: IpFamily::Auto,
+            ip_family_recheck: Duration::from_secs(600),
+            relay_fallback: false,
+            relay_probe: Duration::from_secs(1800),
+            connect_timeout: Duration::from_secs(30),
+            mta_sts: true,
         }
     }
 }
@@ -368,6 +409,16 @@ struct RawOutbound {
     #[serde(default, deserialize_with = "de_duration_or_off")]
     warn_after: Option<Duration>,
     mx_port: Option<u16>,
+    #[serde(default, deserialize_with = "de_family")]
+    ip_family: Option<IpFamily>,
+    #[serde(default, deserialize_with = "de_duration")]
+    ip_family_recheck: Option<Duration>,
+    relay_fallback: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    relay_probe: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    connect_timeout: Option<Duration>,
+    mta_sts: Option<bool>,
 }
 
 // ---- value parsers (errors carry the TOML span through serde) --------------
@@ -452,6 +503,21 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
 }
 
 /// A duration, or `"0"`/`"0s"`/`"off"` for never (`Duration::ZERO`).
+fn de_family<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpFamily>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(Some(match s.as_str() {
+        "auto" => IpFamily::Auto,
+        "ipv4" => IpFamily::V4,
+        "ipv6" => IpFamily::V6,
+        "both" => IpFamily::Both,
+        _ => {
+            return Err(de::Error::custom(format!(
+                "invalid ip_family {s:?}: expected \"auto\", \"ipv4\", \"ipv6\" or \"both\""
+            )))
+        }
+    }))
+}
+
 fn de_duration_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     match s.trim() {
@@ -642,7 +708,19 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
             "must be a port number from 1 to 65535".into(),
         ));
     }
+    if o.relay_fallback == Some(true) && o.relay.is_none() {
+        return Err(err(
+            "outbound.relay_fallback",
+            "needs a relay to fall back to: set outbound.relay".into(),
+        ));
+    }
     let outbound = Outbound {
+        ip_family: o.ip_family.unwrap_or(d.ip_family),
+        ip_family_recheck: o.ip_family_recheck.unwrap_or(d.ip_family_recheck),
+        relay_fallback: o.relay_fallback.unwrap_or(d.relay_fallback),
+        relay_probe: o.relay_probe.unwrap_or(d.relay_probe),
+        connect_timeout: o.connect_timeout.unwrap_or(d.connect_timeout),
+        mta_sts: o.mta_sts.unwrap_or(d.mta_sts),
         relay: o.relay,
         relay_user: o.relay_user,
         relay_password_file: o.relay_password_file.map(abs),
@@ -877,6 +955,15 @@ impl Config {
             o.mx_port
         );
         s += &format!(
+            "ip_family = \"{}\"\nip_family_recheck = \"{}\"\nrelay_fallback = {}\nrelay_probe = \"{}\"\nconnect_timeout = \"{}\"\nmta_sts = {}\n",
+            o.ip_family.as_str(),
+            fmt_duration(o.ip_family_recheck),
+            o.relay_fallback,
+            fmt_duration(o.relay_probe),
+            fmt_duration(o.connect_timeout),
+            o.mta_sts
+        );
+        s += &format!(
             "\n[inbound]\nauth_checks = {}\ndmarc_reject = {}\n",
             self.inbound.auth_checks, self.inbound.dmarc_reject
         );
@@ -1032,6 +1119,18 @@ mx_port = 2526
                 "IP:PORT",
             ),
             ("mx_port = 2526", "mx_port = 70000", "outbound.mx_port", ""),
+            (
+                "mx_port = 2526",
+                "ip_family = \"ipv5\"",
+                "outbound.ip_family",
+                "auto",
+            ),
+            (
+                "mx_port = 2526",
+                "relay_fallback = true",
+                "outbound.relay_fallback",
+                "needs a relay",
+            ),
             (
                 "hostname = \"mail.example.org\"",
                 "hostname = \"mail example\"",

@@ -5,6 +5,7 @@
 //! mail protocol.
 
 pub mod dns;
+pub mod https;
 pub mod line;
 pub mod listen;
 pub mod tls;

@@ -5,3 +5,4 @@
 
 pub mod maildrop;
 pub mod mbox;
+pub mod status;
