@@ -508,8 +508,19 @@ impl Worker {
         }
         self.checking.set(true);
         let r = &self.resolver;
-        let v4 = family::check(r, ip4, check_private).await;
-        let v6 = family::check(r, ip6, check_private).await;
+        // Bounded: a dead nameserver must not hold the queue scan long;
+        // unknown keeps the last verdict.
+        let checked = crate::util::rt::timeout(Duration::from_secs(10), async {
+            let v4 = family::check(r, ip4, check_private).await;
+            let v6 = family::check(r, ip6, check_private).await;
+            (v4, v6)
+        })
+        .await;
+        let unknown = |ip| family::Source {
+            ip,
+            ..family::Source::default()
+        };
+        let (v4, v6) = checked.unwrap_or_else(|| (unknown(ip4), unknown(ip6)));
         self.checking.set(false);
         let changed = {
             let mut f = self.family.borrow_mut();
