@@ -3,5 +3,6 @@
 //! index over it (sizes, UIDLs, the rewrite at QUIT; RFC 1939). Receive,
 //! send (local delivery, bounces) and read all go through here.
 
+pub mod disk;
 pub mod maildrop;
 pub mod mbox;
