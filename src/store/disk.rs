@@ -72,13 +72,13 @@ impl Disk for File {
 }
 
 /// Bytes in memory, read-only: a spool file in the explorer.
-impl Disk for [u8] {
+impl Disk for Vec<u8> {
     fn len(&self) -> io::Result<u64> {
-        Ok(<[u8]>::len(self) as u64)
+        Ok(self.as_slice().len() as u64)
     }
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
-        let off = (off as usize).min(<[u8]>::len(self));
-        let n = buf.len().min(<[u8]>::len(self) - off);
+        let off = (off as usize).min(self.as_slice().len());
+        let n = buf.len().min(self.as_slice().len() - off);
         buf[..n].copy_from_slice(&self[off..off + n]);
         Ok(n)
     }
@@ -95,7 +95,7 @@ impl Disk for [u8] {
         Ok(Version {
             dev: 0,
             ino: 0,
-            len: <[u8]>::len(self) as u64,
+            len: self.as_slice().len() as u64,
             ctime: (0, 0),
         })
     }

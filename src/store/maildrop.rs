@@ -442,12 +442,18 @@ const CHUNK: usize = 256 * 1024;
 
 /// Scans `file` from `from` (a line start) to `to`.
 fn scan(file: &File, from: u64, to: u64) -> io::Result<Vec<Message>> {
+    let file: &dyn crate::store::disk::Disk = file;
     scan_with(file, from, to, CHUNK)
 }
 
 /// [`scan`] with a given buffer size (small in tests, to cut lines at
 /// every place).
-fn scan_with(file: &File, from: u64, to: u64, chunk: usize) -> io::Result<Vec<Message>> {
+pub(crate) fn scan_with(
+    file: &dyn crate::store::disk::Disk,
+    from: u64,
+    to: u64,
+    chunk: usize,
+) -> io::Result<Vec<Message>> {
     let mut sc = Scanner::new();
     let from_finder = memchr::memmem::Finder::new(b"\nFrom ");
     let mut buf = vec![0u8; chunk];
