@@ -324,6 +324,7 @@ pub fn lock(path: &Path) -> Result<Locked, MboxError> {
                 if ours || dotlock_stale(&dot) {
                     log::warn!("removing stale lock {}", dot.display());
                     let _ = std::fs::remove_file(&dot);
+                    clean_lock_temps(path);
                     continue;
                 }
             }
@@ -361,14 +362,50 @@ pub fn lock(path: &Path) -> Result<Locked, MboxError> {
     }
 }
 
+/// Removes `<mbox>.lock.PID.SEQ` files that a killed process left behind
+/// (issue 13, hole 9): those naming a process that no longer exists.
+pub fn clean_lock_temps(mbox: &Path) {
+    let (Some(dir), Some(name)) = (mbox.parent(), mbox.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.lock.", name.to_string_lossy());
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = n.strip_prefix(&prefix) else {
+            continue;
+        };
+        let mut f = rest.split('.');
+        let (Some(pid), Some(seq), None) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let (Ok(pid), true) = (pid.parse::<u32>(), seq.bytes().all(|b| b.is_ascii_digit())) else {
+            continue;
+        };
+        if pid != std::process::id() && !sys::process_alive(pid) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn open_mbox(path: &Path) -> Result<File, MboxError> {
     let existed = path.exists();
+    // Never through a symlink (issue 13, hole 10): in a group-writable
+    // mail directory one could redirect our writes.
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| MboxError::io(format!("cannot open {}", path.display()), e))?;
     if !existed {
@@ -849,6 +886,7 @@ impl MboxWriter {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&jpath)
             .map_err(|e| MboxError::io(format!("cannot open {}", jpath.display()), e))?;
+        clean_lock_temps(mbox);
         let state = {
             let locked = lock(mbox)?;
             recover(&journal, &locked.file, mbox)?
@@ -1198,6 +1236,29 @@ mod tests {
         // An empty lock of another program is respected until it is old.
         std::fs::write(dotlock_path(&mbox), "").unwrap();
         assert!(!dotlock_stale(&dotlock_path(&mbox)));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn lock_temps_of_dead_processes_go_and_symlinks_are_refused() {
+        let d = tmp("temps");
+        let mbox = d.join("mbox");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = d.join(format!("mbox.lock.{dead}.3"));
+        let live = d.join(format!("mbox.lock.{}.9", std::process::id()));
+        let other = d.join(format!("other.lock.{dead}.3"));
+        for p in [&stale, &live, &other] {
+            std::fs::write(p, "x").unwrap();
+        }
+        clean_lock_temps(&mbox);
+        assert!(!stale.exists() && live.exists() && other.exists());
+        // A symlink planted as the mbox: not followed.
+        let target = d.join("elsewhere");
+        std::os::unix::fs::symlink(&target, &mbox).unwrap();
+        assert!(lock(&mbox).is_err());
+        assert!(!target.exists());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
