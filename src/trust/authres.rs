@@ -458,7 +458,7 @@ Authentication-Results: mx.example.org; in the body stays\r\n";
             &signed("example.net", msg),
         );
         let h = r.header("mx.example.org");
-        assert!(h.starts_with("Authentication-Results: mx.example.org;\r\n\tspf=pass smtp.mailfrom=bob@example.net;\r\n\tdkim=pass header.d=example.net header.s=s1 header.a=ed25519-sha256 header.b="), "{h}");
+        assert!(h.starts_with("Authentication-Results: mx.example.org;\r\n\tspf=pass smtp.mailfrom=bob@example.net;\r\n\tspf=none smtp.helo=mail.example.net;\r\n\tdkim=pass header.d=example.net header.s=s1 header.a=ed25519-sha256 header.b="), "{h}");
         assert!(
             h.ends_with(";\r\n\tdmarc=pass (p=reject) header.from=example.net\r\n"),
             "{h}"
