@@ -471,8 +471,14 @@ Authentication-Results: mx.example.org; in the body stays\r\n";
         for (value, want) in [
             (" mx.example.org; dkim=pass", Some("mx.example.org")),
             (" mx.example.org 1; spf=pass", Some("mx.example.org")),
-            (" (comment) mx.example.org; dkim=pass", Some("mx.example.org")),
-            (" (a (nested \\) one)) mx.example.org;", Some("mx.example.org")),
+            (
+                " (comment) mx.example.org; dkim=pass",
+                Some("mx.example.org"),
+            ),
+            (
+                " (a (nested \\) one)) mx.example.org;",
+                Some("mx.example.org"),
+            ),
             ("\r\n\t(folded)\r\n mx.example.org;", Some("mx.example.org")),
             (" \"mx.example.org\"; dkim=pass", Some("mx.example.org")),
             (" \"mx.exa\\mple.org\";", Some("mx.example.org")),

@@ -173,3 +173,19 @@ mod bind_tests {
         std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     }
 }
+
+/// Gives memory the allocator holds free back to the system. glibc keeps
+/// a large freed block in the freeing thread's arena (after the first
+/// big free it raises its mmap threshold, so later ones no longer come
+/// from mmap), and a password check's 12 MiB of argon2 memory would then
+/// stay resident for good, once per thread that ever ran one;
+/// malloc_trim(3) returns every arena's free pages. musl (the static
+/// release build) maps each large allocation on its own and unmaps it on
+/// free, so there is nothing to do there.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
