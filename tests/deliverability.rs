@@ -502,6 +502,10 @@ From: Bank <security@bank.test>\r\nTo: alice@example.org\r\nSubject: verify\r\n\
         "a forged verdict survived:\n{header}"
     );
     // Ours on top, and the other server's verdict is kept.
-    assert_eq!(header.matches("Authentication-Results:").count(), 2, "{header}");
+    assert_eq!(
+        header.matches("Authentication-Results:").count(),
+        2,
+        "{header}"
+    );
     assert!(header.contains("Authentication-Results: relay.other.example; dkim=fail"));
 }

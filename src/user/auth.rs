@@ -47,14 +47,12 @@ pub fn check_hash_syntax(hash: &str) -> Result<(), String> {
 /// True when `password` matches the stored hash. Wrong or malformed input is
 /// simply "no"; the caller logs the failure and throttles.
 ///
-/// The argon2 memory (12 MiB by default) is allocated here and handed
-/// back to the system before returning (issue 13: left to the allocator,
-/// each thread that ever checked a password kept its 12 MiB, and RSS grew
-/// from 4 to 53 MiB after 33 failed logins).
+/// The argon2 memory (12 MiB by default) is one allocation made and freed
+/// here, which the allocator hands back to the system at once (see
+/// [`crate::util::sys::tune_allocator`]; issue 13: each thread that ever
+/// checked a password used to keep its 12 MiB).
 pub fn verify_password(hash: &str, password: &[u8]) -> bool {
-    let good = argon2_matches(hash, password).unwrap_or(false);
-    crate::util::sys::release_free_memory();
-    good
+    argon2_matches(hash, password).unwrap_or(false)
 }
 
 /// What `Argon2::verify_password` does, with the memory blocks in our hands.
