@@ -474,6 +474,42 @@ fn dmarc_failures_are_marked_by_default_and_refused_when_configured() {
     assert_eq!(code, 250, "{text}");
 }
 
+/// Issue 13, hole 3: RFC 8601 allows CFWS before the authserv-id and a
+/// quoted-string as the id; a forged verdict in either form used to reach
+/// the mailbox.
+#[test]
+fn forged_results_behind_a_comment_or_in_quotes_are_removed_too() {
+    let dns = FakeDns::start();
+    dns.txt("bank.test", &["v=spf1 ip4:192.0.2.1 -all"]);
+    let forged = b"Authentication-Results: (checked by us) mail.example.org; dkim=pass header.d=bank.test\r\n\
+Authentication-Results: \"mail.example.org\"; dmarc=pass header.from=bank.test\r\n\
+Authentication-Results: (x)\r\n \"MAIL.example.org.\" 1; spf=pass\r\n\
+Authentication-Results: relay.other.example; dkim=fail\r\n\
+From: Bank <security@bank.test>\r\nTo: alice@example.org\r\nSubject: verify\r\n\r\nClick.\r\n";
+    let srv = checking_server(&dns, "");
+    let mut c = srv.connect();
+    c.hello();
+    let (code, text) = c.send_message("security@bank.test", &["alice@example.org"], forged);
+    assert_eq!(code, 250, "{text}");
+    assert!(srv.wait_log(
+        "removed 3 Authentication-Results header(s) claiming to be ours",
+        WAIT
+    ));
+    let stored = String::from_utf8_lossy(&python_mbox_messages(&srv.mbox_path())[0]).into_owned();
+    let header = stored.split("\n\n").next().unwrap_or_default().to_string();
+    assert!(
+        !header.contains("=pass"),
+        "a forged verdict survived:\n{header}"
+    );
+    // Ours on top, and the other server's verdict is kept.
+    assert_eq!(
+        header.matches("Authentication-Results:").count(),
+        2,
+        "{header}"
+    );
+    assert!(header.contains("Authentication-Results: relay.other.example; dkim=fail"));
+}
+
 /// RFC 7489 6.6.4: `pct=50` applies `p=reject` to about half of the
 /// failing messages; the others are accepted (as quarantine), none lost.
 #[test]

@@ -156,7 +156,7 @@ fn every_command_and_error_path() {
     assert!(srv
         .log()
         .iter()
-        .any(|l| l.contains("login \"alice@example.org\" ok")));
+        .any(|l| l.contains("login ok") && l.contains("user=\"alice@example.org\"")));
     assert!(
         !srv.log().iter().any(|l| l.contains("wrong")),
         "a password in the log"
