@@ -191,19 +191,11 @@ impl Server {
         )
     }
 
-    /// Runs `pimail queue ARGS` with this server's config: exit code, stdout.
+    /// Runs `pimail queue ARGS` with this server's config: exit code,
+    /// stdout followed by stderr.
     pub fn queue_cmd(&self, args: &[&str]) -> (i32, String) {
-        let o = pimail_command()
-            .arg("queue")
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .expect("run pimail queue");
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
-        )
+        let (code, out, err) = run_pimail(&self.config, &[&["queue"], args].concat());
+        (code, out + &err)
     }
 
     /// Like `with`, but the child runs under `wrapper` (e.g. prlimit).
@@ -509,6 +501,22 @@ impl Client {
     }
 }
 
+/// Runs `pimail ARGS --config CONFIG` (a CLI command such as `queue`,
+/// `doctor` or `dkim generate`): exit code, stdout, stderr.
+pub fn run_pimail(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = pimail_command()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run pimail {args:?}: {e}"));
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// Reads one (possibly multi-line) SMTP reply: the code and the full text;
 /// `(0, text)` when the connection ends.
 pub fn read_reply(r: &mut impl BufRead) -> (u16, String) {
@@ -525,6 +533,24 @@ pub fn read_reply(r: &mut impl BufRead) -> (u16, String) {
             return (code, all);
         }
     }
+}
+
+/// Runs a Python 3 script with `args`; fails the test, showing its output,
+/// unless it exits 0. Returns its stdout.
+pub fn python(script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
 }
 
 /// Parses an mbox with Python's `mailbox` module (a real, independent mbox

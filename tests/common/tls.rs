@@ -4,14 +4,14 @@
 //! speaks the same line protocol as `Client`, and checks for the external
 //! TLS clients (openssl, swaks, curl) that fail with what to install.
 
-use super::Client;
+use super::{Client, Options, Server, TempDir};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,6 +146,73 @@ pub fn make_certs(dir: &Path, name: &str, kind: KeyKind) -> Certs {
         key: key_path,
         leaf_der: leaf.der().to_vec(),
     }
+}
+
+/// A running server with a fresh certificate chain of `kind` in `[tls]`
+/// (the rest of its config from `o`), and the certificates to trust it.
+pub struct TlsServer {
+    pub srv: Server,
+    pub certs: Certs,
+    _dir: TempDir,
+}
+
+impl TlsServer {
+    pub fn start(kind: KeyKind, o: Options) -> TlsServer {
+        let dir = TempDir::new("certs");
+        let certs = make_certs(dir.path(), "srv", kind);
+        let srv = Server::with(Options {
+            tls: certs.pair(),
+            ..o
+        });
+        TlsServer {
+            srv,
+            certs,
+            _dir: dir,
+        }
+    }
+}
+
+/// Runs `openssl s_client ARGS`, feeding it `input` a line at a time
+/// (with pauses, so the dialogue happens before stdin closes and s_client
+/// quits); returns whether it succeeded and its stdout+stderr.
+pub fn s_client(args: &[&str], input: &str) -> (bool, String) {
+    require("openssl", "openssl");
+    let mut child = Command::new("openssl")
+        .arg("s_client")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    std::thread::spawn(move || {
+        for line in input.split_inclusive("\r\n") {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = stdin.write_all(line.as_bytes());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// `curl` that insists on TLS (`--ssl-reqd`) and trusts only `ca`; the
+/// caller adds the URL and the rest.
+pub fn curl_tls(ca: &Path) -> Command {
+    let mut c = Command::new("curl");
+    c.args(["--silent", "--show-error", "--ssl-reqd", "--max-time", "60"])
+        .arg("--cacert")
+        .arg(ca);
+    c
 }
 
 pub type Version = &'static rustls::SupportedProtocolVersion;
