@@ -47,18 +47,7 @@ for m in mailbox.mbox(sys.argv[1], create=False):
     out.append(json.dumps(d))
 print("\n".join(out))
 "#;
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(srv.mbox_path())
-        .output()
-        .expect("python3 is needed for these tests");
-    assert!(
-        o.status.success(),
-        "python: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout)
+    python(script, &[&srv.mbox_path()])
         .lines()
         .filter(|s| !s.is_empty())
         .map(|s| s.to_string())
@@ -130,11 +119,7 @@ fn mx_preference_order_is_followed() {
     assert_eq!(got.rcpts, vec!["bob@pref.test"]);
     assert!(srv.wait_log("delivered id=", WAIT));
     assert!(srv.wait_log("delivered id=", WAIT));
-    let line = srv
-        .log()
-        .into_iter()
-        .find(|l| l.contains("delivered id="))
-        .unwrap();
+    let line = srv.log_line("delivered id=").unwrap();
     assert!(
         line.contains("rcpt=<bob@pref.test> host=mx1.pref.test ip=127.0.0.2"),
         "{line}"
@@ -252,19 +237,11 @@ fn temporary_failure_is_retried_then_delivered() {
 
 #[test]
 fn permanent_failure_bounces_with_status_and_diagnostic() {
-    let b = Behavior {
-        rcpt: std::sync::Arc::new(|a| {
-            if a.starts_with("nobody@") {
-                (
-                    550,
-                    "5.1.1 <nobody@perm.test>: Recipient address rejected".into(),
-                )
-            } else {
-                (250, "2.1.5 OK".into())
-            }
-        }),
-        ..Behavior::default()
-    };
+    let b = Behavior::refusing_rcpt(
+        "nobody@",
+        550,
+        "5.1.1 <nobody@perm.test>: Recipient address rejected",
+    );
     let w = MxWorld::one("perm.test", ip(2), b);
     let srv = w.server("");
     send(&srv, &["nobody@perm.test"], "permfail");
@@ -360,11 +337,7 @@ fn starttls_is_used_when_offered() {
     // Opportunistic: the self-signed certificate is recorded, not fatal.
     assert!(srv.wait_log("tls=TLSv1.3", WAIT));
     assert!(srv.wait_log("delivered id=", WAIT));
-    let line = srv
-        .log()
-        .into_iter()
-        .find(|l| l.contains("delivered id="))
-        .unwrap();
+    let line = srv.log_line("delivered id=").unwrap();
     assert!(line.contains("unverified"), "{line}");
 }
 
@@ -425,11 +398,7 @@ fn relay_mode_uses_starttls_verified_certificate_and_auth() {
     r.sort();
     assert_eq!(r, vec!["kim@far.example", "lee@other.example"]);
     assert!(srv.wait_log("delivered id=", WAIT));
-    let line = srv
-        .log()
-        .into_iter()
-        .find(|l| l.contains("delivered id="))
-        .unwrap();
+    let line = srv.log_line("delivered id=").unwrap();
     assert!(line.contains(" verified"), "{line}");
 }
 
@@ -476,26 +445,10 @@ fn queue_survives_kill9_and_restart() {
 
 #[test]
 fn several_recipients_at_two_domains_with_mixed_results() {
-    let f = Behavior {
-        rcpt: std::sync::Arc::new(|a| {
-            if a.starts_with("bad@") {
-                (550, "5.1.1 no such user".into())
-            } else {
-                (250, "2.1.5 OK".into())
-            }
-        }),
-        ..Behavior::default()
-    };
+    let f = Behavior::refusing_rcpt("bad@", 550, "5.1.1 no such user");
     let g = Behavior {
-        rcpt: std::sync::Arc::new(|a| {
-            if a.starts_with("tmp@") {
-                (452, "4.2.2 mailbox full".into())
-            } else {
-                (250, "2.1.5 OK".into())
-            }
-        }),
         pipelining: false,
-        ..Behavior::default()
+        ..Behavior::refusing_rcpt("tmp@", 452, "4.2.2 mailbox full")
     };
     let w = MxWorld::start(vec![(ip(2), f), (ip(3), g)]);
     w.dns.one_mx("f.test", ip(2));
@@ -659,22 +612,14 @@ fn sendmail_local_recipient_and_exit_codes() {
     assert_ne!(bad, cfg);
     let bad_cfg = srv.dir.path().join("bad.toml");
     std::fs::write(&bad_cfg, bad).unwrap();
-    let mut child = pimail_command()
-        .args(["sendmail", "--config"])
-        .arg(&bad_cfg)
-        .arg("x@far.example")
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Subject: x\n\nx\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = run_with_stdin(
+        pimail_command()
+            .args(["sendmail", "--config"])
+            .arg(&bad_cfg)
+            .arg("x@far.example")
+            .stderr(std::process::Stdio::piped()),
+        b"Subject: x\n\nx\n",
+    );
     assert_eq!(
         o.status.code(),
         Some(75),
@@ -1038,21 +983,13 @@ fn binary_named_sendmail_is_sendmail() {
         }
         None => Command::new(&link),
     };
-    let mut child = cmd
-        .args(["-oi", "--config"])
-        .arg(&srv.config)
-        .arg("rose@argv0.test")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Subject: argv0\n\n.\nstill here\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let o = run_with_stdin(
+        cmd.args(["-oi", "--config"])
+            .arg(&srv.config)
+            .arg("rose@argv0.test"),
+        b"Subject: argv0\n\n.\nstill here\n",
+    );
+    assert!(o.status.success());
     let got = w.mx[0].wait_messages(1, WAIT);
     assert_eq!(got.len(), 1);
     let text = String::from_utf8_lossy(&got[0].data);

@@ -107,25 +107,14 @@ fn openssl_s_client_starttls_pop3_and_pop3s() {
     require("openssl", "openssl");
     let s = setup();
     deliver(&s.srv, "one");
-    let ca = s.certs.ca.display().to_string();
     for (addr, starttls) in [(s.srv.addr("pop3"), true), (s.srv.addr("pop3s"), false)] {
-        let addr = addr.to_string();
-        let mut args = vec![
-            "-connect",
-            &addr,
-            "-CAfile",
-            &ca,
-            "-verify_return_error",
-            "-verify_hostname",
-            "mail.example.org",
-            "-brief",
-            "-nocommands",
-        ];
-        if starttls {
-            args.extend(["-starttls", "pop3"]);
-        }
+        let args: &[&str] = if starttls {
+            &["-starttls", "pop3"]
+        } else {
+            &[]
+        };
         let input = format!("USER alice\r\nPASS {PASSWORD}\r\nSTAT\r\nQUIT\r\n");
-        let (ok, out) = s_client(&args, &input);
+        let (ok, out) = s_client(addr, &s.certs.ca, args, &input);
         assert!(ok, "{out}");
         assert!(out.contains("Verification: OK"), "{out}");
         assert!(out.contains("+OK 1 "), "no STAT over TLS: {out}");

@@ -247,33 +247,18 @@ fn python_smtplib_starttls_login_and_smtp_ssl() {
 fn openssl_s_client_starttls_and_implicit() {
     for kind in [KeyKind::RsaPkcs1, KeyKind::EcdsaSec1] {
         let s = setup(kind);
-        let ca = s.certs.ca.display().to_string();
         for version in ["-tls1_2", "-tls1_3"] {
             for (port, starttls) in [
                 (s.srv.smtp, true),
                 (s.srv.addr("submission"), true),
                 (s.srv.addr("submissions"), false),
             ] {
-                let addr = port.to_string();
-                let mut args = vec![
-                    "-connect",
-                    &addr,
-                    "-CAfile",
-                    &ca,
-                    "-verify_return_error",
-                    "-verify_hostname",
-                    "mail.example.org",
-                    "-servername",
-                    "mail.example.org",
-                    version,
-                    "-brief",
-                    // Else a line starting with Q (QUIT) makes s_client quit.
-                    "-nocommands",
-                ];
+                let mut args = vec!["-servername", "mail.example.org", version];
                 if starttls {
                     args.extend(["-starttls", "smtp"]);
                 }
-                let (ok, out) = s_client(&args, "EHLO client.example\r\nQUIT\r\n");
+                let (ok, out) =
+                    s_client(port, &s.certs.ca, &args, "EHLO client.example\r\nQUIT\r\n");
                 assert!(ok, "{kind:?} {version} {port}: {out}");
                 assert!(out.contains("Verification: OK"), "{out}");
                 let want = if version == "-tls1_2" {

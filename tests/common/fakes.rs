@@ -274,6 +274,24 @@ impl Default for Behavior {
     }
 }
 
+impl Behavior {
+    /// Refuses recipients that start with `prefix` with `code` and `text`,
+    /// accepts the others.
+    pub fn refusing_rcpt(prefix: &str, code: u16, text: &str) -> Behavior {
+        let (prefix, text) = (prefix.to_string(), text.to_string());
+        Behavior {
+            rcpt: Arc::new(move |a| {
+                if a.starts_with(&prefix) {
+                    (code, text.clone())
+                } else {
+                    (250, "2.1.5 OK".into())
+                }
+            }),
+            ..Behavior::default()
+        }
+    }
+}
+
 /// What a fake MX received in one transaction that ended in 250.
 #[derive(Clone, Debug)]
 pub struct Got {

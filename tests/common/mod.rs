@@ -173,18 +173,16 @@ impl Server {
     /// Runs `pimail sendmail ARGS` with this server's config and `input`
     /// on stdin; returns the exit code and stderr.
     pub fn sendmail(&self, args: &[&str], input: &[u8]) -> (i32, String) {
-        let mut child = pimail_command()
-            .arg("--config")
-            .arg(&self.config)
-            .arg("sendmail")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start pimail sendmail");
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        let o = child.wait_with_output().unwrap();
+        let o = run_with_stdin(
+            pimail_command()
+                .arg("--config")
+                .arg(&self.config)
+                .arg("sendmail")
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+            input,
+        );
         (
             o.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&o.stderr).into_owned(),
@@ -342,6 +340,11 @@ impl Server {
 
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The first log line that contains `needle`.
+    pub fn log_line(&self, needle: &str) -> Option<String> {
+        self.log().into_iter().find(|l| l.contains(needle))
     }
 
     /// Waits until a log line contains `needle`.
@@ -537,20 +540,36 @@ pub fn read_reply(r: &mut impl BufRead) -> (u16, String) {
 
 /// Runs a Python 3 script with `args`; fails the test, showing its output,
 /// unless it exits 0. Returns its stdout.
-pub fn python(script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+pub fn python_bytes(script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<u8> {
     let o = Command::new("python3")
         .arg("-c")
         .arg(script)
         .args(args)
         .output()
         .expect("python3");
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         o.status.success(),
-        "{out}{}",
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    out
+    o.stdout
+}
+
+/// `python_bytes` with the output as text.
+pub fn python(script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    String::from_utf8_lossy(&python_bytes(script, args)).into_owned()
+}
+
+/// Runs `cmd` with `input` on its stdin and waits for it; stdout and
+/// stderr are captured where the caller piped them.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// Parses an mbox with Python's `mailbox` module (a real, independent mbox

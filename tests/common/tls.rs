@@ -172,14 +172,27 @@ impl TlsServer {
     }
 }
 
-/// Runs `openssl s_client ARGS`, feeding it `input` a line at a time
-/// (with pauses, so the dialogue happens before stdin closes and s_client
-/// quits); returns whether it succeeded and its stdout+stderr.
-pub fn s_client(args: &[&str], input: &str) -> (bool, String) {
+/// Runs `openssl s_client` against `addr`, verifying the certificate
+/// chain against `ca` and the name `mail.example.org`, plus `more`
+/// arguments; feeds it `input` a line at a time (with pauses, so the
+/// dialogue happens before stdin closes and s_client quits). Returns
+/// whether it succeeded and its stdout+stderr.
+pub fn s_client(addr: SocketAddr, ca: &Path, more: &[&str], input: &str) -> (bool, String) {
     require("openssl", "openssl");
     let mut child = Command::new("openssl")
         .arg("s_client")
-        .args(args)
+        .arg("-connect")
+        .arg(addr.to_string())
+        .arg("-CAfile")
+        .arg(ca)
+        .args([
+            "-verify_return_error",
+            "-verify_hostname",
+            "mail.example.org",
+        ])
+        // Else a line starting with Q (QUIT) makes s_client quit.
+        .args(["-brief", "-nocommands"])
+        .args(more)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
