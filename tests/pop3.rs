@@ -16,15 +16,7 @@ fn pop3_server() -> Server {
 
 /// Delivers `content` (CRLF lines, not yet dot-stuffed) by SMTP.
 fn deliver(srv: &Server, content: &[u8]) {
-    let mut c = srv.connect();
-    c.hello();
-    let (code, text) = c.send_message(
-        "bob@example.com",
-        &["alice@example.org"],
-        &smtp_stuff(content),
-    );
-    assert_eq!(code, 250, "{text}");
-    c.expect("QUIT", 221);
+    srv.deliver(&smtp_stuff(content));
 }
 
 fn simple(subject: &str) -> Vec<u8> {

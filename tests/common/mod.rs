@@ -420,6 +420,17 @@ impl Server {
     pub fn connect(&self) -> Client {
         Client::connect(self.smtp)
     }
+
+    /// Sends `data` (CRLF lines, dot-stuffed already) on port 25 from
+    /// bob@example.com to alice@example.org, asserting that it is accepted
+    /// (250), then says QUIT (221).
+    pub fn deliver(&self, data: &[u8]) {
+        let mut c = self.connect();
+        c.hello();
+        let (code, text) = c.send_message("bob@example.com", &["alice@example.org"], data);
+        assert_eq!(code, 250, "{text}");
+        c.expect("QUIT", 221);
+    }
 }
 
 impl Drop for Server {
@@ -444,32 +455,6 @@ impl Client {
         Client { stream, reader }
     }
 
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    pub fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\r\n").as_bytes());
-    }
-
-    /// One (possibly multi-line) SMTP reply: code and the full text.
-    pub fn reply(&mut self) -> (u16, String) {
-        read_reply(&mut self.reader)
-    }
-
-    /// Sends a command and returns the reply.
-    pub fn cmd(&mut self, line: &str) -> (u16, String) {
-        self.send(line);
-        self.reply()
-    }
-
-    /// Sends a command and asserts the reply code.
-    pub fn expect(&mut self, line: &str, code: u16) -> String {
-        let (c, text) = self.cmd(line);
-        assert_eq!(c, code, "{line} -> {text}");
-        text
-    }
-
     /// One raw line (for POP3), without CRLF.
     pub fn line(&mut self) -> String {
         let mut line = String::new();
@@ -489,10 +474,48 @@ impl Client {
         assert_eq!(c, 220, "greeting {g}");
         self.expect("EHLO client.example", 250);
     }
+}
+
+impl Dialogue for Client {
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn reply(&mut self) -> (u16, String) {
+        read_reply(&mut self.reader)
+    }
+}
+
+/// The SMTP dialogue over any line transport (`Client`, and
+/// `tls::TlsClient` over TLS): each says how to send bytes and read one
+/// reply; the commands are the same.
+pub trait Dialogue {
+    fn send_raw(&mut self, bytes: &[u8]);
+
+    /// One (possibly multi-line) reply: code and the full text;
+    /// `(0, text)` when the connection ends.
+    fn reply(&mut self) -> (u16, String);
+
+    fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+    }
+
+    /// Sends a command and returns the reply.
+    fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(line);
+        self.reply()
+    }
+
+    /// Sends a command and asserts the reply code.
+    fn expect(&mut self, line: &str, code: u16) -> String {
+        let (c, text) = self.cmd(line);
+        assert_eq!(c, code, "{line} -> {text}");
+        text
+    }
 
     /// Sends one message (raw content, CRLF line ends, dot-stuffed already
     /// by the caller if needed) and returns the final reply.
-    pub fn send_message(&mut self, from: &str, rcpts: &[&str], data: &[u8]) -> (u16, String) {
+    fn send_message(&mut self, from: &str, rcpts: &[&str], data: &[u8]) -> (u16, String) {
         self.expect(&format!("MAIL FROM:<{from}>"), 250);
         for r in rcpts {
             self.expect(&format!("RCPT TO:<{r}>"), 250);
@@ -584,19 +607,9 @@ for key in box.keys():
     out.write(b"%d\n" % len(data))
     out.write(data)
 "#;
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(path)
-        .output()
-        .expect("python3");
-    assert!(
-        o.status.success(),
-        "python mailbox failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = python_bytes(script, &[&path]);
     let mut msgs = Vec::new();
-    let mut rest = &o.stdout[..];
+    let mut rest = &out[..];
     while !rest.is_empty() {
         let nl = rest.iter().position(|&b| b == b'\n').unwrap();
         let n: usize = std::str::from_utf8(&rest[..nl]).unwrap().parse().unwrap();

@@ -4,7 +4,7 @@
 //! speaks the same line protocol as `Client`, and checks for the external
 //! TLS clients (openssl, swaks, curl) that fail with what to install.
 
-use super::{Client, Options, Server, TempDir};
+use super::{Client, Dialogue, Options, Server, TempDir};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
@@ -334,49 +334,23 @@ impl TlsClient {
             .map_or(0, |c| c.len())
     }
 
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        let s = self.reader.get_mut();
-        s.write_all(bytes).unwrap();
-        s.flush().unwrap();
-    }
-
-    pub fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\r\n").as_bytes());
-    }
-
-    /// One (possibly multi-line) reply; `(0, text)` when the connection ends.
-    pub fn reply(&mut self) -> (u16, String) {
-        super::read_reply(&mut self.reader)
-    }
-
     /// One raw line without CRLF (for POP3).
     pub fn line(&mut self) -> String {
         let mut line = String::new();
         self.reader.read_line(&mut line).unwrap_or(0);
         line.trim_end_matches(['\r', '\n']).to_string()
     }
+}
 
-    pub fn cmd(&mut self, line: &str) -> (u16, String) {
-        self.send(line);
-        self.reply()
+impl Dialogue for TlsClient {
+    fn send_raw(&mut self, bytes: &[u8]) {
+        let s = self.reader.get_mut();
+        s.write_all(bytes).unwrap();
+        s.flush().unwrap();
     }
 
-    pub fn expect(&mut self, line: &str, code: u16) -> String {
-        let (c, text) = self.cmd(line);
-        assert_eq!(c, code, "{line} -> {text}");
-        text
-    }
-
-    /// Same as `Client::send_message`.
-    pub fn send_message(&mut self, from: &str, rcpts: &[&str], data: &[u8]) -> (u16, String) {
-        self.expect(&format!("MAIL FROM:<{from}>"), 250);
-        for r in rcpts {
-            self.expect(&format!("RCPT TO:<{r}>"), 250);
-        }
-        self.expect("DATA", 354);
-        self.send_raw(data);
-        self.send_raw(b".\r\n");
-        self.reply()
+    fn reply(&mut self) -> (u16, String) {
+        super::read_reply(&mut self.reader)
     }
 }
 
