@@ -1126,9 +1126,8 @@ fn second_nameserver_answers_when_the_first_is_silent() {
 #[test]
 fn delay_notice_reaches_the_sender_once_after_warn_after() {
     let dns = FakeDns::start();
-    dns.mx("slow.test", &[(10, "mx.slow.test")]);
-    dns.a("mx.slow.test", &[ip(10)]);
-    let srv = Server::with(opts(&dns, free_port(10), "warn_after = \"2s\""));
+    dns.one_mx("slow.test", ip(10));
+    let srv = Server::with(outbound_options(&dns, free_port(10), "warn_after = \"2s\""));
     let sent = std::time::Instant::now();
     send(&srv, &["quinn@slow.test"], "delayed");
     let reports = wait_reports(&srv, 1);
@@ -1167,9 +1166,12 @@ fn delay_notice_reaches_the_sender_once_after_warn_after() {
 #[test]
 fn warn_after_off_sends_no_delay_notice() {
     let dns = FakeDns::start();
-    dns.mx("slow0.test", &[(10, "mx.slow0.test")]);
-    dns.a("mx.slow0.test", &[ip(11)]);
-    let srv = Server::with(opts(&dns, free_port(11), "warn_after = \"off\""));
+    dns.one_mx("slow0.test", ip(11));
+    let srv = Server::with(outbound_options(
+        &dns,
+        free_port(11),
+        "warn_after = \"off\"",
+    ));
     send(&srv, &["quinn@slow0.test"], "nowarn");
     let end = std::time::Instant::now() + WAIT;
     let deferred = |srv: &Server| {
