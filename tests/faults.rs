@@ -195,7 +195,7 @@ fn endless_data_is_cut_off_and_memory_stays_flat() {
 
 /// Raises this test process's open-files soft limit to the hard limit
 /// (the flood below holds well over a thousand sockets).
-fn raise_nofile() -> u64 {
+fn raise_nofile() -> libc::rlim_t {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -207,7 +207,7 @@ fn raise_nofile() -> u64 {
         libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
     }
-    r.rlim_cur as u64
+    r.rlim_cur
 }
 
 /// A TCP connection to `dst` from the loopback address `src` (std cannot
@@ -406,7 +406,7 @@ fn trickling_client_loses_its_slot_at_the_command_deadline() {
             let mut b = [0u8; 1];
             let r = (&c.stream).read(&mut b);
             let _ = c.stream.set_nonblocking(false);
-            if matches!(r, Ok(_)) {
+            if r.is_ok() {
                 closed = true;
                 break;
             }

@@ -84,6 +84,8 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
             r.rlim_cur = r.rlim_max;
         }
     }
+    // rlim_t is 32 bits on 32-bit glibc targets.
+    #[allow(clippy::unnecessary_cast)]
     Ok(r.rlim_cur as u64)
 }
 
