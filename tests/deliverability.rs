@@ -473,3 +473,71 @@ fn dmarc_failures_are_marked_by_default_and_refused_when_configured() {
     );
     assert_eq!(code, 250, "{text}");
 }
+
+/// RFC 7489 6.6.4: `pct=50` applies `p=reject` to about half of the
+/// failing messages; the others are accepted (as quarantine), none lost.
+#[test]
+fn dmarc_pct_rejects_only_a_sample() {
+    let dns = FakeDns::start();
+    dns.txt("_dmarc.half.test", &["v=DMARC1; p=reject; pct=50"]);
+    dns.txt("half.test", &["v=spf1 ip4:192.0.2.1 -all"]);
+    let msg = b"From: <news@half.test>\r\nTo: alice@example.org\r\nSubject: sample\r\n\r\nHi.\r\n";
+    let srv = checking_server(&dns, "dmarc_reject = true");
+    let mut c = srv.connect();
+    c.hello();
+    let (mut refused, mut accepted) = (0, 0);
+    for _ in 0..40 {
+        let (code, text) = c.send_message("news@half.test", &["alice@example.org"], msg);
+        match code {
+            550 => {
+                assert!(text.contains("5.7.1"), "{text}");
+                refused += 1;
+            }
+            250 => accepted += 1,
+            _ => panic!("unexpected reply {code} {text}"),
+        }
+    }
+    // The chance of either count being 0 by luck is 2 * 2^-40.
+    assert!(
+        refused > 0 && accepted > 0,
+        "refused {refused}, accepted {accepted}"
+    );
+    assert_eq!(python_mbox_messages(&srv.mbox_path()).len(), accepted);
+    let ar = auth_results(&srv.mbox());
+    assert!(ar.contains("dmarc=fail"), "{ar}");
+}
+
+/// RFC 7208 2.3: the HELO identity is checked on its own too, and the
+/// result is reported as `smtp.helo=` next to the MAIL FROM result.
+#[test]
+fn helo_identity_gets_its_own_spf_result() {
+    let dns = FakeDns::start();
+    dns.txt("relay.helo.test", &["v=spf1 ip4:127.0.0.1 -all"]);
+    dns.txt("nospf.test", &["v=spf1 ip4:192.0.2.1 -all"]);
+    let srv = checking_server(&dns, "");
+    let mut c = srv.connect();
+    let (code, _) = c.reply();
+    assert_eq!(code, 220);
+    c.expect("EHLO relay.helo.test", 250);
+    let msg = b"From: <x@nospf.test>\r\nTo: alice@example.org\r\nSubject: helo\r\n\r\nHi.\r\n";
+    let (code, text) = c.send_message("x@nospf.test", &["alice@example.org"], msg);
+    assert_eq!(code, 250, "{text}");
+    assert!(srv.wait_log("auth id=", WAIT));
+    let ar = auth_results(&srv.mbox());
+    for part in [
+        "spf=fail smtp.mailfrom=x@nospf.test;",
+        "spf=pass smtp.helo=relay.helo.test;",
+    ] {
+        assert!(ar.contains(part), "no {part:?} in {ar}");
+    }
+    // An address literal is not a HELO identity to check.
+    let mut c = srv.connect();
+    let _ = c.reply();
+    c.expect("EHLO [127.0.0.1]", 250);
+    let (code, _) = c.send_message("x@nospf.test", &["alice@example.org"], msg);
+    assert_eq!(code, 250);
+    let stored = python_mbox_messages(&srv.mbox_path());
+    assert_eq!(stored.len(), 2);
+    let second = String::from_utf8_lossy(&stored[1]).into_owned();
+    assert!(!second.contains("smtp.helo="), "{second}");
+}

@@ -1234,3 +1234,65 @@ fn second_nameserver_answers_when_the_first_is_silent() {
         "the first server was not asked"
     );
 }
+
+#[test]
+fn delay_notice_reaches_the_sender_once_after_warn_after() {
+    let dns = FakeDns::start();
+    dns.mx("slow.test", &[(10, "mx.slow.test")]);
+    dns.a("mx.slow.test", &[ip(10)]);
+    let srv = Server::with(opts(&dns, free_port(10), "warn_after = \"2s\""));
+    let sent = std::time::Instant::now();
+    send(&srv, &["quinn@slow.test"], "delayed");
+    let reports = wait_reports(&srv, 1);
+    assert_eq!(reports.len(), 1, "log:\n{}", srv.log().join("\n"));
+    assert!(
+        sent.elapsed() >= Duration::from_secs(2),
+        "the notice waits for warn_after"
+    );
+    let r = &reports[0];
+    assert!(r.contains(r#""Action": "delayed""#), "{r}");
+    assert!(r.contains(r#""Status": "4.4.1""#), "{r}");
+    assert!(r.contains(r#""from_": "MAILER-DAEMON"#), "null sender: {r}");
+    // Retries go on (every second) without a second notice, and the
+    // message stays queued.
+    let deferred = |srv: &Server| {
+        srv.log()
+            .iter()
+            .filter(|l| l.contains("deferred id=") && l.contains("quinn@slow.test"))
+            .count()
+    };
+    let before = deferred(&srv);
+    let end = std::time::Instant::now() + WAIT;
+    while deferred(&srv) < before + 3 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        deferred(&srv) >= before + 3,
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    assert_eq!(python_reports(&srv).len(), 1, "one notice per message");
+    let (_, list) = srv.queue_cmd(&["list"]);
+    assert!(list.contains("quinn@slow.test"), "{list}");
+}
+
+#[test]
+fn warn_after_off_sends_no_delay_notice() {
+    let dns = FakeDns::start();
+    dns.mx("slow0.test", &[(10, "mx.slow0.test")]);
+    dns.a("mx.slow0.test", &[ip(11)]);
+    let srv = Server::with(opts(&dns, free_port(11), "warn_after = \"off\""));
+    send(&srv, &["quinn@slow0.test"], "nowarn");
+    let end = std::time::Instant::now() + WAIT;
+    let deferred = |srv: &Server| {
+        srv.log()
+            .iter()
+            .filter(|l| l.contains("deferred id="))
+            .count()
+    };
+    while deferred(&srv) < 3 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(deferred(&srv) >= 3, "log:\n{}", srv.log().join("\n"));
+    assert!(!srv.mbox_path().exists() || python_reports(&srv).is_empty());
+}

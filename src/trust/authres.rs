@@ -1,5 +1,6 @@
 //! Inbound message authentication on port 25: SPF for the client and the
-//! MAIL FROM (or HELO) domain, the message's DKIM signatures, DMARC for the
+//! MAIL FROM (or HELO) domain, and for the HELO identity on its own as RFC
+//! 7208 2.3 recommends, the message's DKIM signatures, DMARC for the
 //! From domain, recorded in an `Authentication-Results:` header (RFC 8601;
 //! `header.b` from RFC 6008).
 //!
@@ -21,6 +22,10 @@ pub struct Results {
     /// The MAIL FROM address (empty for the null sender).
     pub mail_from: String,
     pub helo: String,
+    /// The separate check of the HELO identity (RFC 7208 2.3), when there
+    /// is a MAIL FROM (without one, `spf` already is the HELO check) and
+    /// the HELO is a domain name rather than an address literal.
+    pub helo_spf: Option<spf::Outcome>,
     pub dkim: Vec<dkim::Outcome>,
     pub dmarc: Option<dmarc::Outcome>,
 }
@@ -36,15 +41,21 @@ pub async fn check<D: Dns>(
     pending: Vec<Pending>,
     from_header: Option<&str>,
 ) -> Results {
-    let spf = spf::check(
-        dns,
-        &spf::Query {
-            ip,
-            sender: mail_from.to_string(),
-            helo: helo.to_string(),
-            receiver: receiver.to_string(),
-        },
-    )
+    let query = |sender: &str| spf::Query {
+        ip,
+        sender: sender.to_string(),
+        helo: helo.to_string(),
+        receiver: receiver.to_string(),
+    };
+    let (mail_q, helo_q) = (query(mail_from), query(""));
+    let helo_is_name = helo.contains('.') && !helo.starts_with('[');
+    let (spf, helo_spf) = smol::future::zip(spf::check(dns, &mail_q), async {
+        if mail_from.is_empty() || !helo_is_name {
+            None
+        } else {
+            Some(spf::check(dns, &helo_q).await)
+        }
+    })
     .await;
     let mut outcomes = Vec::new();
     for p in pending {
@@ -89,6 +100,7 @@ pub async fn check<D: Dns>(
         spf,
         mail_from: mail_from.to_string(),
         helo: helo.to_string(),
+        helo_spf,
         dkim: outcomes,
         dmarc,
     }
@@ -123,6 +135,13 @@ impl Results {
             format!("smtp.mailfrom={}", pvalue(&self.mail_from))
         };
         parts.push(format!("spf={} {spf_id}", self.spf.result.name()));
+        if let Some(h) = &self.helo_spf {
+            parts.push(format!(
+                "spf={} smtp.helo={}",
+                h.result.name(),
+                pvalue(&self.helo)
+            ));
+        }
         if self.dkim.is_empty() {
             parts.push("dkim=none".to_string());
         }
