@@ -11,6 +11,7 @@ have curl     || need+=(curl)
 have openssl  || need+=(openssl)
 have prlimit  || need+=(util-linux)
 have python3  || need+=(python3)
+have fail2ban-regex || need+=(fail2ban)   # the shipped filter, tests/auth_hardening.rs
 have systemd-analyze || need+=(systemd)   # unit file checks
 # The receiving MX of the outbound interop test (a private instance on a
 # loopback high port; the system's own Postfix is not configured or started).
