@@ -7,4 +7,5 @@
 pub mod dns;
 pub mod line;
 pub mod listen;
+pub mod selfsigned;
 pub mod tls;

@@ -408,6 +408,9 @@ where
         }
     };
     drop(guard);
+    if result.is_ok() {
+        crate::util::activity::received(&id, &envelope.sender().to_string());
+    }
     match result {
         Ok(()) => log::info!(
             "accepted id={id} from=<{}> rcpts={} size={size} peer={} helo={} tls={}",
