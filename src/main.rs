@@ -442,6 +442,8 @@ fn serve(cli: &cli::Cli) -> ExitCode {
                 .map(|(a, kind)| format!("{kind} {a}")),
         )
         .collect();
+    // Before the "listening" line: whoever saw it finds the status file.
+    pimail::admin::status::start_writer(config.data_dir.clone(), addrs.clone());
     let source = match &config.source {
         Source::File(p) => p.display().to_string(),
         Source::Embedded => "embedded try-it default".into(),
@@ -466,7 +468,6 @@ fn serve(cli: &cli::Cli) -> ExitCode {
     if let Err(e) = notify::ready(&format!("listening: {}", addrs.join(", "))) {
         log::warn!("{e}");
     }
-    pimail::admin::status::start_writer(config.data_dir.clone(), addrs.clone());
     let certificate = server.certificate();
     let ex = std::rc::Rc::new(smol::LocalExecutor::new());
     if let Some(c) = certificate.clone() {

@@ -179,12 +179,12 @@ fn password(args: &SetupArgs, ask: &mut Ask, user: &str) -> Result<String, Setup
         ));
     }
     for _ in 0..3 {
-        let a = hidden(&format!("Password for {user} (not shown): "))?;
+        let a = hidden(&format!("Password for {user} (not shown): "), ask.input)?;
         if let Err(e) = check_password(&a) {
             println!("{}", e.message);
             continue;
         }
-        let b = hidden("The same password again: ")?;
+        let b = hidden("The same password again: ", ask.input)?;
         if a == b {
             return Ok(a);
         }
@@ -193,19 +193,15 @@ fn password(args: &SetupArgs, ask: &mut Ask, user: &str) -> Result<String, Setup
     Err(fail(EX_DATAERR, "no password set (three tries)".into()))
 }
 
-fn hidden(prompt: &str) -> Result<String, SetupError> {
-    print!("{prompt}");
-    let _ = std::io::stdout().flush();
-    let r = crate::util::sys::read_password_noecho()
+fn hidden(prompt: &str, input: &mut dyn BufRead) -> Result<String, SetupError> {
+    crate::util::sys::read_password_noecho(prompt, input)
         .map_err(|e| fail(EX_OSERR, format!("cannot read the password: {e}")))?
         .ok_or_else(|| {
             fail(
                 EX_USAGE,
                 "stdin is not a terminal: use --password-stdin".into(),
             )
-        })?;
-    println!();
-    Ok(r)
+        })
 }
 
 fn check_password(pw: &str) -> Result<(), SetupError> {
@@ -447,7 +443,7 @@ pub fn dns_records(config: &Config) -> String {
         rows.push((
             format!("_dmarc.{d}"),
             "TXT",
-            format!("v=DMARC1; p=quarantine; rua=mailto:postmaster@{d}"),
+            format!("v=DMARC1; p=none; rua=mailto:postmaster@{d}"),
         ));
     }
     let mut out = String::from(

@@ -94,11 +94,17 @@ pub fn disk_space(path: &std::path::Path) -> io::Result<(u64, u64)> {
     Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
 }
 
-/// Reads one line from the terminal on stdin with echo off (the password
-/// prompt of `setup` and `passwd`), restoring the terminal afterwards;
-/// `Ok(None)` when stdin is not a terminal. The newline the user typed is
-/// not echoed either, so the caller prints one.
-pub fn read_password_noecho() -> io::Result<Option<String>> {
+/// Prints `prompt` and reads one line from the terminal on stdin with
+/// echo off (the password prompt of `setup` and `passwd`), restoring the
+/// terminal afterwards; `Ok(None)` when stdin is not a terminal. Echo goes
+/// off before the prompt shows, so nothing typed after it is echoed or
+/// lost. The newline the user typed is not echoed either: one is printed.
+/// `input` is stdin (or its lock, which the caller may already hold).
+pub fn read_password_noecho(
+    prompt: &str,
+    input: &mut dyn io::BufRead,
+) -> io::Result<Option<String>> {
+    use std::io::Write;
     let fd = libc::STDIN_FILENO;
     // SAFETY: isatty and tcgetattr only read the descriptor's state into a
     // termios we own; zeroed is a valid termios.
@@ -109,13 +115,17 @@ pub fn read_password_noecho() -> io::Result<Option<String>> {
     let mut quiet = old;
     quiet.c_lflag &= !libc::ECHO;
     // SAFETY: a valid descriptor and a termios copied from its own state.
-    if unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &quiet) } != 0 {
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    let mut out = io::stdout();
+    let _ = write!(out, "{prompt}");
+    let _ = out.flush();
     let mut line = String::new();
-    let read = io::stdin().read_line(&mut line);
+    let read = input.read_line(&mut line);
     // SAFETY: as above; restores what tcgetattr returned.
-    unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &old) };
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
+    let _ = writeln!(out);
     read?;
     Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
 }
