@@ -326,7 +326,7 @@ pub fn report(config: &Config, now: u64) -> (String, u8) {
     for (what, dir) in [("data_dir", &config.data_dir), ("mbox", &mbox_dir)] {
         match crate::util::sys::disk_space(dir) {
             Ok((free, total)) => {
-                let pct = if total == 0 { 100 } else { free * 100 / total };
+                let pct = (free * 100).checked_div(total).unwrap_or(100);
                 let _ = writeln!(
                     out,
                     "disk:        {what} {}: {} free ({pct}%)",

@@ -439,6 +439,39 @@ mod tests {
     }
 
     #[test]
+    fn setup_and_status_commands() {
+        let c = p(&[
+            "setup",
+            "--hostname",
+            "mail.example.org",
+            "--domain",
+            "example.org",
+            "--user",
+            "alice",
+            "--password-stdin",
+            "--yes",
+            "-c",
+            "/x.toml",
+            "--data-dir",
+            "/d",
+        ])
+        .unwrap();
+        let Command::Setup(a) = c.command else {
+            panic!()
+        };
+        assert_eq!(a.hostname.as_deref(), Some("mail.example.org"));
+        assert_eq!(a.domain.as_deref(), Some("example.org"));
+        assert_eq!(a.user.as_deref(), Some("alice"));
+        assert!(a.password_stdin && a.yes && !a.overwrite_config);
+        assert_eq!(a.data_dir, Some(PathBuf::from("/d")));
+        assert_eq!(c.config, Some(PathBuf::from("/x.toml")));
+        assert!(p(&["setup", "--hostname"]).is_err());
+        assert!(p(&["setup", "--frobnicate"]).is_err());
+        assert!(p(&["--hostname", "x", "setup"]).is_err());
+        assert_eq!(p(&["status"]).unwrap().command, Command::Status);
+    }
+
+    #[test]
     fn doctor_command() {
         assert_eq!(
             p(&["doctor"]).unwrap().command,
