@@ -11,6 +11,7 @@ have curl     || need+=(curl)
 have openssl  || need+=(openssl)
 have prlimit  || need+=(util-linux)
 have python3  || need+=(python3)
+have fail2ban-regex || need+=(fail2ban)   # the shipped filter, tests/auth_hardening.rs
 # The mail clients of the try-it TLS test (tests/firstrun.rs), in their
 # default configurations: msmtp (`auth on`, STARTTLS), fetchmail (STLS).
 have msmtp     || need+=(msmtp)

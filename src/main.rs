@@ -27,6 +27,7 @@ const EX_TEMPFAIL: u8 = 75;
 const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
+    pimail::util::sys::tune_allocator();
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
     let invoked_as = std::path::Path::new(&argv0)

@@ -90,6 +90,9 @@ pub struct Outbound {
     pub dns: Vec<SocketAddr>,
     pub retry: Vec<Duration>,
     pub bounce_after: Duration,
+    /// Send an RFC 3464 "delayed" notice once a message has waited this
+    /// long (Postfix's `delay_warning_time`); `None` (`"0s"`): never.
+    pub warn_after: Option<Duration>,
     pub mx_port: u16,
 }
 
@@ -289,6 +292,7 @@ impl Default for Outbound {
                 .filter_map(|s| parse_duration(s).ok())
                 .collect(),
             bounce_after: Duration::from_secs(5 * 86400),
+            warn_after: Some(Duration::from_secs(4 * 3600)),
             mx_port: 25,
         }
     }
@@ -386,6 +390,8 @@ struct RawOutbound {
     retry: Option<Vec<Duration>>,
     #[serde(default, deserialize_with = "de_duration")]
     bounce_after: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration_or_off")]
+    warn_after: Option<Duration>,
     mx_port: Option<u16>,
 }
 
@@ -468,6 +474,17 @@ fn de_positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Erro
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map(Some).map_err(de::Error::custom)
+}
+
+/// A duration, or `"0"`/`"0s"`/`"off"` for never (`Duration::ZERO`).
+fn de_duration_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim() {
+        "0" | "0s" | "0m" | "0h" | "0d" | "off" => Ok(Some(Duration::ZERO)),
+        _ => parse_duration(&s)
+            .map(Some)
+            .map_err(|e| de::Error::custom(format!("{e}, or \"off\""))),
+    }
 }
 
 fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
@@ -661,6 +678,11 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
         dns: o.dns,
         retry: o.retry.unwrap_or(d.retry),
         bounce_after: o.bounce_after.unwrap_or(d.bounce_after),
+        warn_after: match o.warn_after {
+            Some(w) if w.is_zero() => None,
+            Some(w) => Some(w),
+            None => d.warn_after,
+        },
         mx_port: o.mx_port.unwrap_or(d.mx_port),
     };
 
@@ -874,10 +896,13 @@ impl Config {
             s += &format!("relay_password_file = {:?}\n", p.display().to_string());
         }
         s += &format!(
-            "dns = {}\nretry = {}\nbounce_after = \"{}\"\nmx_port = {}\n",
+            "dns = {}\nretry = {}\nbounce_after = \"{}\"\nwarn_after = \"{}\"\nmx_port = {}\n",
             list(&o.dns),
             durs(&o.retry),
             fmt_duration(o.bounce_after),
+            o.warn_after
+                .map(fmt_duration)
+                .unwrap_or_else(|| "off".into()),
             o.mx_port
         );
         s += &format!(

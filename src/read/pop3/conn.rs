@@ -19,6 +19,7 @@ use crate::net::tls::{self, Stream};
 use crate::store::maildrop::{self, Message};
 use crate::store::mbox::MboxWriter;
 use crate::user::auth::{self, Account, Outcome};
+use crate::util::logging;
 use crate::util::rt::timeout;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::cell::Cell;
@@ -260,7 +261,10 @@ async fn login_attempt<'a>(
         Outcome::Blocked => return Err(LoginResult::Blocked),
     }
     if ctx.in_use.get() {
-        log::info!("pop3 {peer}: login {login:?} refused, maildrop in use");
+        log::info!(
+            "pop3 {peer}: login refused, maildrop in use user={}",
+            logging::quoted(login)
+        );
         return Err(LoginResult::InUse);
     }
     ctx.in_use.set(true);
@@ -285,11 +289,12 @@ async fn login_attempt<'a>(
     *holding = Some(held);
     let size: u64 = snapshot.messages.iter().map(|m| m.size).sum();
     log::info!(
-        "pop3 {peer}: login {login:?} ok, {} message(s), {size} octets \
-         (password {} ms, maildrop {} ms)",
+        "pop3 {peer}: login ok, {} message(s), {size} octets \
+         (password {} ms, maildrop {} ms) user={}",
         snapshot.messages.len(),
         checked.as_millis(),
-        (started.elapsed() - checked).as_millis()
+        (started.elapsed() - checked).as_millis(),
+        logging::quoted(login)
     );
     Ok((
         snapshot.file,

@@ -21,6 +21,7 @@ use crate::net::listen::Shared;
 use crate::net::tls::{self, Stream};
 use crate::store::mbox::{self, Delivery, MboxError, MboxWriter, Quoter};
 use crate::user::auth::{self, Account};
+use crate::util::logging;
 use crate::util::rt::timeout;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io::Write;
@@ -119,7 +120,10 @@ where
             if let Some(reply) = &step.reply {
                 if reply.is_error() {
                     // Refusals (unknown user, relay denied, syntax) with the reason.
-                    log::info!("smtp {peer}: refused: {}", reply.to_wire().trim_end());
+                    log::info!(
+                        "smtp {peer}: refused reply={}",
+                        logging::quoted(reply.to_wire().trim_end())
+                    );
                 }
                 reply.write_to(&mut out);
             }
@@ -314,14 +318,16 @@ where
     let envelope = match session.data_finished(decoder.error()) {
         DataOutcome::Refused(reply) => {
             log::info!(
-                "refused peer={} helo={} size={size} reason={:?}",
+                "refused peer={} size={size} reason={} helo={}",
                 peer.ip(),
-                session.helo_name().unwrap_or("-"),
-                reply
-                    .lines
-                    .last()
-                    .map(|l| l.to_string())
-                    .unwrap_or_default()
+                logging::quoted(
+                    &reply
+                        .lines
+                        .last()
+                        .map(|l| l.to_string())
+                        .unwrap_or_default()
+                ),
+                logging::quoted(session.helo_name().unwrap_or("-")),
             );
             return Ok(Some(reply));
         }
@@ -359,14 +365,16 @@ where
             Some(r) => {
                 let dmarc = r.dmarc.as_ref().map(|d| d.result).unwrap_or("none");
                 log::info!(
-                    "auth id={id} peer={} spf={} dkim={} dmarc={dmarc}",
+                    "auth id={id} peer={} spf={} dmarc={dmarc} dkim={}",
                     peer.ip(),
                     r.spf.result.name(),
-                    r.dkim
-                        .iter()
-                        .map(|d| format!("{}:{}", d.domain, d.status.name()))
-                        .collect::<Vec<_>>()
-                        .join(",")
+                    logging::quoted(
+                        &r.dkim
+                            .iter()
+                            .map(|d| format!("{}:{}", d.domain, d.status.name()))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )
                 );
                 if auth.dmarc_reject && r.dmarc_reject() {
                     let domain = r
@@ -375,8 +383,9 @@ where
                         .map(|d| d.from_domain.clone())
                         .unwrap_or_default();
                     log::info!(
-                        "refused id={id} peer={}: DMARC p=reject failure for {domain}",
-                        peer.ip()
+                        "refused id={id} peer={}: DMARC p=reject failure domain={}",
+                        peer.ip(),
+                        logging::quoted(&domain)
                     );
                     return Ok(Some(session.policy_refused(&format!(
                         "DMARC policy of {domain} says reject, and this message failed SPF and DKIM alignment"
@@ -413,21 +422,21 @@ where
     }
     match result {
         Ok(()) => log::info!(
-            "accepted id={id} from=<{}> rcpts={} size={size} peer={} helo={} tls={}",
-            envelope.sender(),
-            rcpt_list(&envelope),
+            "accepted id={id} size={size} peer={} tls={} from={} rcpts={} helo={}",
             peer.ip(),
-            envelope.helo,
             envelope
                 .tls
                 .as_ref()
                 .map_or("no".to_string(), |t| format!("{}/{}", t.version, t.cipher)),
+            logging::quoted(&format!("<{}>", envelope.sender())),
+            logging::quoted(&rcpt_list(&envelope)),
+            logging::quoted(&envelope.helo),
         ),
         Err(e) => log::warn!(
-            "not stored id={id} from=<{}> rcpts={} size={size} peer={}: {e:?}",
-            envelope.sender(),
-            rcpt_list(&envelope),
+            "not stored id={id} size={size} peer={} error={e:?} from={} rcpts={}",
             peer.ip(),
+            logging::quoted(&format!("<{}>", envelope.sender())),
+            logging::quoted(&rcpt_list(&envelope)),
         ),
     }
     Ok(Some(session.delivered(

@@ -23,7 +23,7 @@ use crate::mail::address::{Destination, LocalPolicy};
 use crate::net::dns::{DnsError, Mx, Resolver};
 use crate::send::queue::{self, Entry, Queue, State};
 use crate::store::mbox::{Delivery, MboxWriter};
-use bounce::Failure;
+use bounce::{Failure, Report};
 use client::{MailParams, ServerReply};
 use conn::{Conn, ConnError, Security};
 use rustls::client::WebPkiServerVerifier;
@@ -140,6 +140,7 @@ pub struct Worker {
     resolver: Resolver,
     retry: Vec<Duration>,
     bounce_after: Duration,
+    warn_after: Option<Duration>,
     hostname: String,
     mbox: MboxWriter,
     policy: LocalPolicy,
@@ -231,6 +232,7 @@ pub fn start(config: &Config, mbox: MboxWriter) -> Result<(Outbox, Worker), Stri
         resolver: Resolver::new(&o.dns),
         retry: o.retry.clone(),
         bounce_after: o.bounce_after,
+        warn_after: o.warn_after,
         hostname: config.hostname.clone(),
         mbox,
         policy: LocalPolicy::from_config(config),
@@ -498,7 +500,7 @@ impl Worker {
                 for ei in 0..entries.len() {
                     if !done[ei] && !still_in_round(&entries[ei], now) {
                         done[ei] = true;
-                        self.finish(&entries[ei], std::mem::take(&mut failures[ei]))
+                        self.finish(&mut entries[ei], std::mem::take(&mut failures[ei]))
                             .await;
                     }
                 }
@@ -507,16 +509,38 @@ impl Worker {
         .await;
         for ei in 0..entries.len() {
             if !done[ei] {
-                self.finish(&entries[ei], std::mem::take(&mut failures[ei]))
+                self.finish(&mut entries[ei], std::mem::take(&mut failures[ei]))
                     .await;
             }
         }
     }
 
-    /// Sends bounces for new failures, then saves the message's state.
-    async fn finish(&self, entry: &Entry, failures: Vec<(Failure, Via)>) {
+    /// Sends bounces for new failures and the delay notice when it is
+    /// due, then saves the message's state.
+    async fn finish(&self, entry: &mut Entry, failures: Vec<(Failure, Via)>) {
         if !failures.is_empty() {
-            self.bounce(entry, failures).await;
+            self.bounce(entry, failures, Report::Failed).await;
+        }
+        let now = crate::util::timefmt::unix_now();
+        if queue::warning_due(entry, now, self.warn_after) {
+            let waiting = entry
+                .pending()
+                .map(|r| {
+                    let failure = Failure {
+                        rcpt: r.addr.to_string(),
+                        status: bounce::delayed_status(&r.last),
+                        diagnostic: r.last.clone(),
+                        remote_mta: None,
+                    };
+                    (failure, Via::default())
+                })
+                .collect();
+            let retry_until = entry.created + self.bounce_after.as_secs();
+            self.bounce(entry, waiting, Report::Delayed { retry_until })
+                .await;
+            // Once per message, even if sending the notice failed: a
+            // warning is not worth a loop (Postfix does the same).
+            entry.warned = true;
         }
         let q = self.queue.clone();
         let e = entry.clone();
@@ -809,7 +833,7 @@ impl Worker {
 
     /// Sends the RFC 3464 report for `failures` to the message's sender:
     /// into the mbox when the sender is the user, else through the queue.
-    async fn bounce(&self, entry: &Entry, failures: Vec<(Failure, Via)>) {
+    async fn bounce(&self, entry: &Entry, failures: Vec<(Failure, Via)>, report: Report) {
         let Some(sender) = entry.from.clone() else {
             log::info!("id={}: not bouncing a bounce (null sender)", entry.id);
             return;
@@ -824,6 +848,7 @@ impl Worker {
         let id = crate::util::rt::new_id();
         let f: Vec<Failure> = failures.into_iter().map(|(f, _)| f).collect();
         let text = bounce::build(
+            report,
             &self.hostname,
             entry,
             &f,
@@ -878,16 +903,20 @@ impl Worker {
                 r
             }
         };
+        let what = match report {
+            Report::Failed => "bounce",
+            Report::Delayed { .. } => "delay notice",
+        };
         match result {
             Ok(()) => log::info!(
-                "bounce id={id} for id={} to=<{sender}> rcpts={}",
+                "{what} id={id} for id={} to=<{sender}> rcpts={}",
                 entry.id,
                 f.iter()
                     .map(|x| format!("<{}>", x.rcpt))
                     .collect::<Vec<_>>()
                     .join(",")
             ),
-            Err(e) => log::error!("bounce for id={} to=<{sender}> not sent: {e}", entry.id),
+            Err(e) => log::error!("{what} for id={} to=<{sender}> not sent: {e}", entry.id),
         }
     }
 }
