@@ -1,8 +1,8 @@
 //! `pimail status`: one screen on the running server, and an exit code
 //! for cron and monitoring: 0 when all is well, 1 when something needs
 //! attention (a certificate about to expire, a nearly full disk, mail
-//! stuck in the queue), 3 when the server is not running (the LSB
-//! convention of `service status`).
+//! stuck in the queue), 3 when the server is not running, 4 when its
+//! status file cannot be read (the LSB conventions of `service status`).
 //!
 //! The server writes a small status file, `<data_dir>/status` (key=value
 //! lines: pid, start time, version, listeners, the last message accepted
@@ -168,9 +168,20 @@ pub fn report(config: &Config, now: u64) -> (String, u8) {
     let mut out = String::new();
     let mut attention = Vec::<String>::new();
     let file = config.data_dir.join(FILE);
-    let status = std::fs::read_to_string(&file)
-        .ok()
-        .map(|t| StatusFile::parse(&t));
+    let status = match std::fs::read_to_string(&file) {
+        Ok(t) => Some(StatusFile::parse(&t)),
+        // Not knowing is not "not running" (LSB: 4, status unknown).
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return (
+                format!(
+                    "cannot read {}: {e}; run `pimail status` as the service user (sudo -u pimail) or root\n",
+                    file.display()
+                ),
+                4,
+            );
+        }
+        Err(_) => None,
+    };
     let running = status.as_ref().is_some_and(|s| is_pimail(s.pid));
     match (&status, running) {
         (Some(s), true) => {
