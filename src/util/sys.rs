@@ -63,6 +63,33 @@ pub fn ignore_sigxfsz() -> io::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard limit (every held
+/// connection is a descriptor; systemd's default soft limit is 1024) and
+/// gives the limit now in force.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if r.rlim_cur < r.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: r.rlim_max,
+            rlim_max: r.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            r.rlim_cur = r.rlim_max;
+        }
+    }
+    // rlim_t is 32 bits on 32-bit glibc targets.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(r.rlim_cur as u64)
+}
+
 /// Does a process with this id exist (for stale dot-locks)? A process of
 /// another user counts as alive (EPERM).
 pub fn process_alive(pid: u32) -> bool {

@@ -105,6 +105,9 @@ pub struct Options {
     pub listen_pop3s: bool,
     /// `[tls]` cert and key files (see `tls::make_certs`).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// More lines for `[listen]` (e.g. `proxy_protocol`, or a listener
+    /// kind turned off above with a fixed address instead).
+    pub listen_extra: String,
 }
 
 impl Default for Options {
@@ -120,6 +123,7 @@ impl Default for Options {
             listen_submissions: false,
             listen_pop3s: false,
             tls: None,
+            listen_extra: String::new(),
         }
     }
 }
@@ -221,6 +225,7 @@ impl Server {
         if o.listen_pop3s {
             listen += "pop3s = [\"127.0.0.1:0\"]\n";
         }
+        listen += &o.listen_extra;
         let tls = match &o.tls {
             Some((cert, key)) => format!(
                 "[tls]\ncert = {:?}\nkey = {:?}\n",
@@ -447,7 +452,12 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
+        Client::from_stream(TcpStream::connect(addr).unwrap())
+    }
+
+    /// A client over a stream connected some other way (e.g. from another
+    /// loopback address).
+    pub fn from_stream(stream: TcpStream) -> Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
