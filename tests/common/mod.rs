@@ -637,7 +637,7 @@ pub fn original_from_stored(stored: &[u8]) -> Vec<u8> {
     let mut in_received = false;
     for line in stored.split_inclusive(|&b| b == b'\n') {
         if skipping_trace {
-            if line.starts_with(b"Return-Path:") {
+            if line.starts_with(b"Return-Path:") || line.starts_with(b"X-Pimail:") {
                 continue;
             }
             if line.starts_with(b"Received:") && !in_received {
@@ -860,6 +860,10 @@ pub fn smtp_stuff(data: &[u8]) -> Vec<u8> {
 pub fn strip_trace_crlf(msg: &[u8]) -> Vec<u8> {
     let mut rest = msg;
     if rest.starts_with(b"Return-Path:") {
+        let i = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        rest = &rest[i + 2..];
+    }
+    if rest.starts_with(b"X-Pimail:") {
         let i = rest.windows(2).position(|w| w == b"\r\n").unwrap();
         rest = &rest[i + 2..];
     }

@@ -263,7 +263,7 @@ where
         .mode(0o600)
         .open(&spool_path);
     let mut decoder = DataDecoder::new(ctx.settings.max_message_size);
-    let mut quoter = Quoter::new();
+    let mut quoter = Quoter::for_received_mail();
     let mut decoded = Vec::with_capacity(BUFFER);
     let mut quoted = Vec::with_capacity(BUFFER + BUFFER / 4);
     let mut write_error: Option<std::io::Error> = None;
@@ -526,6 +526,7 @@ async fn store(
         }
         prefix += &env.received_header(&shared.hostname, id, now);
         let d = Delivery {
+            id: id.to_string(),
             prefix: prefix.into_bytes(),
             spool: spool.to_path_buf(),
         };

@@ -556,6 +556,7 @@ impl Worker {
         let mut p = prefix.into_bytes();
         p.extend_from_slice(&queue::header_bytes(&e.headers));
         let d = Delivery {
+            id: e.id.clone(),
             prefix: p,
             spool: self.queue.msg_path(&e.id),
         };
@@ -872,6 +873,7 @@ impl Worker {
                         prefix += "Return-Path: <>\n";
                         self.mbox
                             .append(Delivery {
+                                id: id.clone(),
                                 prefix: prefix.into_bytes(),
                                 spool: spool.clone(),
                             })
