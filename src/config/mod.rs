@@ -67,6 +67,8 @@ pub struct Listen {
 pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Found in certbot's directory, not named in the file (said at start).
+    pub from_certbot: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +183,29 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
             parse(&text, &name, p.parent().unwrap_or(Path::new(".")))
         }
     }
+}
+
+/// Where certbot keeps its certificates; `PIMAIL_LETSENCRYPT_DIR`
+/// overrides it (tests).
+pub fn letsencrypt_dir() -> PathBuf {
+    std::env::var_os("PIMAIL_LETSENCRYPT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/letsencrypt"))
+}
+
+/// With no `[tls]` section, certbot's files for the host name are used
+/// when they exist: `certbot certonly -d <hostname>` is then all it takes.
+/// Existing but unreadable files (certbot keeps keys root-only) are still
+/// taken, so that the start fails naming them instead of silently running
+/// without TLS.
+fn certbot_tls(hostname: &str) -> Option<Tls> {
+    let live = letsencrypt_dir().join("live").join(hostname);
+    let (cert, key) = (live.join("fullchain.pem"), live.join("privkey.pem"));
+    (cert.exists() && key.exists()).then_some(Tls {
+        cert,
+        key,
+        from_certbot: true,
+    })
 }
 
 /// The try-it setup of SPEC "Command line": loopback, high ports, `./pimail-data`.
@@ -600,10 +625,14 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
     let data_dir = abs(raw.data_dir);
     let mbox = u.mbox.map(abs).unwrap_or_else(|| data_dir.join("mbox"));
 
-    let tls = raw.tls.map(|t| Tls {
-        cert: abs(t.cert),
-        key: abs(t.key),
-    });
+    let tls = raw
+        .tls
+        .map(|t| Tls {
+            cert: abs(t.cert),
+            key: abs(t.key),
+            from_certbot: false,
+        })
+        .or_else(|| certbot_tls(&hostname));
     let listen = Listen {
         smtp: raw.listen.smtp,
         submission: raw.listen.submission,

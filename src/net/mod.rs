@@ -8,4 +8,5 @@ pub mod dns;
 pub mod line;
 pub mod listen;
 pub mod proxy;
+pub mod selfsigned;
 pub mod tls;

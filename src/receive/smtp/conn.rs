@@ -466,6 +466,9 @@ where
         }
     };
     drop(guard);
+    if result.is_ok() {
+        crate::util::activity::received(&id, &envelope.sender().to_string());
+    }
     match result {
         Ok(()) => log::info!(
             "accepted id={id} size={size} peer={} tls={} from={} rcpts={} helo={}",

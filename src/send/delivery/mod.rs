@@ -604,6 +604,7 @@ impl Worker {
             Outcome::Delivered(reply) => {
                 r.state = State::Delivered;
                 r.last = reply.clone();
+                crate::util::activity::sent(&id, &r.addr.to_string());
                 log::info!(
                     "delivered id={id} rcpt=<{}> host={host} ip={ip} tls={tls} reply={reply:?}",
                     r.addr
