@@ -57,25 +57,38 @@ pub struct Listen {
     pub submissions: Vec<SocketAddr>,
     pub pop3: Vec<SocketAddr>,
     pub pop3s: Vec<SocketAddr>,
+    /// Listeners (each also in one of the lists above) whose connections
+    /// start with a PROXY protocol header (v1 or v2) from a proxy on the
+    /// same host or network, carrying the client's real address.
+    pub proxy_protocol: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Found in certbot's directory, not named in the file (said at start).
+    pub from_certbot: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_message_size: u64,
     pub max_recipients: usize,
+    /// Port 25 connections at once (see `net::listen` for the budgets).
     pub max_connections: usize,
+    /// Connections at once for each of submission, POP3 and IMAP, apart
+    /// from port 25's budget so that a flood there cannot lock the user out.
+    pub max_user_connections: usize,
+    /// Per service and per client network (IPv4 address or IPv6 /64).
     pub max_connections_per_ip: usize,
-    /// RFC 5321 4.5.3.2: at least 5 minutes per command...
+    /// RFC 5321 4.5.3.2.7: at least 5 minutes for the server to await a
+    /// command. A deadline for the whole command line, not per read.
     pub command_timeout: Duration,
-    /// ...and 10 minutes (we use 3 between data blocks is the RFC minimum;
-    /// a whole DATA phase may take longer, the timeout is per read).
+    /// A deadline for a whole DATA block, from `354` to the final dot.
     pub data_timeout: Duration,
+    /// The most any one session may last, however busy it is.
+    pub session_timeout: Duration,
     /// Bad commands tolerated per session before `421` and disconnect.
     pub max_errors: u32,
 }
@@ -207,6 +220,29 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
+/// Where certbot keeps its certificates; `PIMAIL_LETSENCRYPT_DIR`
+/// overrides it (tests).
+pub fn letsencrypt_dir() -> PathBuf {
+    std::env::var_os("PIMAIL_LETSENCRYPT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/letsencrypt"))
+}
+
+/// With no `[tls]` section, certbot's files for the host name are used
+/// when they exist: `certbot certonly -d <hostname>` is then all it takes.
+/// Existing but unreadable files (certbot keeps keys root-only) are still
+/// taken, so that the start fails naming them instead of silently running
+/// without TLS.
+fn certbot_tls(hostname: &str) -> Option<Tls> {
+    let live = letsencrypt_dir().join("live").join(hostname);
+    let (cert, key) = (live.join("fullchain.pem"), live.join("privkey.pem"));
+    (cert.exists() && key.exists()).then_some(Tls {
+        cert,
+        key,
+        from_certbot: true,
+    })
+}
+
 /// The try-it setup of SPEC "Command line": loopback, high ports, `./pimail-data`.
 pub fn embedded_default() -> Config {
     let data_dir = PathBuf::from("./pimail-data");
@@ -230,6 +266,7 @@ pub fn embedded_default() -> Config {
             submissions: vec![],
             pop3: vec![SocketAddr::from(([127, 0, 0, 1], 1110))],
             pop3s: vec![],
+            proxy_protocol: vec![],
         },
         tls: None,
         limits: Limits::default(),
@@ -281,10 +318,12 @@ impl Default for Limits {
         Limits {
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
-            max_connections: 64,
+            max_connections: 512,
+            max_user_connections: 64,
             max_connections_per_ip: 8,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
+            session_timeout: Duration::from_secs(3600),
             max_errors: 10,
         }
     }
@@ -365,6 +404,8 @@ struct RawListen {
     pop3: Vec<SocketAddr>,
     #[serde(default, deserialize_with = "de_addrs")]
     pop3s: Vec<SocketAddr>,
+    #[serde(default, deserialize_with = "de_addrs")]
+    proxy_protocol: Vec<SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -384,11 +425,15 @@ struct RawLimits {
     #[serde(default, deserialize_with = "de_positive")]
     max_connections: Option<usize>,
     #[serde(default, deserialize_with = "de_positive")]
+    max_user_connections: Option<usize>,
+    #[serde(default, deserialize_with = "de_positive")]
     max_connections_per_ip: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     command_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     data_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    session_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_positive")]
     max_errors: Option<usize>,
 }
@@ -646,17 +691,37 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
     let data_dir = abs(raw.data_dir);
     let mbox = u.mbox.map(abs).unwrap_or_else(|| data_dir.join("mbox"));
 
-    let tls = raw.tls.map(|t| Tls {
-        cert: abs(t.cert),
-        key: abs(t.key),
-    });
+    let tls = raw
+        .tls
+        .map(|t| Tls {
+            cert: abs(t.cert),
+            key: abs(t.key),
+            from_certbot: false,
+        })
+        .or_else(|| certbot_tls(&hostname));
     let listen = Listen {
         smtp: raw.listen.smtp,
         submission: raw.listen.submission,
         submissions: raw.listen.submissions,
         pop3: raw.listen.pop3,
         pop3s: raw.listen.pop3s,
+        proxy_protocol: raw.listen.proxy_protocol,
     };
+    for a in &listen.proxy_protocol {
+        let all = [
+            &listen.smtp,
+            &listen.submission,
+            &listen.submissions,
+            &listen.pop3,
+            &listen.pop3s,
+        ];
+        if !all.iter().any(|l| l.contains(a)) {
+            return Err(err(
+                "listen.proxy_protocol",
+                format!("{a} is not one of the addresses listed in [listen]"),
+            ));
+        }
+    }
     if tls.is_none() {
         if !listen.submissions.is_empty() {
             return Err(err(
@@ -678,9 +743,11 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
         max_message_size: l.max_message_size.unwrap_or(d.max_message_size),
         max_recipients: l.max_recipients.unwrap_or(d.max_recipients),
         max_connections: l.max_connections.unwrap_or(d.max_connections),
+        max_user_connections: l.max_user_connections.unwrap_or(d.max_user_connections),
         max_connections_per_ip: l.max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
         command_timeout: l.command_timeout.unwrap_or(d.command_timeout),
         data_timeout: l.data_timeout.unwrap_or(d.data_timeout),
+        session_timeout: l.session_timeout.unwrap_or(d.session_timeout),
         max_errors: l
             .max_errors
             .map(|n| n.min(u32::MAX as usize) as u32)
@@ -900,7 +967,8 @@ impl Config {
             "# effective configuration from {source}\n\
              hostname = {:?}\ndomains = {}\ndata_dir = {:?}\nlog_level = \"{}\"\n\n\
              [user]\nname = {:?}\npassword = \"(hidden)\"\naddresses = {}\nmbox = {:?}\n\n\
-             [listen]\nsmtp = {}\nsubmission = {}\nsubmissions = {}\npop3 = {}\npop3s = {}\n\n",
+             [listen]\nsmtp = {}\nsubmission = {}\nsubmissions = {}\npop3 = {}\npop3s = {}\n\
+             proxy_protocol = {}\n\n",
             self.hostname,
             strs(&self.domains),
             self.data_dir.display().to_string(),
@@ -913,6 +981,7 @@ impl Config {
             list(&self.listen.submissions),
             list(&self.listen.pop3),
             list(&self.listen.pop3s),
+            list(&self.listen.proxy_protocol),
         );
         if let Some(t) = &self.tls {
             s += &format!(
@@ -924,13 +993,16 @@ impl Config {
         let l = &self.limits;
         s += &format!(
             "[limits]\nmax_message_size = \"{}\"\nmax_recipients = {}\nmax_connections = {}\n\
-             max_connections_per_ip = {}\ncommand_timeout = \"{}\"\ndata_timeout = \"{}\"\nmax_errors = {}\n\n",
+             max_user_connections = {}\nmax_connections_per_ip = {}\ncommand_timeout = \"{}\"\n\
+             data_timeout = \"{}\"\nsession_timeout = \"{}\"\nmax_errors = {}\n\n",
             fmt_size(l.max_message_size),
             l.max_recipients,
             l.max_connections,
+            l.max_user_connections,
             l.max_connections_per_ip,
             fmt_duration(l.command_timeout),
             fmt_duration(l.data_timeout),
+            fmt_duration(l.session_timeout),
             l.max_errors,
         );
         let o = &self.outbound;
@@ -1039,7 +1111,9 @@ mx_port = 2526
         assert_eq!(c.listen.smtp.len(), 2);
         assert_eq!(c.limits.max_message_size, 10 << 20);
         assert_eq!(c.limits.max_recipients, 50);
-        assert_eq!(c.limits.max_connections, 64);
+        assert_eq!(c.limits.max_connections, 512);
+        assert_eq!(c.limits.max_user_connections, 64);
+        assert_eq!(c.limits.session_timeout, Duration::from_secs(3600));
         assert_eq!(
             c.outbound.retry,
             vec![Duration::from_secs(60), Duration::from_secs(7200)]

@@ -280,6 +280,24 @@ impl Default for Behavior {
     }
 }
 
+impl Behavior {
+    /// Refuses recipients that start with `prefix` with `code` and `text`,
+    /// accepts the others.
+    pub fn refusing_rcpt(prefix: &str, code: u16, text: &str) -> Behavior {
+        let (prefix, text) = (prefix.to_string(), text.to_string());
+        Behavior {
+            rcpt: Arc::new(move |a| {
+                if a.starts_with(&prefix) {
+                    (code, text.clone())
+                } else {
+                    (250, "2.1.5 OK".into())
+                }
+            }),
+            ..Behavior::default()
+        }
+    }
+}
+
 /// What a fake MX received in one transaction that ended in 250.
 #[derive(Clone, Debug)]
 pub struct Got {
@@ -678,6 +696,74 @@ impl FakeDns {
             RData::PTR(hickory_proto::rr::rdata::PTR(name(host))),
         );
         self.set(&n, RecordType::PTR, Answer::Records(vec![r]));
+    }
+}
+
+// ---- a world of fakes a test server delivers into -------------------------------
+
+/// How long outbound tests wait for mail to arrive or a log line to show:
+/// generous, since the machine is shared (a liveness bound, not a budget).
+pub const WAIT: Duration = Duration::from_secs(40);
+
+/// 127.0.0.`last`: every fake host gets a loopback address of its own.
+pub fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// Options for a server that resolves with `dns` and delivers to `port`
+/// on every MX, retrying after 1 s; `extra` is appended to `[outbound]`.
+pub fn outbound_options(dns: &FakeDns, port: u16, extra: &str) -> super::Options {
+    super::Options {
+        extra: format!(
+            "[outbound]\ndns = [\"{}\"]\nmx_port = {port}\nretry = [\"1s\"]\n{extra}\n",
+            dns.addr
+        ),
+        ..super::Options::default()
+    }
+}
+
+impl FakeDns {
+    /// `domain` has one MX, `mx.<domain>` (preference 10), at `ip`.
+    pub fn one_mx(&self, domain: &str, ip: Ipv4Addr) {
+        let host = format!("mx.{domain}");
+        self.mx(domain, &[(10, &host)]);
+        self.a(&host, &[ip]);
+    }
+}
+
+/// A fake DNS and fake MX servers on one port: what an outbound test
+/// delivers into. The DNS starts empty (see `one` for the common case).
+pub struct MxWorld {
+    pub dns: FakeDns,
+    /// The port every fake MX listens on (`outbound.mx_port`).
+    pub port: u16,
+    /// One per (ip, behaviour) given to `start`, in that order.
+    pub mx: Vec<FakeMx>,
+}
+
+impl MxWorld {
+    pub fn start(hosts: Vec<(Ipv4Addr, Behavior)>) -> MxWorld {
+        let dns = FakeDns::start();
+        let (port, mx) = FakeMx::start_all(hosts);
+        MxWorld { dns, port, mx }
+    }
+
+    /// The common case: `domain` has one MX, `mx.<domain>` at `ip`, that
+    /// behaves as `b`.
+    pub fn one(domain: &str, ip: Ipv4Addr, b: Behavior) -> MxWorld {
+        let w = MxWorld::start(vec![(ip, b)]);
+        w.dns.one_mx(domain, ip);
+        w
+    }
+
+    /// Options for a server that delivers into this world.
+    pub fn options(&self, extra: &str) -> super::Options {
+        outbound_options(&self.dns, self.port, extra)
+    }
+
+    /// A running server that delivers into this world.
+    pub fn server(&self, extra: &str) -> super::Server {
+        super::Server::with(self.options(extra))
     }
 }
 

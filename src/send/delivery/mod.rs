@@ -814,6 +814,7 @@ impl Worker {
         let mut p = prefix.into_bytes();
         p.extend_from_slice(&queue::header_bytes(&e.headers));
         let d = Delivery {
+            id: e.id.clone(),
             prefix: p,
             spool: self.queue.msg_path(&e.id),
         };
@@ -861,6 +862,7 @@ impl Worker {
             Outcome::Delivered(reply) => {
                 r.state = State::Delivered;
                 r.last = reply.clone();
+                crate::util::activity::sent(&id, &r.addr.to_string());
                 log::info!(
                     "delivered id={id} rcpt=<{}> host={host} ip={ip} tls={tls} reply={reply:?}",
                     r.addr
@@ -1284,6 +1286,7 @@ impl Worker {
                         prefix += "Return-Path: <>\n";
                         self.mbox
                             .append(Delivery {
+                                id: id.clone(),
                                 prefix: prefix.into_bytes(),
                                 spool: spool.clone(),
                             })
