@@ -25,10 +25,12 @@ system, from 1 writer and from 8 concurrent writers (the file system's own
 journal batches the latter: the ceiling for group commit).
 
 Memory (VmRSS from /proc): idle, with 32 sessions in the middle of DATA,
+after 100 failed logins against a full-strength argon2 hash,
 and the increase while receiving one 25 MiB message. Start-up: spawn to the
 "listening:" log line. Binary size of target/release/pimail.
 """
 
+import base64
 import json
 import os
 import re
@@ -395,7 +397,7 @@ def mbox_size(path):
 class Pimail:
     name = "pimail"
 
-    def __init__(self, ctx, work, max_size="64M", binary=None):
+    def __init__(self, ctx, work, max_size="64M", binary=None, password_hash=None, submission=False):
         self.ctx = ctx
         self.binary = binary or ctx.binary
         self.work = work
@@ -405,10 +407,14 @@ class Pimail:
             f.write(
                 f'hostname = "mail.example.org"\ndomains = ["example.org"]\n'
                 f'data_dir = "{work}/data"\n\n'
-                f'[user]\nname = "alice"\npassword = "$argon2id$v=19$m=64,t=1,p=1$'
-                f'd7bEe5+PDtR+c+lWi896vw$glblWHgdtnS/rmo83vVWocAP1oh4q0fcq6XvKfsvKO8"\n'
+                f'[user]\nname = "alice"\npassword = "'
+                + (password_hash or "$argon2id$v=19$m=64,t=1,p=1$"
+                   "d7bEe5+PDtR+c+lWi896vw$glblWHgdtnS/rmo83vVWocAP1oh4q0fcq6XvKfsvKO8")
+                + '"\n'
                 f'addresses = ["alice"]\nmbox = "{self.mbox}"\n\n'
-                f'[listen]\nsmtp = ["127.0.0.1:0"]\n\n'
+                f'[listen]\nsmtp = ["127.0.0.1:0"]\n'
+                + ('submission = ["127.0.0.1:0"]\n' if submission else "")
+                + "\n"
                 f'[limits]\nmax_message_size = "{max_size}"\nmax_connections = 1000\n'
                 f"max_connections_per_ip = 1000\n\n"
                 # No SPF/DKIM/DMARC on the benchmark's mail: Postfix checks
@@ -445,6 +451,8 @@ class Pimail:
                 raise RuntimeError(f"pimail did not start: {text.decode(errors='replace')}")
             time.sleep(0.0002)
         self.addr = (m.group(1).decode(), int(m.group(2)))
+        m = re.search(rb"submission (\S+?):(\d+)[,;]", text)
+        self.submission_addr = (m.group(1).decode(), int(m.group(2))) if m else None
         return took
 
     @property
@@ -742,7 +750,71 @@ def memory(ctx, binary):
     out["msg25m_reply"] = code
     out["msg25m_stored"] = "big" in ids_in_mbox(s.mbox, 0)
     s.stop()
+    out.update(failed_logins_memory(ctx, binary))
     return out
+
+
+def failed_logins_memory(ctx, binary, count=100):
+    """RSS before and after `count` failed SMTP AUTH logins against a
+    hash with the default parameters (argon2id, 12 MiB, t=3), four
+    clients at a time, each address used twice (both failures free of
+    throttling delays). Issue 13: each check's 12 MiB used to stay."""
+    work = ctx.workdir("mem-logins")
+    hashed = subprocess.run([binary, "passwd"], input=b"right password\n",
+                            capture_output=True, check=True).stdout.decode().strip()
+    s = Pimail(ctx, work, binary=binary, password_hash=hashed, submission=True)
+    s.start()
+    time.sleep(0.3)
+    before = s.rss_kib()
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], s.rss_kib())
+            time.sleep(0.005)
+
+    bad = base64.b64encode(b"\0alice\0wrong password").decode()
+    codes = []
+
+    def client(k):
+        for j in range(count // 4):
+            n = k * (count // 4) + j
+            src = f"127.0.{1 + n // 500}.{10 + (n // 2) % 240}"
+            try:
+                c = socket.create_connection(s.submission_addr, timeout=60, source_address=(src, 0))
+                f = c.makefile("rb")
+                f.readline()
+                c.sendall(b"EHLO bench.example\r\n")
+                while (line := f.readline()) and line[3:4] == b"-":
+                    pass
+                c.sendall(f"AUTH PLAIN {bad}\r\n".encode())
+                codes.append(f.readline()[:3].decode())
+                c.close()
+            except OSError as e:
+                codes.append(str(e))
+
+    t = threading.Thread(target=sample)
+    t.start()
+    t0 = time.monotonic()
+    clients = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join(600)
+    took = time.monotonic() - t0
+    time.sleep(0.3)
+    done.set()
+    t.join()
+    after = s.rss_kib()
+    s.stop()
+    return {
+        "logins_failed": codes.count("535"),
+        "logins_before_kib": before,
+        "logins_peak_kib": peak[0],
+        "logins_after_kib": after,
+        "logins_seconds": took,
+    }
 
 
 def startup(ctx, runs, binary):
@@ -999,6 +1071,13 @@ def markdown(r):
             lambda b: f"{b['memory']['msg25m_added_kib'] / 1024:.2f} MiB"
             + ("" if b["memory"]["msg25m_reply"] == 250 and b["memory"]["msg25m_stored"] else " (NOT STORED)"),
             "< 1 MiB",
+        ),
+        row(
+            "RSS after 100 failed logins (argon2 12 MiB): after (before; peak)",
+            lambda b: f"{b['memory']['logins_after_kib'] / 1024:.2f} MiB "
+            f"({b['memory']['logins_before_kib'] / 1024:.2f}; {b['memory']['logins_peak_kib'] / 1024:.2f})"
+            + ("" if b["memory"]["logins_failed"] == 100 else f" (ONLY {b['memory']['logins_failed']} FAILED)"),
+            "≤ before + 1 MiB",
         ),
         row(
             "start to listening: restart median (min–max); first start",
