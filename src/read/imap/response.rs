@@ -5,7 +5,7 @@
 //!
 //! Everything is written into a caller's `Vec<u8>` so that one buffer per
 //! connection serves every response. Strings are sent quoted when they can
-//! be (printable ASCII or UTF-8 without CR, LF or NUL, short), as literals
+//! be (7-bit, without CR, LF or NUL, short), as literals
 //! otherwise. Message bodies are not written here: [`literal_header`]
 //! announces one and the driver streams its octets.
 
@@ -261,9 +261,11 @@ pub fn flags(out: &mut Vec<u8>, flags: &[String]) {
 
 /// A `string` (RFC 9051 9): quoted when it can be, else a literal.
 pub fn string(out: &mut Vec<u8>, s: &[u8]) {
+    // RFC 3501 9: quoted strings are 7-bit (rev2 allows UTF-8, but only
+    // rev2 clients read it), so 8-bit text goes as a literal.
     let quotable = s.len() <= 1024
-        && !s.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
-        && std::str::from_utf8(s).is_ok();
+        && s.iter()
+            .all(|&b| (1..0x80).contains(&b) && b != b'\r' && b != b'\n');
     if quotable {
         out.push(b'"');
         for &b in s {
@@ -917,7 +919,7 @@ mod tests {
     fn strings_quoted_or_literal() {
         assert_eq!(text(|o| string(o, b"a \"b\" \\c")), "\"a \\\"b\\\" \\\\c\"");
         assert_eq!(text(|o| string(o, b"two\r\nlines")), "{10}\r\ntwo\r\nlines");
-        assert_eq!(text(|o| string(o, "Grüße".as_bytes())), "\"Grüße\"");
+        assert_eq!(text(|o| string(o, "Grüße".as_bytes())), "{7}\r\nGrüße");
         let mut o = Vec::new();
         string(&mut o, b"\xff");
         assert_eq!(o, b"{1}\r\n\xff");
