@@ -77,7 +77,14 @@ pub struct Server {
         crate::send::delivery::Worker,
         Option<async_net::unix::UnixDatagram>,
     )>,
+    /// `<data_dir>/pimail.pid`, write-locked for as long as we run: a
+    /// second server on the same data_dir refuses to start (it would clean
+    /// our spool and take our control socket).
+    _lock: std::fs::File,
 }
+
+/// The lock file in data_dir; it holds the running server's pid.
+pub const PID_FILE: &str = "pimail.pid";
 
 #[derive(Debug)]
 pub enum StartError {
@@ -87,6 +94,8 @@ pub enum StartError {
     Outbound(String),
     /// `[tls]` cert or key unusable.
     Tls(TlsError),
+    /// Another server holds data_dir's lock (its pid, if it wrote one).
+    AlreadyRunning(std::path::PathBuf, Option<u32>),
 }
 
 impl std::fmt::Display for StartError {
@@ -99,6 +108,14 @@ impl std::fmt::Display for StartError {
             StartError::Mbox(e) => write!(f, "cannot open the mbox: {e}"),
             StartError::Outbound(e) => write!(f, "outbound delivery: {e}"),
             StartError::Tls(e) => write!(f, "[tls]: {e}"),
+            StartError::AlreadyRunning(dir, pid) => {
+                let pid = pid.map(|p| format!(", pid {p}")).unwrap_or_default();
+                write!(
+                    f,
+                    "already running{pid} (it holds the lock on {}); not starting a second server on the same data_dir",
+                    dir.join(PID_FILE).display()
+                )
+            }
         }
     }
 }
@@ -110,6 +127,9 @@ impl Server {
         let spool_dir = config.data_dir.join("spool");
         crate::util::paths::private_dir(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+        // Before anything else touches data_dir: the spool cleanup and the
+        // control socket below belong to whoever holds this lock.
+        let lock = lock_data_dir(&config.data_dir)?;
         crate::util::paths::private_dir(&spool_dir)
             .map_err(|e| StartError::DataDir(spool_dir.clone(), e))?;
         // Spool files of a crashed run were never acknowledged.
@@ -153,8 +173,9 @@ impl Server {
             (&config.listen.submissions, Service::Submissions),
         ] {
             for a in addrs {
-                let l = bind(*a)?;
-                listeners.push((l, service));
+                if let Some(l) = bind(*a)? {
+                    listeners.push((l, service));
+                }
             }
         }
         // A POP3 deletion a crash interrupted is finished before any
@@ -169,10 +190,10 @@ impl Server {
         }
         let mut pop3_listeners = Vec::new();
         for a in &config.listen.pop3 {
-            pop3_listeners.push((bind(*a)?, false));
+            pop3_listeners.extend(bind(*a)?.map(|l| (l, false)));
         }
         for a in &config.listen.pop3s {
-            pop3_listeners.push((bind(*a)?, true));
+            pop3_listeners.extend(bind(*a)?.map(|l| (l, true)));
         }
         let pop3 = Rc::new(Pop3Context {
             settings: Rc::new(crate::read::pop3::session::Settings {
@@ -189,6 +210,7 @@ impl Server {
             tls: certificate.clone(),
         });
         Ok(Server {
+            _lock: lock,
             pop3,
             pop3_listeners,
             shared: Rc::new(Shared::new(config.hostname.clone(), config.limits.clone())),
@@ -210,6 +232,11 @@ impl Server {
             listeners,
             outbound: Some((worker, control)),
         })
+    }
+
+    /// The DKIM keys in use, for reloading on `SIGHUP`.
+    pub fn dkim_keys(&self) -> Option<crate::send::delivery::DkimKeys> {
+        self.outbound.as_ref().map(|(w, _)| w.dkim_keys())
     }
 
     /// The certificate in use, for reloading on `SIGHUP`.
@@ -252,6 +279,8 @@ impl Server {
             pop3,
             pop3_listeners,
             outbound,
+            // Held (not `_`, which would drop it) until the server is done.
+            _lock: _held,
         } = self;
         if let Some((worker, control)) = outbound {
             let sh = shared.clone();
@@ -281,8 +310,56 @@ impl Server {
     }
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    listen::bind(addr).map_err(|listen::BindError(a, e)| StartError::Bind(a, e))
+/// Takes the exclusive lock on `<data_dir>/pimail.pid` (an OFD lock: the
+/// kernel drops it when we exit, however we exit, so a crash leaves no
+/// stale lock) and writes our pid into it for the message a second start
+/// prints.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(PID_FILE);
+    let io_err = |e| StartError::DataDir(path.clone(), e);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(&path)
+        .map_err(io_err)?;
+    if !crate::util::sys::try_write_lock(&f).map_err(io_err)? {
+        let mut text = String::new();
+        let _ = f.read_to_string(&mut text);
+        return Err(StartError::AlreadyRunning(
+            dir.to_path_buf(),
+            text.trim().parse().ok(),
+        ));
+    }
+    f.set_len(0).map_err(io_err)?;
+    f.rewind().map_err(io_err)?;
+    writeln!(f, "{}", std::process::id()).map_err(io_err)?;
+    Ok(f)
+}
+
+/// Binds `addr`; `None` (with a warning) for an IPv6 address on a machine
+/// with IPv6 turned off, so that SPEC's `["0.0.0.0:25", "[::]:25"]` still
+/// starts there (`check-config` warns about it too).
+fn bind(addr: SocketAddr) -> Result<Option<TcpListener>, StartError> {
+    match listen::bind(addr) {
+        Ok(l) => Ok(Some(l)),
+        Err(listen::BindError(a, e))
+            if a.is_ipv6()
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+                )
+                && !crate::config::ipv6_available() =>
+        {
+            log::warn!("not listening on {a}: IPv6 is off on this machine ({e})");
+            Ok(None)
+        }
+        Err(listen::BindError(a, e)) => Err(StartError::Bind(a, e)),
+    }
 }
 
 async fn accept_loop(

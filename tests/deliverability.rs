@@ -473,3 +473,74 @@ fn dmarc_failures_are_marked_by_default_and_refused_when_configured() {
     );
     assert_eq!(code, 250, "{text}");
 }
+
+/// `pimail doctor` with the given `[outbound] dns` and top-level names.
+fn doctor_with(dns: &str, hostname: &str, domain: &str) -> (i32, String) {
+    let dir = TempDir::new("doctordns");
+    let cfg = dir.path().join("pimail.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "hostname = \"{hostname}\"\ndomains = [\"{domain}\"]\ndata_dir = {:?}\n\
+             [user]\nname = \"alice\"\npassword = \"{PASSWORD_HASH}\"\naddresses = [\"alice\"]\n\
+             [outbound]\ndns = [\"{dns}\"]\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = pimail_command()
+        .args(["doctor", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+    )
+}
+
+/// Issue 14: a resolver that says NXDOMAIN to everything, or none that
+/// answers, is reported as such, without advice to publish records.
+#[test]
+fn doctor_says_dns_is_broken_instead_of_advising_records() {
+    let nx = FakeDns::start(); // knows no names: NXDOMAIN for all
+    let (code, out) = doctor_with(&nx.addr.to_string(), "mail.example.org", "example.org");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("DNS resolution is broken"), "{out}");
+    assert!(out.contains("do not exist"), "{out}");
+    assert!(
+        !out.contains("publish `"),
+        "record advice with broken DNS:\n{out}"
+    );
+
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let (code, out) = doctor_with(&addr.to_string(), "mail.example.org", "example.org");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("DNS resolution is broken: no nameserver answers"),
+        "{out}"
+    );
+    assert!(!out.contains("publish `"), "{out}");
+}
+
+#[test]
+fn doctor_gives_no_record_advice_for_localhost() {
+    let dns = FakeDns::start();
+    dns.mx("gmail.com", &[(5, "gmail-smtp-in.l.google.com")]);
+    let (_, out) = doctor_with(&dns.addr.to_string(), "localhost", "localhost");
+    assert!(out.contains("try-it default"), "{out}");
+    assert!(!out.contains("localhost. IN"), "{out}");
+    assert!(!out.contains("publish `"), "{out}");
+}
+
+#[test]
+fn doctor_does_not_call_a_self_signed_certificate_ok() {
+    let w = world();
+    let (_, out) = doctor(&w, &[]);
+    assert!(
+        out.contains("[warn] TLS certificate is self-signed"),
+        "{out}"
+    );
+}

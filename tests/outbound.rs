@@ -464,6 +464,37 @@ fn relay_with_untrusted_certificate_gets_nothing() {
     assert!(list.contains("TLS handshake"), "{list}");
 }
 
+/// Issue 14: an ISP smarthost that knows us by our IP address: `relay`
+/// alone, no AUTH, TLS still used and verified.
+#[test]
+fn relay_that_authorises_by_ip_needs_no_relay_user() {
+    let dns = FakeDns::start();
+    let ca = TestCa::new();
+    let b = Behavior {
+        starttls: Some(ca.server_config("relay.test")),
+        ..Behavior::default()
+    };
+    let (port, mx) = FakeMx::start_all(vec![(ip(5), b)]);
+    dns.a("relay.test", &[ip(5)]);
+    let files = TempDir::new("iprelay");
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let srv = Server::with_env(
+        opts(
+            &dns,
+            free_port(6),
+            &format!("relay = \"relay.test:{port}\"\n"),
+        ),
+        vec![("PIMAIL_RELAY_CA_FILE".into(), ca_file.display().to_string())],
+    );
+    send(&srv, &["kim@far.example"], "byip");
+    let got = mx[0].wait_messages(1, WAIT);
+    assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
+    assert!(got[0].tls);
+    assert_eq!(got[0].auth, None);
+    assert_eq!(got[0].rcpts, vec!["kim@far.example"]);
+}
+
 #[test]
 fn queue_survives_kill9_and_restart() {
     let dns = FakeDns::start();

@@ -148,8 +148,16 @@ pub fn locate(cli: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PIMAIL_CONFIG").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
+    // Only a file that is not there means "try-it default". One that is
+    // there but unreadable (INSTALL's /etc/pimail is 0750 root:pimail, so
+    // an ordinary user's `stat` fails with EACCES) is the real config, and
+    // reading it must fail with an error naming it; falling back would
+    // queue mail in ~/pimail-data, where nothing ever delivers it.
     let default = PathBuf::from(DEFAULT_PATH);
-    default.exists().then_some(default)
+    match std::fs::metadata(&default) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        _ => Some(default),
+    }
 }
 
 /// Loads the file at `path`, or the embedded default when `path` is `None`.
@@ -162,11 +170,141 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
                 file: name.clone(),
                 line: 0,
                 key: String::new(),
-                message: format!("cannot read: {e}"),
+                message: if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    format!(
+                        "cannot read: {e}; it is the server's config (kept 0640 root:pimail): \
+                         run this as root or the pimail user (e.g. `sudo -u pimail pimail ...`)"
+                    )
+                } else {
+                    format!("cannot read: {e}")
+                },
             })?;
             parse(&text, &name, p.parent().unwrap_or(Path::new(".")))
         }
     }
+}
+
+/// Every error of the file at `path`, for `check-config` (the server
+/// stops at the first). After each error its line is blanked and the text
+/// parsed again, so independent mistakes all show in one run; it stops
+/// where blanking cannot help (an error without a line, a value spread
+/// over several lines, a required key that is then missing).
+pub fn load_all_errors(path: &Path) -> Vec<ConfigError> {
+    let name = path.display().to_string();
+    let Ok(mut text) = std::fs::read_to_string(path) else {
+        return load(Some(path)).err().into_iter().collect();
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut errors: Vec<ConfigError> = Vec::new();
+    for _ in 0..50 {
+        let e = match parse(&text, &name, base) {
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        // The required key we blanked is now "missing": not a new error.
+        if e.message.starts_with("missing field") && errors.iter().any(|p| p.key == e.key) {
+            break;
+        }
+        let line = e.line;
+        let single = text.lines().nth(line.wrapping_sub(1)).is_some_and(|l| {
+            let l = l.trim();
+            l.contains('=') && !l.starts_with('[') && {
+                let v = l.split_once('=').map(|x| x.1.trim()).unwrap_or("");
+                !(v.starts_with('[') && !v.ends_with(']'))
+                    && !v.starts_with("\"\"\"")
+                    && !v.starts_with("'''")
+            }
+        });
+        let repeat = errors.iter().any(|p| p.line == line && p.key == e.key);
+        if !repeat {
+            errors.push(e);
+        }
+        if line == 0 || !single || repeat {
+            break;
+        }
+        text = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| if i + 1 == line { "" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    errors
+}
+
+/// An error about `key` of the config `source` came from, with the line
+/// where the file sets it (for checks made after parsing, such as the
+/// `[tls]` files).
+pub fn key_error(source: &Source, key: &str, message: String) -> ConfigError {
+    let (file, line) = match source {
+        Source::File(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p)
+                .map(|t| line_of_key(&t, key))
+                .unwrap_or(0),
+        ),
+        Source::Embedded => ("embedded try-it default".to_string(), 0),
+    };
+    ConfigError {
+        file,
+        line,
+        key: key.to_string(),
+        message,
+    }
+}
+
+/// Settings that parse but will not do what the person wants: printed by
+/// `check-config` as warnings.
+pub fn warnings(config: &Config) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    if config.tls.is_none() {
+        for (key, addrs, what) in [
+            (
+                "listen.submission",
+                &config.listen.submission,
+                "mail clients there are refused AUTH (passwords only over TLS)",
+            ),
+            (
+                "listen.pop3",
+                &config.listen.pop3,
+                "mail clients there are refused login (passwords only over TLS)",
+            ),
+        ] {
+            for a in addrs.iter().filter(|a| !a.ip().is_loopback()) {
+                out.push(key_error(
+                    &config.source,
+                    key,
+                    format!("{a} is reachable from other machines but there is no [tls]: {what}; add [tls] cert and key"),
+                ));
+            }
+        }
+    }
+    if !ipv6_available() {
+        let l = &config.listen;
+        for (key, addrs) in [
+            ("listen.smtp", &l.smtp),
+            ("listen.submission", &l.submission),
+            ("listen.submissions", &l.submissions),
+            ("listen.pop3", &l.pop3),
+            ("listen.pop3s", &l.pop3s),
+        ] {
+            for a in addrs.iter().filter(|a| a.is_ipv6()) {
+                out.push(key_error(
+                    &config.source,
+                    key,
+                    format!("{a}: IPv6 is off on this machine; the server skips this address (remove it, or turn IPv6 on)"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Can this machine listen on IPv6 at all? (`ipv6.disable=1` on the
+/// kernel command line removes the address family; a disabled stack has
+/// no `::1`.)
+pub fn ipv6_available() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
 }
 
 /// The try-it setup of SPEC "Command line": loopback, high ports, `./pimail-data`.
@@ -368,14 +506,28 @@ struct RawOutbound {
 
 /// `"25M"` -> 26214400. Plain numbers are bytes; K/M/G are powers of 1024.
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    // `25MB` and `25MiB` mean `25M` too (people copy sizes from other
+    // servers' configs); every suffix is a power of 1024, as documented.
     let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix("ib"))
+        .or_else(|| {
+            t.strip_suffix('B')
+                .filter(|r| r.ends_with(|c: char| c.is_ascii_alphabetic()))
+        })
+        .or_else(|| {
+            t.strip_suffix('b')
+                .filter(|r| r.ends_with(|c: char| c.is_ascii_alphabetic()))
+        })
+        .unwrap_or(t);
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let m = match c.to_ascii_uppercase() {
                 'K' => 1u64 << 10,
                 'M' => 1 << 20,
                 'G' => 1 << 30,
-                _ => return Err(format!("invalid size {s:?}: suffix must be K, M or G")),
+                _ => return Err(format!("invalid size {s:?}: suffix must be K, M or G (KB/KiB, MB/MiB, GB/GiB also work)")),
             };
             (&t[..i], m)
         }
@@ -606,17 +758,19 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
 
     let d = Outbound::default();
     let o = raw.outbound;
-    if o.relay.is_some() != o.relay_user.is_some()
-        || o.relay_user.is_some() != o.relay_password_file.is_some()
-    {
-        let key = if o.relay.is_none() {
-            "outbound.relay"
-        } else {
-            "outbound.relay_user"
-        };
+    // A relay may authorise by our IP address (many ISPs' smarthosts do):
+    // `relay` alone is valid, and AUTH is used only when both the user and
+    // the password file are given.
+    if o.relay.is_none() && (o.relay_user.is_some() || o.relay_password_file.is_some()) {
         return Err(err(
-            key,
-            "relay, relay_user and relay_password_file go together: set all three or none".into(),
+            "outbound.relay",
+            "relay_user and relay_password_file need a relay = \"HOST:PORT\" to log in to".into(),
+        ));
+    }
+    if o.relay_user.is_some() != o.relay_password_file.is_some() {
+        return Err(err(
+            "outbound.relay_user",
+            "relay_user and relay_password_file go together: set both (AUTH) or neither (a relay that knows you by IP)".into(),
         ));
     }
     if o.mx_port == Some(0) {
@@ -676,8 +830,33 @@ pub fn is_domain(s: &str) -> bool {
 
 /// Turns a serde/TOML error into file:line:key, finding the key from the
 /// line the span points at (serde itself does not carry the key path).
+/// serde's type names (`expected i64`) in the words of the config's user.
+fn user_wording(message: &str) -> String {
+    let mut m = message.to_string();
+    for (from, to) in [
+        ("expected i64", "expected an integer"),
+        ("expected u64", "expected an integer"),
+        ("expected u32", "expected an integer"),
+        (
+            "expected u16",
+            "expected an integer (a port number from 1 to 65535)",
+        ),
+        ("expected usize", "expected an integer"),
+        ("expected a boolean", "expected true or false"),
+        (
+            "expected a sequence",
+            "expected a list such as [\"a\", \"b\"]",
+        ),
+        ("expected struct ", "expected a table: "),
+        ("invalid type: ", ""),
+    ] {
+        m = m.replace(from, to);
+    }
+    m
+}
+
 fn serde_error(text: &str, name: &str, e: &toml::de::Error) -> ConfigError {
-    let message = e.message().trim().to_string();
+    let message = user_wording(e.message().trim());
     let Some(span) = e.span() else {
         return ConfigError {
             file: name.into(),
@@ -1061,7 +1240,12 @@ mx_port = 2526
     #[test]
     fn relay_settings_go_together() {
         let text = full().replace("[outbound]", "[outbound]\nrelay = \"smtp.example.net:587\"");
-        assert_eq!(parse_str(&text).unwrap_err().key, "outbound.relay_user");
+        // A relay that authorises by IP: no AUTH settings at all.
+        assert_eq!(parse_str(&text).unwrap().outbound.relay_user, None);
+        let half = text.replace("[outbound]", "[outbound]\nrelay_user = \"a@example.net\"");
+        assert_eq!(parse_str(&half).unwrap_err().key, "outbound.relay_user");
+        let no_relay = full().replace("[outbound]", "[outbound]\nrelay_user = \"a@example.net\"");
+        assert_eq!(parse_str(&no_relay).unwrap_err().key, "outbound.relay");
         let text = text.replace(
             "[outbound]",
             "[outbound]\nrelay_user = \"a@example.net\"\nrelay_password_file = \"relay-pw\"",
@@ -1081,6 +1265,10 @@ mx_port = 2526
         assert_eq!(parse_size("512k"), Ok(512 << 10));
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("25MB"), Ok(25 << 20));
+        assert_eq!(parse_size("25MiB"), Ok(25 << 20));
+        assert_eq!(parse_size("512kb"), Ok(512 << 10));
+        assert!(parse_size("25X").is_err());
         assert!(parse_size("0").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999G").is_err());

@@ -221,7 +221,14 @@ where
         .create_new(true)
         .mode(0o600)
         .open(&spool_path);
-    let mut decoder = DataDecoder::new(ctx.settings.max_message_size);
+    // Bare LF only after AUTH on submission; port 25 stays strict for
+    // everyone (SMTP smuggling), see `data`.
+    let mut decoder =
+        if session.port() == Port::Submission && session.authenticated_user().is_some() {
+            DataDecoder::accepting_bare_lf(ctx.settings.max_message_size)
+        } else {
+            DataDecoder::new(ctx.settings.max_message_size)
+        };
     let mut quoter = Quoter::new();
     let mut decoded = Vec::with_capacity(BUFFER);
     let mut quoted = Vec::with_capacity(BUFFER + BUFFER / 4);
