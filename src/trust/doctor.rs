@@ -898,7 +898,17 @@ mod tests {
 
     #[test]
     fn certificate_dates_and_names() {
-        let info = parse_cert_pem(include_str!("../../tests/data/doctor-cert.pem")).unwrap();
+        let parsed = parse_cert_pem(include_str!("../../tests/data/doctor-cert.pem")).unwrap();
+        // The test certificate signs itself: a warning, not "[ok]".
+        assert!(parsed.self_signed);
+        let warned = check_cert(&parsed, "mail.example.org", 1_800_000_000, "cert.pem");
+        assert!(warned
+            .iter()
+            .any(|c| c.level == Level::Warn && c.what.contains("self-signed")));
+        let info = CertInfo {
+            self_signed: false,
+            ..parsed
+        };
         assert_eq!(info.not_before, 1_795_577_147);
         assert_eq!(info.not_after, 2_110_937_147);
         assert_eq!(info.names, ["mail.example.org", "*.example.net"]);
