@@ -210,7 +210,7 @@ pub fn load_all_errors(path: &Path) -> Vec<ConfigError> {
             let l = l.trim();
             l.contains('=') && !l.starts_with('[') && {
                 let v = l.split_once('=').map(|x| x.1.trim()).unwrap_or("");
-                !(v.starts_with('[') && !v.ends_with(']'))
+                (!v.starts_with('[') || v.ends_with(']'))
                     && !v.starts_with("\"\"\"")
                     && !v.starts_with("'''")
             }
