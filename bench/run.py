@@ -45,6 +45,10 @@ class Context:
         self.work = args.work or os.path.join(REPO, "target", "bench")
         self.keep = args.keep
         self.no_peers = args.no_peers or args.quick
+        # The SMTP load client (bench/loadgen, Rust), set by build_loadgen;
+        # None: bench/smtp.py uses its threaded Python client.
+        self.loadgen = None
+        self.loadgen_note = None
 
     def log(self, *a):
         print(*a, file=sys.stderr, flush=True)
@@ -112,6 +116,34 @@ def run_script(ctx, name):
     return {"output": out, "exit": r.returncode, "failed": failed, "markdown": md}
 
 
+def build_loadgen(ctx, client):
+    """Builds bench/loadgen (a small crate of its own, std + libc) once for
+    the whole run. On failure the Python client is used, and said so."""
+    if client == "python":
+        ctx.loadgen_note = "--client python"
+        return
+    manifest = os.path.join(HERE, "loadgen", "Cargo.toml")
+    binary = os.path.join(HERE, "loadgen", "target", "release", "loadgen")
+    ctx.log("building the load client (cargo build --release --manifest-path bench/loadgen/Cargo.toml)...")
+    try:
+        r = subprocess.run(
+            ["cargo", "build", "--release", "-j", "2", "--manifest-path", manifest],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        ok = r.returncode == 0 and os.path.exists(binary)
+        why = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+    except (OSError, subprocess.TimeoutExpired) as e:
+        ok, why = False, str(e)
+    if ok:
+        ctx.loadgen = binary
+    else:
+        ctx.loadgen_note = f"building bench/loadgen failed: {why}"
+        ctx.log(f"bench: {ctx.loadgen_note}; using the Python load client")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run, pimail only")
@@ -122,6 +154,12 @@ def main():
     p.add_argument("--work", help="scratch directory (default target/bench)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results directory")
     p.add_argument("--keep", action="store_true", help="keep scratch files")
+    p.add_argument(
+        "--client",
+        choices=["rust", "python"],
+        default="rust",
+        help="SMTP load client: bench/loadgen (default) or the threaded Python one",
+    )
     args = p.parse_args()
     ctx = Context(args)
     os.makedirs(ctx.work, exist_ok=True)
@@ -140,6 +178,7 @@ def main():
                 sys.exit("bench: cross/build.sh failed (or run with --no-static)")
     if not os.path.exists(ctx.binary):
         sys.exit(f"bench: {ctx.binary} missing (run cargo build --release)")
+    build_loadgen(ctx, args.client)
     if not ctx.quick and not args.no_static and os.path.exists(ctx.static_binary):
         ctx.builds.append(("static musl", ctx.static_binary))
 

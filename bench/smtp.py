@@ -6,6 +6,13 @@ Every client connection sends messages back to back for a fixed time; a
 message counts only if it was acknowledged with 250 AND is found in the
 mbox afterwards (each carries a unique X-Bench-Id header).
 
+The load client is bench/loadgen (Rust, one thread, poll(2); built by
+bench/run.py), so the client takes little of the 2 cores the servers also
+run on; each cell reports the client's CPU % (of one core) and each
+server's CPU ms per accepted message (/proc/PID/stat of its processes).
+The threaded Python client below is the fallback when loadgen cannot be
+built (or with `bench/run --client python`, for comparison).
+
 Postfix (Debian package) runs in the same run as a private instance: its own
 config_directory, queue_directory, data_directory and mail directory under
 the scratch directory, smtpd on a loopback high port, delivery to an mbox by
@@ -18,12 +25,16 @@ system, from 1 writer and from 8 concurrent writers (the file system's own
 journal batches the latter: the ceiling for group commit).
 
 Memory (VmRSS from /proc): idle, with 32 sessions in the middle of DATA,
+after 100 failed logins against a full-strength argon2 hash,
 and the increase while receiving one 25 MiB message. Start-up: spawn to the
 "listening:" log line. Binary size of target/release/pimail.
 """
 
+import base64
+import json
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -90,6 +101,27 @@ def descendants(pid):
         out.append(p)
         todo.extend(children.get(p, []))
     return out
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids):
+    """CPU time (user + system) of these processes, with that of their
+    children already reaped (cutime + cstime): summed over a process tree,
+    this never loses the CPU of a child that exited in between (Postfix's
+    smtpd, cleanup and virtual processes come and go)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                s = f.read()
+            fields = s[s.rindex(")") + 2 :].split()
+            # fields[0] is field 3 (state): utime is field 14, cstime 17.
+            ticks += sum(int(x) for x in fields[11:15])
+        except (OSError, ValueError, IndexError):
+            pass
+    return ticks / CLK_TCK
 
 
 def disk_fsync_rate(directory, writers, seconds):
@@ -244,6 +276,87 @@ def load(addr, size, concurrency, seconds, tag):
     return acked, lat, time.monotonic() - t_start, errors
 
 
+def self_cpu_seconds():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def load_python(addr, size, concurrency, seconds, tag):
+    """The threaded Python client, as a `client_load` result; its CPU is
+    this process's (all threads) during the run."""
+    cpu0 = self_cpu_seconds()
+    acked, lat, elapsed, errors = load(addr, size, concurrency, seconds, tag)
+    cpu = self_cpu_seconds() - cpu0
+    return {
+        "client": "python",
+        "ids": acked,
+        "seconds": elapsed,
+        "p50_ms": percentile(lat, 50) * 1000 if lat else None,
+        "p99_ms": percentile(lat, 99) * 1000 if lat else None,
+        "temp_failed": sum(1 for e in errors if e.startswith("final reply 4")),
+        "perm_failed": sum(1 for e in errors if e.startswith("final reply 5")),
+        "errors": errors,
+        "client_cpu_ms": cpu * 1000,
+        "client_cpu_pct": cpu / elapsed * 100 if elapsed > 0 else 0.0,
+    }
+
+
+def load_rust(loadgen, scratch, addr, size, concurrency, seconds, tag):
+    """bench/loadgen: one JSON line; the acknowledged ids in a file."""
+    ids_path = os.path.join(scratch, "loadgen-ids")
+    cmd = [
+        loadgen, "--addr", f"{addr[0]}:{addr[1]}", "--connections", str(concurrency),
+        "--seconds", str(seconds), "--size", str(size), "--tag", tag, "--ids", ids_path,
+        "--from", SENDER, "--to", RCPT,
+    ]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 600)
+    except subprocess.TimeoutExpired:
+        return {"client": "rust", "ids": [], "seconds": seconds, "p50_ms": None, "p99_ms": None,
+                "temp_failed": 0, "perm_failed": 0, "errors": ["loadgen timed out"],
+                "client_cpu_ms": None, "client_cpu_pct": None}
+    try:
+        j = json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        err = (r.stderr.strip() or r.stdout.strip() or f"exit {r.returncode}")[-300:]
+        return {"client": "rust", "ids": [], "seconds": seconds, "p50_ms": None, "p99_ms": None,
+                "temp_failed": 0, "perm_failed": 0, "errors": [f"loadgen: {err}"],
+                "client_cpu_ms": None, "client_cpu_pct": None}
+    try:
+        with open(ids_path) as f:
+            ids = f.read().split()
+        os.unlink(ids_path)
+    except OSError as e:
+        ids = []
+        j["errors"].append(f"loadgen ids file: {e}")
+    errors = list(j["errors"])
+    if j["temp_failed"] or j["perm_failed"]:
+        errors.append(f"final replies: {j['temp_failed']} 4xx, {j['perm_failed']} 5xx")
+    return {
+        "client": "rust",
+        "ids": ids,
+        "seconds": j["seconds"],
+        "p50_ms": j["p50_ms"],
+        "p99_ms": j["p99_ms"],
+        "data_p50_ms": j["data_p50_ms"],
+        "data_p99_ms": j["data_p99_ms"],
+        "temp_failed": j["temp_failed"],
+        "perm_failed": j["perm_failed"],
+        "errors": errors,
+        "client_cpu_ms": j["cpu_ms"],
+        "client_cpu_pct": j["cpu_pct"],
+        "pipelined": j["pipelined_connections"] == j["connections"],
+    }
+
+
+def client_load(ctx, addr, size, concurrency, seconds, tag):
+    """The Rust load client when bench/run.py built it, else the Python one."""
+    loadgen = getattr(ctx, "loadgen", None)
+    if loadgen:
+        return load_rust(loadgen, ctx.work, addr, size, concurrency, seconds, tag)
+    return load_python(addr, size, concurrency, seconds, tag)
+
+
 ID_RE = re.compile(rb"^X-Bench-Id: (\S+)$", re.M)
 
 
@@ -284,7 +397,7 @@ def mbox_size(path):
 class Pimail:
     name = "pimail"
 
-    def __init__(self, ctx, work, max_size="64M", binary=None):
+    def __init__(self, ctx, work, max_size="64M", binary=None, password_hash=None, submission=False):
         self.ctx = ctx
         self.binary = binary or ctx.binary
         self.work = work
@@ -294,12 +407,20 @@ class Pimail:
             f.write(
                 f'hostname = "mail.example.org"\ndomains = ["example.org"]\n'
                 f'data_dir = "{work}/data"\n\n'
-                f'[user]\nname = "alice"\npassword = "$argon2id$v=19$m=64,t=1,p=1$'
-                f'd7bEe5+PDtR+c+lWi896vw$glblWHgdtnS/rmo83vVWocAP1oh4q0fcq6XvKfsvKO8"\n'
+                f'[user]\nname = "alice"\npassword = "'
+                + (password_hash or "$argon2id$v=19$m=64,t=1,p=1$"
+                   "d7bEe5+PDtR+c+lWi896vw$glblWHgdtnS/rmo83vVWocAP1oh4q0fcq6XvKfsvKO8")
+                + '"\n'
                 f'addresses = ["alice"]\nmbox = "{self.mbox}"\n\n'
-                f'[listen]\nsmtp = ["127.0.0.1:0"]\n\n'
+                f'[listen]\nsmtp = ["127.0.0.1:0"]\n'
+                + ('submission = ["127.0.0.1:0"]\n' if submission else "")
+                + "\n"
                 f'[limits]\nmax_message_size = "{max_size}"\nmax_connections = 1000\n'
-                f"max_connections_per_ip = 1000\n"
+                f"max_connections_per_ip = 1000\n\n"
+                # No SPF/DKIM/DMARC on the benchmark's mail: Postfix checks
+                # none by default, and offline (no resolver) each
+                # connection's first message waited 4 s for a DNS timeout.
+                f"[inbound]\nauth_checks = false\n"
             )
         self.proc = None
 
@@ -330,6 +451,8 @@ class Pimail:
                 raise RuntimeError(f"pimail did not start: {text.decode(errors='replace')}")
             time.sleep(0.0002)
         self.addr = (m.group(1).decode(), int(m.group(2)))
+        m = re.search(rb"submission (\S+?):(\d+)[,;]", text)
+        self.submission_addr = (m.group(1).decode(), int(m.group(2))) if m else None
         return took
 
     @property
@@ -338,6 +461,9 @@ class Pimail:
 
     def rss_kib(self):
         return rss_kib(self.proc.pid)
+
+    def cpu_seconds(self):
+        return cpu_seconds([self.proc.pid])
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -479,6 +605,10 @@ smtputf8_enable = no
     def rss_kib(self):
         return sum(rss_kib(p) for p in descendants(self.master)) if self.master else 0
 
+    def cpu_seconds(self):
+        """All its processes (master and every child, live or reaped)."""
+        return cpu_seconds(descendants(self.master)) if self.master else 0.0
+
     def queue_empty(self):
         q = os.path.join(self.work, "queue")
         for sub in ("incoming", "active", "deferred"):
@@ -501,7 +631,9 @@ smtputf8_enable = no
 def throughput(ctx, server, size_name, size, conc, seconds, drain_timeout):
     offset = mbox_size(server.mbox)
     tag = f"{server.name}-{size}-{conc}-{time.time_ns()}"
-    acked, lat, elapsed, errors = load(server.addr, size, conc, seconds, tag)
+    cpu0 = server.cpu_seconds()
+    c = client_load(ctx, server.addr, size, conc, seconds, tag)
+    acked, elapsed, errors = c["ids"], c["seconds"], c["errors"]
     # Messages still on their way to the mbox (Postfix): the time until its
     # queue is empty, polled cheaply (scanning the mbox takes a while for
     # big messages and must not count); pimail's 250 comes after the mbox
@@ -514,6 +646,9 @@ def throughput(ctx, server, size_name, size, conc, seconds, drain_timeout):
     ):
         time.sleep(0.01)
     to_mbox = time.monotonic() - t_end + elapsed
+    # The server's CPU for this cell: accepting and (Postfix) delivering
+    # to the mbox, read once its queue is empty.
+    server_cpu = server.cpu_seconds() - cpu0
     want = set(acked)
     found = ids_in_mbox(server.mbox, offset)
     while not want <= found and time.monotonic() - t_end < drain_timeout:
@@ -528,16 +663,28 @@ def throughput(ctx, server, size_name, size, conc, seconds, drain_timeout):
         "in_mbox": durable,
         "lost": len(want - found),
         "seconds": round(elapsed, 3),
-        "msgs_per_s": round(durable / elapsed, 1),
-        "to_mbox_per_s": round(durable / to_mbox, 1),
-        "p50_ms": round(percentile(lat, 50) * 1000, 2) if lat else None,
-        "p99_ms": round(percentile(lat, 99) * 1000, 2) if lat else None,
+        "msgs_per_s": round(durable / elapsed, 1) if elapsed > 0 else 0.0,
+        "to_mbox_per_s": round(durable / to_mbox, 1) if to_mbox > 0 else 0.0,
+        "p50_ms": None if c["p50_ms"] is None else round(c["p50_ms"], 2),
+        "p99_ms": None if c["p99_ms"] is None else round(c["p99_ms"], 2),
+        "temp_failed": c["temp_failed"],
+        "perm_failed": c["perm_failed"],
+        "client": c["client"],
+        "client_cpu_ms": None if c["client_cpu_ms"] is None else round(c["client_cpu_ms"], 1),
+        "client_cpu_pct": None if c["client_cpu_pct"] is None else round(c["client_cpu_pct"], 1),
+        "server_cpu_ms": round(server_cpu * 1000, 1),
+        "server_cpu_ms_per_msg": round(server_cpu * 1000 / len(acked), 3) if acked else None,
         "errors": errors[:5],
     }
+    if "data_p50_ms" in c:
+        r["data_p50_ms"] = None if c["data_p50_ms"] is None else round(c["data_p50_ms"], 2)
+        r["data_p99_ms"] = None if c["data_p99_ms"] is None else round(c["data_p99_ms"], 2)
     ctx.log(
         f"  {server.name:8} {size_name:>6} c={conc:<2}: {r['msgs_per_s']:8.1f} msg/s"
         f" (to mbox {r['to_mbox_per_s']:.1f}/s), p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms,"
-        f" acked {r['acked']}, lost {r['lost']}{', errors ' + str(errors[:2]) if errors else ''}"
+        f" acked {r['acked']}, lost {r['lost']}, server CPU {r['server_cpu_ms_per_msg']} ms/msg,"
+        f" client ({c['client']}) CPU {r['client_cpu_pct']}%"
+        f"{', errors ' + str(errors[:2]) if errors else ''}"
     )
     return r
 
@@ -603,7 +750,71 @@ def memory(ctx, binary):
     out["msg25m_reply"] = code
     out["msg25m_stored"] = "big" in ids_in_mbox(s.mbox, 0)
     s.stop()
+    out.update(failed_logins_memory(ctx, binary))
     return out
+
+
+def failed_logins_memory(ctx, binary, count=100):
+    """RSS before and after `count` failed SMTP AUTH logins against a
+    hash with the default parameters (argon2id, 12 MiB, t=3), four
+    clients at a time, each address used twice (both failures free of
+    throttling delays). Issue 13: each check's 12 MiB used to stay."""
+    work = ctx.workdir("mem-logins")
+    hashed = subprocess.run([binary, "passwd"], input=b"right password\n",
+                            capture_output=True, check=True).stdout.decode().strip()
+    s = Pimail(ctx, work, binary=binary, password_hash=hashed, submission=True)
+    s.start()
+    time.sleep(0.3)
+    before = s.rss_kib()
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], s.rss_kib())
+            time.sleep(0.005)
+
+    bad = base64.b64encode(b"\0alice\0wrong password").decode()
+    codes = []
+
+    def client(k):
+        for j in range(count // 4):
+            n = k * (count // 4) + j
+            src = f"127.0.{1 + n // 500}.{10 + (n // 2) % 240}"
+            try:
+                c = socket.create_connection(s.submission_addr, timeout=60, source_address=(src, 0))
+                f = c.makefile("rb")
+                f.readline()
+                c.sendall(b"EHLO bench.example\r\n")
+                while (line := f.readline()) and line[3:4] == b"-":
+                    pass
+                c.sendall(f"AUTH PLAIN {bad}\r\n".encode())
+                codes.append(f.readline()[:3].decode())
+                c.close()
+            except OSError as e:
+                codes.append(str(e))
+
+    t = threading.Thread(target=sample)
+    t.start()
+    t0 = time.monotonic()
+    clients = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join(600)
+    took = time.monotonic() - t0
+    time.sleep(0.3)
+    done.set()
+    t.join()
+    after = s.rss_kib()
+    s.stop()
+    return {
+        "logins_failed": codes.count("535"),
+        "logins_before_kib": before,
+        "logins_peak_kib": peak[0],
+        "logins_after_kib": after,
+        "logins_seconds": took,
+    }
 
 
 def startup(ctx, runs, binary):
@@ -633,6 +844,13 @@ def run(ctx):
     sizes = SIZES[:2] if quick else SIZES
     concs = [1, 8] if quick else CONCURRENCY
     result = {"seconds_per_trial": seconds, "trials": repeats, "failed": False, "notes": []}
+    if getattr(ctx, "loadgen", None):
+        result["load_client"] = "rust"
+    else:
+        result["load_client"] = "python"
+        why = getattr(ctx, "loadgen_note", None) or "bench/loadgen not built"
+        result["notes"].append(f"Load client: the threaded Python fallback ({why})")
+        ctx.log(f"  load client: Python fallback ({why})")
 
     try:
         result["postfix_version"] = subprocess.run(
@@ -670,7 +888,7 @@ def run(ctx):
         idle = {s.name: s.rss_kib() for s in servers}
         # Warm-up (page cache, first mbox creation, Postfix process start).
         for s in servers:
-            load(s.addr, 2 << 10, 2, 0.5, "warmup")
+            client_load(ctx, s.addr, 2 << 10, 2, 0.5, "warmup")
         for size_name, size in sizes:
             for conc in concs:
                 # Best of `trials` short runs, the servers taking turns: the
@@ -736,6 +954,14 @@ def _ms(v):
     return "-" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
 
 
+def _cpu_ms(v):
+    return "-" if v is None else (f"{v:.2f}" if v >= 0.1 else f"{v:.3f}")
+
+
+def _pct(v):
+    return "-" if v is None else f"{v:.0f} %" if v >= 10 else f"{v:.1f} %"
+
+
 def markdown(r):
     rows = r["throughput"]
     by = {(x["server"], x["size"], x["concurrency"]): x for x in rows}
@@ -753,15 +979,32 @@ def markdown(r):
            "virtual(8) mbox delivery." if have_pf else "")
     )
     out.append("")
+    client = r.get("load_client", "python")
+    out.append(
+        (
+            "Load client: `bench/loadgen` (Rust, all connections on one thread, epoll). "
+            if client == "rust"
+            else "Load client: the threaded Python client (fallback, see the notes). "
+        )
+        + "*client CPU* is the load client's CPU time (user + system) during the trial as % "
+        "of one core (the machine has "
+        f"{os.cpu_count()}); *CPU ms/msg* is the server's CPU time (all its processes, "
+        "Postfix's delivery to the mbox included) per acknowledged message."
+    )
+    out.append("")
     if have_pf:
         out.append(
-            "| size | conc | pimail msg/s | p50 / p99 ms | Postfix msg/s | p50 / p99 ms "
+            "| size | conc | pimail msg/s | p50 / p99 ms | CPU ms/msg | client CPU "
+            "| Postfix msg/s | p50 / p99 ms | CPU ms/msg | client CPU "
             "| Postfix to mbox/s | pimail / Postfix | pimail / disk (1w, 8w) |"
         )
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     else:
-        out.append("| size | conc | pimail msg/s | p50 / p99 ms | pimail / disk (1w, 8w) |")
-        out.append("|---|---:|---:|---:|---:|")
+        out.append(
+            "| size | conc | pimail msg/s | p50 / p99 ms | CPU ms/msg | client CPU "
+            "| pimail / disk (1w, 8w) |"
+        )
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
     sizes = []
     for x in rows:
         if (x["size"], x["concurrency"]) not in sizes:
@@ -771,7 +1014,14 @@ def markdown(r):
         if not p:
             continue
         disk = f"{p['msgs_per_s'] / disk1:.2f}, {p['msgs_per_s'] / disk8:.2f}"
-        cells = [size, str(conc), f"{p['msgs_per_s']:.0f}", f"{_ms(p['p50_ms'])} / {_ms(p['p99_ms'])}"]
+        cells = [
+            size,
+            str(conc),
+            f"{p['msgs_per_s']:.0f}",
+            f"{_ms(p['p50_ms'])} / {_ms(p['p99_ms'])}",
+            _cpu_ms(p.get("server_cpu_ms_per_msg")),
+            _pct(p.get("client_cpu_pct")),
+        ]
         if have_pf:
             f = by.get(("Postfix", size, conc))
             if f:
@@ -779,11 +1029,13 @@ def markdown(r):
                 cells += [
                     f"{f['msgs_per_s']:.0f}",
                     f"{_ms(f['p50_ms'])} / {_ms(f['p99_ms'])}",
+                    _cpu_ms(f.get("server_cpu_ms_per_msg")),
+                    _pct(f.get("client_cpu_pct")),
                     f"{f['to_mbox_per_s']:.0f}",
                     ratio,
                 ]
             else:
-                cells += ["-"] * 4
+                cells += ["-"] * 6
         cells.append(disk)
         out.append("| " + " | ".join(cells) + " |")
     idle = r.get("idle_rss_kib", {})
@@ -819,6 +1071,13 @@ def markdown(r):
             lambda b: f"{b['memory']['msg25m_added_kib'] / 1024:.2f} MiB"
             + ("" if b["memory"]["msg25m_reply"] == 250 and b["memory"]["msg25m_stored"] else " (NOT STORED)"),
             "< 1 MiB",
+        ),
+        row(
+            "RSS after 100 failed logins (argon2 12 MiB): after (before; peak)",
+            lambda b: f"{b['memory']['logins_after_kib'] / 1024:.2f} MiB "
+            f"({b['memory']['logins_before_kib'] / 1024:.2f}; {b['memory']['logins_peak_kib'] / 1024:.2f})"
+            + ("" if b["memory"]["logins_failed"] == 100 else f" (ONLY {b['memory']['logins_failed']} FAILED)"),
+            "≤ before + 1 MiB",
         ),
         row(
             "start to listening: restart median (min–max); first start",

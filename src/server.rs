@@ -6,8 +6,10 @@
 //! Everything runs on one thread (a `smol::LocalExecutor`): a session costs
 //! a few KiB, not a thread, so idle or slow clients are cheap and never
 //! block others. Blocking file work (mbox appends and their fsyncs) runs on
-//! the mbox writer thread. `max_connections` and `max_connections_per_ip`
-//! are enforced at accept with `421 4.7.0`.
+//! the mbox writer thread. The connection budgets (`net::listen`) are
+//! enforced at accept with `421 4.7.0` (`-ERR [SYS/TEMP]` on POP3). On
+//! listeners in `[listen] proxy_protocol` the PROXY header is read first
+//! and the slot taken for the client's real address.
 //!
 //! The TLS certificate is loaded here at start (a bad one stops the start
 //! with an error naming the file) and shared by every listener;
@@ -15,7 +17,8 @@
 
 use crate::config::Config;
 use crate::mail::address::LocalPolicy;
-use crate::net::listen::{self, accept_next, Shared};
+use crate::net::listen::{self, accept_next, Class, Shared};
+use crate::net::proxy::{self, Header};
 use crate::net::tls::{Certificate, TlsError};
 use crate::read::pop3::conn::Pop3Context;
 use crate::receive::smtp::conn::SmtpContext;
@@ -23,7 +26,7 @@ use crate::receive::smtp::session::{Port, Settings};
 use crate::store::mbox::MboxWriter;
 use crate::util::rt::timeout;
 use async_net::{TcpListener, TcpStream};
-use smol::io::AsyncWriteExt;
+use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::LocalExecutor;
 use std::cell::Cell;
 use std::future::Future;
@@ -68,10 +71,11 @@ impl Service {
 pub struct Server {
     pub shared: Rc<Shared>,
     pub smtp: Rc<SmtpContext>,
-    listeners: Vec<(TcpListener, Service)>,
+    /// With "expects a PROXY header" (`[listen] proxy_protocol`).
+    listeners: Vec<(TcpListener, Service, bool)>,
     pub pop3: Rc<Pop3Context>,
-    /// With "implicit TLS" (pop3s, 995).
-    pop3_listeners: Vec<(TcpListener, bool)>,
+    /// With "implicit TLS" (pop3s, 995) and "expects a PROXY header".
+    pop3_listeners: Vec<(TcpListener, bool, bool)>,
     /// The outbound delivery worker and its control socket.
     outbound: Option<(
         crate::send::delivery::Worker,
@@ -138,6 +142,24 @@ impl Server {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+        // Every held connection is a descriptor: use all the hard limit
+        // allows, and say so when the budgets cannot all be held.
+        match crate::util::sys::raise_nofile_limit() {
+            Ok(n) => {
+                let l = &config.limits;
+                let want = l.max_connections
+                    + l.max_connections / 8
+                    + 3 * (l.max_user_connections + l.max_user_connections / 8)
+                    + 64;
+                if (n as usize) < want {
+                    log::warn!(
+                        "open files limit {n} is below the {want} the [limits] budgets need; \
+                         raise LimitNOFILE or lower max_connections"
+                    );
+                }
+            }
+            Err(e) => log::warn!("cannot read the open files limit: {e}"),
+        }
         let certificate = match &config.tls {
             Some(t) => Some(Rc::new(
                 Certificate::load(&t.cert, &t.key).map_err(StartError::Tls)?,
@@ -174,7 +196,7 @@ impl Server {
         ] {
             for a in addrs {
                 if let Some(l) = bind(*a)? {
-                    listeners.push((l, service));
+                    listeners.push((l, service, config.listen.proxy_protocol.contains(a)));
                 }
             }
         }
@@ -189,11 +211,12 @@ impl Server {
             log::error!("cannot finish an interrupted POP3 deletion: {e}");
         }
         let mut pop3_listeners = Vec::new();
+        let proxied = |a: &SocketAddr| config.listen.proxy_protocol.contains(a);
         for a in &config.listen.pop3 {
-            pop3_listeners.extend(bind(*a)?.map(|l| (l, false)));
+            pop3_listeners.extend(bind(*a)?.map(|l| (l, false, proxied(a))));
         }
         for a in &config.listen.pop3s {
-            pop3_listeners.extend(bind(*a)?.map(|l| (l, true)));
+            pop3_listeners.extend(bind(*a)?.map(|l| (l, true, proxied(a))));
         }
         let pop3 = Rc::new(Pop3Context {
             settings: Rc::new(crate::read::pop3::session::Settings {
@@ -248,7 +271,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<(SocketAddr, Service)> {
         self.listeners
             .iter()
-            .filter_map(|(l, p)| l.local_addr().ok().map(|a| (a, *p)))
+            .filter_map(|(l, p, _)| l.local_addr().ok().map(|a| (a, *p)))
             .collect()
     }
 
@@ -257,7 +280,7 @@ impl Server {
     pub fn pop3_addrs(&self) -> Vec<(SocketAddr, &'static str)> {
         self.pop3_listeners
             .iter()
-            .filter_map(|(l, implicit)| {
+            .filter_map(|(l, implicit, _)| {
                 let kind = if *implicit { "pop3s" } else { "pop3" };
                 l.local_addr().ok().map(|a| (a, kind))
             })
@@ -287,22 +310,19 @@ impl Server {
             ex.spawn(worker.run(ex.clone(), control, move || sh.stopping()))
                 .detach();
         }
-        for (listener, implicit_tls) in pop3_listeners {
-            let shared = shared.clone();
-            let pop3 = pop3.clone();
-            ex.spawn(pop3_accept_loop(
-                ex.clone(),
-                listener,
-                implicit_tls,
-                shared,
-                pop3,
-            ))
-            .detach();
+        let cx = Rc::new(Contexts {
+            shared: shared.clone(),
+            smtp,
+            pop3,
+        });
+        for (listener, implicit_tls, proxy) in pop3_listeners {
+            let kind = Kind::Pop3 { implicit_tls };
+            ex.spawn(accept_loop(ex.clone(), listener, kind, proxy, cx.clone()))
+                .detach();
         }
-        for (listener, service) in listeners {
-            let shared = shared.clone();
-            let smtp = smtp.clone();
-            ex.spawn(accept_loop(ex.clone(), listener, service, shared, smtp))
+        for (listener, service, proxy) in listeners {
+            let kind = Kind::Smtp(service);
+            ex.spawn(accept_loop(ex.clone(), listener, kind, proxy, cx.clone()))
                 .detach();
         }
         stop.await;
@@ -362,81 +382,173 @@ fn bind(addr: SocketAddr) -> Result<Option<TcpListener>, StartError> {
     }
 }
 
+/// What a listener hands its connections to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Smtp(Service),
+    Pop3 { implicit_tls: bool },
+}
+
+impl Kind {
+    fn class(self) -> Class {
+        match self {
+            Kind::Smtp(Service::Smtp) => Class::Smtp,
+            Kind::Smtp(_) => Class::Submission,
+            Kind::Pop3 { .. } => Class::Pop3,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Smtp(s) => s.name(),
+            Kind::Pop3 {
+                implicit_tls: false,
+            } => "pop3",
+            Kind::Pop3 { implicit_tls: true } => "pop3s",
+        }
+    }
+
+    fn implicit_tls(self) -> bool {
+        match self {
+            Kind::Smtp(s) => s.implicit_tls(),
+            Kind::Pop3 { implicit_tls } => implicit_tls,
+        }
+    }
+}
+
+/// The protocol contexts the accept loops start sessions with.
+struct Contexts {
+    shared: Rc<Shared>,
+    smtp: Rc<SmtpContext>,
+    pop3: Rc<Pop3Context>,
+}
+
+/// How long a proxy may take to send its PROXY header.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections of one proxy listener still waiting for their header
+/// (they hold no slot yet: the slot is taken with the real address).
+const MAX_PENDING_PROXY: usize = 256;
+
 async fn accept_loop(
     ex: Rc<LocalExecutor<'static>>,
     listener: TcpListener,
-    service: Service,
-    shared: Rc<Shared>,
-    smtp: Rc<SmtpContext>,
+    kind: Kind,
+    proxy: bool,
+    cx: Rc<Contexts>,
 ) {
-    while let Some((stream, peer)) = accept_next(&listener, &shared).await {
-        match shared.try_admit(peer.ip()) {
-            Ok(guard) => {
-                let shared = shared.clone();
-                let smtp = smtp.clone();
-                ex.spawn(async move {
-                    crate::receive::smtp::conn::serve(
-                        stream,
-                        peer,
-                        service.port(),
-                        service.implicit_tls(),
-                        smtp,
-                        shared,
-                    )
-                    .await;
-                    drop(guard);
-                })
-                .detach();
-            }
-            Err(why) => {
-                log::info!("{} {peer}: refused, {why}", service.name());
-                // On an implicit-TLS port a plain-text reply would be
-                // noise to the client: just close.
-                if !service.implicit_tls() {
-                    let host = shared.hostname.clone();
-                    ex.spawn(refuse(stream, host, why)).detach();
+    let pending = Rc::new(Cell::new(0usize));
+    while let Some((mut stream, peer)) = accept_next(&listener, &cx.shared).await {
+        if !proxy {
+            admit(&ex, stream, peer, kind, &cx);
+            continue;
+        }
+        if pending.get() >= MAX_PENDING_PROXY {
+            log::warn!(
+                "{} {peer}: {MAX_PENDING_PROXY} connections already wait for their PROXY header, closing",
+                kind.name()
+            );
+            continue;
+        }
+        pending.set(pending.get() + 1);
+        let (ex2, cx, pending) = (ex.clone(), cx.clone(), pending.clone());
+        ex.spawn(async move {
+            let header = timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut stream)).await;
+            pending.set(pending.get() - 1);
+            match header {
+                Some(Ok(Header::Proxied(real))) => {
+                    log::debug!("{} {peer}: proxied for {real}", kind.name());
+                    admit(&ex2, stream, real, kind, &cx);
                 }
+                Some(Ok(Header::Local)) => admit(&ex2, stream, peer, kind, &cx),
+                Some(Err(e)) => log::info!("{} {peer}: {e}, closing", kind.name()),
+                None => log::info!("{} {peer}: no PROXY header in time, closing", kind.name()),
             }
+        })
+        .detach();
+    }
+}
+
+/// Reads the PROXY header, exactly (what follows it stays in the socket).
+async fn read_proxy_header(stream: &mut TcpStream) -> Result<Header, String> {
+    let mut buf = Vec::with_capacity(64);
+    // Each round reads at least one byte of a header of bounded length.
+    for _ in 0..=proxy::MAX_V2 {
+        match proxy::parse(&buf).map_err(|e| e.to_string())? {
+            proxy::Parse::Done(h) => return Ok(h),
+            proxy::Parse::Need(n) => {
+                let at = buf.len();
+                buf.resize(at + n, 0);
+                stream
+                    .read_exact(&mut buf[at..])
+                    .await
+                    .map_err(|e| format!("reading the PROXY header: {e}"))?;
+            }
+        }
+    }
+    Err("PROXY header too long".into())
+}
+
+/// Takes a slot for `peer` (the client's real address) and starts its
+/// session, or refuses it.
+fn admit(
+    ex: &Rc<LocalExecutor<'static>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    cx: &Rc<Contexts>,
+) {
+    match cx.shared.try_admit(kind.class(), peer.ip()) {
+        Ok(guard) => {
+            let cx = cx.clone();
+            ex.spawn(async move {
+                match kind {
+                    Kind::Smtp(service) => {
+                        crate::receive::smtp::conn::serve(
+                            stream,
+                            peer,
+                            service.port(),
+                            service.implicit_tls(),
+                            cx.smtp.clone(),
+                            cx.shared.clone(),
+                            &guard,
+                        )
+                        .await
+                    }
+                    Kind::Pop3 { implicit_tls } => {
+                        crate::read::pop3::conn::serve(
+                            stream,
+                            peer,
+                            implicit_tls,
+                            cx.pop3.clone(),
+                            cx.shared.clone(),
+                            &guard,
+                        )
+                        .await
+                    }
+                }
+                drop(guard);
+            })
+            .detach();
+        }
+        Err(why) => {
+            log::info!("{} {peer}: refused, {why}", kind.name());
+            // On an implicit-TLS port a plain-text reply would be noise to
+            // the client: just close.
+            if kind.implicit_tls() {
+                return;
+            }
+            let line = match kind {
+                Kind::Smtp(_) => format!(
+                    "421 4.7.0 {} Service not available: {why}, try again later\r\n",
+                    cx.shared.hostname
+                ),
+                Kind::Pop3 { .. } => format!("-ERR [SYS/TEMP] {why}, try again later\r\n"),
+            };
+            ex.spawn(refuse(stream, line)).detach();
         }
     }
 }
 
-async fn refuse(mut stream: TcpStream, host: String, why: &'static str) {
-    let line = format!("421 4.7.0 {host} Service not available: {why}, try again later\r\n");
+async fn refuse(mut stream: TcpStream, line: String) {
     let _ = timeout(Duration::from_secs(5), stream.write_all(line.as_bytes())).await;
-}
-
-async fn pop3_accept_loop(
-    ex: Rc<LocalExecutor<'static>>,
-    listener: TcpListener,
-    implicit_tls: bool,
-    shared: Rc<Shared>,
-    pop3: Rc<Pop3Context>,
-) {
-    while let Some((mut stream, peer)) = accept_next(&listener, &shared).await {
-        match shared.try_admit(peer.ip()) {
-            Ok(guard) => {
-                let shared = shared.clone();
-                let pop3 = pop3.clone();
-                ex.spawn(async move {
-                    crate::read::pop3::conn::serve(stream, peer, implicit_tls, pop3, shared).await;
-                    drop(guard);
-                })
-                .detach();
-            }
-            Err(why) => {
-                log::info!("pop3 {peer}: refused, {why}");
-                if implicit_tls {
-                    // A plain-text reply would be noise to a TLS client.
-                    continue;
-                }
-                ex.spawn(async move {
-                    let line = format!("-ERR [SYS/TEMP] {why}, try again later\r\n");
-                    let _ =
-                        timeout(Duration::from_secs(5), stream.write_all(line.as_bytes())).await;
-                })
-                .detach();
-            }
-        }
-    }
 }

@@ -8,45 +8,13 @@
 mod common;
 use common::fakes::*;
 use common::*;
-use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
-
-const WAIT: Duration = Duration::from_secs(40);
-
-fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, last)
-}
-
-fn opts(dns: &FakeDns, port: u16, extra: &str) -> Options {
-    Options {
-        extra: format!(
-            "[outbound]\ndns = [\"{}\"]\nmx_port = {port}\nretry = [\"1s\"]\n{extra}\n",
-            dns.addr
-        ),
-        ..Options::default()
-    }
-}
-
-/// Runs `pimail ARGS --config <server's config>`: exit code, stdout, stderr.
-fn pimail(srv: &Server, args: &[&str]) -> (i32, String, String) {
-    let o = pimail_command()
-        .args(args)
-        .arg("--config")
-        .arg(&srv.config)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+use std::net::IpAddr;
 
 /// Stops `srv`, makes DKIM keys in its data_dir, starts it again; returns
 /// the records `dkim generate` printed.
 fn with_keys(srv: &mut Server) -> std::collections::BTreeMap<String, String> {
     srv.terminate();
-    let (code, out, err) = pimail(srv, &["dkim", "generate", "--selector", "t"]);
+    let (code, out, err) = run_pimail(&srv.config, &["dkim", "generate", "--selector", "t"]);
     assert_eq!(code, 0, "dkim generate: {out}{err}");
     srv.spawn();
     dkimpy::printed_records(&out)
@@ -54,11 +22,8 @@ fn with_keys(srv: &mut Server) -> std::collections::BTreeMap<String, String> {
 
 #[test]
 fn outbound_mail_is_dkim_signed_and_verifies_with_dkimpy() {
-    let dns = FakeDns::start();
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), Behavior::default())]);
-    dns.mx("remote.test", &[(10, "mx.remote.test")]);
-    dns.a("mx.remote.test", &[ip(2)]);
-    let mut srv = Server::with(opts(&dns, port, ""));
+    let w = MxWorld::one("remote.test", ip(2), Behavior::default());
+    let mut srv = w.server("");
     let records = with_keys(&mut srv);
     assert_eq!(records.len(), 2, "{records:?}");
     assert!(srv.wait_log(
@@ -68,7 +33,7 @@ fn outbound_mail_is_dkim_signed_and_verifies_with_dkimpy() {
     let msg = "From: Alice <alice@example.org>\nTo: bob@remote.test\nSubject: signed   please \nDate: Wed, 25 Nov 2026 03:00:00 +0000\nMessage-ID: <dkim1@example.org>\n\nHello Bob.\n.leading dot\nFrom the start\n\n\n";
     let (code, err) = srv.sendmail(&["bob@remote.test"], msg.as_bytes());
     assert_eq!(code, 0, "sendmail: {err}");
-    let got = mx[0].wait_messages(1, WAIT);
+    let got = w.mx[0].wait_messages(1, WAIT);
     assert_eq!(got.len(), 1);
     let data = &got[0].data;
     let text = String::from_utf8_lossy(data);
@@ -101,16 +66,13 @@ fn outbound_mail_is_dkim_signed_and_verifies_with_dkimpy() {
 
 #[test]
 fn mail_from_other_domains_is_not_signed() {
-    let dns = FakeDns::start();
-    let (port, mx) = FakeMx::start_all(vec![(ip(3), Behavior::default())]);
-    dns.mx("remote.test", &[(10, "mx.remote.test")]);
-    dns.a("mx.remote.test", &[ip(3)]);
-    let mut srv = Server::with(opts(&dns, port, ""));
+    let w = MxWorld::one("remote.test", ip(3), Behavior::default());
+    let mut srv = w.server("");
     with_keys(&mut srv);
     let msg = "From: someone@elsewhere.example\nSubject: forwarded\n\nHi\n";
     let (code, err) = srv.sendmail(&["bob@remote.test"], msg.as_bytes());
     assert_eq!(code, 0, "sendmail: {err}");
-    let got = mx[0].wait_messages(1, WAIT);
+    let got = w.mx[0].wait_messages(1, WAIT);
     assert!(!String::from_utf8_lossy(&got[0].data).contains("DKIM-Signature"));
 }
 
@@ -143,8 +105,7 @@ fn write_cert(
 }
 
 fn world() -> World {
-    let dns = FakeDns::start();
-    let (port, mx) = FakeMx::start_all(vec![(ip(5), Behavior::default())]);
+    let MxWorld { dns, port, mx } = MxWorld::start(vec![(ip(5), Behavior::default())]);
     dns.mx("gmail.com", &[(5, "gmail-smtp-in.l.google.com")]);
     dns.a("gmail-smtp-in.l.google.com", &[ip(5)]);
     dns.a("mail.example.org", &[ip(7)]);
@@ -162,20 +123,12 @@ fn world() -> World {
         dir.path().join("cert.pem").display().to_string(),
         dir.path().join("key.pem").display().to_string()
     );
-    let mut o = opts(&dns, port, "");
+    let mut o = outbound_options(&dns, port, "");
     o.extra = extra + &o.extra;
     let config = Server::write_config(dir.path(), &o);
-    let out = pimail_command()
-        .args(["dkim", "generate", "--selector", "t", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let records = dkimpy::printed_records(&String::from_utf8_lossy(&out.stdout));
+    let (code, out, err) = run_pimail(&config, &["dkim", "generate", "--selector", "t"]);
+    assert!(code == 0, "{err}");
+    let records = dkimpy::printed_records(&out);
     for (name, value) in &records {
         dns.txt(name, &[value]);
     }
@@ -189,17 +142,8 @@ fn world() -> World {
 }
 
 fn doctor(w: &World, extra_args: &[&str]) -> (i32, String) {
-    let o = pimail_command()
-        .arg("doctor")
-        .args(extra_args)
-        .arg("--config")
-        .arg(&w.config)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
-    )
+    let (code, out, err) = run_pimail(&w.config, &[&["doctor"], extra_args].concat());
+    (code, out + &err)
 }
 
 #[test]
@@ -543,4 +487,108 @@ fn doctor_does_not_call_a_self_signed_certificate_ok() {
         out.contains("[warn] TLS certificate is self-signed"),
         "{out}"
     );
+}
+
+/// Issue 13, hole 3: RFC 8601 allows CFWS before the authserv-id and a
+/// quoted-string as the id; a forged verdict in either form used to reach
+/// the mailbox.
+#[test]
+fn forged_results_behind_a_comment_or_in_quotes_are_removed_too() {
+    let dns = FakeDns::start();
+    dns.txt("bank.test", &["v=spf1 ip4:192.0.2.1 -all"]);
+    let forged = b"Authentication-Results: (checked by us) mail.example.org; dkim=pass header.d=bank.test\r\n\
+Authentication-Results: \"mail.example.org\"; dmarc=pass header.from=bank.test\r\n\
+Authentication-Results: (x)\r\n \"MAIL.example.org.\" 1; spf=pass\r\n\
+Authentication-Results: relay.other.example; dkim=fail\r\n\
+From: Bank <security@bank.test>\r\nTo: alice@example.org\r\nSubject: verify\r\n\r\nClick.\r\n";
+    let srv = checking_server(&dns, "");
+    let mut c = srv.connect();
+    c.hello();
+    let (code, text) = c.send_message("security@bank.test", &["alice@example.org"], forged);
+    assert_eq!(code, 250, "{text}");
+    assert!(srv.wait_log(
+        "removed 3 Authentication-Results header(s) claiming to be ours",
+        WAIT
+    ));
+    let stored = String::from_utf8_lossy(&python_mbox_messages(&srv.mbox_path())[0]).into_owned();
+    let header = stored.split("\n\n").next().unwrap_or_default().to_string();
+    assert!(
+        !header.contains("=pass"),
+        "a forged verdict survived:\n{header}"
+    );
+    // Ours on top, and the other server's verdict is kept.
+    assert_eq!(
+        header.matches("Authentication-Results:").count(),
+        2,
+        "{header}"
+    );
+    assert!(header.contains("Authentication-Results: relay.other.example; dkim=fail"));
+}
+
+/// RFC 7489 6.6.4: `pct=50` applies `p=reject` to about half of the
+/// failing messages; the others are accepted (as quarantine), none lost.
+#[test]
+fn dmarc_pct_rejects_only_a_sample() {
+    let dns = FakeDns::start();
+    dns.txt("_dmarc.half.test", &["v=DMARC1; p=reject; pct=50"]);
+    dns.txt("half.test", &["v=spf1 ip4:192.0.2.1 -all"]);
+    let msg = b"From: <news@half.test>\r\nTo: alice@example.org\r\nSubject: sample\r\n\r\nHi.\r\n";
+    let srv = checking_server(&dns, "dmarc_reject = true");
+    let mut c = srv.connect();
+    c.hello();
+    let (mut refused, mut accepted) = (0, 0);
+    for _ in 0..40 {
+        let (code, text) = c.send_message("news@half.test", &["alice@example.org"], msg);
+        match code {
+            550 => {
+                assert!(text.contains("5.7.1"), "{text}");
+                refused += 1;
+            }
+            250 => accepted += 1,
+            _ => panic!("unexpected reply {code} {text}"),
+        }
+    }
+    // The chance of either count being 0 by luck is 2 * 2^-40.
+    assert!(
+        refused > 0 && accepted > 0,
+        "refused {refused}, accepted {accepted}"
+    );
+    assert_eq!(python_mbox_messages(&srv.mbox_path()).len(), accepted);
+    let ar = auth_results(&srv.mbox());
+    assert!(ar.contains("dmarc=fail"), "{ar}");
+}
+
+/// RFC 7208 2.3: the HELO identity is checked on its own too, and the
+/// result is reported as `smtp.helo=` next to the MAIL FROM result.
+#[test]
+fn helo_identity_gets_its_own_spf_result() {
+    let dns = FakeDns::start();
+    dns.txt("relay.helo.test", &["v=spf1 ip4:127.0.0.1 -all"]);
+    dns.txt("nospf.test", &["v=spf1 ip4:192.0.2.1 -all"]);
+    let srv = checking_server(&dns, "");
+    let mut c = srv.connect();
+    let (code, _) = c.reply();
+    assert_eq!(code, 220);
+    c.expect("EHLO relay.helo.test", 250);
+    let msg = b"From: <x@nospf.test>\r\nTo: alice@example.org\r\nSubject: helo\r\n\r\nHi.\r\n";
+    let (code, text) = c.send_message("x@nospf.test", &["alice@example.org"], msg);
+    assert_eq!(code, 250, "{text}");
+    assert!(srv.wait_log("auth id=", WAIT));
+    let ar = auth_results(&srv.mbox());
+    for part in [
+        "spf=fail smtp.mailfrom=x@nospf.test;",
+        "spf=pass smtp.helo=relay.helo.test;",
+    ] {
+        assert!(ar.contains(part), "no {part:?} in {ar}");
+    }
+    // An address literal is not a HELO identity to check.
+    let mut c = srv.connect();
+    let _ = c.reply();
+    c.expect("EHLO [127.0.0.1]", 250);
+    let (code, _) = c.send_message("x@nospf.test", &["alice@example.org"], msg);
+    assert_eq!(code, 250);
+    let stored = python_mbox_messages(&srv.mbox_path());
+    assert_eq!(stored.len(), 2);
+    let second = String::from_utf8_lossy(&stored[1]).into_owned();
+    assert!(!second.contains("smtp.helo="), "{second}");
 }

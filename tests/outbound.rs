@@ -10,23 +10,6 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(40);
-
-fn ip(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, last)
-}
-
-/// Options for a server that resolves with `dns` and delivers to `port`.
-fn opts(dns: &FakeDns, port: u16, extra: &str) -> Options {
-    Options {
-        extra: format!(
-            "[outbound]\ndns = [\"{}\"]\nmx_port = {port}\nretry = [\"1s\"]\n{extra}\n",
-            dns.addr
-        ),
-        ..Options::default()
-    }
-}
-
 fn msg(subject: &str) -> Vec<u8> {
     format!("From: alice@example.org\nTo: someone\nSubject: {subject}\nMessage-ID: <{subject}@example.org>\nDate: Wed, 25 Nov 2026 03:00:00 +0000\n\nHello.\n.leading dot\nFrom the start\n")
         .into_bytes()
@@ -64,18 +47,7 @@ for m in mailbox.mbox(sys.argv[1], create=False):
     out.append(json.dumps(d))
 print("\n".join(out))
 "#;
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(srv.mbox_path())
-        .output()
-        .expect("python3 is needed for these tests");
-    assert!(
-        o.status.success(),
-        "python: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout)
+    python(script, &[&srv.mbox_path()])
         .lines()
         .filter(|s| !s.is_empty())
         .map(|s| s.to_string())
@@ -124,34 +96,30 @@ fn wait_queue_empty(srv: &Server) -> bool {
 
 #[test]
 fn mx_preference_order_is_followed() {
-    let dns = FakeDns::start();
-    let (port, mx) = FakeMx::start_all(vec![
+    let w = MxWorld::start(vec![
         (ip(2), Behavior::default()),
         (ip(3), Behavior::default()),
     ]);
     // Listed worst first: the order in DNS must not matter.
-    dns.mx("pref.test", &[(20, "mx2.pref.test"), (10, "mx1.pref.test")]);
-    dns.a("mx1.pref.test", &[ip(2)]);
-    dns.a("mx2.pref.test", &[ip(3)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    w.dns
+        .mx("pref.test", &[(20, "mx2.pref.test"), (10, "mx1.pref.test")]);
+    w.dns.a("mx1.pref.test", &[ip(2)]);
+    w.dns.a("mx2.pref.test", &[ip(3)]);
+    let srv = w.server("");
     for i in 0..3 {
         send(&srv, &["bob@pref.test"], &format!("pref{i}"));
-        assert_eq!(mx[0].wait_messages(i + 1, WAIT).len(), i + 1);
+        assert_eq!(w.mx[0].wait_messages(i + 1, WAIT).len(), i + 1);
     }
     assert!(
-        mx[1].messages().is_empty(),
+        w.mx[1].messages().is_empty(),
         "the less preferred MX got mail"
     );
-    let got = &mx[0].messages()[0];
+    let got = &w.mx[0].messages()[0];
     assert_eq!(got.mail_from, "alice@example.org");
     assert_eq!(got.rcpts, vec!["bob@pref.test"]);
     assert!(srv.wait_log("delivered id=", WAIT));
     assert!(srv.wait_log("delivered id=", WAIT));
-    let line = srv
-        .log()
-        .into_iter()
-        .find(|l| l.contains("delivered id="))
-        .unwrap();
+    let line = srv.log_line("delivered id=").unwrap();
     assert!(
         line.contains("rcpt=<bob@pref.test> host=mx1.pref.test ip=127.0.0.2"),
         "{line}"
@@ -161,17 +129,16 @@ fn mx_preference_order_is_followed() {
 
 #[test]
 fn next_mx_is_tried_when_the_first_refuses_connections() {
-    let dns = FakeDns::start();
-    let (port, mx) = FakeMx::start_all(vec![(ip(3), Behavior::default())]);
-    dns.mx(
+    let w = MxWorld::start(vec![(ip(3), Behavior::default())]);
+    w.dns.mx(
         "fallback.test",
         &[(10, "dead.fallback.test"), (20, "alive.fallback.test")],
     );
-    dns.a("dead.fallback.test", &[ip(9)]); // nothing listens on 127.0.0.9
-    dns.a("alive.fallback.test", &[ip(3)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    w.dns.a("dead.fallback.test", &[ip(9)]); // nothing listens on 127.0.0.9
+    w.dns.a("alive.fallback.test", &[ip(3)]);
+    let srv = w.server("");
     send(&srv, &["carol@fallback.test"], "fallback");
-    let got = mx[0].wait_messages(1, WAIT);
+    let got = w.mx[0].wait_messages(1, WAIT);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].rcpts, vec!["carol@fallback.test"]);
     assert!(srv.wait_log("host=alive.fallback.test ip=127.0.0.3", WAIT));
@@ -179,50 +146,48 @@ fn next_mx_is_tried_when_the_first_refuses_connections() {
 
 #[test]
 fn equal_preference_spreads_over_hosts() {
-    let dns = FakeDns::start();
-    let (port, mx) = FakeMx::start_all(vec![
+    let w = MxWorld::start(vec![
         (ip(2), Behavior::default()),
         (ip(3), Behavior::default()),
     ]);
-    dns.mx(
+    w.dns.mx(
         "spread.test",
         &[(10, "a.spread.test"), (10, "b.spread.test")],
     );
-    dns.a("a.spread.test", &[ip(2)]);
-    dns.a("b.spread.test", &[ip(3)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    w.dns.a("a.spread.test", &[ip(2)]);
+    w.dns.a("b.spread.test", &[ip(3)]);
+    let srv = w.server("");
     // One at a time, so each is its own routing decision. The chance that
     // 16 fair coin flips all agree is 1 in 32768.
     for i in 0..16 {
         send(&srv, &["dave@spread.test"], &format!("spread{i}"));
         let end = std::time::Instant::now() + WAIT;
-        while mx[0].messages().len() + mx[1].messages().len() < i + 1
+        while w.mx[0].messages().len() + w.mx[1].messages().len() < i + 1
             && std::time::Instant::now() < end
         {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let (a, b) = (mx[0].messages().len(), mx[1].messages().len());
+    let (a, b) = (w.mx[0].messages().len(), w.mx[1].messages().len());
     assert_eq!(a + b, 16);
     assert!(a > 0 && b > 0, "all mail went to one host: {a} vs {b}");
 }
 
 #[test]
 fn domain_without_mx_gets_mail_at_its_address() {
-    let dns = FakeDns::start();
-    let (port, mx) = FakeMx::start_all(vec![(ip(4), Behavior::default())]);
-    dns.a("nomx.test", &[ip(4)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    let w = MxWorld::start(vec![(ip(4), Behavior::default())]);
+    w.dns.a("nomx.test", &[ip(4)]);
+    let srv = w.server("");
     send(&srv, &["erin@nomx.test"], "implicit");
-    assert_eq!(mx[0].wait_messages(1, WAIT).len(), 1);
-    assert!(dns.count("nomx.test", RecordType::MX, false) >= 1);
+    assert_eq!(w.mx[0].wait_messages(1, WAIT).len(), 1);
+    assert!(w.dns.count("nomx.test", RecordType::MX, false) >= 1);
 }
 
 #[test]
 fn null_mx_bounces_to_the_sender() {
     let dns = FakeDns::start();
     dns.mx("nullmx.test", &[(0, ".")]);
-    let srv = Server::with(opts(&dns, free_port(2), ""));
+    let srv = Server::with(outbound_options(&dns, free_port(2), ""));
     send(&srv, &["frank@nullmx.test"], "nullmx");
     let reports = wait_reports(&srv, 1);
     assert_eq!(
@@ -245,7 +210,6 @@ fn null_mx_bounces_to_the_sender() {
 
 #[test]
 fn temporary_failure_is_retried_then_delivered() {
-    let dns = FakeDns::start();
     let b = Behavior {
         data: std::sync::Arc::new(|n| {
             if n < 2 {
@@ -256,14 +220,12 @@ fn temporary_failure_is_retried_then_delivered() {
         }),
         ..Behavior::default()
     };
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), b)]);
-    dns.mx("retry.test", &[(10, "mx.retry.test")]);
-    dns.a("mx.retry.test", &[ip(2)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    let w = MxWorld::one("retry.test", ip(2), b);
+    let srv = w.server("");
     send(&srv, &["gina@retry.test"], "retry");
-    let got = mx[0].wait_messages(1, WAIT);
+    let got = w.mx[0].wait_messages(1, WAIT);
     assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
-    assert_eq!(mx[0].data_phases(), 3);
+    assert_eq!(w.mx[0].data_phases(), 3);
     assert!(srv
         .log()
         .iter()
@@ -275,24 +237,13 @@ fn temporary_failure_is_retried_then_delivered() {
 
 #[test]
 fn permanent_failure_bounces_with_status_and_diagnostic() {
-    let dns = FakeDns::start();
-    let b = Behavior {
-        rcpt: std::sync::Arc::new(|a| {
-            if a.starts_with("nobody@") {
-                (
-                    550,
-                    "5.1.1 <nobody@perm.test>: Recipient address rejected".into(),
-                )
-            } else {
-                (250, "2.1.5 OK".into())
-            }
-        }),
-        ..Behavior::default()
-    };
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), b)]);
-    dns.mx("perm.test", &[(10, "mx.perm.test")]);
-    dns.a("mx.perm.test", &[ip(2)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    let b = Behavior::refusing_rcpt(
+        "nobody@",
+        550,
+        "5.1.1 <nobody@perm.test>: Recipient address rejected",
+    );
+    let w = MxWorld::one("perm.test", ip(2), b);
+    let srv = w.server("");
     send(&srv, &["nobody@perm.test"], "permfail");
     let reports = wait_reports(&srv, 1);
     assert_eq!(reports.len(), 1);
@@ -315,16 +266,15 @@ fn permanent_failure_bounces_with_status_and_diagnostic() {
         "original headers returned: {r}"
     );
     assert!(r.contains(r#""to": "<alice@example.org>""#), "{r}");
-    assert!(mx[0].messages().is_empty());
+    assert!(w.mx[0].messages().is_empty());
     assert!(wait_queue_empty(&srv));
 }
 
 #[test]
 fn dns_timeout_defers_and_flush_retries() {
-    let dns = FakeDns::start();
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), Behavior::default())]);
-    dns.set("slow.test", RecordType::MX, Answer::Silence);
-    let srv = Server::with(opts(&dns, port, "").tap_retry("1h"));
+    let w = MxWorld::start(vec![(ip(2), Behavior::default())]);
+    w.dns.set("slow.test", RecordType::MX, Answer::Silence);
+    let srv = Server::with(w.options("").tap_retry("1h"));
     send(&srv, &["hank@slow.test"], "dnstimeout");
     assert!(
         srv.wait_log("deferred id=", WAIT),
@@ -340,18 +290,16 @@ fn dns_timeout_defers_and_flush_retries() {
     assert!(list.contains("timeout"), "{list}");
     assert!(list.contains("next attempt: in "), "{list}");
     // The DNS comes back; `queue flush` retries at once instead of in 1h.
-    dns.mx("slow.test", &[(10, "mx.slow.test")]);
-    dns.a("mx.slow.test", &[ip(2)]);
+    w.dns.one_mx("slow.test", ip(2));
     let (code, out) = srv.queue_cmd(&["flush"]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(mx[0].wait_messages(1, WAIT).len(), 1);
+    assert_eq!(w.mx[0].wait_messages(1, WAIT).len(), 1);
     assert!(wait_queue_empty(&srv));
 }
 
 #[test]
 fn truncated_udp_answer_is_asked_again_over_tcp() {
-    let dns = FakeDns::start();
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), Behavior::default())]);
+    let w = MxWorld::start(vec![(ip(2), Behavior::default())]);
     // The MX answer is "truncated" over UDP, complete over TCP.
     let mx_records = vec![hickory_proto::rr::Record::from_rdata(
         hickory_proto::rr::Name::from_ascii("big.test.").unwrap(),
@@ -361,46 +309,39 @@ fn truncated_udp_answer_is_asked_again_over_tcp() {
             hickory_proto::rr::Name::from_ascii("mx.big.test.").unwrap(),
         )),
     )];
-    dns.set("big.test", RecordType::MX, Answer::Truncated(mx_records));
-    dns.a("mx.big.test", &[ip(2)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    w.dns
+        .set("big.test", RecordType::MX, Answer::Truncated(mx_records));
+    w.dns.a("mx.big.test", &[ip(2)]);
+    let srv = w.server("");
     send(&srv, &["ivy@big.test"], "truncated");
-    assert_eq!(mx[0].wait_messages(1, WAIT).len(), 1);
-    assert!(dns.count("big.test", RecordType::MX, false) >= 1);
+    assert_eq!(w.mx[0].wait_messages(1, WAIT).len(), 1);
+    assert!(w.dns.count("big.test", RecordType::MX, false) >= 1);
     assert!(
-        dns.count("big.test", RecordType::MX, true) >= 1,
+        w.dns.count("big.test", RecordType::MX, true) >= 1,
         "no TCP retry"
     );
 }
 
 #[test]
 fn starttls_is_used_when_offered() {
-    let dns = FakeDns::start();
     let b = Behavior {
         starttls: Some(self_signed("mx.tls.test")),
         ..Behavior::default()
     };
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), b)]);
-    dns.mx("tls.test", &[(10, "mx.tls.test")]);
-    dns.a("mx.tls.test", &[ip(2)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    let w = MxWorld::one("tls.test", ip(2), b);
+    let srv = w.server("");
     send(&srv, &["jack@tls.test"], "tls");
-    let got = mx[0].wait_messages(1, WAIT);
+    let got = w.mx[0].wait_messages(1, WAIT);
     assert_eq!(got.len(), 1);
     assert!(got[0].tls, "message went in clear");
     // Opportunistic: the self-signed certificate is recorded, not fatal.
     assert!(srv.wait_log("tls=TLSv1.3", WAIT));
     assert!(srv.wait_log("delivered id=", WAIT));
-    let line = srv
-        .log()
-        .into_iter()
-        .find(|l| l.contains("delivered id="))
-        .unwrap();
+    let line = srv.log_line("delivered id=").unwrap();
     assert!(line.contains("unverified"), "{line}");
 }
 
 fn relay_setup(ca_trusted: bool) -> (FakeDns, Vec<FakeMx>, Server, TempDir) {
-    let dns = FakeDns::start();
     let ca = TestCa::new();
     let b = Behavior {
         starttls: Some(if ca_trusted {
@@ -411,23 +352,38 @@ fn relay_setup(ca_trusted: bool) -> (FakeDns, Vec<FakeMx>, Server, TempDir) {
         auth: Some(("alice@isp.test".into(), "s3cret pass".into())),
         ..Behavior::default()
     };
-    let (port, mx) = FakeMx::start_all(vec![(ip(5), b)]);
+    let MxWorld { dns, port, mx } = MxWorld::start(vec![(ip(5), b)]);
     dns.a("relay.test", &[ip(5)]);
+    let relay = format!("relay.test:{port}");
+    let (srv, files) = relay_server(&dns, &ca, &relay, "alice@isp.test", "s3cret pass\n");
+    (dns, mx, srv, files)
+}
+
+/// A server that sends everything through `relay` (host:port) as `user`,
+/// its password file holding `password_file`, trusting `ca` for the
+/// relay's certificate; the files live in the returned directory.
+fn relay_server(
+    dns: &FakeDns,
+    ca: &TestCa,
+    relay: &str,
+    user: &str,
+    password_file: &str,
+) -> (Server, TempDir) {
     let files = TempDir::new("relay");
     let ca_file = files.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
     let pw = files.path().join("relay-password");
-    std::fs::write(&pw, "s3cret pass\n").unwrap();
+    std::fs::write(&pw, password_file).unwrap();
     let extra = format!(
-        "relay = \"relay.test:{port}\"\nrelay_user = \"alice@isp.test\"\nrelay_password_file = {:?}\n",
+        "relay = \"{relay}\"\nrelay_user = \"{user}\"\nrelay_password_file = {:?}\n",
         pw.display().to_string()
     );
     // mx_port points nowhere: everything must go through the relay.
     let srv = Server::with_env(
-        opts(&dns, free_port(6), &extra),
+        outbound_options(dns, free_port(6), &extra),
         vec![("PIMAIL_RELAY_CA_FILE".into(), ca_file.display().to_string())],
     );
-    (dns, mx, srv, files)
+    (srv, files)
 }
 
 #[test]
@@ -442,11 +398,7 @@ fn relay_mode_uses_starttls_verified_certificate_and_auth() {
     r.sort();
     assert_eq!(r, vec!["kim@far.example", "lee@other.example"]);
     assert!(srv.wait_log("delivered id=", WAIT));
-    let line = srv
-        .log()
-        .into_iter()
-        .find(|l| l.contains("delivered id="))
-        .unwrap();
+    let line = srv.log_line("delivered id=").unwrap();
     assert!(line.contains(" verified"), "{line}");
 }
 
@@ -480,7 +432,7 @@ fn relay_that_authorises_by_ip_needs_no_relay_user() {
     let ca_file = files.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
     let srv = Server::with_env(
-        opts(
+        outbound_options(
             &dns,
             free_port(6),
             &format!("relay = \"relay.test:{port}\"\n"),
@@ -499,9 +451,8 @@ fn relay_that_authorises_by_ip_needs_no_relay_user() {
 fn queue_survives_kill9_and_restart() {
     let dns = FakeDns::start();
     let port = free_port(7);
-    dns.mx("later.test", &[(10, "mx.later.test")]);
-    dns.a("mx.later.test", &[ip(7)]);
-    let mut srv = Server::with(opts(&dns, port, ""));
+    dns.one_mx("later.test", ip(7));
+    let mut srv = Server::with(outbound_options(&dns, port, ""));
     send(&srv, &["mia@later.test"], "survivor");
     assert!(srv.wait_log("deferred id=", WAIT));
     srv.kill9();
@@ -525,41 +476,22 @@ fn queue_survives_kill9_and_restart() {
 
 #[test]
 fn several_recipients_at_two_domains_with_mixed_results() {
-    let dns = FakeDns::start();
-    let f = Behavior {
-        rcpt: std::sync::Arc::new(|a| {
-            if a.starts_with("bad@") {
-                (550, "5.1.1 no such user".into())
-            } else {
-                (250, "2.1.5 OK".into())
-            }
-        }),
-        ..Behavior::default()
-    };
+    let f = Behavior::refusing_rcpt("bad@", 550, "5.1.1 no such user");
     let g = Behavior {
-        rcpt: std::sync::Arc::new(|a| {
-            if a.starts_with("tmp@") {
-                (452, "4.2.2 mailbox full".into())
-            } else {
-                (250, "2.1.5 OK".into())
-            }
-        }),
         pipelining: false,
-        ..Behavior::default()
+        ..Behavior::refusing_rcpt("tmp@", 452, "4.2.2 mailbox full")
     };
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), f), (ip(3), g)]);
-    dns.mx("f.test", &[(10, "mx.f.test")]);
-    dns.a("mx.f.test", &[ip(2)]);
-    dns.mx("g.test", &[(10, "mx.g.test")]);
-    dns.a("mx.g.test", &[ip(3)]);
-    let srv = Server::with(opts(&dns, port, "").tap_retry("1h"));
+    let w = MxWorld::start(vec![(ip(2), f), (ip(3), g)]);
+    w.dns.one_mx("f.test", ip(2));
+    w.dns.one_mx("g.test", ip(3));
+    let srv = Server::with(w.options("").tap_retry("1h"));
     send(
         &srv,
         &["ok@f.test", "bad@f.test", "ok@g.test", "tmp@g.test"],
         "mixed",
     );
-    assert_eq!(mx[0].wait_messages(1, WAIT)[0].rcpts, vec!["ok@f.test"]);
-    assert_eq!(mx[1].wait_messages(1, WAIT)[0].rcpts, vec!["ok@g.test"]);
+    assert_eq!(w.mx[0].wait_messages(1, WAIT)[0].rcpts, vec!["ok@f.test"]);
+    assert_eq!(w.mx[1].wait_messages(1, WAIT)[0].rcpts, vec!["ok@g.test"]);
     let reports = wait_reports(&srv, 1);
     assert_eq!(reports.len(), 1);
     assert!(reports[0].contains("rfc822; bad@f.test"), "{}", reports[0]);
@@ -626,15 +558,12 @@ rsync: warning: some files vanished
 
 #[test]
 fn sendmail_t_git_format_patch_arrives_unchanged() {
-    let dns = FakeDns::start();
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), Behavior::default())]);
-    dns.mx("lists.test", &[(10, "mx.lists.test")]);
-    dns.a("mx.lists.test", &[ip(2)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    let w = MxWorld::one("lists.test", ip(2), Behavior::default());
+    let srv = w.server("");
     // git send-email runs `sendmail -i -t` (or with explicit recipients).
     let (code, err) = srv.sendmail(&["-i", "-t"], GIT_PATCH.as_bytes());
     assert_eq!(code, 0, "{err}");
-    let got = mx[0].wait_messages(1, WAIT);
+    let got = w.mx[0].wait_messages(1, WAIT);
     assert_eq!(got.len(), 1);
     let mut r = got[0].rcpts.clone();
     r.sort();
@@ -657,18 +586,15 @@ fn sendmail_t_git_format_patch_arrives_unchanged() {
 
 #[test]
 fn sendmail_t_cron_mail_arrives_unchanged_without_bcc() {
-    let dns = FakeDns::start();
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), Behavior::default())]);
-    dns.mx("cron.test", &[(10, "mx.cron.test")]);
-    dns.a("mx.cron.test", &[ip(2)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    let w = MxWorld::one("cron.test", ip(2), Behavior::default());
+    let srv = w.server("");
     // cron: `sendmail -FCronDaemon -i -B8BITMIME -oem root` style, here -t.
     let (code, err) = srv.sendmail(
         &["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "-t"],
         CRON.as_bytes(),
     );
     assert_eq!(code, 0, "{err}");
-    let got = mx[0].wait_messages(1, WAIT);
+    let got = w.mx[0].wait_messages(1, WAIT);
     let mut r = got[0].rcpts.clone();
     r.sort();
     assert_eq!(r, vec!["ops@cron.test", "secret@cron.test"]);
@@ -686,7 +612,7 @@ fn sendmail_t_cron_mail_arrives_unchanged_without_bcc() {
 #[test]
 fn sendmail_local_recipient_and_exit_codes() {
     let dns = FakeDns::start();
-    let srv = Server::with(opts(&dns, free_port(2), ""));
+    let srv = Server::with(outbound_options(&dns, free_port(2), ""));
     // A local recipient (and a bare login name) reach the mbox.
     let (code, err) = srv.sendmail(&["alice@example.org", "root"], b"Subject: local\n\nhi\n");
     assert_eq!(code, 0, "{err}");
@@ -717,22 +643,14 @@ fn sendmail_local_recipient_and_exit_codes() {
     assert_ne!(bad, cfg);
     let bad_cfg = srv.dir.path().join("bad.toml");
     std::fs::write(&bad_cfg, bad).unwrap();
-    let mut child = pimail_command()
-        .args(["sendmail", "--config"])
-        .arg(&bad_cfg)
-        .arg("x@far.example")
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Subject: x\n\nx\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = run_with_stdin(
+        pimail_command()
+            .args(["sendmail", "--config"])
+            .arg(&bad_cfg)
+            .arg("x@far.example")
+            .stderr(std::process::Stdio::piped()),
+        b"Subject: x\n\nx\n",
+    );
     assert_eq!(
         o.status.code(),
         Some(75),
@@ -745,7 +663,7 @@ fn sendmail_local_recipient_and_exit_codes() {
 fn queue_delete_and_unknown_id() {
     let dns = FakeDns::start();
     dns.set("stuck.test", RecordType::MX, Answer::ServFail);
-    let srv = Server::with(opts(&dns, free_port(2), "").tap_retry("1h"));
+    let srv = Server::with(outbound_options(&dns, free_port(2), "").tap_retry("1h"));
     send(&srv, &["ned@stuck.test"], "stuck");
     assert!(srv.wait_log("deferred id=", WAIT));
     let list = wait_list(&srv, "last error");
@@ -785,9 +703,8 @@ impl TapRetry for Options {
 fn messages_for_one_host_share_a_connection() {
     let dns = FakeDns::start();
     let port = free_port(8);
-    dns.mx("reuse.test", &[(10, "mx.reuse.test")]);
-    dns.a("mx.reuse.test", &[ip(8)]);
-    let srv = Server::with(opts(&dns, port, "").tap_retry("1h"));
+    dns.one_mx("reuse.test", ip(8));
+    let srv = Server::with(outbound_options(&dns, port, "").tap_retry("1h"));
     // The MX is down: three messages wait in the queue.
     for i in 0..3 {
         send(&srv, &[&format!("r{i}@reuse.test")], &format!("reuse{i}"));
@@ -819,24 +736,21 @@ fn messages_for_one_host_share_a_connection() {
 
 #[test]
 fn bounces_go_out_with_the_null_sender_and_are_never_bounced() {
-    let dns = FakeDns::start();
     let reject_all = Behavior {
         rcpt: std::sync::Arc::new(|_| (550, "5.1.1 no such user".into())),
         ..Behavior::default()
     };
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), reject_all), (ip(3), Behavior::default())]);
-    dns.mx("reject.test", &[(10, "mx.reject.test")]);
-    dns.a("mx.reject.test", &[ip(2)]);
-    dns.mx("far.test", &[(10, "mx.far.test")]);
-    dns.a("mx.far.test", &[ip(3)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    let w = MxWorld::start(vec![(ip(2), reject_all), (ip(3), Behavior::default())]);
+    w.dns.one_mx("reject.test", ip(2));
+    w.dns.one_mx("far.test", ip(3));
+    let srv = w.server("");
     // A remote sender: the bounce is queued and sent to its MX, from <>.
     let (code, err) = srv.sendmail(
         &["-f", "owner@far.test", "x@reject.test"],
         &msg("remote-sender"),
     );
     assert_eq!(code, 0, "{err}");
-    let got = mx[1].wait_messages(1, WAIT);
+    let got = w.mx[1].wait_messages(1, WAIT);
     assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
     assert_eq!(got[0].mail_from, "");
     assert_eq!(got[0].rcpts, vec!["owner@far.test"]);
@@ -854,7 +768,7 @@ fn bounces_go_out_with_the_null_sender_and_are_never_bounced() {
     assert_eq!(code, 0, "{err}");
     assert!(srv.wait_log("not bouncing a bounce", WAIT));
     assert!(wait_queue_empty(&srv));
-    assert_eq!(mx[1].messages().len(), 1);
+    assert_eq!(w.mx[1].messages().len(), 1);
     assert!(!srv.mbox_path().exists() || python_reports(&srv).is_empty());
 }
 
@@ -977,9 +891,8 @@ fn postfix_accepts_our_delivery() {
         Err(why) => panic!("the Postfix interop test must run here: {why}"),
     };
     let dns = FakeDns::start();
-    dns.mx("pfx.test", &[(10, "mx.pfx.test")]);
-    dns.a("mx.pfx.test", &[ip(11)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    dns.one_mx("pfx.test", ip(11));
+    let srv = Server::with(outbound_options(&dns, port, ""));
     let (code, err) = srv.sendmail(
         &["-i", "-t"],
         GIT_PATCH.replace("lists.test", "pfx.test").as_bytes(),
@@ -1022,17 +935,14 @@ fn postfix_accepts_our_delivery() {
 
 #[test]
 fn old_server_without_ehlo_gets_helo() {
-    let dns = FakeDns::start();
     let b = Behavior {
         esmtp: false,
         ..Behavior::default()
     };
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), b)]);
-    dns.mx("old.test", &[(10, "mx.old.test")]);
-    dns.a("mx.old.test", &[ip(2)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    let w = MxWorld::one("old.test", ip(2), b);
+    let srv = w.server("");
     send(&srv, &["olga@old.test"], "helo");
-    let got = mx[0].wait_messages(1, WAIT);
+    let got = w.mx[0].wait_messages(1, WAIT);
     assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
     assert_eq!(got[0].hello, "HELO mail.example.org");
 }
@@ -1040,9 +950,12 @@ fn old_server_without_ehlo_gets_helo() {
 #[test]
 fn bounce_after_gives_up_on_temporary_failures() {
     let dns = FakeDns::start();
-    dns.mx("down.test", &[(10, "mx.down.test")]);
-    dns.a("mx.down.test", &[ip(9)]);
-    let srv = Server::with(opts(&dns, free_port(9), "bounce_after = \"2s\""));
+    dns.one_mx("down.test", ip(9));
+    let srv = Server::with(outbound_options(
+        &dns,
+        free_port(9),
+        "bounce_after = \"2s\"",
+    ));
     send(&srv, &["pat@down.test"], "giveup");
     let reports = wait_reports(&srv, 1);
     assert_eq!(reports.len(), 1, "log:\n{}", srv.log().join("\n"));
@@ -1078,19 +991,7 @@ fn relay_on_port_465_uses_implicit_tls() {
     let mx = FakeMx::start_all_on(465, vec![(ip(12), b)]);
     let dns = FakeDns::start();
     dns.a("smtps.relay.test", &[ip(12)]);
-    let files = TempDir::new("relay465");
-    let ca_file = files.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let pw = files.path().join("pw");
-    std::fs::write(&pw, "p").unwrap();
-    let extra = format!(
-        "relay = \"smtps.relay.test:465\"\nrelay_user = \"u\"\nrelay_password_file = {:?}\n",
-        pw.display().to_string()
-    );
-    let srv = Server::with_env(
-        opts(&dns, free_port(6), &extra),
-        vec![("PIMAIL_RELAY_CA_FILE".into(), ca_file.display().to_string())],
-    );
+    let (srv, _files) = relay_server(&dns, &ca, "smtps.relay.test:465", "u", "p");
     send(&srv, &["quinn@far.example"], "smtps");
     let got = mx[0].wait_messages(1, WAIT);
     assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
@@ -1099,11 +1000,8 @@ fn relay_on_port_465_uses_implicit_tls() {
 
 #[test]
 fn binary_named_sendmail_is_sendmail() {
-    let dns = FakeDns::start();
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), Behavior::default())]);
-    dns.mx("argv0.test", &[(10, "mx.argv0.test")]);
-    dns.a("mx.argv0.test", &[ip(2)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    let w = MxWorld::one("argv0.test", ip(2), Behavior::default());
+    let srv = w.server("");
     let link = srv.dir.path().join("sendmail");
     std::os::unix::fs::symlink(bin(), &link).unwrap();
     // Through the emulator when the binary is for another CPU (cross/).
@@ -1116,22 +1014,14 @@ fn binary_named_sendmail_is_sendmail() {
         }
         None => Command::new(&link),
     };
-    let mut child = cmd
-        .args(["-oi", "--config"])
-        .arg(&srv.config)
-        .arg("rose@argv0.test")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Subject: argv0\n\n.\nstill here\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let got = mx[0].wait_messages(1, WAIT);
+    let o = run_with_stdin(
+        cmd.args(["-oi", "--config"])
+            .arg(&srv.config)
+            .arg("rose@argv0.test"),
+        b"Subject: argv0\n\n.\nstill here\n",
+    );
+    assert!(o.status.success());
+    let got = w.mx[0].wait_messages(1, WAIT);
     assert_eq!(got.len(), 1);
     let text = String::from_utf8_lossy(&got[0].data);
     assert!(
@@ -1142,37 +1032,39 @@ fn binary_named_sendmail_is_sendmail() {
 
 #[test]
 fn a_hung_mx_does_not_hold_up_other_domains() {
-    let dns = FakeDns::start();
     let hung = Behavior {
         silent_for: Some(Duration::from_secs(60)),
         ..Behavior::default()
     };
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), hung), (ip(3), Behavior::default())]);
-    dns.mx("hung.test", &[(10, "mx.hung.test")]);
-    dns.a("mx.hung.test", &[ip(2)]);
-    dns.mx("quick.test", &[(10, "mx.quick.test")]);
-    dns.a("mx.quick.test", &[ip(3)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    let w = MxWorld::start(vec![(ip(2), hung), (ip(3), Behavior::default())]);
+    w.dns.one_mx("hung.test", ip(2));
+    w.dns.one_mx("quick.test", ip(3));
+    let srv = w.server("");
     let start = std::time::Instant::now();
     send(&srv, &["a@hung.test", "b@quick.test"], "parallel");
-    let got = mx[1].wait_messages(1, Duration::from_secs(30));
+    let got = w.mx[1].wait_messages(1, Duration::from_secs(30));
     assert_eq!(got.len(), 1, "quick.test waited for hung.test");
     // The hung server is still holding its connection (it waits 60 s).
     assert!(start.elapsed() < Duration::from_secs(55));
     let end = std::time::Instant::now() + Duration::from_secs(20);
-    while mx[0].connections.load(std::sync::atomic::Ordering::SeqCst) == 0
+    while w.mx[0]
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == 0
         && std::time::Instant::now() < end
     {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
-        mx[0].connections.load(std::sync::atomic::Ordering::SeqCst),
+        w.mx[0]
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
         1,
         "hung.test was tried at the same time"
     );
     // New mail does not wait for the round that is stuck on hung.test.
     send(&srv, &["c@quick.test"], "later");
-    let got = mx[1].wait_messages(2, Duration::from_secs(30));
+    let got = w.mx[1].wait_messages(2, Duration::from_secs(30));
     assert_eq!(got.len(), 2, "new mail waited for the hung round");
     assert!(start.elapsed() < Duration::from_secs(55));
 }
@@ -1197,21 +1089,20 @@ fn relay_user_without_password_file_is_refused_at_start() {
 
 #[test]
 fn broken_starttls_falls_back_to_plain_text() {
-    let dns = FakeDns::start();
     let b = Behavior {
         broken_tls: true,
         ..Behavior::default()
     };
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), b)]);
-    dns.mx("badtls.test", &[(10, "mx.badtls.test")]);
-    dns.a("mx.badtls.test", &[ip(2)]);
-    let srv = Server::with(opts(&dns, port, ""));
+    let w = MxWorld::one("badtls.test", ip(2), b);
+    let srv = w.server("");
     send(&srv, &["sam@badtls.test"], "badtls");
-    let got = mx[0].wait_messages(1, WAIT);
+    let got = w.mx[0].wait_messages(1, WAIT);
     assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
     assert!(!got[0].tls);
     assert_eq!(
-        mx[0].connections.load(std::sync::atomic::Ordering::SeqCst),
+        w.mx[0]
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
         2
     );
     assert!(srv
@@ -1226,7 +1117,7 @@ fn ipv6_only_mx_is_reached() {
     let mx = FakeMx::start_at("[::1]:0".parse().unwrap(), Behavior::default());
     dns.mx("v6.test", &[(10, "mx6.v6.test")]);
     dns.aaaa("mx6.v6.test", &["::1".parse().unwrap()]);
-    let srv = Server::with(opts(&dns, mx.port, ""));
+    let srv = Server::with(outbound_options(&dns, mx.port, ""));
     send(&srv, &["uma@v6.test"], "ipv6");
     assert_eq!(
         mx.wait_messages(1, WAIT).len(),
@@ -1239,23 +1130,20 @@ fn ipv6_only_mx_is_reached() {
 
 #[test]
 fn second_nameserver_answers_when_the_first_is_silent() {
-    let dns = FakeDns::start();
     let dead = FakeDns::start();
     dead.set("ns2.test", RecordType::MX, Answer::Silence);
     dead.set("mx.ns2.test", RecordType::A, Answer::Silence);
     dead.set("mx.ns2.test", RecordType::AAAA, Answer::Silence);
-    let (port, mx) = FakeMx::start_all(vec![(ip(2), Behavior::default())]);
-    dns.mx("ns2.test", &[(10, "mx.ns2.test")]);
-    dns.a("mx.ns2.test", &[ip(2)]);
-    let mut o = opts(&dns, port, "");
+    let w = MxWorld::one("ns2.test", ip(2), Behavior::default());
+    let mut o = w.options("");
     o.extra = o.extra.replace(
-        &format!("dns = [\"{}\"]", dns.addr),
-        &format!("dns = [\"{}\", \"{}\"]", dead.addr, dns.addr),
+        &format!("dns = [\"{}\"]", w.dns.addr),
+        &format!("dns = [\"{}\", \"{}\"]", dead.addr, w.dns.addr),
     );
     let srv = Server::with(o);
     send(&srv, &["vic@ns2.test"], "ns2");
     assert_eq!(
-        mx[0].wait_messages(1, WAIT).len(),
+        w.mx[0].wait_messages(1, WAIT).len(),
         1,
         "log:\n{}",
         srv.log().join("\n")
@@ -1264,4 +1152,484 @@ fn second_nameserver_answers_when_the_first_is_silent() {
         dead.count("ns2.test", RecordType::MX, false) >= 1,
         "the first server was not asked"
     );
+}
+
+#[test]
+fn delay_notice_reaches_the_sender_once_after_warn_after() {
+    let dns = FakeDns::start();
+    dns.one_mx("slow.test", ip(10));
+    let srv = Server::with(outbound_options(&dns, free_port(10), "warn_after = \"2s\""));
+    let sent = std::time::Instant::now();
+    send(&srv, &["quinn@slow.test"], "delayed");
+    let reports = wait_reports(&srv, 1);
+    assert_eq!(reports.len(), 1, "log:\n{}", srv.log().join("\n"));
+    assert!(
+        sent.elapsed() >= Duration::from_secs(2),
+        "the notice waits for warn_after"
+    );
+    let r = &reports[0];
+    assert!(r.contains(r#""Action": "delayed""#), "{r}");
+    assert!(r.contains(r#""Status": "4.4.1""#), "{r}");
+    assert!(r.contains(r#""from_": "MAILER-DAEMON"#), "null sender: {r}");
+    // Retries go on (every second) without a second notice, and the
+    // message stays queued.
+    let deferred = |srv: &Server| {
+        srv.log()
+            .iter()
+            .filter(|l| l.contains("deferred id=") && l.contains("quinn@slow.test"))
+            .count()
+    };
+    let before = deferred(&srv);
+    let end = std::time::Instant::now() + WAIT;
+    while deferred(&srv) < before + 3 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        deferred(&srv) >= before + 3,
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    assert_eq!(python_reports(&srv).len(), 1, "one notice per message");
+    let (_, list) = srv.queue_cmd(&["list"]);
+    assert!(list.contains("quinn@slow.test"), "{list}");
+}
+
+#[test]
+fn warn_after_off_sends_no_delay_notice() {
+    let dns = FakeDns::start();
+    dns.one_mx("slow0.test", ip(11));
+    let srv = Server::with(outbound_options(
+        &dns,
+        free_port(11),
+        "warn_after = \"off\"",
+    ));
+    send(&srv, &["quinn@slow0.test"], "nowarn");
+    let end = std::time::Instant::now() + WAIT;
+    let deferred = |srv: &Server| {
+        srv.log()
+            .iter()
+            .filter(|l| l.contains("deferred id="))
+            .count()
+    };
+    while deferred(&srv) < 3 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(deferred(&srv) >= 3, "log:\n{}", srv.log().join("\n"));
+    assert!(!srv.mbox_path().exists() || python_reports(&srv).is_empty());
+}
+
+// ---- MTA-STS (RFC 8461), relay fallback, address family (issue 18) ----------
+
+fn policy(mode: &str, mx: &[&str]) -> String {
+    let mut p = format!("version: STSv1\r\nmode: {mode}\r\n");
+    for m in mx {
+        p += &format!("mx: {m}\r\n");
+    }
+    p + "max_age: 86400\r\n"
+}
+
+/// Publishes `_mta-sts.<domain>` and points `mta-sts.<domain>` at `https`.
+fn publish_sts(dns: &FakeDns, https: &FakeHttps, domain: &str) {
+    dns.txt(
+        &format!("_mta-sts.{domain}"),
+        &["v=STSv1; id=20260101T000000;"],
+    );
+    let IpAddr::V4(v4) = https.addr.ip() else {
+        unreachable!()
+    };
+    dns.a(&format!("mta-sts.{domain}"), &[v4]);
+}
+
+use std::net::IpAddr;
+
+/// A server that trusts `ca` (for MX certificates and policy hosts) and
+/// fetches policies from `https`'s port.
+fn sts_server(dns: &FakeDns, port: u16, ca: &TestCa, https: &FakeHttps, dir: &TempDir) -> Server {
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    Server::with_env(
+        outbound_options(dns, port, ""),
+        vec![
+            ("PIMAIL_RELAY_CA_FILE".into(), ca_file.display().to_string()),
+            ("PIMAIL_MTA_STS_PORT".into(), https.addr.port().to_string()),
+        ],
+    )
+}
+
+#[test]
+fn mta_sts_enforce_defers_without_verified_tls_and_delivers_to_a_good_mx() {
+    let dns = FakeDns::start();
+    let ca = TestCa::new();
+    let (port, mx) = FakeMx::start_all(vec![
+        // No STARTTLS at all.
+        (ip(2), Behavior::default()),
+        // STARTTLS with a certificate nobody vouches for.
+        (
+            ip(3),
+            Behavior {
+                starttls: Some(self_signed("mx.badcert.test")),
+                ..Behavior::default()
+            },
+        ),
+        // A verified certificate for its name.
+        (
+            ip(4),
+            Behavior {
+                starttls: Some(ca.server_config("mx.good.test")),
+                ..Behavior::default()
+            },
+        ),
+    ]);
+    let https = FakeHttps::start(
+        ip(10),
+        &ca,
+        vec![
+            (
+                "mta-sts.plain.test",
+                Policy::Body(policy("enforce", &["mx.plain.test"])),
+            ),
+            (
+                "mta-sts.badcert.test",
+                Policy::Body(policy("enforce", &["*.badcert.test"])),
+            ),
+            (
+                "mta-sts.good.test",
+                Policy::Body(policy("enforce", &["mx.good.test"])),
+            ),
+        ],
+    );
+    for (d, last) in [("plain.test", 2), ("badcert.test", 3), ("good.test", 4)] {
+        dns.mx(d, &[(10, &format!("mx.{d}"))]);
+        dns.a(&format!("mx.{d}"), &[ip(last)]);
+        publish_sts(&dns, &https, d);
+    }
+    let dir = TempDir::new("sts");
+    let srv = sts_server(&dns, port, &ca, &https, &dir);
+    send(&srv, &["ann@plain.test"], "sts-plain");
+    send(&srv, &["ben@badcert.test"], "sts-badcert");
+    send(&srv, &["cid@good.test"], "sts-good");
+    let got = mx[2].wait_messages(1, WAIT);
+    assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
+    assert!(got[0].tls);
+    assert!(srv.wait_log("rcpt=<cid@good.test> host=mx.good.test", WAIT));
+    let list = wait_list(&srv, "badcert.test requires verified TLS");
+    assert!(
+        list.contains("451 4.7.5 MTA-STS policy of plain.test (enforce) requires verified TLS")
+            && list.contains("no STARTTLS offered"),
+        "{list}"
+    );
+    assert!(list.contains("MTA-STS policy of badcert.test"), "{list}");
+    assert!(
+        list.contains("route: direct to the MX of plain.test"),
+        "{list}"
+    );
+    // Retries keep deferring, never in clear text.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(mx[0].messages().is_empty(), "sent in clear despite enforce");
+    assert!(
+        mx[1].messages().is_empty(),
+        "sent despite a bad certificate"
+    );
+    // One fetch per domain: later rounds use the cache.
+    let fetches = https.requests.lock().unwrap().len();
+    assert_eq!(fetches, 3, "{:?}", https.requests.lock().unwrap());
+    let cached = srv.data_dir().join("mta-sts").join("good.test.policy");
+    assert!(cached.exists());
+    // TLS-RPT counts: a success for good.test, failures for the others.
+    let rpt_dir = srv.data_dir().join("tlsrpt");
+    let rpt: String = std::fs::read_dir(&rpt_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(rpt.contains("good.test sts success -"), "{rpt}");
+    assert!(
+        rpt.contains("plain.test sts starttls-not-supported mx.plain.test"),
+        "{rpt}"
+    );
+    assert!(
+        rpt.contains("badcert.test sts certificate-not-trusted mx.badcert.test"),
+        "{rpt}"
+    );
+    // doctor shows the cached policies, the family and the route.
+    let o = pimail_command()
+        .arg("doctor")
+        .arg("--config")
+        .arg(&srv.config)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("MTA-STS policy cached: good.test mode enforce mx mx.good.test"),
+        "{out}"
+    );
+    assert!(out.contains("route: direct"), "{out}");
+    assert!(out.contains("address family: "), "{out}");
+}
+
+#[test]
+fn mta_sts_testing_only_logs() {
+    let dns = FakeDns::start();
+    let ca = TestCa::new();
+    let (port, mx) = FakeMx::start_all(vec![(ip(2), Behavior::default())]);
+    let https = FakeHttps::start(
+        ip(10),
+        &ca,
+        vec![(
+            "mta-sts.try.test",
+            Policy::Body(policy("testing", &["other.try.test"])),
+        )],
+    );
+    dns.mx("try.test", &[(10, "mx.try.test")]);
+    dns.a("mx.try.test", &[ip(2)]);
+    publish_sts(&dns, &https, "try.test");
+    let dir = TempDir::new("sts");
+    let srv = sts_server(&dns, port, &ca, &https, &dir);
+    send(&srv, &["dee@try.test"], "sts-testing");
+    assert_eq!(
+        mx[0].wait_messages(1, WAIT).len(),
+        1,
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    assert!(srv.wait_log("does not match the policy's mx patterns", WAIT));
+    assert!(srv.wait_log("mta-sts: try.test (testing): mx.try.test [127.0.0.2] would be refused under enforce: no STARTTLS", WAIT));
+}
+
+#[test]
+fn oversized_or_slow_policy_does_not_stall_the_queue() {
+    let dns = FakeDns::start();
+    let ca = TestCa::new();
+    let (port, mx) = FakeMx::start_all(vec![(ip(2), Behavior::default())]);
+    let mut huge = policy("enforce", &["elsewhere.huge.test"]);
+    huge += &"# padding\r\n".repeat(7000); // > 64 KiB
+    let https = FakeHttps::start(
+        ip(10),
+        &ca,
+        vec![
+            ("mta-sts.huge.test", Policy::Body(huge)),
+            ("mta-sts.slow.test", Policy::Silent(Duration::from_secs(60))),
+        ],
+    );
+    for d in ["huge.test", "slow.test", "plain.test"] {
+        dns.mx(d, &[(10, &format!("mx.{d}"))]);
+        dns.a(&format!("mx.{d}"), &[ip(2)]);
+    }
+    publish_sts(&dns, &https, "huge.test");
+    publish_sts(&dns, &https, "slow.test");
+    let dir = TempDir::new("sts");
+    let srv = sts_server(&dns, port, &ca, &https, &dir);
+    send(&srv, &["eve@slow.test"], "sts-slow");
+    send(&srv, &["fay@huge.test"], "sts-huge");
+    send(&srv, &["gus@plain.test"], "sts-plain");
+    // The two others arrive while the slow policy host holds its fetch;
+    // a policy over 64 KiB is no policy (mail goes as without MTA-STS).
+    let got = mx[0].wait_messages(2, WAIT);
+    let rcpts: Vec<String> = got.iter().map(|g| g.rcpts[0].clone()).collect();
+    assert!(
+        rcpts.contains(&"gus@plain.test".to_string())
+            && rcpts.contains(&"fay@huge.test".to_string()),
+        "{rcpts:?}\nlog:\n{}",
+        srv.log().join("\n")
+    );
+    assert!(srv.wait_log("mta-sts: huge.test: cannot fetch the policy", WAIT));
+    assert!(
+        srv.log().iter().any(|l| l.contains("larger than 65536")),
+        "{}",
+        srv.log().join("\n")
+    );
+    // The slow one goes after the fetch deadline, without a policy.
+    let got = mx[0].wait_messages(3, WAIT);
+    assert_eq!(got.len(), 3, "log:\n{}", srv.log().join("\n"));
+    assert_eq!(got[2].rcpts, vec!["eve@slow.test"]);
+    assert!(srv.wait_log("mta-sts: slow.test: cannot fetch the policy", WAIT));
+}
+
+/// A listener whose accept queue is full: connections to it time out,
+/// as when an ISP drops outbound port 25.
+struct BlackHole {
+    fd: i32,
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+impl BlackHole {
+    fn at(addr: std::net::SocketAddrV4) -> BlackHole {
+        // SAFETY: plain socket calls on a descriptor we own.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            assert_eq!(
+                libc::bind(
+                    fd,
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+                ),
+                0
+            );
+            assert_eq!(libc::listen(fd, 0), 0);
+        }
+        // Fill the accept queue (backlog 0 holds one); later SYNs are dropped.
+        let mut fillers = Vec::new();
+        for _ in 0..2 {
+            if let Ok(s) =
+                std::net::TcpStream::connect_timeout(&addr.into(), Duration::from_millis(500))
+            {
+                fillers.push(s);
+            }
+        }
+        BlackHole {
+            fd,
+            _fillers: fillers,
+        }
+    }
+}
+
+impl BlackHole {
+    /// Port 25 "opens": the listener starts accepting (its queue drains,
+    /// new connections get through) and serves as a fake MX.
+    fn open(self, b: Behavior) -> FakeMx {
+        use std::os::fd::FromRawFd;
+        // SAFETY: the descriptor is a listening TCP socket we own; it
+        // moves into the listener here.
+        let l = unsafe { std::net::TcpListener::from_raw_fd(self.fd) };
+        FakeMx::start_on(l, b)
+    }
+}
+
+#[test]
+fn port25_timeouts_switch_to_the_relay_and_a_probe_switches_back() {
+    let dns = FakeDns::start();
+    let ca = TestCa::new();
+    let relay_b = Behavior {
+        starttls: Some(ca.server_config("relay.test")),
+        auth: Some(("alice@isp.test".into(), "pw".into())),
+        rcpt: std::sync::Arc::new(|a: &str| {
+            if a.starts_with("stuck@") {
+                (451, "4.7.1 later".into())
+            } else {
+                (250, "2.1.5 OK".into())
+            }
+        }),
+        ..Behavior::default()
+    };
+    let (relay_port, relay) = FakeMx::start_all(vec![(ip(5), relay_b)]);
+    dns.a("relay.test", &[ip(5)]);
+    // Port 25 ("mx_port") of 127.0.0.20 drops connections.
+    let port = free_port(20);
+    let hole = BlackHole::at(std::net::SocketAddrV4::new(ip(20), port));
+    for d in ["a.block.test", "b.block.test", "c.block.test"] {
+        dns.mx(d, &[(10, &format!("mx.{d}"))]);
+        dns.a(&format!("mx.{d}"), &[ip(20)]);
+    }
+    let files = TempDir::new("fallback");
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let pw = files.path().join("pw");
+    std::fs::write(&pw, "pw\n").unwrap();
+    let extra = format!(
+        "relay = \"relay.test:{relay_port}\"\nrelay_user = \"alice@isp.test\"\nrelay_password_file = {:?}\nrelay_fallback = true\nrelay_probe = \"2s\"\nconnect_timeout = \"2s\"\n",
+        pw.display().to_string()
+    );
+    let srv = Server::with_env(
+        outbound_options(&dns, port, &extra),
+        vec![("PIMAIL_RELAY_CA_FILE".into(), ca_file.display().to_string())],
+    );
+    send(
+        &srv,
+        &["ann@a.block.test", "stuck@b.block.test", "cy@c.block.test"],
+        "blocked",
+    );
+    assert!(
+        srv.wait_log("port 25 seems blocked; sending through the relay", WAIT),
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    let got = relay[0].wait_messages(1, WAIT);
+    assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
+    let mut r = got[0].rcpts.clone();
+    r.sort();
+    assert_eq!(r, vec!["ann@a.block.test", "cy@c.block.test"]);
+    let list = wait_list(&srv, "route: relay");
+    assert!(
+        list.contains(&format!("route: relay relay.test:{relay_port}")),
+        "{list}"
+    );
+    // Port 25 opens: the next probe finds it and direct delivery resumes.
+    let direct = hole.open(Behavior::default());
+    assert!(
+        srv.wait_log("port 25 open again", WAIT),
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    send(&srv, &["dot@a.block.test"], "open-again");
+    let got = direct.wait_messages(1, WAIT);
+    assert!(
+        got.iter()
+            .any(|g| g.rcpts.contains(&"dot@a.block.test".to_string())),
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+}
+
+#[test]
+fn auto_family_skips_ipv6_without_fcrdns_and_uses_it_once_its_ptr_exists() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no ::1 on this machine: skipped");
+        return;
+    }
+    let dns = FakeDns::start();
+    let mx = FakeMx::start_at("[::1]:0".parse().unwrap(), Behavior::default());
+    dns.mx("fam.test", &[(10, "mx.fam.test")]);
+    dns.aaaa("mx.fam.test", &["::1".parse().unwrap()]);
+    // The IPv4 source (127.0.0.1) has FCrDNS; ::1 has no PTR yet.
+    dns.ptr(IpAddr::V4(ip(1)), "v4.me.test");
+    dns.a("v4.me.test", &[ip(1)]);
+    let srv = Server::with_env(
+        outbound_options(&dns, mx.port, "ip_family_recheck = \"1s\""),
+        vec![("PIMAIL_SOURCE_PROBE".into(), "127.0.0.1:9,[::1]:9".into())],
+    );
+    assert!(
+        srv.wait_log("direct delivery uses IPv4 only", WAIT),
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    send(&srv, &["hal@fam.test"], "family");
+    let list = wait_list(&srv, "4.4.4");
+    assert!(
+        list.contains("IPv6 source ::1 has no forward-confirmed reverse DNS"),
+        "{list}"
+    );
+    assert!(mx.messages().is_empty());
+    // The PTR appears: the next check uses IPv6 again, the retry delivers.
+    dns.ptr("::1".parse().unwrap(), "v6.me.test");
+    dns.aaaa("v6.me.test", &["::1".parse().unwrap()]);
+    assert!(srv.wait_log("direct delivery uses IPv4 and IPv6", WAIT));
+    assert_eq!(
+        mx.wait_messages(1, WAIT).len(),
+        1,
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    let switches = srv
+        .log()
+        .iter()
+        .filter(|l| l.contains("outbound: direct delivery uses"))
+        .count();
+    assert_eq!(switches, 2, "each switch is logged once");
 }

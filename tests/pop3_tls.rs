@@ -6,29 +6,18 @@
 mod common;
 use common::tls::*;
 use common::*;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
-struct Setup {
-    srv: Server,
-    certs: Certs,
-    _dir: TempDir,
-}
-
-fn setup() -> Setup {
-    let dir = TempDir::new("certs");
-    let certs = make_certs(dir.path(), "p", KeyKind::Ecdsa);
-    let srv = Server::with(Options {
-        tls: certs.pair(),
-        listen_pop3: true,
-        listen_pop3s: true,
-        ..Default::default()
-    });
-    Setup {
-        srv,
-        certs,
-        _dir: dir,
-    }
+/// A server with an ECDSA certificate, listening for POP3 (with STLS) and
+/// POP3S.
+fn setup() -> TlsServer {
+    TlsServer::start(
+        KeyKind::Ecdsa,
+        Options {
+            listen_pop3: true,
+            listen_pop3s: true,
+            ..Default::default()
+        },
+    )
 }
 
 fn deliver(srv: &Server, subject: &str) {
@@ -68,20 +57,14 @@ for ver in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
 fn poplib_stls_and_pop3_ssl() {
     let s = setup();
     deliver(&s.srv, "one");
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(PY_POP)
-        .arg(&s.certs.ca)
-        .arg(s.srv.addr("pop3").port().to_string())
-        .arg(s.srv.addr("pop3s").port().to_string())
-        .arg(PASSWORD)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
+    let out = python(
+        PY_POP,
+        &[
+            &s.certs.ca,
+            &s.srv.addr("pop3").port().to_string(),
+            &s.srv.addr("pop3s").port().to_string(),
+            &PASSWORD,
+        ],
     );
     for want in [
         "stls TLSv1.2 1",
@@ -124,53 +107,15 @@ fn openssl_s_client_starttls_pop3_and_pop3s() {
     require("openssl", "openssl");
     let s = setup();
     deliver(&s.srv, "one");
-    let ca = s.certs.ca.display().to_string();
     for (addr, starttls) in [(s.srv.addr("pop3"), true), (s.srv.addr("pop3s"), false)] {
-        let addr = addr.to_string();
-        let mut args = vec![
-            "s_client",
-            "-connect",
-            &addr,
-            "-CAfile",
-            &ca,
-            "-verify_return_error",
-            "-verify_hostname",
-            "mail.example.org",
-            "-brief",
-            "-nocommands",
-        ];
-        if starttls {
-            args.extend(["-starttls", "pop3"]);
-        }
-        let mut child = Command::new("openssl")
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let pw = PASSWORD.to_string();
-        std::thread::spawn(move || {
-            use std::io::Write;
-            for l in [
-                "USER alice\r\n".to_string(),
-                format!("PASS {pw}\r\n"),
-                "STAT\r\n".into(),
-                "QUIT\r\n".into(),
-            ] {
-                std::thread::sleep(Duration::from_millis(300));
-                let _ = stdin.write_all(l.as_bytes());
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        });
-        let o = child.wait_with_output().unwrap();
-        let out = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "{out}");
+        let args: &[&str] = if starttls {
+            &["-starttls", "pop3"]
+        } else {
+            &[]
+        };
+        let input = format!("USER alice\r\nPASS {PASSWORD}\r\nSTAT\r\nQUIT\r\n");
+        let (ok, out) = s_client(addr, &s.certs.ca, args, &input);
+        assert!(ok, "{out}");
         assert!(out.contains("Verification: OK"), "{out}");
         assert!(out.contains("+OK 1 "), "no STAT over TLS: {out}");
     }
@@ -186,10 +131,7 @@ fn curl_pop3s_and_stls() {
         format!("pop3://127.0.0.1:{}/1", s.srv.addr("pop3").port()),
         format!("pop3s://127.0.0.1:{}/1", s.srv.addr("pop3s").port()),
     ] {
-        let o = Command::new("curl")
-            .args(["--silent", "--show-error", "--ssl-reqd", "--max-time", "60"])
-            .arg("--cacert")
-            .arg(&s.certs.ca)
+        let o = curl_tls(&s.certs.ca)
             .args(["--user", &user, &url])
             .output()
             .unwrap();

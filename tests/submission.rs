@@ -8,30 +8,21 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Setup {
-    srv: Server,
-    certs: Certs,
-    _dir: TempDir,
-}
-
-fn setup() -> Setup {
+fn setup() -> TlsServer {
     setup_with("")
 }
 
-fn setup_with(limits: &str) -> Setup {
-    let dir = TempDir::new("certs");
-    let certs = make_certs(dir.path(), "s", KeyKind::Ecdsa);
-    let srv = Server::with(Options {
-        tls: certs.pair(),
-        listen_submissions: true,
-        limits: limits.into(),
-        ..Default::default()
-    });
-    Setup {
-        srv,
-        certs,
-        _dir: dir,
-    }
+/// A server with an ECDSA certificate, also on a submissions (465) port,
+/// with `limits` in `[limits]`.
+fn setup_with(limits: &str) -> TlsServer {
+    TlsServer::start(
+        KeyKind::Ecdsa,
+        Options {
+            listen_submissions: true,
+            limits: limits.into(),
+            ..Default::default()
+        },
+    )
 }
 
 /// Remote recipients written every way that has opened relays in other
@@ -352,23 +343,16 @@ fn wrong_login_names_fail_like_wrong_passwords() {
 
 #[test]
 fn authenticated_submission_is_queued_and_delivered_to_the_mx() {
-    use common::fakes::{Behavior, FakeDns, FakeMx};
-    let dns = FakeDns::start();
-    let mx_ip = std::net::Ipv4Addr::new(127, 0, 0, 7);
-    let (port, mx) = FakeMx::start_all(vec![(mx_ip, Behavior::default())]);
-    dns.mx("example.com", &[(10, "mx.example.com")]);
-    dns.a("mx.example.com", &[mx_ip]);
-    let dir = TempDir::new("certs");
-    let certs = make_certs(dir.path(), "q", KeyKind::Ecdsa);
-    let srv = Server::with(Options {
-        tls: certs.pair(),
-        listen_submissions: true,
-        extra: format!(
-            "[outbound]\ndns = [\"{}\"]\nmx_port = {port}\nretry = [\"1s\"]\n",
-            dns.addr
-        ),
-        ..Default::default()
-    });
+    use common::fakes::{ip, Behavior, MxWorld};
+    let w = MxWorld::one("example.com", ip(7), Behavior::default());
+    let s = TlsServer::start(
+        KeyKind::Ecdsa,
+        Options {
+            listen_submissions: true,
+            ..w.options("")
+        },
+    );
+    let (srv, certs) = (&s.srv, &s.certs);
     let mut t = TlsClient::connect(srv.addr("submissions"), client_config(&certs.ca, &[TLS13]));
     assert_eq!(t.reply().0, 220);
     t.expect("EHLO laptop.example", 250);
@@ -381,7 +365,7 @@ fn authenticated_submission_is_queued_and_delivered_to_the_mx() {
     assert_eq!(code, 250, "{text}");
     t.expect("QUIT", 221);
     // The remote copy reaches the MX, the local one the mbox.
-    let got = mx[0].wait_messages(1, Duration::from_secs(40));
+    let got = w.mx[0].wait_messages(1, Duration::from_secs(40));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].mail_from, "alice@example.org");
     assert_eq!(got[0].rcpts, vec!["bob@example.com"]);

@@ -172,15 +172,7 @@ fn tells_systemd_ready_once_listening_and_stopping_at_shutdown() {
         .unwrap_or_else(|| panic!("no STATUS in {ready:?}"));
     assert!(status.contains(&srv.smtp.to_string()), "{status}");
     // Ready means ready: mail is accepted right away.
-    let mut c = srv.connect();
-    c.hello();
-    let (code, text) = c.send_message(
-        "bob@example.com",
-        &["alice@example.org"],
-        b"Subject: hi\r\n\r\nhi\r\n",
-    );
-    assert_eq!(code, 250, "{text}");
-    c.expect("QUIT", 221);
+    srv.deliver(b"Subject: hi\r\n\r\nhi\r\n");
     let status = srv.terminate();
     assert!(status.success(), "{status:?}");
     assert_eq!(recv(&sock), "STOPPING=1");
@@ -202,15 +194,7 @@ fn reload_signal_keeps_the_server_running() {
         "no log line for SIGHUP:\n{}",
         srv.log().join("\n")
     );
-    let mut c = srv.connect();
-    c.hello();
-    let (code, text) = c.send_message(
-        "bob@example.com",
-        &["alice@example.org"],
-        b"Subject: hi\r\n\r\nafter reload\r\n",
-    );
-    assert_eq!(code, 250, "{text}");
-    c.expect("QUIT", 221);
+    srv.deliver(b"Subject: hi\r\n\r\nafter reload\r\n");
     assert_eq!(python_mbox_messages(&srv.mbox_path()).len(), 1);
     let status = srv.terminate();
     assert!(status.success(), "{status:?}");

@@ -7,28 +7,19 @@
 mod common;
 use common::tls::*;
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-struct Setup {
-    srv: Server,
-    certs: Certs,
-    _dir: TempDir,
-}
-
-fn setup(kind: KeyKind) -> Setup {
-    let dir = TempDir::new("certs");
-    let certs = make_certs(dir.path(), "a", kind);
-    let srv = Server::with(Options {
-        tls: certs.pair(),
-        listen_submissions: true,
-        ..Default::default()
-    });
-    Setup {
-        srv,
-        certs,
-        _dir: dir,
-    }
+/// A server with certificates of `kind`, also listening for implicit TLS
+/// on a submissions (465) port.
+fn setup(kind: KeyKind) -> TlsServer {
+    TlsServer::start(
+        kind,
+        Options {
+            listen_submissions: true,
+            ..Default::default()
+        },
+    )
 }
 
 /// The `Received:` headers of every message in the mbox, in order.
@@ -226,21 +217,15 @@ for ver in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
 #[test]
 fn python_smtplib_starttls_login_and_smtp_ssl() {
     let s = setup(KeyKind::Rsa);
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(PY_SMTPLIB)
-        .arg(&s.certs.ca)
-        .arg(s.srv.smtp.port().to_string())
-        .arg(s.srv.addr("submission").port().to_string())
-        .arg(s.srv.addr("submissions").port().to_string())
-        .arg(PASSWORD)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
+    let out = python(
+        PY_SMTPLIB,
+        &[
+            &s.certs.ca,
+            &s.srv.smtp.port().to_string(),
+            &s.srv.addr("submission").port().to_string(),
+            &s.srv.addr("submissions").port().to_string(),
+            &PASSWORD,
+        ],
     );
     assert!(out.contains("25 TLSv1.2 ECDHE-RSA-"), "{out}");
     assert!(out.contains("465 TLSv1.3"), "{out}");
@@ -258,72 +243,22 @@ fn python_smtplib_starttls_login_and_smtp_ssl() {
     }
 }
 
-/// Runs `openssl s_client`, feeding it `input`; returns stdout+stderr.
-fn s_client(args: &[&str], input: &str) -> (bool, String) {
-    require("openssl", "openssl");
-    let mut child = Command::new("openssl")
-        .arg("s_client")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        // Give the dialogue time before stdin closes (s_client then quits).
-        let input = input.to_string();
-        std::thread::spawn(move || {
-            for line in input.split_inclusive("\r\n") {
-                std::thread::sleep(Duration::from_millis(300));
-                let _ = stdin.write_all(line.as_bytes());
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        });
-    }
-    let o = child.wait_with_output().unwrap();
-    (
-        o.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
-}
-
 #[test]
 fn openssl_s_client_starttls_and_implicit() {
     for kind in [KeyKind::RsaPkcs1, KeyKind::EcdsaSec1] {
         let s = setup(kind);
-        let ca = s.certs.ca.display().to_string();
         for version in ["-tls1_2", "-tls1_3"] {
             for (port, starttls) in [
                 (s.srv.smtp, true),
                 (s.srv.addr("submission"), true),
                 (s.srv.addr("submissions"), false),
             ] {
-                let addr = port.to_string();
-                let mut args = vec![
-                    "-connect",
-                    &addr,
-                    "-CAfile",
-                    &ca,
-                    "-verify_return_error",
-                    "-verify_hostname",
-                    "mail.example.org",
-                    "-servername",
-                    "mail.example.org",
-                    version,
-                    "-brief",
-                    // Else a line starting with Q (QUIT) makes s_client quit.
-                    "-nocommands",
-                ];
+                let mut args = vec!["-servername", "mail.example.org", version];
                 if starttls {
                     args.extend(["-starttls", "smtp"]);
                 }
-                let (ok, out) = s_client(&args, "EHLO client.example\r\nQUIT\r\n");
+                let (ok, out) =
+                    s_client(port, &s.certs.ca, &args, "EHLO client.example\r\nQUIT\r\n");
                 assert!(ok, "{kind:?} {version} {port}: {out}");
                 assert!(out.contains("Verification: OK"), "{out}");
                 let want = if version == "-tls1_2" {
@@ -423,10 +358,7 @@ fn curl_ssl_reqd_submission_and_smtps() {
         format!("smtp://127.0.0.1:{}", s.srv.addr("submission").port()),
         format!("smtps://127.0.0.1:{}", s.srv.addr("submissions").port()),
     ] {
-        let o = Command::new("curl")
-            .args(["--silent", "--show-error", "--ssl-reqd", "--max-time", "60"])
-            .arg("--cacert")
-            .arg(&s.certs.ca)
+        let o = curl_tls(&s.certs.ca)
             .args(["--url", &url, "--user", &user])
             .args(["--mail-from", "alice@example.org"])
             .args(["--mail-rcpt", "alice@example.org"])

@@ -57,25 +57,38 @@ pub struct Listen {
     pub submissions: Vec<SocketAddr>,
     pub pop3: Vec<SocketAddr>,
     pub pop3s: Vec<SocketAddr>,
+    /// Listeners (each also in one of the lists above) whose connections
+    /// start with a PROXY protocol header (v1 or v2) from a proxy on the
+    /// same host or network, carrying the client's real address.
+    pub proxy_protocol: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Found in certbot's directory, not named in the file (said at start).
+    pub from_certbot: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_message_size: u64,
     pub max_recipients: usize,
+    /// Port 25 connections at once (see `net::listen` for the budgets).
     pub max_connections: usize,
+    /// Connections at once for each of submission, POP3 and IMAP, apart
+    /// from port 25's budget so that a flood there cannot lock the user out.
+    pub max_user_connections: usize,
+    /// Per service and per client network (IPv4 address or IPv6 /64).
     pub max_connections_per_ip: usize,
-    /// RFC 5321 4.5.3.2: at least 5 minutes per command...
+    /// RFC 5321 4.5.3.2.7: at least 5 minutes for the server to await a
+    /// command. A deadline for the whole command line, not per read.
     pub command_timeout: Duration,
-    /// ...and 10 minutes (we use 3 between data blocks is the RFC minimum;
-    /// a whole DATA phase may take longer, the timeout is per read).
+    /// A deadline for a whole DATA block, from `354` to the final dot.
     pub data_timeout: Duration,
+    /// The most any one session may last, however busy it is.
+    pub session_timeout: Duration,
     /// Bad commands tolerated per session before `421` and disconnect.
     pub max_errors: u32,
 }
@@ -88,7 +101,45 @@ pub struct Outbound {
     pub dns: Vec<SocketAddr>,
     pub retry: Vec<Duration>,
     pub bounce_after: Duration,
+    /// Send an RFC 3464 "delayed" notice once a message has waited this
+    /// long (Postfix's `delay_warning_time`); `None` (`"0s"`): never.
+    pub warn_after: Option<Duration>,
     pub mx_port: u16,
+    /// Which address families direct delivery uses (docs/outbound.md).
+    pub ip_family: IpFamily,
+    /// In `auto`: how often the source addresses' FCrDNS is checked again.
+    pub ip_family_recheck: Duration,
+    /// With a relay: deliver directly, and through the relay only while
+    /// port 25 seems blocked.
+    pub relay_fallback: bool,
+    /// While on the relay: how often the direct route is probed.
+    pub relay_probe: Duration,
+    /// How long connecting to an MX (or the relay) may take.
+    pub connect_timeout: Duration,
+    /// Honour MTA-STS policies (RFC 8461) of recipient domains.
+    pub mta_sts: bool,
+}
+
+/// `outbound.ip_family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    /// IPv4 and IPv6, leaving out a family whose source address has no
+    /// forward-confirmed reverse DNS.
+    Auto,
+    V4,
+    V6,
+    Both,
+}
+
+impl IpFamily {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpFamily::Auto => "auto",
+            IpFamily::V4 => "ipv4",
+            IpFamily::V6 => "ipv6",
+            IpFamily::Both => "both",
+        }
+    }
 }
 
 /// `[inbound]`: what port 25 checks on received mail (see
@@ -307,6 +358,29 @@ pub fn ipv6_available() -> bool {
     std::net::TcpListener::bind("[::1]:0").is_ok()
 }
 
+/// Where certbot keeps its certificates; `PIMAIL_LETSENCRYPT_DIR`
+/// overrides it (tests).
+pub fn letsencrypt_dir() -> PathBuf {
+    std::env::var_os("PIMAIL_LETSENCRYPT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/letsencrypt"))
+}
+
+/// With no `[tls]` section, certbot's files for the host name are used
+/// when they exist: `certbot certonly -d <hostname>` is then all it takes.
+/// Existing but unreadable files (certbot keeps keys root-only) are still
+/// taken, so that the start fails naming them instead of silently running
+/// without TLS.
+fn certbot_tls(hostname: &str) -> Option<Tls> {
+    let live = letsencrypt_dir().join("live").join(hostname);
+    let (cert, key) = (live.join("fullchain.pem"), live.join("privkey.pem"));
+    (cert.exists() && key.exists()).then_some(Tls {
+        cert,
+        key,
+        from_certbot: true,
+    })
+}
+
 /// The try-it setup of SPEC "Command line": loopback, high ports, `./pimail-data`.
 pub fn embedded_default() -> Config {
     let data_dir = PathBuf::from("./pimail-data");
@@ -330,6 +404,7 @@ pub fn embedded_default() -> Config {
             submissions: vec![],
             pop3: vec![SocketAddr::from(([127, 0, 0, 1], 1110))],
             pop3s: vec![],
+            proxy_protocol: vec![],
         },
         tls: None,
         limits: Limits::default(),
@@ -381,10 +456,12 @@ impl Default for Limits {
         Limits {
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
-            max_connections: 64,
+            max_connections: 512,
+            max_user_connections: 64,
             max_connections_per_ip: 8,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
+            session_timeout: Duration::from_secs(3600),
             max_errors: 10,
         }
     }
@@ -402,7 +479,14 @@ impl Default for Outbound {
                 .filter_map(|s| parse_duration(s).ok())
                 .collect(),
             bounce_after: Duration::from_secs(5 * 86400),
+            warn_after: Some(Duration::from_secs(4 * 3600)),
             mx_port: 25,
+            ip_family: IpFamily::Auto,
+            ip_family_recheck: Duration::from_secs(600),
+            relay_fallback: false,
+            relay_probe: Duration::from_secs(1800),
+            connect_timeout: Duration::from_secs(30),
+            mta_sts: true,
         }
     }
 }
@@ -458,6 +542,8 @@ struct RawListen {
     pop3: Vec<SocketAddr>,
     #[serde(default, deserialize_with = "de_addrs")]
     pop3s: Vec<SocketAddr>,
+    #[serde(default, deserialize_with = "de_addrs")]
+    proxy_protocol: Vec<SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -477,11 +563,15 @@ struct RawLimits {
     #[serde(default, deserialize_with = "de_positive")]
     max_connections: Option<usize>,
     #[serde(default, deserialize_with = "de_positive")]
+    max_user_connections: Option<usize>,
+    #[serde(default, deserialize_with = "de_positive")]
     max_connections_per_ip: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     command_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     data_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    session_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_positive")]
     max_errors: Option<usize>,
 }
@@ -499,7 +589,19 @@ struct RawOutbound {
     retry: Option<Vec<Duration>>,
     #[serde(default, deserialize_with = "de_duration")]
     bounce_after: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration_or_off")]
+    warn_after: Option<Duration>,
     mx_port: Option<u16>,
+    #[serde(default, deserialize_with = "de_family")]
+    ip_family: Option<IpFamily>,
+    #[serde(default, deserialize_with = "de_duration")]
+    ip_family_recheck: Option<Duration>,
+    relay_fallback: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    relay_probe: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    connect_timeout: Option<Duration>,
+    mta_sts: Option<bool>,
 }
 
 // ---- value parsers (errors carry the TOML span through serde) --------------
@@ -595,6 +697,32 @@ fn de_positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Erro
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map(Some).map_err(de::Error::custom)
+}
+
+/// A duration, or `"0"`/`"0s"`/`"off"` for never (`Duration::ZERO`).
+fn de_family<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpFamily>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(Some(match s.as_str() {
+        "auto" => IpFamily::Auto,
+        "ipv4" => IpFamily::V4,
+        "ipv6" => IpFamily::V6,
+        "both" => IpFamily::Both,
+        _ => {
+            return Err(de::Error::custom(format!(
+                "invalid ip_family {s:?}: expected \"auto\", \"ipv4\", \"ipv6\" or \"both\""
+            )))
+        }
+    }))
+}
+
+fn de_duration_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim() {
+        "0" | "0s" | "0m" | "0h" | "0d" | "off" => Ok(Some(Duration::ZERO)),
+        _ => parse_duration(&s)
+            .map(Some)
+            .map_err(|e| de::Error::custom(format!("{e}, or \"off\""))),
+    }
 }
 
 fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
@@ -715,17 +843,37 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
     let data_dir = abs(raw.data_dir);
     let mbox = u.mbox.map(abs).unwrap_or_else(|| data_dir.join("mbox"));
 
-    let tls = raw.tls.map(|t| Tls {
-        cert: abs(t.cert),
-        key: abs(t.key),
-    });
+    let tls = raw
+        .tls
+        .map(|t| Tls {
+            cert: abs(t.cert),
+            key: abs(t.key),
+            from_certbot: false,
+        })
+        .or_else(|| certbot_tls(&hostname));
     let listen = Listen {
         smtp: raw.listen.smtp,
         submission: raw.listen.submission,
         submissions: raw.listen.submissions,
         pop3: raw.listen.pop3,
         pop3s: raw.listen.pop3s,
+        proxy_protocol: raw.listen.proxy_protocol,
     };
+    for a in &listen.proxy_protocol {
+        let all = [
+            &listen.smtp,
+            &listen.submission,
+            &listen.submissions,
+            &listen.pop3,
+            &listen.pop3s,
+        ];
+        if !all.iter().any(|l| l.contains(a)) {
+            return Err(err(
+                "listen.proxy_protocol",
+                format!("{a} is not one of the addresses listed in [listen]"),
+            ));
+        }
+    }
     if tls.is_none() {
         if !listen.submissions.is_empty() {
             return Err(err(
@@ -747,9 +895,11 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
         max_message_size: l.max_message_size.unwrap_or(d.max_message_size),
         max_recipients: l.max_recipients.unwrap_or(d.max_recipients),
         max_connections: l.max_connections.unwrap_or(d.max_connections),
+        max_user_connections: l.max_user_connections.unwrap_or(d.max_user_connections),
         max_connections_per_ip: l.max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
         command_timeout: l.command_timeout.unwrap_or(d.command_timeout),
         data_timeout: l.data_timeout.unwrap_or(d.data_timeout),
+        session_timeout: l.session_timeout.unwrap_or(d.session_timeout),
         max_errors: l
             .max_errors
             .map(|n| n.min(u32::MAX as usize) as u32)
@@ -779,13 +929,30 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
             "must be a port number from 1 to 65535".into(),
         ));
     }
+    if o.relay_fallback == Some(true) && o.relay.is_none() {
+        return Err(err(
+            "outbound.relay_fallback",
+            "needs a relay to fall back to: set outbound.relay".into(),
+        ));
+    }
     let outbound = Outbound {
+        ip_family: o.ip_family.unwrap_or(d.ip_family),
+        ip_family_recheck: o.ip_family_recheck.unwrap_or(d.ip_family_recheck),
+        relay_fallback: o.relay_fallback.unwrap_or(d.relay_fallback),
+        relay_probe: o.relay_probe.unwrap_or(d.relay_probe),
+        connect_timeout: o.connect_timeout.unwrap_or(d.connect_timeout),
+        mta_sts: o.mta_sts.unwrap_or(d.mta_sts),
         relay: o.relay,
         relay_user: o.relay_user,
         relay_password_file: o.relay_password_file.map(abs),
         dns: o.dns,
         retry: o.retry.unwrap_or(d.retry),
         bounce_after: o.bounce_after.unwrap_or(d.bounce_after),
+        warn_after: match o.warn_after {
+            Some(w) if w.is_zero() => None,
+            Some(w) => Some(w),
+            None => d.warn_after,
+        },
         mx_port: o.mx_port.unwrap_or(d.mx_port),
     };
 
@@ -979,7 +1146,8 @@ impl Config {
             "# effective configuration from {source}\n\
              hostname = {:?}\ndomains = {}\ndata_dir = {:?}\nlog_level = \"{}\"\n\n\
              [user]\nname = {:?}\npassword = \"(hidden)\"\naddresses = {}\nmbox = {:?}\n\n\
-             [listen]\nsmtp = {}\nsubmission = {}\nsubmissions = {}\npop3 = {}\npop3s = {}\n\n",
+             [listen]\nsmtp = {}\nsubmission = {}\nsubmissions = {}\npop3 = {}\npop3s = {}\n\
+             proxy_protocol = {}\n\n",
             self.hostname,
             strs(&self.domains),
             self.data_dir.display().to_string(),
@@ -992,6 +1160,7 @@ impl Config {
             list(&self.listen.submissions),
             list(&self.listen.pop3),
             list(&self.listen.pop3s),
+            list(&self.listen.proxy_protocol),
         );
         if let Some(t) = &self.tls {
             s += &format!(
@@ -1003,13 +1172,16 @@ impl Config {
         let l = &self.limits;
         s += &format!(
             "[limits]\nmax_message_size = \"{}\"\nmax_recipients = {}\nmax_connections = {}\n\
-             max_connections_per_ip = {}\ncommand_timeout = \"{}\"\ndata_timeout = \"{}\"\nmax_errors = {}\n\n",
+             max_user_connections = {}\nmax_connections_per_ip = {}\ncommand_timeout = \"{}\"\n\
+             data_timeout = \"{}\"\nsession_timeout = \"{}\"\nmax_errors = {}\n\n",
             fmt_size(l.max_message_size),
             l.max_recipients,
             l.max_connections,
+            l.max_user_connections,
             l.max_connections_per_ip,
             fmt_duration(l.command_timeout),
             fmt_duration(l.data_timeout),
+            fmt_duration(l.session_timeout),
             l.max_errors,
         );
         let o = &self.outbound;
@@ -1024,11 +1196,23 @@ impl Config {
             s += &format!("relay_password_file = {:?}\n", p.display().to_string());
         }
         s += &format!(
-            "dns = {}\nretry = {}\nbounce_after = \"{}\"\nmx_port = {}\n",
+            "dns = {}\nretry = {}\nbounce_after = \"{}\"\nwarn_after = \"{}\"\nmx_port = {}\n",
             list(&o.dns),
             durs(&o.retry),
             fmt_duration(o.bounce_after),
+            o.warn_after
+                .map(fmt_duration)
+                .unwrap_or_else(|| "off".into()),
             o.mx_port
+        );
+        s += &format!(
+            "ip_family = \"{}\"\nip_family_recheck = \"{}\"\nrelay_fallback = {}\nrelay_probe = \"{}\"\nconnect_timeout = \"{}\"\nmta_sts = {}\n",
+            o.ip_family.as_str(),
+            fmt_duration(o.ip_family_recheck),
+            o.relay_fallback,
+            fmt_duration(o.relay_probe),
+            fmt_duration(o.connect_timeout),
+            o.mta_sts
         );
         s += &format!(
             "\n[inbound]\nauth_checks = {}\ndmarc_reject = {}\n",
@@ -1106,7 +1290,9 @@ mx_port = 2526
         assert_eq!(c.listen.smtp.len(), 2);
         assert_eq!(c.limits.max_message_size, 10 << 20);
         assert_eq!(c.limits.max_recipients, 50);
-        assert_eq!(c.limits.max_connections, 64);
+        assert_eq!(c.limits.max_connections, 512);
+        assert_eq!(c.limits.max_user_connections, 64);
+        assert_eq!(c.limits.session_timeout, Duration::from_secs(3600));
         assert_eq!(
             c.outbound.retry,
             vec![Duration::from_secs(60), Duration::from_secs(7200)]
@@ -1186,6 +1372,18 @@ mx_port = 2526
                 "IP:PORT",
             ),
             ("mx_port = 2526", "mx_port = 70000", "outbound.mx_port", ""),
+            (
+                "mx_port = 2526",
+                "ip_family = \"ipv5\"",
+                "outbound.ip_family",
+                "auto",
+            ),
+            (
+                "mx_port = 2526",
+                "relay_fallback = true",
+                "outbound.relay_fallback",
+                "needs a relay",
+            ),
             (
                 "hostname = \"mail.example.org\"",
                 "hostname = \"mail example\"",

@@ -64,12 +64,7 @@ impl Envelope {
 
     /// `Received:` for this message, folded over lines, LF-terminated.
     pub fn received_header(&self, hostname: &str, id: &str, now: u64) -> String {
-        let helo: String = self
-            .helo
-            .chars()
-            .filter(|c| !c.is_control() && *c != '(' && *c != ')')
-            .take(255)
-            .collect();
+        let helo = trace_text(&self.helo, 255);
         let mut s = format!(
             "Received: from {helo} ([{}])\n\tby {hostname} (pimail)",
             self.peer
@@ -89,6 +84,47 @@ impl Envelope {
     pub fn return_path_header(&self) -> String {
         format!("Return-Path: <{}>\n", self.sender())
     }
+}
+
+/// Client-chosen text made safe for a trace header: every character that
+/// does not print as itself (controls, line and paragraph separators such
+/// as U+2028, invisible format characters such as bidi overrides and
+/// zero-width spaces, other spaces than U+0020) becomes `\u{hex}`, so it
+/// can neither break the header nor hide in it; `\` is doubled so the
+/// escape is unambiguous; parentheses, which would open or close an RFC
+/// 5322 comment, are dropped. At most `max` characters are kept.
+pub fn trace_text(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars().filter(|c| *c != '(' && *c != ')').take(max) {
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if prints_as_itself(c) {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    out
+}
+
+/// Not a control, separator (other than the space), format character,
+/// private-use or non-character code point (Unicode general categories
+/// Cc, Zl, Zp, Zs, Cf, Co and the noncharacters; the Cf list is Unicode
+/// 15's, kept short because std has no category table).
+fn prints_as_itself(c: char) -> bool {
+    let u = c as u32;
+    let invisible = matches!(u,
+        0x00..=0x1f | 0x7f..=0xa0 | 0xad
+        | 0x600..=0x605 | 0x61c | 0x6dd | 0x70f | 0x890..=0x891 | 0x8e2
+        | 0x1680 | 0x180e
+        | 0x2000..=0x200f | 0x2028..=0x202f | 0x205f..=0x206f
+        | 0x3000 | 0xfeff | 0xfff9..=0xfffb
+        | 0x110bd | 0x110cd | 0x13430..=0x1343f | 0x1bca0..=0x1bca3
+        | 0x1d173..=0x1d17a | 0xe0000..=0xe007f
+        | 0xe000..=0xf8ff | 0xf0000..=0x10ffff
+        | 0xfdd0..=0xfdef)
+        || u & 0xfffe == 0xfffe;
+    !invisible
 }
 
 #[cfg(test)]
@@ -115,6 +151,22 @@ mod tests {
             auth: None,
             smtputf8: false,
         }
+    }
+
+    #[test]
+    fn trace_text_escapes_what_does_not_print() {
+        assert_eq!(trace_text("mx.example.com", 255), "mx.example.com");
+        assert_eq!(trace_text("bücher.example", 255), "bücher.example");
+        assert_eq!(
+            trace_text("a\u{2028}b\u{2029}c\u{202e}d\u{200b}e\u{0}f\u{1b}g", 255),
+            "a\\u{2028}b\\u{2029}c\\u{202e}d\\u{200b}e\\u{0}f\\u{1b}g"
+        );
+        assert_eq!(trace_text("x\\u{41}(y)", 255), "x\\\\u{41}y");
+        assert_eq!(
+            trace_text("\u{a0}\u{3000}\u{feff}\u{fffe}", 255),
+            "\\u{a0}\\u{3000}\\u{feff}\\u{fffe}"
+        );
+        assert_eq!(trace_text(&"z".repeat(300), 255).len(), 255);
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub struct Entry {
     /// physical line each, without the LF.
     pub headers: Vec<String>,
     pub rcpts: Vec<Rcpt>,
+    /// The sender has been sent a "delayed" notice (`[outbound]
+    /// warn_after`); it is sent once per message.
+    pub warned: bool,
 }
 
 impl Entry {
@@ -122,6 +125,7 @@ impl Entry {
             smtputf8: false,
             headers: Vec::new(),
             rcpts: Vec::new(),
+            warned: false,
         }
     }
 
@@ -170,6 +174,9 @@ impl Entry {
         let _ = writeln!(s, "created {}", self.created);
         let _ = writeln!(s, "size {}", self.size);
         let _ = writeln!(s, "smtputf8 {}", u8::from(self.smtputf8));
+        if self.warned {
+            let _ = writeln!(s, "warned 1");
+        }
         for h in &self.headers {
             let _ = writeln!(s, "header {}", one_line_keep_tab(h));
         }
@@ -232,6 +239,7 @@ impl Entry {
                 "created" => e.created = value.parse().map_err(|_| corrupt(n, "bad created"))?,
                 "size" => e.size = value.parse().map_err(|_| corrupt(n, "bad size"))?,
                 "smtputf8" => e.smtputf8 = value == "1",
+                "warned" => e.warned = value == "1",
                 "header" => e.headers.push(value.to_string()),
                 // Unknown keys from a newer version: keep going.
                 _ => {}
@@ -292,6 +300,13 @@ pub fn retry_delay(schedule: &[Duration], attempts: u32) -> Duration {
         .or(schedule.last())
         .copied()
         .unwrap_or(Duration::from_secs(300))
+}
+
+/// Is a "delayed" notice due for `e` (`warn_after`, once per message, only
+/// while recipients are still pending, never for a bounce)?
+pub fn warning_due(e: &Entry, now: u64, warn_after: Option<Duration>) -> bool {
+    let Some(w) = warn_after else { return false };
+    !e.warned && e.from.is_some() && !e.finished() && now.saturating_sub(e.created) >= w.as_secs()
 }
 
 /// Has a message queued at `created` been tried long enough (`bounce_after`)?
@@ -541,6 +556,13 @@ pub fn fmt_age(secs: u64) -> String {
 /// `pimail queue list`'s text: per message an unindented line starting
 /// with the id, then indented details.
 pub fn list_text(entries: &[Entry], now: u64) -> String {
+    list_text_routed(entries, now, None)
+}
+
+/// [`list_text`] with a `route:` line per message: `route` is the
+/// worker's current route (`direct`, or `relay host:port ...`, from
+/// `<data_dir>/outbound.status`).
+pub fn list_text_routed(entries: &[Entry], now: u64, route: Option<&str>) -> String {
     let mut s = String::new();
     for e in entries {
         let pending = e.pending().count();
@@ -560,6 +582,23 @@ pub fn list_text(entries: &[Entry], now: u64) -> String {
             fmt_age(now.saturating_sub(e.created)),
             crate::util::timefmt::rfc5322(e.created)
         );
+        if let Some(route) = route {
+            let mut domains: Vec<&str> = e
+                .pending()
+                .filter(|r| !r.local)
+                .map(|r| r.addr.domain.as_str())
+                .collect();
+            domains.sort_unstable();
+            domains.dedup();
+            let how = if domains.is_empty() {
+                "mbox".to_string()
+            } else if route.starts_with("relay ") {
+                route.split(" (").next().unwrap_or(route).to_string()
+            } else {
+                format!("direct to the MX of {}", domains.join(", "))
+            };
+            let _ = writeln!(s, "    route: {how}");
+        }
         for r in &e.rcpts {
             let _ = writeln!(
                 s,

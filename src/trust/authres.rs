@@ -1,5 +1,6 @@
 //! Inbound message authentication on port 25: SPF for the client and the
-//! MAIL FROM (or HELO) domain, the message's DKIM signatures, DMARC for the
+//! MAIL FROM (or HELO) domain, and for the HELO identity on its own as RFC
+//! 7208 2.3 recommends, the message's DKIM signatures, DMARC for the
 //! From domain, recorded in an `Authentication-Results:` header (RFC 8601;
 //! `header.b` from RFC 6008).
 //!
@@ -21,6 +22,10 @@ pub struct Results {
     /// The MAIL FROM address (empty for the null sender).
     pub mail_from: String,
     pub helo: String,
+    /// The separate check of the HELO identity (RFC 7208 2.3), when there
+    /// is a MAIL FROM (without one, `spf` already is the HELO check) and
+    /// the HELO is a domain name rather than an address literal.
+    pub helo_spf: Option<spf::Outcome>,
     pub dkim: Vec<dkim::Outcome>,
     pub dmarc: Option<dmarc::Outcome>,
 }
@@ -36,15 +41,21 @@ pub async fn check<D: Dns>(
     pending: Vec<Pending>,
     from_header: Option<&str>,
 ) -> Results {
-    let spf = spf::check(
-        dns,
-        &spf::Query {
-            ip,
-            sender: mail_from.to_string(),
-            helo: helo.to_string(),
-            receiver: receiver.to_string(),
-        },
-    )
+    let query = |sender: &str| spf::Query {
+        ip,
+        sender: sender.to_string(),
+        helo: helo.to_string(),
+        receiver: receiver.to_string(),
+    };
+    let (mail_q, helo_q) = (query(mail_from), query(""));
+    let helo_is_name = helo.contains('.') && !helo.starts_with('[');
+    let (spf, helo_spf) = smol::future::zip(spf::check(dns, &mail_q), async {
+        if mail_from.is_empty() || !helo_is_name {
+            None
+        } else {
+            Some(spf::check(dns, &helo_q).await)
+        }
+    })
     .await;
     let mut outcomes = Vec::new();
     for p in pending {
@@ -89,6 +100,7 @@ pub async fn check<D: Dns>(
         spf,
         mail_from: mail_from.to_string(),
         helo: helo.to_string(),
+        helo_spf,
         dkim: outcomes,
         dmarc,
     }
@@ -123,6 +135,13 @@ impl Results {
             format!("smtp.mailfrom={}", pvalue(&self.mail_from))
         };
         parts.push(format!("spf={} {spf_id}", self.spf.result.name()));
+        if let Some(h) = &self.helo_spf {
+            parts.push(format!(
+                "spf={} smtp.helo={}",
+                h.result.name(),
+                pvalue(&self.helo)
+            ));
+        }
         if self.dkim.is_empty() {
             parts.push("dkim=none".to_string());
         }
@@ -284,18 +303,11 @@ impl ForgedResultsFilter {
         };
         let text = String::from_utf8_lossy(&field);
         let value = text.split_once(':').map(|(_, v)| v).unwrap_or("");
-        // authserv-id is the first token, before ';' (a version may follow
-        // it after whitespace, RFC 8601 2.2); comments are not expected.
-        let id = value
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        if id == self.id {
+        // A field whose authserv-id cannot be read might still be read as
+        // ours by a lenient mail client: it goes too.
+        let id = authserv_id(value).map(|id| id.trim_end_matches('.').to_ascii_lowercase());
+        let ours = id.as_deref().map_or(true, |id| id == self.id);
+        if ours {
             self.removed += 1;
             self.keep_current = false;
         } else {
@@ -303,6 +315,67 @@ impl ForgedResultsFilter {
             self.keep_current = true;
         }
     }
+}
+
+/// The authserv-id at the start of an Authentication-Results value, as
+/// RFC 8601 2.2 reads it: `[CFWS] authserv-id`, where authserv-id is an
+/// RFC 2045 `value` (a token, or a quoted-string whose quoted-pairs are
+/// undone). Comments (nested, with quoted-pairs) and folding white space
+/// before it are skipped, so `(x) mx.example.org;` and
+/// `"mx.example.org";` both name `mx.example.org`. `None` when no value
+/// can be read (an unclosed comment or quote, nothing but CFWS, a
+/// tspecial where the id should start).
+pub fn authserv_id(value: &str) -> Option<String> {
+    let b = value.as_bytes();
+    let mut i = skip_cfws(b, 0)?;
+    if b.get(i) == Some(&b'"') {
+        // RFC 5322 3.2.4 quoted-string; FWS inside is unfolded.
+        let mut id = Vec::new();
+        i += 1;
+        loop {
+            match *b.get(i)? {
+                b'"' => break,
+                b'\\' => {
+                    id.push(*b.get(i + 1)?);
+                    i += 2;
+                }
+                b'\r' | b'\n' => i += 1,
+                c => {
+                    id.push(c);
+                    i += 1;
+                }
+            }
+        }
+        return Some(String::from_utf8_lossy(&id).into_owned());
+    }
+    // RFC 2045 5.1: token := 1*<any CHAR except SPACE, CTLs, tspecials>.
+    let start = i;
+    while let Some(&c) = b.get(i) {
+        if c <= b' ' || c == 0x7f || b"()<>@,;:\\\"/[]?=".contains(&c) {
+            break;
+        }
+        i += 1;
+    }
+    (i > start).then(|| String::from_utf8_lossy(&b[start..i]).into_owned())
+}
+
+/// Skips RFC 5322 3.2.2 CFWS from `i`: white space, line ends, and
+/// comments, which nest and may hold quoted-pairs. `None` for a comment
+/// never closed.
+fn skip_cfws(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'(' => depth += 1,
+            b')' if depth > 0 => depth -= 1,
+            b'\\' if depth > 0 => i += 1,
+            b' ' | b'\t' | b'\r' | b'\n' => {}
+            _ if depth > 0 => {}
+            _ => return Some(i),
+        }
+        i += 1;
+    }
+    (depth == 0).then_some(i)
 }
 
 #[cfg(test)]
@@ -413,6 +486,54 @@ Authentication-Results: mx.example.org; in the body stays\r\n";
     }
 
     #[test]
+    fn authserv_id_is_read_as_rfc_8601_says() {
+        for (value, want) in [
+            (" mx.example.org; dkim=pass", Some("mx.example.org")),
+            (" mx.example.org 1; spf=pass", Some("mx.example.org")),
+            (
+                " (comment) mx.example.org; dkim=pass",
+                Some("mx.example.org"),
+            ),
+            (
+                " (a (nested \\) one)) mx.example.org;",
+                Some("mx.example.org"),
+            ),
+            ("\r\n\t(folded)\r\n mx.example.org;", Some("mx.example.org")),
+            (" \"mx.example.org\"; dkim=pass", Some("mx.example.org")),
+            (" \"mx.exa\\mple.org\";", Some("mx.example.org")),
+            (" mx.example.org(comment); x", Some("mx.example.org")),
+            (" mx.example.org;none", Some("mx.example.org")),
+            (" (unclosed mx.example.org;", None),
+            (" \"unclosed; dkim=pass", None),
+            ("  ", None),
+            (" ; dkim=pass", None),
+        ] {
+            assert_eq!(authserv_id(value).as_deref(), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn forged_results_hidden_behind_comments_or_quotes_are_removed() {
+        let msg = b"Authentication-Results: (comment) mx.example.org; dkim=pass\r\n\
+Authentication-Results: \"MX.example.org\"; dkim=pass\r\n\
+Authentication-Results: (x)\r\n \"mx.example.org.\" 1; spf=pass\r\n\
+Authentication-Results: (never closed mx.example.org; dkim=pass\r\n\
+Authentication-Results: (ours? no) \"other.example\"; dkim=fail\r\n\
+Subject: hi\r\n\r\nbody\r\n";
+        let want = b"Authentication-Results: (ours? no) \"other.example\"; dkim=fail\r\n\
+Subject: hi\r\n\r\nbody\r\n";
+        for chunk in [1, 5, 10_000] {
+            let (out, removed) = filtered("mx.example.org", msg, chunk);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(want),
+                "chunk {chunk}"
+            );
+            assert_eq!(removed, 4);
+        }
+    }
+
+    #[test]
     fn an_oversized_results_field_is_dropped_not_held() {
         let mut msg = b"Authentication-Results: other.example;\r\n".to_vec();
         for _ in 0..(MAX_HELD_FIELD / 20 + 10) {
@@ -439,7 +560,7 @@ Authentication-Results: mx.example.org; in the body stays\r\n";
             &signed("example.net", msg),
         );
         let h = r.header("mx.example.org");
-        assert!(h.starts_with("Authentication-Results: mx.example.org;\r\n\tspf=pass smtp.mailfrom=bob@example.net;\r\n\tdkim=pass header.d=example.net header.s=s1 header.a=ed25519-sha256 header.b="), "{h}");
+        assert!(h.starts_with("Authentication-Results: mx.example.org;\r\n\tspf=pass smtp.mailfrom=bob@example.net;\r\n\tspf=none smtp.helo=mail.example.net;\r\n\tdkim=pass header.d=example.net header.s=s1 header.a=ed25519-sha256 header.b="), "{h}");
         assert!(
             h.ends_with(";\r\n\tdmarc=pass (p=reject) header.from=example.net\r\n"),
             "{h}"

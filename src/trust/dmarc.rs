@@ -180,6 +180,35 @@ impl Outcome {
     }
 }
 
+/// RFC 7489 6.6.4: the policy applies to `pct` percent of failing
+/// messages; a message not selected gets the next less severe one
+/// (reject -> quarantine, quarantine -> none). `roll` is uniform in 0..100,
+/// so `pct=0` never selects and `pct=100` always does.
+pub fn sampled(policy: Policy, pct: u8, roll: u8) -> Policy {
+    if roll < pct {
+        return policy;
+    }
+    match policy {
+        Policy::Reject => Policy::Quarantine,
+        Policy::Quarantine | Policy::None => Policy::None,
+    }
+}
+
+/// A number in 0..100 for [`sampled`] (rejection sampling: no bias).
+fn roll() -> u8 {
+    let mut b = [0u8; 1];
+    loop {
+        if getrandom::getrandom(&mut b).is_err() {
+            // No randomness: treat the message as selected, the policy
+            // the domain asked for.
+            return 0;
+        }
+        if b[0] < 200 {
+            return b[0] % 100;
+        }
+    }
+}
+
 /// Evaluates DMARC for a message whose From domain is `from`, given the
 /// SPF result for `spf_domain` (the MAIL FROM domain) and the domains of
 /// the passing DKIM signatures.
@@ -216,11 +245,7 @@ pub async fn evaluate<D: Dns>(
     } else {
         rec.policy
     };
-    // Sampling (pct<100) is not done at random here: a sender not sure
-    // enough to reject everything gets quarantine instead of reject.
-    if rec.pct < 100 && policy == Policy::Reject {
-        policy = Policy::Quarantine;
-    }
+    policy = sampled(policy, rec.pct, roll());
     let mut pass = false;
     for d in dkim_pass_domains {
         let org = if d.eq_ignore_ascii_case(&from) {
@@ -373,5 +398,26 @@ mod tests {
         assert_eq!(o.result, "pass");
         let o = ev("nodmarc.example", false, "", &[]);
         assert_eq!(o.result, "none");
+    }
+
+    #[test]
+    fn pct_selects_that_share_and_softens_the_rest() {
+        use Policy::*;
+        assert_eq!(sampled(Reject, 100, 99), Reject);
+        assert_eq!(sampled(Reject, 0, 0), Quarantine);
+        assert_eq!(sampled(Reject, 30, 29), Reject);
+        assert_eq!(sampled(Reject, 30, 30), Quarantine);
+        assert_eq!(sampled(Quarantine, 30, 30), None);
+        assert_eq!(sampled(Quarantine, 30, 5), Quarantine);
+        assert_eq!(sampled(None, 50, 99), None);
+        // Over every roll, pct=30 selects exactly 30 of 100.
+        let n = (0..100u8)
+            .filter(|&r| sampled(Reject, 30, r) == Reject)
+            .count();
+        assert_eq!(n, 30);
+        // The random roll stays in range and is not stuck.
+        let rolls: std::collections::HashSet<u8> = (0..400).map(|_| roll()).collect();
+        assert!(rolls.iter().all(|&r| r < 100));
+        assert!(rolls.len() > 20);
     }
 }

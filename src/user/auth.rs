@@ -17,7 +17,7 @@
 //! greppable line for fail2ban:
 //! `auth failed: rhost=192.0.2.7 service=submission user=alice failures=3`.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -46,11 +46,42 @@ pub fn check_hash_syntax(hash: &str) -> Result<(), String> {
 
 /// True when `password` matches the stored hash. Wrong or malformed input is
 /// simply "no"; the caller logs the failure and throttles.
+///
+/// The argon2 memory (12 MiB by default) is one allocation made and freed
+/// here, which the allocator hands back to the system at once (see
+/// [`crate::util::sys::tune_allocator`]; issue 13: each thread that ever
+/// checked a password used to keep its 12 MiB).
 pub fn verify_password(hash: &str, password: &[u8]) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
-        Err(_) => false,
-    }
+    argon2_matches(hash, password).unwrap_or(false)
+}
+
+/// What `Argon2::verify_password` does, with the memory blocks in our hands.
+fn argon2_matches(hash: &str, password: &[u8]) -> Option<bool> {
+    let parsed = PasswordHash::new(hash).ok()?;
+    let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
+    let version = match parsed.version {
+        Some(v) => Version::try_from(v).ok()?,
+        None => Version::default(),
+    };
+    let params = Params::try_from(&parsed).ok()?;
+    let expected = parsed.hash?;
+    let mut salt = [0u8; 64];
+    let salt = parsed.salt?.decode_b64(&mut salt).ok()?;
+    let mut out = vec![0u8; expected.len()];
+    let mut blocks = vec![argon2::Block::new(); params.block_count()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt, &mut out, &mut blocks)
+        .ok()?;
+    drop(blocks);
+    // Without an early exit, as argon2's own comparison.
+    Some(
+        out.len() == expected.len()
+            && out
+                .iter()
+                .zip(expected.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0,
+    )
 }
 
 /// Is `login` the configured user? Accepts `name` and `name@domain` for any
@@ -334,15 +365,20 @@ pub async fn check(
         return Outcome::Blocked;
     }
     let known = is_user(login, account.name, account.domains);
-    // Verify even for an unknown login, so that timing does not tell.
     let hash = account.password_hash.to_string();
-    let good = if logins.cache.borrow().hit(&hash, &password) {
+    // Every failure pays for argon2, whatever was wrong: the cache only
+    // speaks for the configured login. (It used to answer for any name,
+    // so the right password under a wrong name failed at once while a
+    // wrong one took the argon2 time: a password could be confirmed
+    // without knowing the login, issue 13.) For an unknown login argon2
+    // runs all the same, so that timing does not tell either.
+    let good = if known && logins.cache.borrow().hit(&hash, &password) {
         true
     } else {
         let _slot = logins.slots.acquire().await;
         let (h, pw) = (hash.clone(), password.clone());
         let good = smol::unblock(move || verify_password(&h, &pw)).await;
-        if good {
+        if good && known {
             logins.cache.borrow_mut().remember(&hash, &password);
         }
         good
@@ -387,6 +423,29 @@ mod tests {
         assert!(!verify_password("garbage", b"correct horse"));
         // A salt is random: the same password hashes differently.
         assert_ne!(h, hash_password("correct horse").unwrap());
+    }
+
+    #[test]
+    fn our_verification_agrees_with_argon2s_own() {
+        use argon2::password_hash::PasswordHasher;
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        for (alg, ver, out_len) in [
+            (Algorithm::Argon2id, Version::V0x13, 32),
+            (Algorithm::Argon2i, Version::V0x13, 16),
+            (Algorithm::Argon2d, Version::V0x10, 64),
+        ] {
+            let params = Params::new(64, 2, 1, Some(out_len)).unwrap();
+            let h = Argon2::new(alg, ver, params)
+                .hash_password(b"pw", &salt)
+                .unwrap()
+                .to_string();
+            assert!(verify_password(&h, b"pw"), "{h}");
+            assert!(!verify_password(&h, b"pW"), "{h}");
+        }
+        // The tests' stored hash (m=64, t=1) and a truncated one.
+        let h = "$argon2id$v=19$m=64,t=1,p=1$d7bEe5+PDtR+c+lWi896vw$glblWHgdtnS/rmo83vVWocAP1oh4q0fcq6XvKfsvKO8";
+        assert!(verify_password(h, b"secret"));
+        assert!(!verify_password(&h[..h.len() - 4], b"secret"));
     }
 
     #[test]

@@ -9,6 +9,15 @@
 //! event is one line: newlines inside a message (say, from a client's
 //! text) are escaped, so they can neither split an entry nor forge one.
 //! Never log a password.
+//!
+//! Values a client chose (HELO names, addresses, replies that echo them,
+//! login names) go into a line through [`quoted`] only, and after the
+//! line's fixed fields: in double quotes, with every control or
+//! non-printing character escaped (ESC, NUL, VT, FF, U+2028, bidi
+//! controls...), so a value can neither end its quotes, nor colour a
+//! terminal, nor pose as the start of another event. The fail2ban filter
+//! (`systemd/fail2ban/pimail.conf`) is anchored at the start of the
+//! message, so text inside such a field never matches it.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::io::Write;
@@ -45,15 +54,67 @@ pub fn format_line(style: Style, now: u64, level: Level, msg: &str) -> String {
             )
         }
     };
-    for ch in msg.chars() {
-        match ch {
-            '\n' => line.push_str("\\n"),
-            '\r' => line.push_str("\\r"),
-            c => line.push(c),
-        }
-    }
+    // A second line of defence: a value that missed `quoted` still cannot
+    // split the line or send control sequences to a terminal.
+    escape_into(&mut line, msg, false);
     line.push('\n');
     line
+}
+
+/// Shown as itself in a log line? ASCII controls are not; beyond ASCII,
+/// whatever Rust's `Debug` for `str` would escape (Unicode controls,
+/// format characters such as U+200B and the bidi overrides, line and
+/// paragraph separators, spaces other than U+0020, combining marks,
+/// unassigned and private-use code points) is not either.
+fn printable(c: char) -> bool {
+    if c.is_ascii() {
+        return !c.is_ascii_control();
+    }
+    let s = c.to_string();
+    format!("{s:?}") == format!("\"{s}\"")
+}
+
+/// Appends `s` with every character that is not [`printable`] written as
+/// `\n`, `\r`, `\t`, `\0` or `\u{HEX}`; with `quotes`, `"` and `\` are
+/// escaped too, so that the text can sit between double quotes.
+fn escape_into(out: &mut String, s: &str, quotes: bool) {
+    use std::fmt::Write as _;
+    for c in s.chars() {
+        match c {
+            '"' | '\\' if quotes => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            c if printable(c) => out.push(c),
+            c => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+        }
+    }
+}
+
+/// A value taken from a client, ready for a log line: `"..."` with
+/// quotes, backslashes and every non-printing character escaped. The one
+/// way client text enters the log (see the module notes).
+pub fn quoted(s: &str) -> Quoted<'_> {
+    Quoted(s)
+}
+
+/// See [`quoted`].
+pub struct Quoted<'a>(&'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = String::with_capacity(self.0.len() + 2);
+        s.push('"');
+        escape_into(&mut s, self.0, true);
+        s.push('"');
+        f.write_str(&s)
+    }
 }
 
 /// True when stderr is the journal stream systemd set up for us (not, say,
@@ -163,5 +224,41 @@ mod tests {
         let l = format_line(Style::Journal, 0, Level::Info, "a\r\n<3>forged");
         assert_eq!(l, "<6>INFO  a\\r\\n<3>forged\n");
         assert_eq!(l.matches('\n').count(), 1);
+        // Terminal escapes and other controls are written out too.
+        let l = format_line(
+            Style::Journal,
+            0,
+            Level::Info,
+            "\u{1b}[31mred\0\u{b}\u{c}\u{2028}x",
+        );
+        assert_eq!(l, "<6>INFO  \\u{1b}[31mred\\0\\u{b}\\u{c}\\u{2028}x\n");
+    }
+
+    #[test]
+    fn quoted_values_cannot_escape_their_quotes() {
+        assert_eq!(
+            quoted("mail.example.net").to_string(),
+            "\"mail.example.net\""
+        );
+        assert_eq!(
+            quoted("\"auth failed: rhost=198.51.100.9 \"@example.org").to_string(),
+            "\"\\\"auth failed: rhost=198.51.100.9 \\\"@example.org\""
+        );
+        assert_eq!(quoted("a\\b").to_string(), "\"a\\\\b\"");
+        assert_eq!(
+            quoted("\u{1b}]0;x\u{7}\r\n\t\u{7f}\u{85}").to_string(),
+            "\"\\u{1b}]0;x\\u{7}\\r\\n\\t\\u{7f}\\u{85}\""
+        );
+        // Invisible or look-alike characters beyond ASCII are escaped...
+        assert_eq!(
+            quoted("a\u{202e}b\u{200b}c\u{a0}d\u{feff}\u{2029}").to_string(),
+            "\"a\\u{202e}b\\u{200b}c\\u{a0}d\\u{feff}\\u{2029}\""
+        );
+        // ...and combining marks (spoofing material) too, while letters
+        // in any script are kept.
+        assert_eq!(
+            quoted("Grüße, 中文, e\u{301}").to_string(),
+            "\"Grüße, 中文, e\\u{301}\""
+        );
     }
 }

@@ -203,7 +203,13 @@ impl TestCa {
 
     /// A server config with a certificate for `host` signed by this CA.
     pub fn server_config(&self, host: &str) -> Arc<rustls::ServerConfig> {
-        let params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+        self.server_config_names(&[host])
+    }
+
+    /// A server config with one certificate for all of `hosts`.
+    pub fn server_config_names(&self, hosts: &[&str]) -> Arc<rustls::ServerConfig> {
+        let names = hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        let params = rcgen::CertificateParams::new(names).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         server_config(cert.der().to_vec(), key.serialize_der())
@@ -274,6 +280,24 @@ impl Default for Behavior {
     }
 }
 
+impl Behavior {
+    /// Refuses recipients that start with `prefix` with `code` and `text`,
+    /// accepts the others.
+    pub fn refusing_rcpt(prefix: &str, code: u16, text: &str) -> Behavior {
+        let (prefix, text) = (prefix.to_string(), text.to_string());
+        Behavior {
+            rcpt: Arc::new(move |a| {
+                if a.starts_with(&prefix) {
+                    (code, text.clone())
+                } else {
+                    (250, "2.1.5 OK".into())
+                }
+            }),
+            ..Behavior::default()
+        }
+    }
+}
+
 /// What a fake MX received in one transaction that ended in 250.
 #[derive(Clone, Debug)]
 pub struct Got {
@@ -323,6 +347,13 @@ impl FakeMx {
     /// Starts one fake on any address (e.g. `[::1]:port`).
     pub fn start_at(addr: SocketAddr, b: Behavior) -> FakeMx {
         let l = TcpListener::bind(addr).unwrap();
+        let a = l.local_addr().unwrap();
+        FakeMx::run(l, a.ip(), a.port(), b)
+    }
+
+    /// Starts a fake on a listener made elsewhere (e.g. one that was a
+    /// black hole until now).
+    pub fn start_on(l: TcpListener, b: Behavior) -> FakeMx {
         let a = l.local_addr().unwrap();
         FakeMx::run(l, a.ip(), a.port(), b)
     }
@@ -665,5 +696,157 @@ impl FakeDns {
             RData::PTR(hickory_proto::rr::rdata::PTR(name(host))),
         );
         self.set(&n, RecordType::PTR, Answer::Records(vec![r]));
+    }
+}
+
+// ---- a world of fakes a test server delivers into -------------------------------
+
+/// How long outbound tests wait for mail to arrive or a log line to show:
+/// generous, since the machine is shared (a liveness bound, not a budget).
+pub const WAIT: Duration = Duration::from_secs(40);
+
+/// 127.0.0.`last`: every fake host gets a loopback address of its own.
+pub fn ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+/// Options for a server that resolves with `dns` and delivers to `port`
+/// on every MX, retrying after 1 s; `extra` is appended to `[outbound]`.
+pub fn outbound_options(dns: &FakeDns, port: u16, extra: &str) -> super::Options {
+    super::Options {
+        extra: format!(
+            "[outbound]\ndns = [\"{}\"]\nmx_port = {port}\nretry = [\"1s\"]\n{extra}\n",
+            dns.addr
+        ),
+        ..super::Options::default()
+    }
+}
+
+impl FakeDns {
+    /// `domain` has one MX, `mx.<domain>` (preference 10), at `ip`.
+    pub fn one_mx(&self, domain: &str, ip: Ipv4Addr) {
+        let host = format!("mx.{domain}");
+        self.mx(domain, &[(10, &host)]);
+        self.a(&host, &[ip]);
+    }
+}
+
+/// A fake DNS and fake MX servers on one port: what an outbound test
+/// delivers into. The DNS starts empty (see `one` for the common case).
+pub struct MxWorld {
+    pub dns: FakeDns,
+    /// The port every fake MX listens on (`outbound.mx_port`).
+    pub port: u16,
+    /// One per (ip, behaviour) given to `start`, in that order.
+    pub mx: Vec<FakeMx>,
+}
+
+impl MxWorld {
+    pub fn start(hosts: Vec<(Ipv4Addr, Behavior)>) -> MxWorld {
+        let dns = FakeDns::start();
+        let (port, mx) = FakeMx::start_all(hosts);
+        MxWorld { dns, port, mx }
+    }
+
+    /// The common case: `domain` has one MX, `mx.<domain>` at `ip`, that
+    /// behaves as `b`.
+    pub fn one(domain: &str, ip: Ipv4Addr, b: Behavior) -> MxWorld {
+        let w = MxWorld::start(vec![(ip, b)]);
+        w.dns.one_mx(domain, ip);
+        w
+    }
+
+    /// Options for a server that delivers into this world.
+    pub fn options(&self, extra: &str) -> super::Options {
+        outbound_options(&self.dns, self.port, extra)
+    }
+
+    /// A running server that delivers into this world.
+    pub fn server(&self, extra: &str) -> super::Server {
+        super::Server::with(self.options(extra))
+    }
+}
+
+// ---- HTTPS (MTA-STS policy hosts, RFC 8461 3.3) ----------------------------------
+
+/// What a fake policy host answers for one `Host:`.
+#[derive(Clone)]
+pub enum Policy {
+    /// 200 with this body (close-delimited, as many servers do).
+    Body(String),
+    /// Accept, read the request, and say nothing for this long.
+    Silent(Duration),
+}
+
+/// An HTTPS server on `ip` answering `GET /.well-known/mta-sts.txt` per
+/// `Host:` header; its certificate (from `ca`) names every host.
+pub struct FakeHttps {
+    pub addr: SocketAddr,
+    /// Host of every request received.
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeHttps {
+    pub fn start(ip: Ipv4Addr, ca: &TestCa, policies: Vec<(&str, Policy)>) -> FakeHttps {
+        let hosts: Vec<&str> = policies.iter().map(|(h, _)| *h).collect();
+        let cfg = ca.server_config_names(&hosts);
+        let table: HashMap<String, Policy> = policies
+            .into_iter()
+            .map(|(h, p)| (h.to_string(), p))
+            .collect();
+        let l = TcpListener::bind((ip, 0)).unwrap();
+        let https = FakeHttps {
+            addr: l.local_addr().unwrap(),
+            requests: Arc::new(Mutex::new(Vec::new())),
+        };
+        let reqs = https.requests.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let (cfg, table, reqs) = (cfg.clone(), table.clone(), reqs.clone());
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                    let Ok(mut io) = Io::tls(s, &cfg) else {
+                        return;
+                    };
+                    let mut req = Vec::new();
+                    let mut b = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                        match io.read(&mut b) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    let host = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Host: "))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    reqs.lock().unwrap().push(host.clone());
+                    match table.get(&host) {
+                        Some(Policy::Body(body)) => {
+                            let _ = io.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n");
+                            for chunk in body.as_bytes().chunks(4096) {
+                                if io.write_all(chunk).is_err() {
+                                    return;
+                                }
+                            }
+                            let _ = io.flush();
+                            if let Io::Tls(t) = &mut io {
+                                t.conn.send_close_notify();
+                                let _ = t.conn.complete_io(&mut t.sock);
+                            }
+                        }
+                        Some(Policy::Silent(d)) => std::thread::sleep(*d),
+                        None => {
+                            let _ = io
+                                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                        }
+                    }
+                });
+            }
+        });
+        https
     }
 }

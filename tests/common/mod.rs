@@ -105,6 +105,9 @@ pub struct Options {
     pub listen_pop3s: bool,
     /// `[tls]` cert and key files (see `tls::make_certs`).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// More lines for `[listen]` (e.g. `proxy_protocol`, or a listener
+    /// kind turned off above with a fixed address instead).
+    pub listen_extra: String,
 }
 
 impl Default for Options {
@@ -120,6 +123,7 @@ impl Default for Options {
             listen_submissions: false,
             listen_pop3s: false,
             tls: None,
+            listen_extra: String::new(),
         }
     }
 }
@@ -173,37 +177,27 @@ impl Server {
     /// Runs `pimail sendmail ARGS` with this server's config and `input`
     /// on stdin; returns the exit code and stderr.
     pub fn sendmail(&self, args: &[&str], input: &[u8]) -> (i32, String) {
-        let mut child = pimail_command()
-            .arg("--config")
-            .arg(&self.config)
-            .arg("sendmail")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start pimail sendmail");
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        let o = child.wait_with_output().unwrap();
+        let o = run_with_stdin(
+            pimail_command()
+                .arg("--config")
+                .arg(&self.config)
+                .arg("sendmail")
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+            input,
+        );
         (
             o.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&o.stderr).into_owned(),
         )
     }
 
-    /// Runs `pimail queue ARGS` with this server's config: exit code, stdout.
+    /// Runs `pimail queue ARGS` with this server's config: exit code,
+    /// stdout followed by stderr.
     pub fn queue_cmd(&self, args: &[&str]) -> (i32, String) {
-        let o = pimail_command()
-            .arg("queue")
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .expect("run pimail queue");
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
-        )
+        let (code, out, err) = run_pimail(&self.config, &[&["queue"], args].concat());
+        (code, out + &err)
     }
 
     /// Like `with`, but the child runs under `wrapper` (e.g. prlimit).
@@ -231,6 +225,7 @@ impl Server {
         if o.listen_pop3s {
             listen += "pop3s = [\"127.0.0.1:0\"]\n";
         }
+        listen += &o.listen_extra;
         let tls = match &o.tls {
             Some((cert, key)) => format!(
                 "[tls]\ncert = {:?}\nkey = {:?}\n",
@@ -284,6 +279,9 @@ impl Server {
             .stderr(Stdio::piped())
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
+            // The source-address probe of `ip_family = "auto"` stays on
+            // loopback (a test may name its own targets).
+            .env("PIMAIL_SOURCE_PROBE", "127.0.0.1:9,[::1]:9")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
@@ -350,6 +348,11 @@ impl Server {
 
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The first log line that contains `needle`.
+    pub fn log_line(&self, needle: &str) -> Option<String> {
+        self.log().into_iter().find(|l| l.contains(needle))
     }
 
     /// Waits until a log line contains `needle`.
@@ -425,6 +428,17 @@ impl Server {
     pub fn connect(&self) -> Client {
         Client::connect(self.smtp)
     }
+
+    /// Sends `data` (CRLF lines, dot-stuffed already) on port 25 from
+    /// bob@example.com to alice@example.org, asserting that it is accepted
+    /// (250), then says QUIT (221).
+    pub fn deliver(&self, data: &[u8]) {
+        let mut c = self.connect();
+        c.hello();
+        let (code, text) = c.send_message("bob@example.com", &["alice@example.org"], data);
+        assert_eq!(code, 250, "{text}");
+        c.expect("QUIT", 221);
+    }
 }
 
 impl Drop for Server {
@@ -441,38 +455,17 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
+        Client::from_stream(TcpStream::connect(addr).unwrap())
+    }
+
+    /// A client over a stream connected some other way (e.g. from another
+    /// loopback address).
+    pub fn from_stream(stream: TcpStream) -> Client {
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
         Client { stream, reader }
-    }
-
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    pub fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\r\n").as_bytes());
-    }
-
-    /// One (possibly multi-line) SMTP reply: code and the full text.
-    pub fn reply(&mut self) -> (u16, String) {
-        read_reply(&mut self.reader)
-    }
-
-    /// Sends a command and returns the reply.
-    pub fn cmd(&mut self, line: &str) -> (u16, String) {
-        self.send(line);
-        self.reply()
-    }
-
-    /// Sends a command and asserts the reply code.
-    pub fn expect(&mut self, line: &str, code: u16) -> String {
-        let (c, text) = self.cmd(line);
-        assert_eq!(c, code, "{line} -> {text}");
-        text
     }
 
     /// One raw line (for POP3), without CRLF.
@@ -494,10 +487,48 @@ impl Client {
         assert_eq!(c, 220, "greeting {g}");
         self.expect("EHLO client.example", 250);
     }
+}
+
+impl Dialogue for Client {
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn reply(&mut self) -> (u16, String) {
+        read_reply(&mut self.reader)
+    }
+}
+
+/// The SMTP dialogue over any line transport (`Client`, and
+/// `tls::TlsClient` over TLS): each says how to send bytes and read one
+/// reply; the commands are the same.
+pub trait Dialogue {
+    fn send_raw(&mut self, bytes: &[u8]);
+
+    /// One (possibly multi-line) reply: code and the full text;
+    /// `(0, text)` when the connection ends.
+    fn reply(&mut self) -> (u16, String);
+
+    fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+    }
+
+    /// Sends a command and returns the reply.
+    fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(line);
+        self.reply()
+    }
+
+    /// Sends a command and asserts the reply code.
+    fn expect(&mut self, line: &str, code: u16) -> String {
+        let (c, text) = self.cmd(line);
+        assert_eq!(c, code, "{line} -> {text}");
+        text
+    }
 
     /// Sends one message (raw content, CRLF line ends, dot-stuffed already
     /// by the caller if needed) and returns the final reply.
-    pub fn send_message(&mut self, from: &str, rcpts: &[&str], data: &[u8]) -> (u16, String) {
+    fn send_message(&mut self, from: &str, rcpts: &[&str], data: &[u8]) -> (u16, String) {
         self.expect(&format!("MAIL FROM:<{from}>"), 250);
         for r in rcpts {
             self.expect(&format!("RCPT TO:<{r}>"), 250);
@@ -507,6 +538,22 @@ impl Client {
         self.send_raw(b".\r\n");
         self.reply()
     }
+}
+
+/// Runs `pimail ARGS --config CONFIG` (a CLI command such as `queue`,
+/// `doctor` or `dkim generate`): exit code, stdout, stderr.
+pub fn run_pimail(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = pimail_command()
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run pimail {args:?}: {e}"));
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// Reads one (possibly multi-line) SMTP reply: the code and the full text;
@@ -527,6 +574,40 @@ pub fn read_reply(r: &mut impl BufRead) -> (u16, String) {
     }
 }
 
+/// Runs a Python 3 script with `args`; fails the test, showing its output,
+/// unless it exits 0. Returns its stdout.
+pub fn python_bytes(script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<u8> {
+    let o = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+/// `python_bytes` with the output as text.
+pub fn python(script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    String::from_utf8_lossy(&python_bytes(script, args)).into_owned()
+}
+
+/// Runs `cmd` with `input` on its stdin and waits for it; stdout and
+/// stderr are captured where the caller piped them.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Parses an mbox with Python's `mailbox` module (a real, independent mbox
 /// reader) and returns each message's bytes as Python sees them.
 pub fn python_mbox_messages(path: &Path) -> Vec<Vec<u8>> {
@@ -539,19 +620,9 @@ for key in box.keys():
     out.write(b"%d\n" % len(data))
     out.write(data)
 "#;
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(path)
-        .output()
-        .expect("python3");
-    assert!(
-        o.status.success(),
-        "python mailbox failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = python_bytes(script, &[&path]);
     let mut msgs = Vec::new();
-    let mut rest = &o.stdout[..];
+    let mut rest = &out[..];
     while !rest.is_empty() {
         let nl = rest.iter().position(|&b| b == b'\n').unwrap();
         let n: usize = std::str::from_utf8(&rest[..nl]).unwrap().parse().unwrap();
@@ -569,7 +640,7 @@ pub fn original_from_stored(stored: &[u8]) -> Vec<u8> {
     let mut in_received = false;
     for line in stored.split_inclusive(|&b| b == b'\n') {
         if skipping_trace {
-            if line.starts_with(b"Return-Path:") {
+            if line.starts_with(b"Return-Path:") || line.starts_with(b"X-Pimail:") {
                 continue;
             }
             if line.starts_with(b"Received:") && !in_received {
@@ -792,6 +863,10 @@ pub fn smtp_stuff(data: &[u8]) -> Vec<u8> {
 pub fn strip_trace_crlf(msg: &[u8]) -> Vec<u8> {
     let mut rest = msg;
     if rest.starts_with(b"Return-Path:") {
+        let i = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        rest = &rest[i + 2..];
+    }
+    if rest.starts_with(b"X-Pimail:") {
         let i = rest.windows(2).position(|w| w == b"\r\n").unwrap();
         rest = &rest[i + 2..];
     }

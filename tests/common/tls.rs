@@ -4,14 +4,14 @@
 //! speaks the same line protocol as `Client`, and checks for the external
 //! TLS clients (openssl, swaks, curl) that fail with what to install.
 
-use super::Client;
+use super::{Client, Dialogue, Options, Server, TempDir};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,6 +148,86 @@ pub fn make_certs(dir: &Path, name: &str, kind: KeyKind) -> Certs {
     }
 }
 
+/// A running server with a fresh certificate chain of `kind` in `[tls]`
+/// (the rest of its config from `o`), and the certificates to trust it.
+pub struct TlsServer {
+    pub srv: Server,
+    pub certs: Certs,
+    _dir: TempDir,
+}
+
+impl TlsServer {
+    pub fn start(kind: KeyKind, o: Options) -> TlsServer {
+        let dir = TempDir::new("certs");
+        let certs = make_certs(dir.path(), "srv", kind);
+        let srv = Server::with(Options {
+            tls: certs.pair(),
+            ..o
+        });
+        TlsServer {
+            srv,
+            certs,
+            _dir: dir,
+        }
+    }
+}
+
+/// Runs `openssl s_client` against `addr`, verifying the certificate
+/// chain against `ca` and the name `mail.example.org`, plus `more`
+/// arguments; feeds it `input` a line at a time (with pauses, so the
+/// dialogue happens before stdin closes and s_client quits). Returns
+/// whether it succeeded and its stdout+stderr.
+pub fn s_client(addr: SocketAddr, ca: &Path, more: &[&str], input: &str) -> (bool, String) {
+    require("openssl", "openssl");
+    let mut child = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(addr.to_string())
+        .arg("-CAfile")
+        .arg(ca)
+        .args([
+            "-verify_return_error",
+            "-verify_hostname",
+            "mail.example.org",
+        ])
+        // Else a line starting with Q (QUIT) makes s_client quit.
+        .args(["-brief", "-nocommands"])
+        .args(more)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_string();
+    std::thread::spawn(move || {
+        for line in input.split_inclusive("\r\n") {
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = stdin.write_all(line.as_bytes());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// `curl` that insists on TLS (`--ssl-reqd`) and trusts only `ca`; the
+/// caller adds the URL and the rest.
+pub fn curl_tls(ca: &Path) -> Command {
+    let mut c = Command::new("curl");
+    c.args(["--silent", "--show-error", "--ssl-reqd", "--max-time", "60"])
+        .arg("--cacert")
+        .arg(ca);
+    c
+}
+
 pub type Version = &'static rustls::SupportedProtocolVersion;
 pub const TLS12: Version = &rustls::version::TLS12;
 pub const TLS13: Version = &rustls::version::TLS13;
@@ -254,49 +334,23 @@ impl TlsClient {
             .map_or(0, |c| c.len())
     }
 
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        let s = self.reader.get_mut();
-        s.write_all(bytes).unwrap();
-        s.flush().unwrap();
-    }
-
-    pub fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\r\n").as_bytes());
-    }
-
-    /// One (possibly multi-line) reply; `(0, text)` when the connection ends.
-    pub fn reply(&mut self) -> (u16, String) {
-        super::read_reply(&mut self.reader)
-    }
-
     /// One raw line without CRLF (for POP3).
     pub fn line(&mut self) -> String {
         let mut line = String::new();
         self.reader.read_line(&mut line).unwrap_or(0);
         line.trim_end_matches(['\r', '\n']).to_string()
     }
+}
 
-    pub fn cmd(&mut self, line: &str) -> (u16, String) {
-        self.send(line);
-        self.reply()
+impl Dialogue for TlsClient {
+    fn send_raw(&mut self, bytes: &[u8]) {
+        let s = self.reader.get_mut();
+        s.write_all(bytes).unwrap();
+        s.flush().unwrap();
     }
 
-    pub fn expect(&mut self, line: &str, code: u16) -> String {
-        let (c, text) = self.cmd(line);
-        assert_eq!(c, code, "{line} -> {text}");
-        text
-    }
-
-    /// Same as `Client::send_message`.
-    pub fn send_message(&mut self, from: &str, rcpts: &[&str], data: &[u8]) -> (u16, String) {
-        self.expect(&format!("MAIL FROM:<{from}>"), 250);
-        for r in rcpts {
-            self.expect(&format!("RCPT TO:<{r}>"), 250);
-        }
-        self.expect("DATA", 354);
-        self.send_raw(data);
-        self.send_raw(b".\r\n");
-        self.reply()
+    fn reply(&mut self) -> (u16, String) {
+        super::read_reply(&mut self.reader)
     }
 }
 

@@ -14,11 +14,12 @@
 use super::retr::Encoder;
 use super::session::{Action, LoginResult, Session, Settings};
 use crate::net::line::LineBuffer;
-use crate::net::listen::Shared;
+use crate::net::listen::{self, ConnGuard, Shared};
 use crate::net::tls::{self, Stream};
 use crate::store::maildrop::{self, Message};
 use crate::store::mbox::MboxWriter;
 use crate::user::auth::{self, Account, Outcome};
+use crate::util::logging;
 use crate::util::rt::timeout;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::cell::Cell;
@@ -73,6 +74,7 @@ pub async fn serve<S>(
     implicit_tls: bool,
     ctx: Rc<Pop3Context>,
     shared: Rc<Shared>,
+    conn: &ConnGuard,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -84,13 +86,30 @@ pub async fn serve<S>(
     {
         return;
     }
-    let loopback = peer.ip().is_loopback()
-        || matches!(peer.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
+    let loopback = listen::is_loopback(peer.ip());
     let mut session = Session::new(ctx.settings.clone(), loopback, implicit_tls);
-    if let Err(e) = drive(&mut stream, &mut session, peer, &ctx, &shared).await {
-        log::debug!("pop3 {peer}: {e}");
+    if let Err(e) = drive(&mut stream, &mut session, peer, &ctx, &shared, conn).await {
+        log::info!("pop3 {peer}: {e}");
     }
-    let _ = stream.close().await;
+    // Closing may need to write (a TLS close_notify): bounded too.
+    let _ = timeout(Duration::from_secs(5), stream.close()).await;
+}
+
+/// Every write has a deadline: a client that pipelines commands and never
+/// reads the replies must not hold its slot, or the maildrop, forever.
+/// `command_timeout` (shorter under stress), not the 10-minute autologout:
+/// that is for a client thinking, and this one is not reading at all.
+async fn send<S>(
+    stream: &mut S,
+    bytes: &[u8],
+    shared: &Shared,
+    conn: &ConnGuard,
+) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    conn.write(stream, bytes, shared.limits.command_timeout)
+        .await
 }
 
 async fn drive<S>(
@@ -99,11 +118,15 @@ async fn drive<S>(
     peer: SocketAddr,
     ctx: &Pop3Context,
     shared: &Shared,
+    conn: &ConnGuard,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut lines = LineBuffer::new(BUFFER);
+    // The autologout timer runs from the end of the last command (RFC
+    // 1939 section 3), however the next one trickles in.
+    let mut waiting_since: Option<std::time::Instant> = None;
     let mut out = Vec::with_capacity(512);
     let mut holding: Option<Holding> = None;
     let mut file: Option<File> = None;
@@ -111,6 +134,8 @@ where
     session.greeting().write_to(&mut out);
     loop {
         while let Some(line) = lines.next_line(MAX_COMMAND_LINE) {
+            waiting_since = None;
+            conn.progress();
             let mut step = session.line(line);
             loop {
                 if let Some(r) = &step.reply {
@@ -122,11 +147,11 @@ where
                         // Release the maildrop before the client hears the
                         // last reply, so it can log in again at once.
                         holding.take();
-                        stream.write_all(&out).await?;
+                        send(stream, &out, shared, conn).await?;
                         return Ok(());
                     }
                     Action::StartTls => {
-                        stream.write_all(&out).await?;
+                        send(stream, &out, shared, conn).await?;
                         out.clear();
                         // Sent in the clear behind STLS: never executed
                         // inside the TLS session.
@@ -152,6 +177,7 @@ where
                         let result = match result {
                             Ok((snapshot, result)) => {
                                 file = Some(snapshot);
+                                conn.authenticated();
                                 result
                             }
                             Err(r) => r,
@@ -166,14 +192,16 @@ where
                             out.extend_from_slice(b".\r\n");
                             break;
                         };
-                        if let Err(e) = send_message(stream, f, &m, top, &mut out, &mut buf).await {
+                        let sent =
+                            send_message(stream, f, &m, top, &mut out, &mut buf, shared, conn);
+                        if let Err(e) = sent.await {
                             log::error!("pop3 {peer}: cannot send a message: {e}");
                             return Err(e);
                         }
                         break;
                     }
                     Action::Update(x) => {
-                        stream.write_all(&out).await?;
+                        send(stream, &out, shared, conn).await?;
                         out.clear();
                         let _busy = shared.busy();
                         let data_dir = ctx.data_dir.clone();
@@ -202,27 +230,34 @@ where
             }
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            send(stream, &out, shared, conn).await?;
             out.clear();
         }
         if shared.stopping() {
             session.shutting_down().write_to(&mut out);
-            stream.write_all(&out).await?;
+            send(stream, &out, shared, conn).await?;
             return Ok(());
         }
-        match timeout(AUTOLOGOUT, stream.read(lines.spare())).await {
-            None => {
+        let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
+        match conn
+            .io(conn.deadline(since, AUTOLOGOUT), stream.read(lines.spare()))
+            .await
+        {
+            Err(cut) => {
                 log::info!(
-                    "pop3 {peer}: autologout after {}s idle",
-                    AUTOLOGOUT.as_secs()
+                    "pop3 {peer}: autologout, {} after {}s waiting for a command",
+                    cut.describe(),
+                    since.elapsed().as_secs()
                 );
+                // The maildrop is free before the client hears why.
+                holding.take();
                 session.timeout().write_to(&mut out);
-                stream.write_all(&out).await?;
+                let _ = timeout(Duration::from_secs(2), stream.write_all(&out)).await;
                 return Ok(());
             }
             // Gone without QUIT: nothing is deleted (RFC 1939 section 6).
-            Some(Ok(0)) | Some(Err(_)) => return Ok(()),
-            Some(Ok(n)) => lines.filled(n),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
+            Ok(Ok(n)) => lines.filled(n),
         }
     }
 }
@@ -260,7 +295,10 @@ async fn login_attempt<'a>(
         Outcome::Blocked => return Err(LoginResult::Blocked),
     }
     if ctx.in_use.get() {
-        log::info!("pop3 {peer}: login {login:?} refused, maildrop in use");
+        log::info!(
+            "pop3 {peer}: login refused, maildrop in use user={}",
+            logging::quoted(login)
+        );
         return Err(LoginResult::InUse);
     }
     ctx.in_use.set(true);
@@ -285,11 +323,12 @@ async fn login_attempt<'a>(
     *holding = Some(held);
     let size: u64 = snapshot.messages.iter().map(|m| m.size).sum();
     log::info!(
-        "pop3 {peer}: login {login:?} ok, {} message(s), {size} octets \
-         (password {} ms, maildrop {} ms)",
+        "pop3 {peer}: login ok, {} message(s), {size} octets \
+         (password {} ms, maildrop {} ms) user={}",
         snapshot.messages.len(),
         checked.as_millis(),
-        (started.elapsed() - checked).as_millis()
+        (started.elapsed() - checked).as_millis(),
+        logging::quoted(login)
     );
     Ok((
         snapshot.file,
@@ -307,6 +346,7 @@ async fn login_attempt<'a>(
 /// usually in the page cache (it was just written or indexed), only one
 /// session at a time holds the maildrop, and handing every chunk to a
 /// thread pool cost more than the reads (RETR of many small messages).
+#[allow(clippy::too_many_arguments)]
 async fn send_message<S>(
     stream: &mut S,
     file: &File,
@@ -314,6 +354,8 @@ async fn send_message<S>(
     top: Option<u64>,
     out: &mut Vec<u8>,
     buf: &mut Vec<u8>,
+    shared: &Shared,
+    conn: &ConnGuard,
 ) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
@@ -347,15 +389,8 @@ where
         if out.len() >= CHUNK {
             // A client that stops reading must not hold the session (and
             // the maildrop) forever.
-            match timeout(AUTOLOGOUT, stream.write_all(out)).await {
-                Some(r) => r?,
-                None => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "client stopped reading",
-                    ))
-                }
-            }
+            send(stream, out, shared, conn).await?;
+            conn.progress();
             out.clear();
         }
     }

@@ -17,10 +17,11 @@ use super::session::{Action, DataOutcome, Port, Session, Settings, StoreError};
 use super::Reply;
 use crate::mail::envelope::Envelope;
 use crate::net::line::LineBuffer;
-use crate::net::listen::Shared;
+use crate::net::listen::{ConnGuard, Shared};
 use crate::net::tls::{self, Stream};
 use crate::store::mbox::{self, Delivery, MboxError, MboxWriter, Quoter};
 use crate::user::auth::{self, Account};
+use crate::util::logging;
 use crate::util::rt::timeout;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io::Write;
@@ -72,6 +73,7 @@ pub async fn serve<S>(
     implicit_tls: bool,
     ctx: Rc<SmtpContext>,
     shared: Rc<Shared>,
+    conn: &ConnGuard,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -83,21 +85,34 @@ pub async fn serve<S>(
             None => return,
         }
     }
-    let _ = drive(&mut stream, &mut session, peer, &ctx, &shared).await;
+    let _ = drive(&mut stream, &mut session, peer, &ctx, &shared, conn).await;
     // Closing may need to write (a TLS close_notify): bounded too.
     let _ = timeout(shared.limits.command_timeout, stream.close()).await;
 }
 
-/// Writes replies, bounded by the command timeout: a client that stops
-/// reading its replies must not hold its connection slot forever.
-async fn send<S>(stream: &mut S, bytes: &[u8], shared: &Shared) -> std::io::Result<()>
+/// Writes replies, bounded by the command timeout (shorter under stress,
+/// cut when the slot is shed): a client that stops reading its replies
+/// must not hold its connection slot forever.
+async fn send<S>(
+    stream: &mut S,
+    bytes: &[u8],
+    shared: &Shared,
+    conn: &ConnGuard,
+) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
-    match timeout(shared.limits.command_timeout, stream.write_all(bytes)).await {
-        Some(r) => r,
-        None => Err(std::io::ErrorKind::TimedOut.into()),
-    }
+    conn.write(stream, bytes, shared.limits.command_timeout)
+        .await
+}
+
+/// The last reply before closing for a timeout or shed: best effort, and
+/// briefly, since the client may well not be reading.
+async fn last_words<S>(stream: &mut S, bytes: &[u8])
+where
+    S: AsyncWrite + Unpin,
+{
+    let _ = timeout(Duration::from_secs(2), stream.write_all(bytes)).await;
 }
 
 async fn drive<S>(
@@ -106,6 +121,7 @@ async fn drive<S>(
     peer: SocketAddr,
     ctx: &SmtpContext,
     shared: &Shared,
+    conn: &ConnGuard,
 ) -> Result<End, std::io::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -113,34 +129,43 @@ where
     let mut lines = LineBuffer::new(BUFFER);
     let mut out = Vec::with_capacity(512);
     session.greeting().write_to(&mut out);
+    // When the wait for the next command line began: the command timeout
+    // is a deadline for the whole line (RFC 5321 4.5.3.2.7), not per read.
+    let mut waiting_since: Option<std::time::Instant> = None;
     loop {
         while let Some(line) = lines.next_line(session.max_line()) {
+            waiting_since = None;
+            conn.progress();
             let step = session.line(line);
             if let Some(reply) = &step.reply {
                 if reply.is_error() {
                     // Refusals (unknown user, relay denied, syntax) with the reason.
-                    log::info!("smtp {peer}: refused: {}", reply.to_wire().trim_end());
+                    log::info!(
+                        "smtp {peer}: refused reply={}",
+                        logging::quoted(reply.to_wire().trim_end())
+                    );
                 }
                 reply.write_to(&mut out);
             }
             match step.action {
                 Action::None => {}
                 Action::Close => {
-                    send(stream, &out, shared).await?;
+                    send(stream, &out, shared, conn).await?;
                     return Ok(End::Closed);
                 }
                 Action::ReceiveData => {
-                    send(stream, &out, shared).await?;
+                    send(stream, &out, shared, conn).await?;
                     out.clear();
                     let _busy = shared.busy();
-                    let reply = receive(stream, &mut lines, session, peer, ctx, shared).await?;
+                    let reply =
+                        receive(stream, &mut lines, session, peer, ctx, shared, conn).await?;
                     let Some(reply) = reply else {
                         return Ok(End::Closed);
                     };
                     reply.write_to(&mut out);
                 }
                 Action::StartTls => {
-                    send(stream, &out, shared).await?;
+                    send(stream, &out, shared, conn).await?;
                     out.clear();
                     // CVE-2011-0411: whatever came with STARTTLS was sent in
                     // the clear and must not run inside the TLS session.
@@ -152,7 +177,7 @@ where
                 }
                 Action::Authenticate(credentials) => {
                     // Earlier pipelined replies go out before the slow check.
-                    send(stream, &out, shared).await?;
+                    send(stream, &out, shared, conn).await?;
                     out.clear();
                     let account = Account {
                         name: &ctx.settings.user,
@@ -174,29 +199,37 @@ where
                         Duration::ZERO,
                     )
                     .await;
+                    if outcome == auth::Outcome::Success {
+                        conn.authenticated();
+                    }
                     session.auth_finished(outcome).write_to(&mut out);
                 }
             }
         }
         if !out.is_empty() {
-            send(stream, &out, shared).await?;
+            send(stream, &out, shared, conn).await?;
             out.clear();
         }
         if shared.stopping() && !session.in_transaction() {
             session.shutting_down().write_to(&mut out);
-            send(stream, &out, shared).await?;
+            send(stream, &out, shared, conn).await?;
             return Ok(End::Closed);
         }
-        let limit = shared.limits.command_timeout;
-        match timeout(limit, stream.read(lines.spare())).await {
-            None => {
-                log::info!("smtp {peer}: timeout after {}s idle", limit.as_secs());
+        let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
+        let deadline = conn.deadline(since, shared.limits.command_timeout);
+        match conn.io(deadline, stream.read(lines.spare())).await {
+            Err(cut) => {
+                log::info!(
+                    "smtp {peer}: {} after {}s waiting for a command",
+                    cut.describe(),
+                    since.elapsed().as_secs()
+                );
                 session.timeout().write_to(&mut out);
-                send(stream, &out, shared).await?;
+                last_words(stream, &out).await;
                 return Ok(End::Closed);
             }
-            Some(Ok(0)) | Some(Err(_)) => return Ok(End::Closed),
-            Some(Ok(n)) => lines.filled(n),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(End::Closed),
+            Ok(Ok(n)) => lines.filled(n),
         }
     }
 }
@@ -210,10 +243,18 @@ async fn receive<S>(
     peer: SocketAddr,
     ctx: &SmtpContext,
     shared: &Shared,
+    conn: &ConnGuard,
 ) -> Result<Option<Reply>, std::io::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // A deadline for the whole DATA block; under stress also a short
+    // one per read (see `ConnGuard::deadline`).
+    let started = std::time::Instant::now();
+    let whole = started + shared.limits.data_timeout;
+    // Bytes since the last progress mark: a block of DATA is progress, a
+    // trickle is not.
+    let mut unmarked = 0usize;
     let id = crate::util::rt::new_id();
     let spool_path = ctx.spool_dir.join(format!("{id}.msg"));
     let mut spool = std::fs::OpenOptions::new()
@@ -229,7 +270,7 @@ where
         } else {
             DataDecoder::new(ctx.settings.max_message_size)
         };
-    let mut quoter = Quoter::new();
+    let mut quoter = Quoter::for_received_mail();
     let mut decoded = Vec::with_capacity(BUFFER);
     let mut quoted = Vec::with_capacity(BUFFER + BUFFER / 4);
     let mut write_error: Option<std::io::Error> = None;
@@ -296,24 +337,36 @@ where
             if let DataOutcome::Refused(reply) = session.data_finished(decoder.error()) {
                 let mut out = Vec::new();
                 reply.write_to(&mut out);
-                stream.write_all(&out).await?;
+                last_words(stream, &out).await;
             }
             return Ok(None);
         }
-        let limit = shared.limits.data_timeout;
-        match timeout(limit, stream.read(lines.spare())).await {
-            None => {
-                log::info!("smtp {peer}: timeout during DATA, message discarded");
+        let deadline =
+            whole.min(conn.deadline(std::time::Instant::now(), shared.limits.data_timeout));
+        match conn.io(deadline, stream.read(lines.spare())).await {
+            Err(cut) => {
+                log::info!(
+                    "smtp {peer}: {} during DATA after {}s, message discarded",
+                    cut.describe(),
+                    started.elapsed().as_secs()
+                );
                 let mut out = Vec::new();
                 session.timeout().write_to(&mut out);
-                send(stream, &out, shared).await?;
+                last_words(stream, &out).await;
                 return Ok(None);
             }
-            Some(Ok(0)) | Some(Err(_)) => {
+            Ok(Ok(0)) | Ok(Err(_)) => {
                 log::info!("smtp {peer}: connection lost during DATA, message discarded");
                 return Ok(None);
             }
-            Some(Ok(n)) => lines.filled(n),
+            Ok(Ok(n)) => {
+                lines.filled(n);
+                unmarked += n;
+                if unmarked >= 64 * 1024 {
+                    unmarked = 0;
+                    conn.progress();
+                }
+            }
         }
     }
     drop(spool);
@@ -321,14 +374,16 @@ where
     let envelope = match session.data_finished(decoder.error()) {
         DataOutcome::Refused(reply) => {
             log::info!(
-                "refused peer={} helo={} size={size} reason={:?}",
+                "refused peer={} size={size} reason={} helo={}",
                 peer.ip(),
-                session.helo_name().unwrap_or("-"),
-                reply
-                    .lines
-                    .last()
-                    .map(|l| l.to_string())
-                    .unwrap_or_default()
+                logging::quoted(
+                    &reply
+                        .lines
+                        .last()
+                        .map(|l| l.to_string())
+                        .unwrap_or_default()
+                ),
+                logging::quoted(session.helo_name().unwrap_or("-")),
             );
             return Ok(Some(reply));
         }
@@ -366,14 +421,16 @@ where
             Some(r) => {
                 let dmarc = r.dmarc.as_ref().map(|d| d.result).unwrap_or("none");
                 log::info!(
-                    "auth id={id} peer={} spf={} dkim={} dmarc={dmarc}",
+                    "auth id={id} peer={} spf={} dmarc={dmarc} dkim={}",
                     peer.ip(),
                     r.spf.result.name(),
-                    r.dkim
-                        .iter()
-                        .map(|d| format!("{}:{}", d.domain, d.status.name()))
-                        .collect::<Vec<_>>()
-                        .join(",")
+                    logging::quoted(
+                        &r.dkim
+                            .iter()
+                            .map(|d| format!("{}:{}", d.domain, d.status.name()))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    )
                 );
                 if auth.dmarc_reject && r.dmarc_reject() {
                     let domain = r
@@ -382,8 +439,9 @@ where
                         .map(|d| d.from_domain.clone())
                         .unwrap_or_default();
                     log::info!(
-                        "refused id={id} peer={}: DMARC p=reject failure for {domain}",
-                        peer.ip()
+                        "refused id={id} peer={}: DMARC p=reject failure domain={}",
+                        peer.ip(),
+                        logging::quoted(&domain)
                     );
                     return Ok(Some(session.policy_refused(&format!(
                         "DMARC policy of {domain} says reject, and this message failed SPF and DKIM alignment"
@@ -415,23 +473,26 @@ where
         }
     };
     drop(guard);
+    if result.is_ok() {
+        crate::util::activity::received(&id, &envelope.sender().to_string());
+    }
     match result {
         Ok(()) => log::info!(
-            "accepted id={id} from=<{}> rcpts={} size={size} peer={} helo={} tls={}",
-            envelope.sender(),
-            rcpt_list(&envelope),
+            "accepted id={id} size={size} peer={} tls={} from={} rcpts={} helo={}",
             peer.ip(),
-            envelope.helo,
             envelope
                 .tls
                 .as_ref()
                 .map_or("no".to_string(), |t| format!("{}/{}", t.version, t.cipher)),
+            logging::quoted(&format!("<{}>", envelope.sender())),
+            logging::quoted(&rcpt_list(&envelope)),
+            logging::quoted(&envelope.helo),
         ),
         Err(e) => log::warn!(
-            "not stored id={id} from=<{}> rcpts={} size={size} peer={}: {e:?}",
-            envelope.sender(),
-            rcpt_list(&envelope),
+            "not stored id={id} size={size} peer={} error={e:?} from={} rcpts={}",
             peer.ip(),
+            logging::quoted(&format!("<{}>", envelope.sender())),
+            logging::quoted(&rcpt_list(&envelope)),
         ),
     }
     Ok(Some(session.delivered(
@@ -472,6 +533,7 @@ async fn store(
         }
         prefix += &env.received_header(&shared.hostname, id, now);
         let d = Delivery {
+            id: id.to_string(),
             prefix: prefix.into_bytes(),
             spool: spool.to_path_buf(),
         };

@@ -8,7 +8,10 @@
 //! - leading dots are removed (transparency, 4.5.2);
 //! - lines over 1000 octets and messages over the size limit are marked
 //!   while reading, and their bytes are no longer emitted, so a flood
-//!   never reaches the disk.
+//!   never reaches the disk;
+//! - a NUL octet marks the message as refused: RFC 5322 2.3 and 3.5 allow
+//!   no NUL in a message, and neither does 8BITMIME (RFC 6152 3), and
+//!   programs reading the mbox may take it for the end of a string.
 //!
 //! - a client that keeps sending far past the size limit (an endless
 //!   DATA) is reported as [`DataDecoder::runaway`], so the connection can
@@ -32,6 +35,7 @@ pub enum DataError {
     BareCr,
     LineTooLong,
     TooBig,
+    Nul,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +213,11 @@ impl DataDecoder {
         };
         self.line_len += k;
         self.size += k as u64;
+        let first = match (first, memchr::memchr(0, run)) {
+            (Some((j, _)), Some(n)) if n < j => Some((n, DataError::Nul)),
+            (None, Some(n)) => Some((n, DataError::Nul)),
+            (f, _) => f,
+        };
         if self.error.is_none() {
             out.extend_from_slice(&run[..first.map_or(k, |(j, _)| j)]);
         }
@@ -226,6 +235,10 @@ impl DataDecoder {
                 // A bare LF is not a line end: "\n.\r\n" must not end DATA.
                 self.fail(DataError::BareLf);
                 self.state = State::InLine;
+            }
+            0 => {
+                self.size += 1;
+                self.fail(DataError::Nul);
             }
             _ => {
                 self.size += 1;
@@ -301,6 +314,20 @@ mod tests {
             assert_eq!(decode(input, chunk, max), whole, "chunk {chunk}");
         }
         whole
+    }
+
+    #[test]
+    fn nul_refuses_the_message_and_the_end_is_still_found() {
+        for input in [
+            &b"Subject: x\r\n\r\nab\0cd\r\n.\r\nQUIT\r\n"[..],
+            b"\0\r\n.\r\nQUIT\r\n",
+            b"x\r\n.\0\r\n.\r\nQUIT\r\n",
+        ] {
+            let (out, err, end) = all_splits(input, 1000);
+            assert_eq!(err, Some(DataError::Nul), "{input:?}");
+            assert!(!out.contains(&0), "{out:?}");
+            assert_eq!(end, Some(input.len() - 6), "{input:?}");
+        }
     }
 
     #[test]

@@ -647,6 +647,10 @@ impl Session {
                 554,
                 "5.6.0 Message refused: a line is longer than 1000 octets (RFC 5321 4.5.3.1.6)",
             ),
+            Some(DataError::Nul) => refuse(
+                554,
+                "5.6.0 Message refused: NUL character in data (RFC 5322 2.3, RFC 6152 3)",
+            ),
             Some(DataError::TooBig) => DataOutcome::Refused(Reply::new(
                 552,
                 format!(
@@ -849,6 +853,7 @@ mod tests {
             (DataError::BareLf, 554, "5.6.0"),
             (DataError::BareCr, 554, "5.6.0"),
             (DataError::LineTooLong, 554, "5.6.0"),
+            (DataError::Nul, 554, "5.6.0"),
             (DataError::TooBig, 552, "5.3.4"),
         ] {
             let mut s = session();

@@ -1,6 +1,8 @@
-//! Bounce messages: RFC 3464 delivery status notifications, in the RFC
-//! 6522 multipart/report container, sent with the null sender `<>` (RFC
-//! 5321 4.5.5) so that a bounce is never bounced.
+//! Bounce messages and delay notices: RFC 3464 delivery status
+//! notifications (`Action: failed`, or `Action: delayed` with
+//! `Will-Retry-Until`, 2.3.3 and 2.3.8), in the RFC 6522 multipart/report
+//! container, sent with the null sender `<>` (RFC 5321 4.5.5) so that a
+//! bounce is never bounced.
 //!
 //! Building one is a pure function of the failure; the worker stores it.
 
@@ -16,6 +18,14 @@ pub struct Failure {
     pub diagnostic: String,
     /// The MX host that answered, when one did.
     pub remote_mta: Option<String>,
+}
+
+/// Which notification: the message is given up for these recipients, or
+/// still being retried (until `retry_until`, Unix time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    Failed,
+    Delayed { retry_until: u64 },
 }
 
 /// The enhanced status code in a reply text (`550 5.1.1 ...` -> `5.1.1`),
@@ -37,9 +47,22 @@ pub fn status_of(code: u16, text: &str) -> String {
     }
 }
 
-/// The bounce's text (LF line ends; the caller quotes it for storage).
-/// `headers` are the original message's headers (LF-terminated lines).
+/// The status for a recipient still being retried, from its last error
+/// (`451 4.3.0 ...` -> `4.3.0`; a connection error -> `4.4.1`, RFC 3463
+/// "no answer from host").
+pub fn delayed_status(last: &str) -> String {
+    match last.get(..3).and_then(|c| c.parse::<u16>().ok()) {
+        Some(code @ 400..=499) => status_of(code, last),
+        _ => "4.4.1".to_string(),
+    }
+}
+
+/// The notification's text (LF line ends; the caller quotes it for
+/// storage). `headers` are the original message's headers (LF-terminated
+/// lines).
+#[allow(clippy::too_many_arguments)]
 pub fn build(
+    report: Report,
     reporting_host: &str,
     entry: &Entry,
     failures: &[Failure],
@@ -53,7 +76,10 @@ pub fn build(
     let mut s = String::new();
     s += &format!("From: Mail Delivery System <MAILER-DAEMON@{reporting_host}>\n");
     s += &format!("To: <{to}>\n");
-    s += "Subject: Undelivered Mail Returned to Sender\n";
+    s += match report {
+        Report::Failed => "Subject: Undelivered Mail Returned to Sender\n",
+        Report::Delayed { .. } => "Subject: Delayed Mail (still being retried)\n",
+    };
     s += &format!("Date: {date}\n");
     s += &format!("Message-ID: <{message_id}@{reporting_host}>\n");
     s += "Auto-Submitted: auto-replied\n";
@@ -65,10 +91,20 @@ pub fn build(
     s += &format!("--{boundary}\n");
     s += "Content-Description: Notification\n";
     s += "Content-Type: text/plain; charset=utf-8\n\n";
+    s += &format!("This is the mail system at host {reporting_host}.\n\n");
+    s += &match report {
+        Report::Failed => {
+            "Your message could not be delivered to one or more recipients.\n".to_string()
+        }
+        Report::Delayed { retry_until } => format!(
+            "Your message has not been delivered yet to one or more recipients.\n\
+             This is a warning only: you do not need to send it again. It will be\n\
+             retried until {}.\n",
+            crate::util::timefmt::rfc5322(retry_until)
+        ),
+    };
     s += &format!(
-        "This is the mail system at host {reporting_host}.\n\n\
-         Your message could not be delivered to one or more recipients.\n\
-         It was queued on {} with id {}.\n\n",
+        "It was queued on {} with id {}.\n\n",
         crate::util::timefmt::rfc5322(entry.created),
         entry.id
     );
@@ -91,7 +127,10 @@ pub fn build(
     for f in failures {
         s += "\n";
         s += &format!("Final-Recipient: rfc822; {}\n", f.rcpt);
-        s += "Action: failed\n";
+        s += match report {
+            Report::Failed => "Action: failed\n",
+            Report::Delayed { .. } => "Action: delayed\n",
+        };
         s += &format!("Status: {}\n", f.status);
         if let Some(m) = &f.remote_mta {
             s += &format!("Remote-MTA: dns; {m}\n");
@@ -103,6 +142,12 @@ pub fn build(
         };
         s += &format!("Diagnostic-Code: {kind}; {}\n", f.diagnostic);
         s += &format!("Last-Attempt-Date: {date}\n");
+        if let Report::Delayed { retry_until } = report {
+            s += &format!(
+                "Will-Retry-Until: {}\n",
+                crate::util::timefmt::rfc5322(retry_until)
+            );
+        }
     }
     s += "\n";
     s += &format!("--{boundary}\n");
@@ -147,6 +192,7 @@ mod tests {
             remote_mta: Some("mx.example.com".into()),
         };
         let b = build(
+            Report::Failed,
             "mail.example.org",
             &e,
             &[f],
@@ -165,5 +211,46 @@ mod tests {
         ] {
             assert!(t.contains(needle), "missing {needle:?} in\n{t}");
         }
+    }
+
+    #[test]
+    fn delay_notice_says_delayed_and_until_when() {
+        let mut e = Entry::new(
+            "ID2",
+            Some(parse_mailbox("alice@example.org", false).unwrap()),
+            0,
+            10,
+        );
+        e.add_rcpt(parse_mailbox("bob@example.com", false).unwrap(), false);
+        let f = Failure {
+            rcpt: "bob@example.com".into(),
+            status: delayed_status("451 4.3.0 try later"),
+            diagnostic: "451 4.3.0 try later".into(),
+            remote_mta: None,
+        };
+        let until = 5 * 86400;
+        let b = build(
+            Report::Delayed { retry_until: until },
+            "mail.example.org",
+            &e,
+            &[f],
+            b"Subject: hi\n",
+            "B",
+            "mid",
+            4 * 3600,
+        );
+        let t = String::from_utf8(b).unwrap();
+        let until = crate::util::timefmt::rfc5322(until);
+        for needle in [
+            "Subject: Delayed Mail (still being retried)\n".to_string(),
+            "you do not need to send it again".to_string(),
+            "Action: delayed\nStatus: 4.3.0\n".to_string(),
+            format!("Will-Retry-Until: {until}\n"),
+        ] {
+            assert!(t.contains(&needle), "missing {needle:?} in\n{t}");
+        }
+        assert!(!t.contains("Action: failed"));
+        assert_eq!(delayed_status("connect to 127.0.0.9:25: refused"), "4.4.1");
+        assert_eq!(delayed_status("421 4.7.0 busy"), "4.7.0");
     }
 }
