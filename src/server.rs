@@ -89,6 +89,8 @@ pub enum StartError {
     DataDir(std::path::PathBuf, std::io::Error),
     Mbox(crate::store::mbox::MboxError),
     Outbound(String),
+    /// The spam checks' state files or the Junk folder.
+    Spam(String),
     /// `[tls]` cert or key unusable.
     Tls(TlsError),
 }
@@ -102,6 +104,7 @@ impl std::fmt::Display for StartError {
             }
             StartError::Mbox(e) => write!(f, "cannot open the mbox: {e}"),
             StartError::Outbound(e) => write!(f, "outbound delivery: {e}"),
+            StartError::Spam(e) => write!(f, "[inbound]: {e}"),
             StartError::Tls(e) => write!(f, "[tls]: {e}"),
         }
     }
@@ -189,6 +192,8 @@ impl Server {
         {
             log::error!("cannot finish an interrupted POP3 deletion: {e}");
         }
+        let spam =
+            crate::receive::smtp::conn::SpamChecks::start(config).map_err(StartError::Spam)?;
         let mut pop3_listeners = Vec::new();
         let proxied = |a: &SocketAddr| config.listen.proxy_protocol.contains(a);
         for a in &config.listen.pop3 {
@@ -229,6 +234,7 @@ impl Server {
                         resolver: crate::net::dns::Resolver::new(&config.outbound.dns),
                         dmarc_reject: config.inbound.dmarc_reject,
                     }),
+                spam: Some(spam),
             }),
             listeners,
             outbound: Some((worker, control)),
@@ -281,6 +287,18 @@ impl Server {
             ex.spawn(worker.run(ex.clone(), control, move || sh.stopping()))
                 .detach();
         }
+        // Today's spam check counts reach their file within a minute
+        // (`trust::counts`), and at the end.
+        let smtp2 = smtp.clone();
+        ex.spawn(async move {
+            loop {
+                smol::Timer::after(Duration::from_secs(60)).await;
+                if let Some(sp) = &smtp2.spam {
+                    sp.counts.flush();
+                }
+            }
+        })
+        .detach();
         let cx = Rc::new(Contexts {
             shared: shared.clone(),
             smtp,
@@ -298,6 +316,9 @@ impl Server {
         }
         stop.await;
         shared.stop(grace).await;
+        if let Some(sp) = &cx.smtp.spam {
+            sp.counts.flush();
+        }
     }
 }
 

@@ -101,7 +101,7 @@ impl Counts {
         if self
             .written
             .get()
-            .is_none_or(|t| t.elapsed() >= WRITE_EVERY)
+            .map_or(true, |t| t.elapsed() >= WRITE_EVERY)
         {
             self.flush();
         }

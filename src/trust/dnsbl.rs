@@ -211,14 +211,14 @@ impl Checker {
                         code,
                     })
                 }
-                Answer::ListError(code) => {
-                    if self.warned.borrow_mut().insert(format!("{zone} {code}")) {
-                        log::warn!(
-                            "dnsbl {zone}: answered {code}, an error of the list, not a listing \
-                             (127.255.255.254 means \"query via public resolver\": use a local \
-                             resolver such as unbound; run `pimail doctor`); counted as not listed"
-                        );
-                    }
+                Answer::ListError(code)
+                    if self.warned.borrow_mut().insert(format!("{zone} {code}")) =>
+                {
+                    log::warn!(
+                        "dnsbl {zone}: answered {code}, an error of the list, not a listing \
+                         (127.255.255.254 means \"query via public resolver\": use a local \
+                         resolver such as unbound; run `pimail doctor`); counted as not listed"
+                    );
                 }
                 Answer::Failed(e) => {
                     log::info!(

@@ -271,7 +271,7 @@ impl Greylist {
         // recently seen one of the bucket.
         let victim = slots
             .iter()
-            .position(|s| s.is_none_or(|s| expired(&s)))
+            .position(|s| s.map_or(true, |s| expired(&s)))
             .unwrap_or_else(|| {
                 (0..slots.len())
                     .min_by_key(|&i| slots[i].map_or(0, |s| s.last))
