@@ -117,7 +117,18 @@ impl Counts {
             text += &format!("{k} {v}\n");
         }
         let tmp = self.path.with_extension("tmp");
-        let r = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.path));
+        let r = (|| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            std::fs::rename(&tmp, &self.path)
+        })();
         if let Err(e) = r {
             log::warn!("cannot write {}: {e}", self.path.display());
         }

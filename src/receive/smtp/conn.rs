@@ -95,10 +95,13 @@ impl SpamChecks {
         } else {
             None
         };
-        // The Junk folder has its own journal, apart from the INBOX's.
+        // The Junk folder has its own journal, apart from the INBOX's;
+        // folders are as private as the INBOX.
         let junk_state = config.data_dir.join("junk");
-        crate::util::paths::private_dir(&junk_state)
-            .map_err(|e| format!("cannot create {}: {e}", junk_state.display()))?;
+        for d in [&junk_state, &config.user.folders] {
+            crate::util::paths::private_dir(d)
+                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        }
         let junk = MboxWriter::start(&junk_path(config), &junk_state)
             .map_err(|e| format!("cannot open the Junk folder: {e}"))?;
         Ok(SpamChecks {

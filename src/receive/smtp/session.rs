@@ -1210,4 +1210,58 @@ mod tests {
         code(&mut s, "EHLO c");
         assert_eq!(code(&mut s, "MAIL FROM:<alice@example.org>"), 530);
     }
+
+    #[test]
+    fn a_listed_client_is_refused_at_each_rcpt_after_ehlo_and_mail() {
+        let mut s = session();
+        s.set_listed("Service unavailable; client [192.0.2.1] blocked using bl.example".into());
+        assert!(s.is_listed());
+        assert_eq!(code(&mut s, "EHLO c"), 250);
+        assert_eq!(code(&mut s, "MAIL FROM:<a@b.example>"), 250);
+        assert_eq!(s.sender().as_deref(), Some("a@b.example"));
+        let (c, text, _) = say(&mut s, "RCPT TO:<alice@example.org>");
+        assert_eq!(c, 554);
+        assert_eq!(
+            text,
+            "554 5.7.1 <alice@example.org>: Service unavailable; client [192.0.2.1] blocked using bl.example\r\n"
+        );
+        assert_eq!(code(&mut s, "DATA"), 554);
+        // Never on submission.
+        let mut s = Session::new(settings(), Port::Submission, "192.0.2.1".parse().unwrap());
+        s.set_listed("x".into());
+        s.set_greylisting(true);
+        assert!(!s.is_listed() && !s.greylisting);
+    }
+
+    #[test]
+    fn greylisted_recipients_wait_for_the_drivers_decision() {
+        let mut s = session();
+        s.set_greylisting(true);
+        code(&mut s, "EHLO c");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        let (_, _, action) = say(&mut s, "RCPT TO:<Alice@example.org>");
+        assert_eq!(
+            action,
+            Action::Greylist {
+                sender: "a@b.example".into(),
+                rcpt: "Alice@example.org".into()
+            }
+        );
+        let r = s.greylist_finished(Some(120));
+        assert_eq!(
+            r.to_wire(),
+            "451 4.7.1 <Alice@example.org>: Greylisted, please try again in 120 seconds\r\n"
+        );
+        assert_eq!(
+            code(&mut s, "DATA"),
+            554,
+            "the deferred recipient is not taken"
+        );
+        // Unknown users and relaying are refused before any greylisting.
+        assert_eq!(code(&mut s, "RCPT TO:<bob@example.org>"), 550);
+        assert_eq!(code(&mut s, "RCPT TO:<x@example.com>"), 554);
+        say(&mut s, "RCPT TO:<alice@example.org>");
+        assert_eq!(s.greylist_finished(None).code, 250);
+        assert_eq!(code(&mut s, "DATA"), 354);
+    }
 }
