@@ -72,6 +72,16 @@ fn main() -> ExitCode {
             Ok(c) => doctor(&c, probe.as_deref()),
             Err(code) => code,
         },
+        Command::Setup(ref args) => setup(&cli, args),
+        Command::Status => match load_config(&cli) {
+            Ok(c) => {
+                let (text, code) =
+                    pimail::admin::status::report(&c, pimail::util::timefmt::unix_now());
+                print!("{text}");
+                ExitCode::from(code)
+            }
+            Err(code) => code,
+        },
         Command::Dkim(ref cmd) => match load_config(&cli) {
             Ok(c) => dkim_command(&c, cmd.clone()),
             Err(code) => code,
@@ -123,9 +133,26 @@ fn queue(cli: &cli::Cli, cmd: &cli::QueueCommand) -> ExitCode {
     match cmd {
         cli::QueueCommand::List => match q.list() {
             Ok(entries) => {
+                // The route the running server chose (relay fallback), else
+                // the configured one.
+                let status = pimail::store::status::read(&config.data_dir);
+                let route = status
+                    .iter()
+                    .find(|(k, _)| k == "route")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| {
+                        match (&config.outbound.relay, config.outbound.relay_fallback) {
+                            (Some(r), false) => format!("relay {r}"),
+                            _ => "direct".into(),
+                        }
+                    });
                 print!(
                     "{}",
-                    pimail::send::queue::list_text(&entries, pimail::util::timefmt::unix_now())
+                    pimail::send::queue::list_text_routed(
+                        &entries,
+                        pimail::util::timefmt::unix_now(),
+                        Some(&route)
+                    )
                 );
                 if entries.is_empty() {
                     println!("queue is empty");
@@ -382,6 +409,23 @@ fn serve(cli: &cli::Cli) -> ExitCode {
             log::error!("{e}");
             return ExitCode::from(EX_OSERR);
         }
+        if config.tls.is_none() {
+            match pimail::admin::try_it_certificate(&mut config) {
+                Ok(fp) => println!(
+                    "pimail try-it: TLS with a self-signed certificate, SHA-256 fingerprint {fp}"
+                ),
+                Err(e) => {
+                    log::error!("{e}");
+                    return ExitCode::from(EX_OSERR);
+                }
+            }
+        }
+    }
+    if let Some(t) = config.tls.as_ref().filter(|t| t.from_certbot) {
+        log::info!(
+            "using certbot's certificate {} (no [tls] section in the config)",
+            t.cert.display()
+        );
     }
     use async_signal::Signal;
     // Handlers first, before anything can announce the server: SIGHUP is
@@ -416,6 +460,8 @@ fn serve(cli: &cli::Cli) -> ExitCode {
                 .map(|(a, kind)| format!("{kind} {a}")),
         )
         .collect();
+    // Before the "listening" line: whoever saw it finds the status file.
+    pimail::admin::status::start_writer(config.data_dir.clone(), addrs.clone());
     let source = match &config.source {
         Source::File(p) => p.display().to_string(),
         Source::Embedded => "embedded try-it default".into(),
@@ -442,6 +488,9 @@ fn serve(cli: &cli::Cli) -> ExitCode {
     }
     let certificate = server.certificate();
     let ex = std::rc::Rc::new(smol::LocalExecutor::new());
+    if let Some(c) = certificate.clone() {
+        ex.spawn(watch_certificate(c)).detach();
+    }
     let ex2 = ex.clone();
     smol::block_on(ex.run(async move {
         let stop = async {
@@ -470,6 +519,70 @@ fn serve(cli: &cli::Cli) -> ExitCode {
     }));
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// How often the certificate files are looked at: a renewal is in use
+/// within a minute, without `reload`.
+const CERT_POLL: Duration = Duration::from_secs(30);
+
+/// Reloads the certificate when its files change on disk (certbot's
+/// renewal, a deploy hook's copy); a bad new pair is logged and the old
+/// one kept, as on SIGHUP.
+async fn watch_certificate(c: std::rc::Rc<tls::Certificate>) {
+    loop {
+        smol::Timer::after(CERT_POLL).await;
+        match c.reload_if_changed() {
+            None => {}
+            Some(Ok(())) => log::info!(
+                "TLS certificate {} changed on disk: reloaded",
+                c.cert_path().display()
+            ),
+            Some(Err(e)) => log::error!(
+                "TLS certificate changed on disk but not reloaded, keeping the old one: {e}"
+            ),
+        }
+    }
+}
+
+/// `pimail setup`: see `admin::setup`; ends with the doctor.
+fn setup(cli: &cli::Cli, args: &cli::SetupArgs) -> ExitCode {
+    let path = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("PIMAIL_CONFIG").map(std::path::PathBuf::from))
+        .unwrap_or_else(|| std::path::PathBuf::from("/etc/pimail/pimail.toml"));
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("pimail setup: cannot find this program's path: {e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    if let Err(e) = pimail::admin::setup::run(args, &path, &exe, &mut input) {
+        eprintln!("pimail setup: {}", e.message);
+        return ExitCode::from(e.code);
+    }
+    if args.skip_doctor {
+        println!(
+            "Then check everything with: pimail doctor --config {}",
+            path.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!("\npimail doctor (records you have not published yet show as missing):\n");
+    match config::load(Some(&path)) {
+        // Setup did its job; the doctor's verdict is advice, not failure.
+        Ok(c) => {
+            doctor(&c, None);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pimail: config error: {e}");
+            ExitCode::from(EX_CONFIG)
+        }
+    }
 }
 
 /// `SIGHUP`: re-read the TLS certificate and key; keep the old pair if the

@@ -69,6 +69,8 @@ pub struct Listen {
 pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Found in certbot's directory, not named in the file (said at start).
+    pub from_certbot: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +107,41 @@ pub struct Outbound {
     /// long (Postfix's `delay_warning_time`); `None` (`"0s"`): never.
     pub warn_after: Option<Duration>,
     pub mx_port: u16,
+    /// Which address families direct delivery uses (docs/outbound.md).
+    pub ip_family: IpFamily,
+    /// In `auto`: how often the source addresses' FCrDNS is checked again.
+    pub ip_family_recheck: Duration,
+    /// With a relay: deliver directly, and through the relay only while
+    /// port 25 seems blocked.
+    pub relay_fallback: bool,
+    /// While on the relay: how often the direct route is probed.
+    pub relay_probe: Duration,
+    /// How long connecting to an MX (or the relay) may take.
+    pub connect_timeout: Duration,
+    /// Honour MTA-STS policies (RFC 8461) of recipient domains.
+    pub mta_sts: bool,
+}
+
+/// `outbound.ip_family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    /// IPv4 and IPv6, leaving out a family whose source address has no
+    /// forward-confirmed reverse DNS.
+    Auto,
+    V4,
+    V6,
+    Both,
+}
+
+impl IpFamily {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpFamily::Auto => "auto",
+            IpFamily::V4 => "ipv4",
+            IpFamily::V6 => "ipv6",
+            IpFamily::Both => "both",
+        }
+    }
 }
 
 /// `[inbound]`: what port 25 checks on received mail (see
@@ -295,6 +332,29 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
+/// Where certbot keeps its certificates; `PIMAIL_LETSENCRYPT_DIR`
+/// overrides it (tests).
+pub fn letsencrypt_dir() -> PathBuf {
+    std::env::var_os("PIMAIL_LETSENCRYPT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/letsencrypt"))
+}
+
+/// With no `[tls]` section, certbot's files for the host name are used
+/// when they exist: `certbot certonly -d <hostname>` is then all it takes.
+/// Existing but unreadable files (certbot keeps keys root-only) are still
+/// taken, so that the start fails naming them instead of silently running
+/// without TLS.
+fn certbot_tls(hostname: &str) -> Option<Tls> {
+    let live = letsencrypt_dir().join("live").join(hostname);
+    let (cert, key) = (live.join("fullchain.pem"), live.join("privkey.pem"));
+    (cert.exists() && key.exists()).then_some(Tls {
+        cert,
+        key,
+        from_certbot: true,
+    })
+}
+
 /// The try-it setup of SPEC "Command line": loopback, high ports, `./pimail-data`.
 pub fn embedded_default() -> Config {
     let data_dir = PathBuf::from("./pimail-data");
@@ -396,6 +456,12 @@ impl Default for Outbound {
             bounce_after: Duration::from_secs(5 * 86400),
             warn_after: Some(Duration::from_secs(4 * 3600)),
             mx_port: 25,
+            ip_family: IpFamily::Auto,
+            ip_family_recheck: Duration::from_secs(600),
+            relay_fallback: false,
+            relay_probe: Duration::from_secs(1800),
+            connect_timeout: Duration::from_secs(30),
+            mta_sts: true,
         }
     }
 }
@@ -521,6 +587,16 @@ struct RawOutbound {
     #[serde(default, deserialize_with = "de_duration_or_off")]
     warn_after: Option<Duration>,
     mx_port: Option<u16>,
+    #[serde(default, deserialize_with = "de_family")]
+    ip_family: Option<IpFamily>,
+    #[serde(default, deserialize_with = "de_duration")]
+    ip_family_recheck: Option<Duration>,
+    relay_fallback: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    relay_probe: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    connect_timeout: Option<Duration>,
+    mta_sts: Option<bool>,
 }
 
 // ---- value parsers (errors carry the TOML span through serde) --------------
@@ -605,6 +681,21 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
 }
 
 /// A duration, or `"0"`/`"0s"`/`"off"` for never (`Duration::ZERO`).
+fn de_family<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpFamily>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(Some(match s.as_str() {
+        "auto" => IpFamily::Auto,
+        "ipv4" => IpFamily::V4,
+        "ipv6" => IpFamily::V6,
+        "both" => IpFamily::Both,
+        _ => {
+            return Err(de::Error::custom(format!(
+                "invalid ip_family {s:?}: expected \"auto\", \"ipv4\", \"ipv6\" or \"both\""
+            )))
+        }
+    }))
+}
+
 fn de_duration_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     match s.trim() {
@@ -764,10 +855,14 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
         .map(abs)
         .unwrap_or_else(|| data_dir.join("folders"));
 
-    let tls = raw.tls.map(|t| Tls {
-        cert: abs(t.cert),
-        key: abs(t.key),
-    });
+    let tls = raw
+        .tls
+        .map(|t| Tls {
+            cert: abs(t.cert),
+            key: abs(t.key),
+            from_certbot: false,
+        })
+        .or_else(|| certbot_tls(&hostname));
     let listen = Listen {
         smtp: raw.listen.smtp,
         submission: raw.listen.submission,
@@ -844,7 +939,19 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
             "must be a port number from 1 to 65535".into(),
         ));
     }
+    if o.relay_fallback == Some(true) && o.relay.is_none() {
+        return Err(err(
+            "outbound.relay_fallback",
+            "needs a relay to fall back to: set outbound.relay".into(),
+        ));
+    }
     let outbound = Outbound {
+        ip_family: o.ip_family.unwrap_or(d.ip_family),
+        ip_family_recheck: o.ip_family_recheck.unwrap_or(d.ip_family_recheck),
+        relay_fallback: o.relay_fallback.unwrap_or(d.relay_fallback),
+        relay_probe: o.relay_probe.unwrap_or(d.relay_probe),
+        connect_timeout: o.connect_timeout.unwrap_or(d.connect_timeout),
+        mta_sts: o.mta_sts.unwrap_or(d.mta_sts),
         relay: o.relay,
         relay_user: o.relay_user,
         relay_password_file: o.relay_password_file.map(abs),
@@ -1158,6 +1265,15 @@ impl Config {
                 .unwrap_or_else(|| "off".into()),
             o.mx_port
         );
+        s += &format!(
+            "ip_family = \"{}\"\nip_family_recheck = \"{}\"\nrelay_fallback = {}\nrelay_probe = \"{}\"\nconnect_timeout = \"{}\"\nmta_sts = {}\n",
+            o.ip_family.as_str(),
+            fmt_duration(o.ip_family_recheck),
+            o.relay_fallback,
+            fmt_duration(o.relay_probe),
+            fmt_duration(o.connect_timeout),
+            o.mta_sts
+        );
         let i = &self.inbound;
         s += &format!(
             "\n[inbound]\nauth_checks = {}\ndmarc_reject = {}\npregreet = \"{}\"\ndnsbl = {}\n\
@@ -1342,6 +1458,18 @@ mx_port = 2526
                 "IP:PORT",
             ),
             ("mx_port = 2526", "mx_port = 70000", "outbound.mx_port", ""),
+            (
+                "mx_port = 2526",
+                "ip_family = \"ipv5\"",
+                "outbound.ip_family",
+                "auto",
+            ),
+            (
+                "mx_port = 2526",
+                "relay_fallback = true",
+                "outbound.relay_fallback",
+                "needs a relay",
+            ),
             (
                 "hostname = \"mail.example.org\"",
                 "hostname = \"mail example\"",

@@ -312,7 +312,7 @@ pub fn run(
     let r = queue.enqueue_with(&mut entry, |w| {
         let mut b = Body {
             w,
-            q: crate::store::mbox::Quoter::new(),
+            q: crate::store::mbox::Quoter::for_received_mail(),
             out: Vec::with_capacity(64 * 1024),
             size: 0,
         };

@@ -24,7 +24,8 @@
 //! the mbox. It is written without fsync; a torn or stale index is simply
 //! rebuilt.
 
-use crate::store::mbox::{Locked, MboxError};
+use crate::store::disk::Fnv;
+use crate::store::mbox::{seal_position, Locked, MboxError, Seal, SEAL_FIELD};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -109,23 +110,6 @@ pub struct Stamp {
 
 // ---- hashing ----------------------------------------------------------------------
 
-/// FNV-1a, 64 bit: enough to tell messages apart (duplicates still get
-/// distinct UIDLs) and to notice a rewritten mbox; no dependency.
-#[derive(Clone, Copy)]
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-    fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-}
-
 const CHECK_SPAN: u64 = 4096;
 
 fn hash_range(file: &File, from: u64, to: u64) -> io::Result<u64> {
@@ -205,11 +189,21 @@ struct Current {
     in_headers: bool,
     skip_header: bool,
     received: Received,
+    /// Header fields seen so far, and whether the first was `Return-Path:`
+    /// (our seal is the first field, or the second after it).
+    fields: usize,
+    return_path_first: bool,
+    /// The id in our seal ([`crate::store::mbox::Seal`]).
+    seal_id: Option<String>,
     hash: Fnv,
     hash_body: bool,
 }
 
 impl Current {
+    fn uid_known(&self) -> bool {
+        self.seal_id.is_some() || matches!(self.received, Received::Done(Some(_)))
+    }
+
     fn finish_received(&mut self) {
         if let Received::Collecting(text) = &self.received {
             self.received = Received::Done(pimail_id(text));
@@ -224,8 +218,9 @@ impl Current {
         if self.open_line {
             self.size += if last_cr { 1 } else { 2 };
         }
-        let uid = match self.received {
-            Received::Done(Some(id)) => id,
+        let uid = match (self.seal_id, self.received) {
+            (Some(id), _) => id,
+            (None, Received::Done(Some(id))) => id,
             _ => format!("h{:016x}", self.hash.0),
         };
         Message {
@@ -238,23 +233,21 @@ impl Current {
     }
 }
 
-/// Our SMTP side's id in a `Received:` header: `... (pimail) ... id ID ...`.
+/// Our SMTP side's id in a `Received:` header written before seals:
+/// `... by HOST (pimail) [(using ...)] with PROTO id ID`. Only words after
+/// the `(pimail)` token count: the HELO name comes before it and has its
+/// parentheses removed, so a client cannot reach this position (issue 13:
+/// `HELO id` once gave a UIDL the client chose).
 fn pimail_id(text: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(text).ok()?;
-    if !text.contains("(pimail)") {
-        return None;
-    }
-    let mut words = text.split_ascii_whitespace();
-    while let Some(w) = words.next() {
-        if w == "id" {
-            let id = words.next()?.trim_end_matches(';');
-            // RFC 1939 section 7: 1 to 70 characters in 0x21..0x7E.
-            let ok =
-                !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| (0x21..=0x7e).contains(&b));
-            return ok.then(|| id.to_string());
-        }
-    }
-    None
+    let after = &text[text.find("(pimail)")? + "(pimail)".len()..];
+    let words: Vec<&str> = after.split_ascii_whitespace().collect();
+    words.windows(4).find_map(|w| {
+        let proto = matches!(w[1], "SMTP" | "ESMTP" | "ESMTPS" | "ESMTPA" | "ESMTPSA");
+        let id = w[3].trim_end_matches(';');
+        (w[0] == "with" && proto && w[2] == "id" && crate::store::mbox::valid_seal_id(id))
+            .then(|| id.to_string())
+    })
 }
 
 /// Finds messages in a stream of line pieces: a piece is a whole line with
@@ -305,6 +298,9 @@ impl Scanner {
                 in_headers: true,
                 skip_header: false,
                 received: Received::NotSeen,
+                fields: 0,
+                return_path_first: false,
+                seal_id: None,
                 hash,
                 hash_body: true,
             });
@@ -332,7 +328,7 @@ impl Scanner {
                 if cur.in_headers {
                     cur.in_headers = false;
                     cur.finish_received();
-                    cur.hash_body = !matches!(cur.received, Received::Done(Some(_)));
+                    cur.hash_body = !cur.uid_known();
                 }
                 return;
             }
@@ -340,13 +336,25 @@ impl Scanner {
                 if p == b"\r\n" {
                     cur.in_headers = false;
                     cur.finish_received();
-                    cur.hash_body = !matches!(cur.received, Received::Done(Some(_)));
+                    cur.hash_body = !cur.uid_known();
                 } else if p[0] != b' ' && p[0] != b'\t' {
                     // A new header field: its name decides.
                     cur.finish_received();
                     let name_end = p.iter().position(|&b| b == b':').unwrap_or(p.len());
                     let name = &p[..name_end];
                     cur.skip_header = VOLATILE.iter().any(|v| v.eq_ignore_ascii_case(name));
+                    if seal_position(cur.fields, cur.return_path_first)
+                        && name.eq_ignore_ascii_case(SEAL_FIELD.as_bytes())
+                    {
+                        cur.seal_id = Seal::parse(p).map(|s| s.id);
+                        // Not hashed: a UIDL from the hash (if the seal is
+                        // damaged) stays the same without it.
+                        cur.skip_header = true;
+                    }
+                    if cur.fields == 0 && name.eq_ignore_ascii_case(b"return-path") {
+                        cur.return_path_first = true;
+                    }
+                    cur.fields += 1;
                     if name.eq_ignore_ascii_case(b"received")
                         && matches!(cur.received, Received::NotSeen)
                     {
@@ -434,12 +442,18 @@ const CHUNK: usize = 256 * 1024;
 
 /// Scans `file` from `from` (a line start) to `to`.
 fn scan(file: &File, from: u64, to: u64) -> io::Result<Vec<Message>> {
+    let file: &dyn crate::store::disk::Disk = file;
     scan_with(file, from, to, CHUNK)
 }
 
 /// [`scan`] with a given buffer size (small in tests, to cut lines at
 /// every place).
-fn scan_with(file: &File, from: u64, to: u64, chunk: usize) -> io::Result<Vec<Message>> {
+pub(crate) fn scan_with(
+    file: &dyn crate::store::disk::Disk,
+    from: u64,
+    to: u64,
+    chunk: usize,
+) -> io::Result<Vec<Message>> {
     let mut sc = Scanner::new();
     let from_finder = memchr::memmem::Finder::new(b"\nFrom ");
     let mut buf = vec![0u8; chunk];
@@ -1227,6 +1241,15 @@ mod tests {
         assert_eq!(
             pimail_id(b"Received: by x (pimail) with ESMTP id ABC;"),
             Some("ABC".into())
+        );
+        // `HELO id` and `HELO with ESMTP id X` cannot choose the UIDL.
+        assert_eq!(
+            pimail_id(b"Received: from id ([127.0.0.1])\n\tby h (pimail)\n\twith SMTP id R1;"),
+            Some("R1".into())
+        );
+        assert_eq!(
+            pimail_id(b"Received: from with ESMTP id CHOSEN ([127.0.0.1])\n\tby h (pimail)\n\t(using TLSv1.3 with cipher X)\n\twith ESMTPS id R2;"),
+            Some("R2".into())
         );
     }
 }

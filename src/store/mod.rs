@@ -3,5 +3,9 @@
 //! index over it (sizes, UIDLs, the rewrite at QUIT; RFC 1939). Receive,
 //! send (local delivery, bounces) and read all go through here.
 
+#[cfg(test)]
+mod crash;
+pub mod disk;
 pub mod maildrop;
 pub mod mbox;
+pub mod status;

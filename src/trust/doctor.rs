@@ -589,6 +589,30 @@ async fn dnsbl_checks<D: Dns>(
     out
 }
 
+/// The address families, the route and the cached MTA-STS policies from
+/// `<data_dir>/outbound.status` (written by the delivery worker).
+fn outbound_status(data_dir: &std::path::Path) -> Vec<Check> {
+    let lines = crate::store::status::read(data_dir);
+    if lines.is_empty() {
+        return vec![Check::ok(
+            "not known yet: the server writes its choices when it runs".into(),
+        )];
+    }
+    let mut out: Vec<Check> = lines
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "family" => Check::ok(format!("address family: {v}")),
+            "route" => Check::ok(format!("route: {v}")),
+            "mta-sts" => Check::ok(format!("MTA-STS policy cached: {v}")),
+            _ => Check::ok(format!("{k}: {v}")),
+        })
+        .collect();
+    if !out.iter().any(|c| c.what.starts_with("MTA-STS")) {
+        out.push(Check::ok("MTA-STS: no policy cached".into()));
+    }
+    out
+}
+
 /// The whole `pimail doctor` report: the text to print and whether
 /// everything needed is there.
 pub async fn run(
@@ -671,6 +695,10 @@ pub async fn run(
     if !lists.is_empty() {
         sections.push(("DNS blocklists ([inbound] dnsbl)".into(), lists));
     }
+    sections.push((
+        "Outbound (as the running server chose)".into(),
+        outbound_status(&config.data_dir),
+    ));
 
     let mut text = String::new();
     let mut problems = 0;

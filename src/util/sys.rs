@@ -1,5 +1,6 @@
 //! The few system calls std lacks: whole-file `fcntl` locks, signal
-//! dispositions, and whether a process is alive.
+//! dispositions, whether a process is alive, free disk space, and
+//! reading a password from the terminal without echo.
 //!
 //! We use open-file-description locks (`F_OFD_SETLK`, Linux 3.15+): they
 //! conflict with the classic POSIX locks mutt, procmail and Dovecot take, so
@@ -102,6 +103,58 @@ pub fn process_alive(pid: u32) -> bool {
     // delivered.
     let r = unsafe { libc::kill(pid, 0) };
     r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Free and total bytes of the file system holding `path` (what an
+/// unprivileged user may still write: `f_bavail`).
+pub fn disk_space(path: &std::path::Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("path contains a NUL byte"))?;
+    // SAFETY: statvfs is plain data; zeroed is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a pointer to a live statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+}
+
+/// Prints `prompt` and reads one line from the terminal on stdin with
+/// echo off (the password prompt of `setup` and `passwd`), restoring the
+/// terminal afterwards; `Ok(None)` when stdin is not a terminal. Echo goes
+/// off before the prompt shows, so nothing typed after it is echoed or
+/// lost. The newline the user typed is not echoed either: one is printed.
+/// `input` is stdin (or its lock, which the caller may already hold).
+pub fn read_password_noecho(
+    prompt: &str,
+    input: &mut dyn io::BufRead,
+) -> io::Result<Option<String>> {
+    use std::io::Write;
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: isatty and tcgetattr only read the descriptor's state into a
+    // termios we own; zeroed is a valid termios.
+    let mut old: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::isatty(fd) } != 1 || unsafe { libc::tcgetattr(fd, &mut old) } != 0 {
+        return Ok(None);
+    }
+    let mut quiet = old;
+    quiet.c_lflag &= !libc::ECHO;
+    // SAFETY: a valid descriptor and a termios copied from its own state.
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = io::stdout();
+    let _ = write!(out, "{prompt}");
+    let _ = out.flush();
+    let mut line = String::new();
+    let read = input.read_line(&mut line);
+    // SAFETY: as above; restores what tcgetattr returned.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
+    let _ = writeln!(out);
+    read?;
+    Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
 }
 
 #[cfg(test)]

@@ -226,7 +226,13 @@ impl TestCa {
 
     /// A server config with a certificate for `host` signed by this CA.
     pub fn server_config(&self, host: &str) -> Arc<rustls::ServerConfig> {
-        let params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+        self.server_config_names(&[host])
+    }
+
+    /// A server config with one certificate for all of `hosts`.
+    pub fn server_config_names(&self, hosts: &[&str]) -> Arc<rustls::ServerConfig> {
+        let names = hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        let params = rcgen::CertificateParams::new(names).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         server_config(cert.der().to_vec(), key.serialize_der())
@@ -364,6 +370,13 @@ impl FakeMx {
     /// Starts one fake on any address (e.g. `[::1]:port`).
     pub fn start_at(addr: SocketAddr, b: Behavior) -> FakeMx {
         let l = TcpListener::bind(addr).unwrap();
+        let a = l.local_addr().unwrap();
+        FakeMx::run(l, a.ip(), a.port(), b)
+    }
+
+    /// Starts a fake on a listener made elsewhere (e.g. one that was a
+    /// black hole until now).
+    pub fn start_on(l: TcpListener, b: Behavior) -> FakeMx {
         let a = l.local_addr().unwrap();
         FakeMx::run(l, a.ip(), a.port(), b)
     }
@@ -781,5 +794,89 @@ impl MxWorld {
     /// A running server that delivers into this world.
     pub fn server(&self, extra: &str) -> super::Server {
         super::Server::with(self.options(extra))
+    }
+}
+
+// ---- HTTPS (MTA-STS policy hosts, RFC 8461 3.3) ----------------------------------
+
+/// What a fake policy host answers for one `Host:`.
+#[derive(Clone)]
+pub enum Policy {
+    /// 200 with this body (close-delimited, as many servers do).
+    Body(String),
+    /// Accept, read the request, and say nothing for this long.
+    Silent(Duration),
+}
+
+/// An HTTPS server on `ip` answering `GET /.well-known/mta-sts.txt` per
+/// `Host:` header; its certificate (from `ca`) names every host.
+pub struct FakeHttps {
+    pub addr: SocketAddr,
+    /// Host of every request received.
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeHttps {
+    pub fn start(ip: Ipv4Addr, ca: &TestCa, policies: Vec<(&str, Policy)>) -> FakeHttps {
+        let hosts: Vec<&str> = policies.iter().map(|(h, _)| *h).collect();
+        let cfg = ca.server_config_names(&hosts);
+        let table: HashMap<String, Policy> = policies
+            .into_iter()
+            .map(|(h, p)| (h.to_string(), p))
+            .collect();
+        let l = TcpListener::bind((ip, 0)).unwrap();
+        let https = FakeHttps {
+            addr: l.local_addr().unwrap(),
+            requests: Arc::new(Mutex::new(Vec::new())),
+        };
+        let reqs = https.requests.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let (cfg, table, reqs) = (cfg.clone(), table.clone(), reqs.clone());
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                    let Ok(mut io) = Io::tls(s, &cfg) else {
+                        return;
+                    };
+                    let mut req = Vec::new();
+                    let mut b = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                        match io.read(&mut b) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    let host = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Host: "))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    reqs.lock().unwrap().push(host.clone());
+                    match table.get(&host) {
+                        Some(Policy::Body(body)) => {
+                            let _ = io.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n");
+                            for chunk in body.as_bytes().chunks(4096) {
+                                if io.write_all(chunk).is_err() {
+                                    return;
+                                }
+                            }
+                            let _ = io.flush();
+                            if let Io::Tls(t) = &mut io {
+                                t.conn.send_close_notify();
+                                let _ = t.conn.complete_io(&mut t.sock);
+                            }
+                        }
+                        Some(Policy::Silent(d)) => std::thread::sleep(*d),
+                        None => {
+                            let _ = io
+                                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                        }
+                    }
+                });
+            }
+        });
+        https
     }
 }

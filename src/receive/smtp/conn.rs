@@ -589,7 +589,7 @@ where
         .mode(0o600)
         .open(&spool_path);
     let mut decoder = DataDecoder::new(ctx.settings.max_message_size);
-    let mut quoter = Quoter::new();
+    let mut quoter = Quoter::for_received_mail();
     let mut decoded = Vec::with_capacity(BUFFER);
     let mut quoted = Vec::with_capacity(BUFFER + BUFFER / 4);
     let mut write_error: Option<std::io::Error> = None;
@@ -869,6 +869,9 @@ where
         }
     };
     drop(guard);
+    if result.is_ok() {
+        crate::util::activity::received(&id, &envelope.sender().to_string());
+    }
     match result {
         Ok(()) => log::info!(
             "accepted id={id} size={size} peer={} tls={} from={} rcpts={} helo={}{}",
@@ -975,6 +978,7 @@ async fn store(
         }
         prefix += &env.received_header(&shared.hostname, id, now);
         let d = Delivery {
+            id: id.to_string(),
             prefix: prefix.into_bytes(),
             spool: spool.to_path_buf(),
         };
