@@ -8,3 +8,5 @@ mod crash;
 pub mod disk;
 pub mod maildrop;
 pub mod mbox;
+#[cfg(test)]
+pub(crate) mod simfs;
