@@ -9,4 +9,6 @@ pub mod disk;
 pub mod maildrop;
 pub mod mbox;
 #[cfg(test)]
+mod pop3_crash;
+#[cfg(test)]
 pub(crate) mod simfs;

@@ -57,6 +57,8 @@ struct World {
     drop_file_sync: bool,
     drop_dir_sync: bool,
     no_links: bool,
+    /// The disk is full: a write that grows a file fails with ENOSPC.
+    full: bool,
     syncs: usize,
 }
 
@@ -167,16 +169,16 @@ impl SimFs {
         self.world().no_links = on;
     }
 
+    pub fn full(&self, on: bool) {
+        self.world().full = on;
+    }
+
     /// The current content of a file.
     pub fn content(&self, path: &Path) -> Option<Vec<u8>> {
         let w = self.world();
         w.names
             .get(&key(path))
             .map(|&i| w.inodes[i].current.clone())
-    }
-
-    pub fn names(&self) -> Vec<String> {
-        self.world().names.keys().cloned().collect()
     }
 }
 
@@ -289,6 +291,13 @@ impl SimFile {
             return Err(io::ErrorKind::PermissionDenied.into());
         }
         let mut w = self.fs.world();
+        let grows = match &op {
+            Op::Write(off, data) => *off as usize + data.len() > w.inodes[self.ino].current.len(),
+            Op::SetLen(len) => *len as usize > w.inodes[self.ino].current.len(),
+        };
+        if w.full && grows {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         let f = &mut w.inodes[self.ino];
         match &op {
             Op::Write(off, data) => {
