@@ -612,6 +612,7 @@ fn save_index(path: &Path, stamp: &Stamp, messages: &[Message]) {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW) // issue 13, hole 10
         .open(&tmp)
         .and_then(|mut f| f.write_all(&format_index(stamp, messages)))
         .and_then(|_| std::fs::rename(&tmp, path));
