@@ -606,6 +606,13 @@ pub fn fmt_age(secs: u64) -> String {
 /// `pimail queue list`'s text: per message an unindented line starting
 /// with the id, then indented details.
 pub fn list_text(entries: &[Entry], now: u64) -> String {
+    list_text_routed(entries, now, None)
+}
+
+/// [`list_text`] with a `route:` line per message: `route` is the
+/// worker's current route (`direct`, or `relay host:port ...`, from
+/// `<data_dir>/outbound.status`).
+pub fn list_text_routed(entries: &[Entry], now: u64, route: Option<&str>) -> String {
     let mut s = String::new();
     for e in entries {
         let pending = e.pending().count();
@@ -625,6 +632,23 @@ pub fn list_text(entries: &[Entry], now: u64) -> String {
             fmt_age(now.saturating_sub(e.created)),
             crate::util::timefmt::rfc5322(e.created)
         );
+        if let Some(route) = route {
+            let mut domains: Vec<&str> = e
+                .pending()
+                .filter(|r| !r.local)
+                .map(|r| r.addr.domain.as_str())
+                .collect();
+            domains.sort_unstable();
+            domains.dedup();
+            let how = if domains.is_empty() {
+                "mbox".to_string()
+            } else if route.starts_with("relay ") {
+                route.split(" (").next().unwrap_or(route).to_string()
+            } else {
+                format!("direct to the MX of {}", domains.join(", "))
+            };
+            let _ = writeln!(s, "    route: {how}");
+        }
         for r in &e.rcpts {
             let _ = writeln!(
                 s,

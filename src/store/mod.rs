@@ -12,3 +12,4 @@ pub mod mbox;
 mod pop3_crash;
 #[cfg(test)]
 pub(crate) mod simfs;
+pub mod status;

@@ -279,6 +279,9 @@ impl Server {
             .stderr(Stdio::piped())
             .env_remove("JOURNAL_STREAM")
             .env_remove("NOTIFY_SOCKET")
+            // The source-address probe of `ip_family = "auto"` stays on
+            // loopback (a test may name its own targets).
+            .env("PIMAIL_SOURCE_PROBE", "127.0.0.1:9,[::1]:9")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
