@@ -362,6 +362,23 @@ pub fn lock(path: &Path) -> Result<Locked, MboxError> {
     }
 }
 
+/// The mode of a new mbox: 0660 in a setgid directory (Debian's
+/// `/var/mail`, root:mail 2775, or any directory an admin gave a group the
+/// user shares with the service: the kernel gives the file that group), so
+/// the user's own mutt can read and rewrite it; 0600 elsewhere. Never
+/// readable by others. An existing mbox keeps its owner and mode.
+fn new_mbox_mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.permissions().mode() & 0o2000 != 0 => 0o660,
+        _ => 0o600,
+    }
+}
+
 /// Removes `<mbox>.lock.PID.SEQ` files that a killed process left behind
 /// (issue 13, hole 9): those naming a process that no longer exists.
 pub fn clean_lock_temps(mbox: &Path) {
@@ -397,6 +414,7 @@ pub fn clean_lock_temps(mbox: &Path) {
 
 fn open_mbox(path: &Path) -> Result<File, MboxError> {
     let existed = path.exists();
+    let mode = new_mbox_mode(path);
     // Never through a symlink (issue 13, hole 10): in a group-writable
     // mail directory one could redirect our writes.
     let f = OpenOptions::new()
@@ -404,11 +422,17 @@ fn open_mbox(path: &Path) -> Result<File, MboxError> {
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
+        .mode(mode)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| MboxError::io(format!("cannot open {}", path.display()), e))?;
     if !existed {
+        // The unit's UMask=0077 would take the group bits off again.
+        if mode != 0o600 {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| MboxError::io(format!("cannot chmod {}", path.display()), e))?;
+        }
         // The new directory entry must survive a crash too.
         sync_dir(path.parent().unwrap_or(Path::new("."))).map_err(|e| {
             MboxError::io(format!("cannot sync directory of {}", path.display()), e)

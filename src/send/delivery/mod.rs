@@ -174,7 +174,7 @@ pub struct Worker {
     /// Connections (domain groups) at once, over all rounds.
     slots: smol::lock::Semaphore,
     /// DKIM keys (`<data_dir>/dkim/*.pem`) and the domains we sign for.
-    dkim_keys: Arc<Vec<crate::trust::dkim::SigningKey>>,
+    dkim_keys: DkimKeys,
     domains: Arc<Vec<String>>,
     /// A family check is running (one at a time).
     checking: Cell<bool>,
@@ -301,10 +301,43 @@ pub fn start(config: &Config, mbox: MboxWriter) -> Result<(Outbox, Worker), Stri
         not_before: RefCell::new(HashMap::new()),
         in_flight: RefCell::new(HashSet::new()),
         slots: smol::lock::Semaphore::new(PARALLEL_DOMAINS),
-        dkim_keys: Arc::new(dkim_keys),
+        dkim_keys: DkimKeys {
+            dir: key_dir,
+            keys: Rc::new(std::cell::RefCell::new(Arc::new(dkim_keys))),
+        },
         domains: Arc::new(config.domains.clone()),
     };
     Ok((outbox, worker))
+}
+
+/// The DKIM keys the worker signs with, shared with the `SIGHUP` handler
+/// so that keys made by `pimail dkim generate` take effect on `reload`.
+#[derive(Clone)]
+pub struct DkimKeys {
+    dir: PathBuf,
+    keys: Rc<std::cell::RefCell<Arc<Vec<crate::trust::dkim::SigningKey>>>>,
+}
+
+impl DkimKeys {
+    fn current(&self) -> Arc<Vec<crate::trust::dkim::SigningKey>> {
+        self.keys.borrow().clone()
+    }
+
+    /// Loads `<data_dir>/dkim/*.pem` again; on an error the old keys stay
+    /// (as for a bad certificate). Returns the selectors now in use.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let k = crate::trust::dkim::load_keys(&self.dir).map_err(|e| e.to_string())?;
+        let sels = k.iter().map(|k| k.selector.clone()).collect();
+        *self.keys.borrow_mut() = Arc::new(k);
+        Ok(sels)
+    }
+}
+
+impl Worker {
+    /// The handle `SIGHUP` reloads the DKIM keys through.
+    pub fn dkim_keys(&self) -> DkimKeys {
+        self.dkim_keys.clone()
+    }
 }
 
 /// Longest sleep between queue scans when nothing is due (a safety net;
@@ -1224,14 +1257,11 @@ impl Worker {
     /// (empty otherwise, or when signing fails: the message still goes,
     /// unsigned, and the log says why).
     async fn dkim_signature(&self, e: &Entry, now: u64) -> Vec<u8> {
-        if self.dkim_keys.is_empty() {
+        let keys = self.dkim_keys.current();
+        if keys.is_empty() {
             return Vec::new();
         }
-        let (keys, domains, path) = (
-            self.dkim_keys.clone(),
-            self.domains.clone(),
-            self.queue.msg_path(&e.id),
-        );
+        let (keys, domains, path) = (keys, self.domains.clone(), self.queue.msg_path(&e.id));
         match smol::unblock(move || crate::trust::dkim::sign_queued(&path, &keys, &domains, now))
             .await
         {
