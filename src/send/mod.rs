@@ -6,3 +6,4 @@
 pub mod delivery;
 pub mod queue;
 pub mod sendmail;
+pub mod submit;
