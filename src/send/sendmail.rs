@@ -354,6 +354,15 @@ pub fn submit(
     if let Some(e) = bad.first() {
         return Err(fail(EX_NOUSER, e.clone()));
     }
+    // The socket's callers are bounded like an SMTP client (RFC 5321
+    // 4.5.3.1.8 lets a server refuse beyond its limit), `-t` included.
+    let max_rcpts = config.limits.max_recipients;
+    if !caller.trusted && rcpts.len() > max_rcpts {
+        return Err(fail(
+            EX_DATAERR,
+            format!("more than {max_rcpts} recipients (limits.max_recipients)"),
+        ));
+    }
     if rcpts.is_empty() {
         return Err(fail(
             EX_USAGE,

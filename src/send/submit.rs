@@ -224,13 +224,11 @@ pub fn send_body(
             at_line_start = line.ends_with(b"\n");
             buf.extend_from_slice(&line);
         }
-        if end || buf.len() >= MAX_CHUNK / 2 {
-            if !buf.is_empty() {
-                out.write_all(format!("{}\n", buf.len()).as_bytes())
-                    .and_then(|_| out.write_all(&buf))
-                    .map_err(BodyError::Write)?;
-                buf.clear();
-            }
+        if (end || buf.len() >= MAX_CHUNK / 2) && !buf.is_empty() {
+            out.write_all(format!("{}\n", buf.len()).as_bytes())
+                .and_then(|_| out.write_all(&buf))
+                .map_err(BodyError::Write)?;
+            buf.clear();
         }
         if end {
             out.write_all(b"0\n")
@@ -435,7 +433,14 @@ pub fn bind(path: &Path) -> Result<std::os::unix::net::UnixListener, String> {
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
     }
-    if path.exists() {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !m.file_type().is_socket() {
+            return Err(format!(
+                "{} exists and is not a socket; not replacing it",
+                path.display()
+            ));
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(format!(
                 "{} is in use by another running server",
