@@ -5,5 +5,7 @@
 
 pub mod delivery;
 pub mod queue;
+#[cfg(test)]
+mod queue_crash;
 pub mod sendmail;
 pub mod submit;

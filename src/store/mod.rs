@@ -8,4 +8,8 @@ mod crash;
 pub mod disk;
 pub mod maildrop;
 pub mod mbox;
+#[cfg(test)]
+mod pop3_crash;
+#[cfg(test)]
+pub(crate) mod simfs;
 pub mod status;
