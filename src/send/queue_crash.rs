@@ -11,6 +11,7 @@
 use super::queue::{Entry, Queue, State};
 use crate::mail::address::parse_mailbox;
 use crate::store::disk::Fs;
+use crate::store::explore::{self, Run};
 use crate::store::simfs::{crash_states, Point, SimFs};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -196,23 +197,11 @@ fn check(fs: &SimFs, w: &Workload, mark: usize) -> Result<(), String> {
     Ok(())
 }
 
-struct Run {
-    states: usize,
-    failures: Vec<String>,
-}
-
 fn explore(break_files: bool, break_dirs: bool, stop_at_loss: bool) -> Run {
     let w = workload(break_files, break_dirs);
-    let step = if std::env::var_os("PIMAIL_TEST_RUNNER").is_some() {
-        3
-    } else {
-        1
-    };
+    let step = explore::step();
     let mut seen = HashSet::new();
-    let mut run = Run {
-        states: 0,
-        failures: Vec::new(),
-    };
+    let mut run = Run::default();
     for (pi, p) in w.points.iter().enumerate() {
         if pi % step != 0 {
             continue;
@@ -234,23 +223,7 @@ fn explore(break_files: bool, break_dirs: bool, stop_at_loss: bool) -> Run {
 
 #[test]
 fn every_crash_state_of_the_queue_keeps_acknowledged_mail() {
-    let run = explore(false, false, false);
-    println!(
-        "queue: {} crash states explored, {} failures",
-        run.states,
-        run.failures.len()
-    );
-    assert!(
-        run.failures.is_empty(),
-        "{:#?}",
-        &run.failures[..run.failures.len().min(5)]
-    );
-    let least = if std::env::var_os("PIMAIL_TEST_RUNNER").is_some() {
-        300
-    } else {
-        1000
-    };
-    assert!(run.states >= least, "only {} states", run.states);
+    explore::assert_safe("queue", &explore(false, false, false), 1000, 300);
 }
 
 /// Issue 15, "the minimum that stays safe": a body and an envelope are
@@ -266,31 +239,11 @@ fn an_enqueue_costs_three_flushes() {
 #[test]
 fn without_the_file_flush_the_explorer_finds_lost_mail() {
     let run = explore(true, false, true);
-    println!(
-        "queue without file flushes: {} states, {} failures",
-        run.states,
-        run.failures.len()
-    );
-    assert!(
-        run.failures
-            .iter()
-            .any(|f| f.contains("lost") || f.contains("torn")),
-        "{:#?}",
-        &run.failures[..run.failures.len().min(5)]
-    );
+    explore::assert_finds("queue without file flushes", &run, &["lost", "torn"]);
 }
 
 #[test]
 fn without_the_directory_flush_the_explorer_finds_lost_mail() {
     let run = explore(false, true, true);
-    println!(
-        "queue without directory flushes: {} states, {} failures",
-        run.states,
-        run.failures.len()
-    );
-    assert!(
-        run.failures.iter().any(|f| f.contains("lost")),
-        "{:#?}",
-        &run.failures[..run.failures.len().min(5)]
-    );
+    explore::assert_finds("queue without directory flushes", &run, &["lost"]);
 }

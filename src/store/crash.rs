@@ -14,6 +14,7 @@
 //! piece kept or dropped, and a fixed-seed sample) is taken.
 
 use crate::store::disk::{Disk, Version};
+use crate::store::explore::{self, Run};
 use crate::store::mbox::{self, Item, SealState};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -265,11 +266,6 @@ const FOREIGN: &[u8] =
 const FOREIGN_LATE: &[u8] =
     b"From other Thu Jan  1 00:00:00 1970\nSubject: appended by procmail\n\nhi\n\n";
 
-struct Run {
-    states: usize,
-    failures: Vec<String>,
-}
-
 /// The workload: batches of messages of several sizes (one spans many
 /// blocks and write calls), a foreign append in between, all recorded.
 fn workload(drop_sync: bool) -> (Vec<Point>, Vec<Msg>, Vec<usize>) {
@@ -325,19 +321,9 @@ fn workload(drop_sync: bool) -> (Vec<Point>, Vec<Msg>, Vec<usize>) {
 
 fn explore(drop_sync: bool, stop_at_loss: bool) -> Run {
     let (points, msgs, _) = workload(drop_sync);
-    let mut run = Run {
-        states: 0,
-        failures: Vec::new(),
-    };
+    let mut run = Run::default();
     let mut tried = HashSet::new();
-    // Under an emulator (cross/ci.sh runs the suite on aarch64 under
-    // qemu-user, ~10x slower) every third crash point is enough to show
-    // the build behaves; the native run explores them all.
-    let step = if std::env::var_os("PIMAIL_TEST_RUNNER").is_some() {
-        3
-    } else {
-        1
-    };
+    let step = explore::step();
     for (pi, p) in points.iter().enumerate() {
         if pi % step != 0 {
             continue;
@@ -447,36 +433,10 @@ fn check(journal: &[u8], mbox_bytes: &[u8], acked: &[Msg], all: &[Msg]) -> Resul
 
 #[test]
 fn every_crash_state_of_the_mbox_writer_keeps_acknowledged_mail() {
-    let run = explore(false, false);
-    println!(
-        "mbox writer: {} crash states explored, {} failures",
-        run.states,
-        run.failures.len()
-    );
-    assert!(
-        run.failures.is_empty(),
-        "{:#?}",
-        &run.failures[..run.failures.len().min(5)]
-    );
-    let least = if std::env::var_os("PIMAIL_TEST_RUNNER").is_some() {
-        300
-    } else {
-        1000
-    };
-    assert!(run.states >= least, "only {} states", run.states);
+    explore::assert_safe("mbox writer", &explore(false, false), 1000, 300);
 }
 
 #[test]
 fn without_the_flush_the_explorer_finds_lost_mail() {
-    let run = explore(true, true);
-    println!(
-        "mbox writer without fsync: {} states, {} failures",
-        run.states,
-        run.failures.len()
-    );
-    assert!(
-        run.failures.iter().any(|f| f.contains("lost")),
-        "{:#?}",
-        &run.failures
-    );
+    explore::assert_finds("mbox writer without fsync", &explore(true, true), &["lost"]);
 }

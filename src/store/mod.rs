@@ -6,6 +6,8 @@
 #[cfg(test)]
 mod crash;
 pub mod disk;
+#[cfg(test)]
+pub(crate) mod explore;
 pub mod maildrop;
 pub mod mbox;
 #[cfg(test)]

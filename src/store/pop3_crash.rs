@@ -11,6 +11,7 @@
 //! nothing.
 
 use super::disk::Fs;
+use super::explore::{self, Run};
 use super::maildrop::{self, Expunge, Stamp};
 use super::simfs::{crash_states, Point, SimFs};
 use std::collections::HashSet;
@@ -141,23 +142,11 @@ fn check(fs: &SimFs, w: &Workload, done: bool) -> Result<(), String> {
     ))
 }
 
-struct Run {
-    states: usize,
-    failures: Vec<String>,
-}
-
 fn explore(full: bool, break_files: bool) -> Run {
     let w = workload(full, break_files);
-    let step = if std::env::var_os("PIMAIL_TEST_RUNNER").is_some() {
-        3
-    } else {
-        1
-    };
+    let step = explore::step();
     let mut seen = HashSet::new();
-    let mut run = Run {
-        states: 0,
-        failures: Vec::new(),
-    };
+    let mut run = Run::default();
     for (pi, p) in w.points.iter().enumerate() {
         if pi % step != 0 {
             continue;
@@ -193,22 +182,7 @@ fn explore(full: bool, break_files: bool) -> Run {
 }
 
 fn report(what: &str, run: &Run) {
-    println!(
-        "POP3 deletion ({what}): {} crash states explored, {} failures",
-        run.states,
-        run.failures.len()
-    );
-    assert!(
-        run.failures.is_empty(),
-        "{:#?}",
-        &run.failures[..run.failures.len().min(5)]
-    );
-    let least = if std::env::var_os("PIMAIL_TEST_RUNNER").is_some() {
-        60
-    } else {
-        200
-    };
-    assert!(run.states >= least, "only {} states", run.states);
+    explore::assert_safe(&format!("POP3 deletion ({what})"), run, 200, 60);
 }
 
 #[test]
@@ -225,13 +199,7 @@ fn every_crash_state_of_a_pop3_deletion_on_a_full_disk_is_all_or_nothing() {
 fn without_the_flushes_the_explorer_finds_a_partial_deletion() {
     for full in [false, true] {
         let run = explore(full, true);
-        assert!(
-            run.failures
-                .iter()
-                .any(|f| f.contains("partial") || f.contains("lost")),
-            "full disk {full}: {} states, {:#?}",
-            run.states,
-            &run.failures[..run.failures.len().min(5)]
-        );
+        let what = format!("POP3 deletion without flushes, full disk {full}");
+        explore::assert_finds(&what, &run, &["partial", "lost"]);
     }
 }
