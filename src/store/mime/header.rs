@@ -157,7 +157,7 @@ fn tokens(v: &[u8], mime: bool) -> Vec<Tok<'_>> {
 pub struct MimeValue {
     pub value: Vec<u8>,
     pub subtype: Option<Vec<u8>>,
-    pub params: Vec<(Vec<u8>, Vec<u8>)>,
+    pub params: super::Params,
 }
 
 pub fn mime_value(v: &[u8], with_subtype: bool) -> Option<MimeValue> {
