@@ -96,6 +96,8 @@ pub enum StartError {
     DataDir(std::path::PathBuf, std::io::Error),
     Mbox(crate::store::mbox::MboxError),
     Outbound(String),
+    /// The spam checks' state files or the Junk folder.
+    Spam(String),
     /// `[tls]` cert or key unusable.
     Tls(TlsError),
     /// Another server holds data_dir's lock (its pid, if it wrote one).
@@ -111,6 +113,7 @@ impl std::fmt::Display for StartError {
             }
             StartError::Mbox(e) => write!(f, "cannot open the mbox: {e}"),
             StartError::Outbound(e) => write!(f, "outbound delivery: {e}"),
+            StartError::Spam(e) => write!(f, "[inbound]: {e}"),
             StartError::Tls(e) => write!(f, "[tls]: {e}"),
             StartError::AlreadyRunning(dir, pid) => {
                 let pid = pid.map(|p| format!(", pid {p}")).unwrap_or_default();
@@ -210,6 +213,8 @@ impl Server {
         {
             log::error!("cannot finish an interrupted POP3 deletion: {e}");
         }
+        let spam =
+            crate::receive::smtp::conn::SpamChecks::start(config).map_err(StartError::Spam)?;
         let mut pop3_listeners = Vec::new();
         let proxied = |a: &SocketAddr| config.listen.proxy_protocol.contains(a);
         for a in &config.listen.pop3 {
@@ -251,6 +256,7 @@ impl Server {
                         resolver: crate::net::dns::Resolver::new(&config.outbound.dns),
                         dmarc_reject: config.inbound.dmarc_reject,
                     }),
+                spam: Some(spam),
             }),
             listeners,
             outbound: Some((worker, control)),
@@ -310,6 +316,18 @@ impl Server {
             ex.spawn(worker.run(ex.clone(), control, move || sh.stopping()))
                 .detach();
         }
+        // Today's spam check counts reach their file within a minute
+        // (`trust::counts`), and at the end.
+        let smtp2 = smtp.clone();
+        ex.spawn(async move {
+            loop {
+                smol::Timer::after(Duration::from_secs(60)).await;
+                if let Some(sp) = &smtp2.spam {
+                    sp.counts.flush();
+                }
+            }
+        })
+        .detach();
         let cx = Rc::new(Contexts {
             shared: shared.clone(),
             smtp,
@@ -327,6 +345,9 @@ impl Server {
         }
         stop.await;
         shared.stop(grace).await;
+        if let Some(sp) = &cx.smtp.spam {
+            sp.counts.flush();
+        }
     }
 }
 

@@ -11,7 +11,7 @@ pub mod cli;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ pub struct User {
     pub addresses: Vec<String>,
     pub catch_all: bool,
     pub mbox: PathBuf,
+    /// Other folders (IMAP), one mbox file each; `Junk` among them.
+    pub folders: PathBuf,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -143,7 +145,7 @@ impl IpFamily {
 }
 
 /// `[inbound]`: what port 25 checks on received mail (see
-/// docs/deliverability.md).
+/// docs/deliverability.md and docs/spam.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
     /// Check SPF, DKIM and DMARC and add an `Authentication-Results:`
@@ -152,6 +154,18 @@ pub struct Inbound {
     /// Refuse (`550 5.7.1`) messages failing DMARC for a domain whose
     /// policy is `p=reject`. Off by default: mark only.
     pub dmarc_reject: bool,
+    /// How long port 25 waits before its greeting; a client that talks
+    /// first is refused (postscreen's pregreet test). `ZERO`: off.
+    pub pregreet: Duration,
+    /// DNS blocklist zones (RFC 5782), e.g. `zen.spamhaus.org`.
+    pub dnsbl: Vec<String>,
+    /// Greylist clients that fail the cheap trust signals.
+    pub greylist: bool,
+    pub greylist_delay: Duration,
+    /// Clients that skip pregreet, DNSBL and greylisting.
+    pub trusted: Vec<Cidr>,
+    /// `[[inbound.rule]]`: header rules, in file order.
+    pub rules: Vec<HeaderRule>,
 }
 
 impl Default for Inbound {
@@ -159,8 +173,106 @@ impl Default for Inbound {
         Inbound {
             auth_checks: true,
             dmarc_reject: false,
+            pregreet: Duration::from_millis(DEFAULT_PREGREET_MS),
+            dnsbl: vec!["zen.spamhaus.org".into()],
+            greylist: true,
+            greylist_delay: Duration::from_secs(300),
+            trusted: default_trusted(),
+            rules: Vec::new(),
         }
     }
+}
+
+/// The default pregreet wait: long enough to catch bots that talk at
+/// once (most do within 100 ms), short enough that no real sender minds.
+pub const DEFAULT_PREGREET_MS: u64 = 300;
+
+fn default_trusted() -> Vec<Cidr> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|s| Cidr::parse(s).ok())
+        .collect()
+}
+
+/// An address block such as `192.0.2.0/24` or `2001:db8::/32` (a bare
+/// address is a block of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let t = s.trim();
+        let bad = || {
+            format!("invalid address block {s:?}: expected e.g. \"192.0.2.0/24\" or \"::1/128\"")
+        };
+        let (a, len) = match t.split_once('/') {
+            Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| bad())?)),
+            None => (t, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(max);
+        if len > max {
+            return Err(bad());
+        }
+        Ok(Cidr { addr, len })
+    }
+
+    /// Is `ip` in this block? IPv4-mapped IPv6 addresses count as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (ip, self.addr) {
+            (IpAddr::V4(a), IpAddr::V4(n)) => {
+                let m = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(a) & m == u32::from(n) & m
+            }
+            (IpAddr::V6(a), IpAddr::V6(n)) => {
+                let m = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(a) & m == u128::from(n) & m
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// One `[[inbound.rule]]`: a header field, what to look for in its value
+/// (case-insensitive), and what to do on a match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderRule {
+    /// Lower-case field name, e.g. `subject`.
+    pub header: String,
+    pub matcher: Matcher,
+    pub action: RuleAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matcher {
+    /// A substring.
+    Contains(String),
+    /// A glob over the whole value: `*` any run, `?` one character.
+    Pattern(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleAction {
+    /// Deliver to the Junk folder with `X-Spam-Reason:`.
+    Junk,
+    /// Refuse after DATA with `550 5.7.1`.
+    Reject,
 }
 
 /// A configuration error with the place to fix it.
@@ -396,6 +508,7 @@ pub fn embedded_default() -> Config {
             password_hash: String::new(),
             catch_all: false,
             mbox: data_dir.join("mbox"),
+            folders: data_dir.join("folders"),
         },
         data_dir,
         listen: Listen {
@@ -413,7 +526,7 @@ pub fn embedded_default() -> Config {
         // test mail mean nothing, and an offline laptop would wait on DNS.
         inbound: Inbound {
             auth_checks: false,
-            dmarc_reject: false,
+            ..Inbound::default()
         },
     }
 }
@@ -518,6 +631,25 @@ struct RawConfig {
 struct RawInbound {
     auth_checks: Option<bool>,
     dmarc_reject: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration_or_off_ms")]
+    pregreet: Option<Duration>,
+    dnsbl: Option<Vec<String>>,
+    greylist: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    greylist_delay: Option<Duration>,
+    #[serde(default, deserialize_with = "de_cidrs")]
+    trusted: Option<Vec<Cidr>>,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    header: String,
+    contains: Option<String>,
+    pattern: Option<String>,
+    action: String,
 }
 
 #[derive(Deserialize)]
@@ -527,6 +659,7 @@ struct RawUser {
     password: String,
     addresses: Vec<String>,
     mbox: Option<PathBuf>,
+    folders: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -725,6 +858,33 @@ fn de_duration_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration
     }
 }
 
+/// A duration in ms/s/m (`"300ms"`, `"1s"`), or `"0s"`/`"off"` for off.
+fn de_duration_or_off_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    let t = s.trim();
+    if let Some(ms) = t.strip_suffix("ms") {
+        return ms
+            .trim()
+            .parse::<u64>()
+            .map(|n| Some(Duration::from_millis(n)))
+            .map_err(|_| {
+                de::Error::custom(format!(
+                    "invalid duration {s:?}: e.g. \"300ms\", \"1s\" or \"off\""
+                ))
+            });
+    }
+    de_duration_or_off(de::value::StrDeserializer::<D::Error>::new(t))
+}
+
+fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Cidr>>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter()
+        .map(|s| Cidr::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+        .map_err(de::Error::custom)
+}
+
 fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
     let v = Vec::<String>::deserialize(d)?;
     if v.is_empty() {
@@ -842,6 +1002,10 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
     }
     let data_dir = abs(raw.data_dir);
     let mbox = u.mbox.map(abs).unwrap_or_else(|| data_dir.join("mbox"));
+    let folders = u
+        .folders
+        .map(abs)
+        .unwrap_or_else(|| data_dir.join("folders"));
 
     let tls = raw
         .tls
@@ -956,6 +1120,7 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
         mx_port: o.mx_port.unwrap_or(d.mx_port),
     };
 
+    let inbound = inbound(raw.inbound, text, &err)?;
     Ok(Config {
         source: Source::File(PathBuf::from(name)),
         hostname,
@@ -968,15 +1133,88 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
             addresses,
             catch_all,
             mbox,
+            folders,
         },
         listen,
         tls,
         limits,
         outbound,
-        inbound: Inbound {
-            auth_checks: raw.inbound.auth_checks.unwrap_or(true),
-            dmarc_reject: raw.inbound.dmarc_reject.unwrap_or(false),
-        },
+        inbound,
+    })
+}
+
+/// `[inbound]`, validated: list zones are domain names, each rule has a
+/// header, exactly one of `contains`/`pattern`, and a known action.
+fn inbound(
+    r: RawInbound,
+    text: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Inbound, ConfigError> {
+    let d = Inbound::default();
+    let mut dnsbl = Vec::new();
+    for z in r.dnsbl.unwrap_or(d.dnsbl) {
+        let z = z.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !is_domain(&z) {
+            return Err(err(
+                "inbound.dnsbl",
+                format!("{z:?} is not a DNS zone name"),
+            ));
+        }
+        dnsbl.push(z);
+    }
+    let mut rules = Vec::new();
+    for (i, raw) in r.rule.into_iter().enumerate() {
+        // Rules are an array of tables: name the n-th `[[inbound.rule]]`.
+        let rule_err = |m: String| {
+            let mut e = err("inbound.rule", m);
+            e.line = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| l.trim().starts_with("[[inbound.rule]]"))
+                .nth(i)
+                .map_or(0, |(n, _)| n + 1);
+            e
+        };
+        let header = raw.header.trim().to_ascii_lowercase();
+        if header.is_empty() || !header.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            return Err(rule_err(format!(
+                "header {:?} is not a header field name",
+                raw.header
+            )));
+        }
+        let matcher = match (raw.contains, raw.pattern) {
+            (Some(c), None) if !c.is_empty() => Matcher::Contains(c.to_lowercase()),
+            (None, Some(p)) if !p.is_empty() => Matcher::Pattern(p.to_lowercase()),
+            _ => {
+                return Err(rule_err(
+                    "give exactly one of `contains` or `pattern`, not empty".into(),
+                ))
+            }
+        };
+        let action = match raw.action.as_str() {
+            "junk" => RuleAction::Junk,
+            "reject" => RuleAction::Reject,
+            a => {
+                return Err(rule_err(format!(
+                    "action {a:?}: use \"junk\" or \"reject\""
+                )))
+            }
+        };
+        rules.push(HeaderRule {
+            header,
+            matcher,
+            action,
+        });
+    }
+    Ok(Inbound {
+        auth_checks: r.auth_checks.unwrap_or(d.auth_checks),
+        dmarc_reject: r.dmarc_reject.unwrap_or(d.dmarc_reject),
+        pregreet: r.pregreet.unwrap_or(d.pregreet),
+        dnsbl,
+        greylist: r.greylist.unwrap_or(d.greylist),
+        greylist_delay: r.greylist_delay.unwrap_or(d.greylist_delay),
+        trusted: r.trusted.unwrap_or(d.trusted),
+        rules,
     })
 }
 
@@ -1145,7 +1383,7 @@ impl Config {
         let mut s = format!(
             "# effective configuration from {source}\n\
              hostname = {:?}\ndomains = {}\ndata_dir = {:?}\nlog_level = \"{}\"\n\n\
-             [user]\nname = {:?}\npassword = \"(hidden)\"\naddresses = {}\nmbox = {:?}\n\n\
+             [user]\nname = {:?}\npassword = \"(hidden)\"\naddresses = {}\nmbox = {:?}\nfolders = {:?}\n\n\
              [listen]\nsmtp = {}\nsubmission = {}\nsubmissions = {}\npop3 = {}\npop3s = {}\n\
              proxy_protocol = {}\n\n",
             self.hostname,
@@ -1155,6 +1393,7 @@ impl Config {
             self.user.name,
             strs(&addresses),
             self.user.mbox.display().to_string(),
+            self.user.folders.display().to_string(),
             list(&self.listen.smtp),
             list(&self.listen.submission),
             list(&self.listen.submissions),
@@ -1214,10 +1453,36 @@ impl Config {
             fmt_duration(o.connect_timeout),
             o.mta_sts
         );
+        let i = &self.inbound;
         s += &format!(
-            "\n[inbound]\nauth_checks = {}\ndmarc_reject = {}\n",
-            self.inbound.auth_checks, self.inbound.dmarc_reject
+            "\n[inbound]\nauth_checks = {}\ndmarc_reject = {}\npregreet = \"{}\"\ndnsbl = {}\n\
+             greylist = {}\ngreylist_delay = \"{}\"\ntrusted = {}\n",
+            i.auth_checks,
+            i.dmarc_reject,
+            if i.pregreet.is_zero() {
+                "off".to_string()
+            } else {
+                format!("{}ms", i.pregreet.as_millis())
+            },
+            strs(&i.dnsbl),
+            i.greylist,
+            fmt_duration(i.greylist_delay),
+            strs(&i.trusted.iter().map(|c| c.to_string()).collect::<Vec<_>>()),
         );
+        for r in &i.rules {
+            let (k, v) = match &r.matcher {
+                Matcher::Contains(c) => ("contains", c),
+                Matcher::Pattern(p) => ("pattern", p),
+            };
+            let action = match r.action {
+                RuleAction::Junk => "junk",
+                RuleAction::Reject => "reject",
+            };
+            s += &format!(
+                "\n[[inbound.rule]]\nheader = {:?}\n{k} = {v:?}\naction = \"{action}\"\n",
+                r.header
+            );
+        }
         s
     }
 }

@@ -370,6 +370,14 @@ pub fn run(
         ));
     }
     r.map_err(|e| fail(EX_TEMPFAIL, format!("cannot queue the message: {e}")))?;
+    // Replies from these people are never greylisted (docs/spam.md).
+    let remote: Vec<String> = entry
+        .rcpts
+        .iter()
+        .filter(|r| !r.local)
+        .map(|r| r.addr.to_string())
+        .collect();
+    crate::trust::known::record_correspondents(&config.data_dir, &remote);
     if let Err(e) = crate::send::delivery::poke(&config.data_dir, crate::send::delivery::Wake::New)
     {
         // Queued all the same: the server delivers it when it starts.

@@ -615,6 +615,36 @@ pub async fn check_resolver<D: Dns>(dns: &D) -> Option<Check> {
     })
 }
 
+/// Each configured blocklist through the configured resolver: its test
+/// entries answer as RFC 5782 5 says, or the fix (a local resolver).
+async fn dnsbl_checks<D: Dns>(
+    dns: &D,
+    zones: &[String],
+    servers: &[std::net::SocketAddr],
+) -> Vec<Check> {
+    let via = if servers.is_empty() {
+        "the nameservers of /etc/resolv.conf".to_string()
+    } else {
+        format!("[outbound] dns = {servers:?}")
+    };
+    let mut out = Vec::new();
+    for z in zones {
+        out.push(match crate::trust::dnsbl::self_test(dns, z).await {
+            Ok(code) => Check::ok(format!(
+                "DNS blocklist {z} answers (test entry 127.0.0.2 listed as {code}, 127.0.0.1 not)"
+            )),
+            Err(e) => Check::fail(
+                format!("DNS blocklist: {e} (asked through {via}); it is ignored until fixed"),
+                "run a local recursive resolver (on the Pi: `apt install unbound`, then \
+                 `nameserver 127.0.0.1` in /etc/resolv.conf or [outbound] dns = [\"127.0.0.1:53\"]), \
+                 or remove the list from [inbound] dnsbl"
+                    .into(),
+            ),
+        });
+    }
+    out
+}
+
 /// The address families, the route and the cached MTA-STS policies from
 /// `<data_dir>/outbound.status` (written by the delivery worker).
 fn outbound_status(data_dir: &std::path::Path) -> Vec<Check> {
@@ -743,6 +773,10 @@ pub async fn run(
         net.push(check_inbound(p, &setup.hostname).await);
     }
     sections.push(("Network".into(), net));
+    let lists = dnsbl_checks(&dns, &config.inbound.dnsbl, &config.outbound.dns).await;
+    if !lists.is_empty() {
+        sections.push(("DNS blocklists ([inbound] dnsbl)".into(), lists));
+    }
     sections.push((
         "Outbound (as the running server chose)".into(),
         outbound_status(&config.data_dir),

@@ -25,6 +25,8 @@ pub enum Answer {
     Silence,
     /// Over UDP: an empty answer with the TC bit; over TCP: these records.
     Truncated(Vec<Record>),
+    /// These records, after this long (a slow DNS blocklist).
+    Slow(Duration, Vec<Record>),
 }
 
 pub struct FakeDns {
@@ -63,8 +65,21 @@ impl FakeDns {
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok((n, peer)) = udp.recv_from(&mut buf) {
-                if let Some(reply) = answer(&zone, &queries, &buf[..n], false) {
-                    let _ = udp.send_to(&reply, peer);
+                match answer(&zone, &queries, &buf[..n], false) {
+                    Some((None, reply)) => {
+                        let _ = udp.send_to(&reply, peer);
+                    }
+                    // Slow answers from a thread of their own, so that
+                    // other queries are answered meanwhile.
+                    Some((Some(after), reply)) => {
+                        if let Ok(u) = udp.try_clone() {
+                            std::thread::spawn(move || {
+                                std::thread::sleep(after);
+                                let _ = u.send_to(&reply, peer);
+                            });
+                        }
+                    }
+                    None => {}
                 }
             }
         });
@@ -83,7 +98,10 @@ impl FakeDns {
                     if s.read_exact(&mut q).is_err() {
                         return;
                     }
-                    if let Some(reply) = answer(&zone, &queries, &q, true) {
+                    if let Some((after, reply)) = answer(&zone, &queries, &q, true) {
+                        if let Some(d) = after {
+                            std::thread::sleep(d);
+                        }
                         let mut out = (reply.len() as u16).to_be_bytes().to_vec();
                         out.extend_from_slice(&reply);
                         let _ = s.write_all(&out);
@@ -144,7 +162,7 @@ fn answer(
     queries: &Mutex<Vec<(String, RecordType, bool)>>,
     bytes: &[u8],
     tcp: bool,
-) -> Option<Vec<u8>> {
+) -> Option<(Option<Duration>, Vec<u8>)> {
     let q = Message::from_vec(bytes).ok()?;
     let query = q.queries.first()?.clone();
     let qname = key(&query.name().to_ascii());
@@ -155,8 +173,13 @@ fn answer(
     m.metadata.recursion_available = true;
     m.add_query(query);
     let zone = zone.lock().unwrap();
+    let mut delay = None;
     match zone.get(&(qname.clone(), qtype)).cloned() {
         Some(Answer::Records(r)) => {
+            m.add_answers(r);
+        }
+        Some(Answer::Slow(d, r)) => {
+            delay = Some(d);
             m.add_answers(r);
         }
         Some(Answer::Truncated(r)) => {
@@ -176,7 +199,7 @@ fn answer(
             }
         }
     }
-    m.to_vec().ok()
+    m.to_vec().ok().map(|b| (delay, b))
 }
 
 // ---- TLS material --------------------------------------------------------------
@@ -685,6 +708,13 @@ impl FakeDns {
             })
             .collect();
         self.set(n, RecordType::TXT, Answer::Records(recs));
+    }
+
+    /// `ip` listed in the DNS blocklist `zone` with answer `code` (RFC
+    /// 5782 name forms, IPv4 and IPv6).
+    pub fn dnsbl(&self, zone: &str, ip: IpAddr, code: Ipv4Addr) {
+        let n = pimail::trust::dnsbl::query_name(ip, zone);
+        self.a(&n, &[code]);
     }
 
     /// The PTR record of `ip`.
