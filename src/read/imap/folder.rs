@@ -161,8 +161,9 @@ pub trait Folder {
         unchanged_since: Option<u64>,
     ) -> Stored;
 
-    /// Changes since the last call (others' changes; this handle's own
-    /// STOREs and the writes it was told of in `WriteDone` excepted).
+    /// Changes since the last call, in order. This handle's own STOREs
+    /// must not be reported (the session answered them already); its own
+    /// writes may be (the session ignores UIDs it knows or removed).
     fn poll(&mut self) -> Vec<Change>;
 }
 
@@ -185,17 +186,21 @@ pub trait Account {
 /// [`super::session::Session::write_done`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
+    /// A name ending in `/` is a parent that holds only folders
+    /// (`\Noselect`); otherwise an empty mbox file (SPEC "Folders").
     Create(String),
     Delete(String),
     Rename(String, String),
     /// The spool the driver filled with the APPEND octets goes into
-    /// `folder`.
+    /// `folder`; no date: the time of arrival (RFC 9051 6.3.12).
     Append {
         folder: String,
         flags: Vec<Flag>,
         date: Option<DateTime>,
     },
     /// COPY or MOVE of `uids` (ascending) from the selected folder.
+    /// Into `Junk` the copies get `$Junk` (and lose `$NotJunk`), out of
+    /// it `$NotJunk` (issue 16, "Spam-ready"): the store does that.
     Copy {
         from: String,
         uids: Vec<Uid>,

@@ -264,7 +264,9 @@ impl Reader {
                         });
                     }
                     nl?;
-                    if self.cmd.last() == Some(&b'\r') {
+                    // The CR of this line's CRLF, not the last octet of a
+                    // literal before a bare LF.
+                    if self.cmd.len() > self.line_start && self.cmd.last() == Some(&b'\r') {
                         self.cmd.pop();
                     }
                     if let Some(e) = self.line_end() {
@@ -576,6 +578,13 @@ mod tests {
             matches!(ev[0], Event::Bad { tag: Some(ref t), why: "unknown system flag", .. } if t == "A")
         );
         assert_eq!(ev[1], cmd(b"b NOOP"));
+    }
+
+    #[test]
+    fn literal_ending_in_cr_before_a_bare_lf() {
+        // Found by fuzzing: the literal's own CR is not the line's.
+        let ev = every_split(b"a LOGIN {2}\r\nx\r\n", true);
+        assert_eq!(ev, vec![Event::Continue, cmd(b"a LOGIN {2}\r\nx\r")]);
     }
 
     #[test]

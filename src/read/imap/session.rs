@@ -1473,7 +1473,12 @@ impl<A: Account> Session<A> {
                 }
             }
         }
+        // EXISTS first: an EXPUNGE may name a message that just came.
+        if added {
+            r::exists(out, sel.uids.len() as u32);
+        }
         if allow_expunge && !sel.gone.is_empty() {
+            // Each EXPUNGE lowers the count by one (RFC 9051 7.5.1).
             let mut gone = std::mem::take(&mut sel.gone);
             gone.sort_unstable();
             for u in gone {
@@ -1482,10 +1487,6 @@ impl<A: Account> Session<A> {
                     sel.uids.remove(seq as usize - 1);
                 }
             }
-            added = true;
-        }
-        if added {
-            r::exists(out, sel.uids.len() as u32);
         }
     }
 
@@ -2467,12 +2468,26 @@ mod tests {
         );
         assert_eq!(
             a.send("n NOOP\r\n"),
-            "* 1 EXPUNGE\r\n* 3 EXISTS\r\nn OK NOOP completed\r\n"
+            "* 1 EXPUNGE\r\nn OK NOOP completed\r\n"
+        );
+        // New mail and its expunge in one batch: EXISTS comes first.
+        let u = acct.deliver("INBOX", &msg("brief")).unwrap();
+        acct.perform(
+            &Write::Expunge {
+                folder: "INBOX".into(),
+                uids: vec![u],
+            },
+            b"",
+        );
+        assert_eq!(
+            a.send("n NOOP\r\n"),
+            "* 4 EXISTS\r\n* 4 EXPUNGE\r\nn OK NOOP completed\r\n"
         );
         // IDLE hears of new mail (RFC 2177).
         assert_eq!(a.send("i IDLE\r\n"), "+ idling\r\n");
         acct.deliver("INBOX", &msg("pushed"));
         assert_eq!(a.idle_changes(), "* 4 EXISTS\r\n");
+        assert_eq!(a.idle_changes(), "");
         assert_eq!(a.send("DONE\r\n"), "i OK IDLE terminated\r\n");
     }
 
