@@ -477,7 +477,8 @@ fn mailbox(name: Option<Vec<u8>>, adl: Option<Vec<u8>>, spec: &[u8]) -> Address 
         None => (spec, None),
     };
     // The host is never NIL for a mailbox (NIL marks a group): an address
-    // without a domain gets Dovecot's `MISSING_DOMAIN`.
+    // without a domain gets Dovecot's `MISSING_DOMAIN`, one without a
+    // local part (`<>`) its `MISSING_MAILBOX`.
     let local = if local.starts_with(b"\"") && local.ends_with(b"\"") && local.len() >= 2 {
         local[1..local.len() - 1].to_vec()
     } else {
@@ -486,7 +487,11 @@ fn mailbox(name: Option<Vec<u8>>, adl: Option<Vec<u8>>, spec: &[u8]) -> Address 
     Address {
         name: name.filter(|n| !n.is_empty()),
         adl,
-        mailbox: Some(local),
+        mailbox: Some(if local.is_empty() {
+            b"MISSING_MAILBOX".to_vec()
+        } else {
+            local
+        }),
         host: Some(host.unwrap_or_else(|| b"MISSING_DOMAIN".to_vec())),
     }
 }

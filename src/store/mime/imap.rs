@@ -7,13 +7,38 @@
 
 use super::{Address, Envelope, Kind, Part};
 
+/// How a byte can be sent in a string: 0 as is in a quoted string, 1
+/// escaped with `\\` (RFC 9051 9 `quoted-specials`), 2 only in a literal
+/// (8-bit, CR, LF, NUL).
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = if i == 0 || i == b'\r' as usize || i == b'\n' as usize || i >= 128 {
+            2
+        } else if i == b'"' as usize || i == b'\\' as usize {
+            1
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
 /// An IMAP `string`: quoted if every byte is a 7-bit TEXT-CHAR (RFC 9051
 /// 9 `quoted`), else a literal. NUL, which no string may hold, is sent as
 /// a space (the length stays).
 pub fn string(s: &[u8], out: &mut Vec<u8>) {
-    if s.iter()
-        .all(|&b| (1..=127).contains(&b) && b != b'\r' && b != b'\n')
-    {
+    // One pass with a table: this runs for every field of every message
+    // of a FETCH 1:* (ENVELOPE BODYSTRUCTURE).
+    let class = s.iter().fold(0u8, |m, &b| m | CLASS[b as usize]);
+    if class == 0 {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s);
+        out.push(b'"');
+    } else if class == 1 {
         out.push(b'"');
         for &b in s {
             if b == b'"' || b == b'\\' {
@@ -24,9 +49,15 @@ pub fn string(s: &[u8], out: &mut Vec<u8>) {
         out.push(b'"');
     } else {
         out.push(b'{');
-        out.extend_from_slice(s.len().to_string().as_bytes());
+        number(s.len() as u64, out);
         out.extend_from_slice(b"}\r\n");
-        out.extend(s.iter().map(|&b| if b == 0 { b' ' } else { b }));
+        let start = out.len();
+        out.extend_from_slice(s);
+        for b in &mut out[start..] {
+            if *b == 0 {
+                *b = b' ';
+            }
+        }
     }
 }
 
@@ -37,7 +68,7 @@ pub fn nstring(s: Option<&[u8]>, out: &mut Vec<u8>) {
     }
 }
 
-fn number(n: u64, out: &mut Vec<u8>) {
+pub fn number(n: u64, out: &mut Vec<u8>) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     let mut n = n;

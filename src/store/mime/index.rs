@@ -11,7 +11,7 @@
 //! (0, or 1 + type + params), languages, location, then its kind: 0
 //! single, 1 multipart (count, parts), 2 message (envelope, part).
 
-use super::{Address, Envelope, Kind, Params, Part, Pos, Structure, MAX_DEPTH};
+use super::{imap, Address, Envelope, Kind, Params, Part, Pos, Structure, MAX_DEPTH};
 
 const VERSION: u8 = 1;
 
@@ -136,6 +136,7 @@ pub fn encode(s: &Structure, out: &mut Vec<u8>) {
 
 // ---- reading ----------------------------------------------------------------------------
 
+#[derive(Clone, Copy)]
 struct Reader<'a> {
     b: &'a [u8],
 }
@@ -350,6 +351,297 @@ pub fn decode(b: &[u8]) -> Result<Structure, IndexError> {
     Ok(Structure { envelope, root })
 }
 
+// ---- answering FETCH straight from the record --------------------------------------
+
+/// Strings as slices of the record: FETCH ENVELOPE/BODYSTRUCTURE for a
+/// whole folder write the response from the index without building a
+/// [`Structure`] (no allocation per message).
+impl<'a> Reader<'a> {
+    fn nslice(&mut self) -> Result<Option<&'a [u8]>, IndexError> {
+        let n = self.varint()?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let len = n - 1;
+        if len > self.b.len() as u64 {
+            return Err(IndexError::Truncated);
+        }
+        let (s, rest) = self.b.split_at(len as usize);
+        self.b = rest;
+        Ok(Some(s))
+    }
+
+    fn slice(&mut self) -> Result<&'a [u8], IndexError> {
+        self.nslice()?
+            .ok_or(IndexError::Invalid("NIL where a string must be"))
+    }
+
+    fn write_nstring(&mut self, out: &mut Vec<u8>) -> Result<(), IndexError> {
+        imap::nstring(self.nslice()?, out);
+        Ok(())
+    }
+
+    fn write_addresses(&mut self, out: &mut Vec<u8>) -> Result<(), IndexError> {
+        let n = self.count()?;
+        if n == 0 {
+            out.extend_from_slice(b"NIL");
+            return Ok(());
+        }
+        out.push(b'(');
+        for _ in 0..n {
+            out.push(b'(');
+            self.write_nstring(out)?;
+            for _ in 0..3 {
+                out.push(b' ');
+                self.write_nstring(out)?;
+            }
+            out.push(b')');
+        }
+        out.push(b')');
+        Ok(())
+    }
+
+    fn write_envelope(&mut self, out: &mut Vec<u8>) -> Result<(), IndexError> {
+        out.push(b'(');
+        self.write_nstring(out)?;
+        out.push(b' ');
+        self.write_nstring(out)?;
+        for _ in 0..6 {
+            out.push(b' ');
+            self.write_addresses(out)?;
+        }
+        out.push(b' ');
+        self.write_nstring(out)?;
+        out.push(b' ');
+        self.write_nstring(out)?;
+        out.push(b')');
+        Ok(())
+    }
+
+    /// Params, written (`out`) or skipped (`None`).
+    fn write_params(&mut self, out: Option<&mut Vec<u8>>) -> Result<(), IndexError> {
+        let n = self.count()?;
+        let Some(out) = out else {
+            for _ in 0..n {
+                self.slice()?;
+                self.slice()?;
+            }
+            return Ok(());
+        };
+        if n == 0 {
+            out.extend_from_slice(b"NIL");
+            return Ok(());
+        }
+        out.push(b'(');
+        for i in 0..n {
+            if i > 0 {
+                out.push(b' ');
+            }
+            imap::string(self.slice()?, out);
+            out.push(b' ');
+            imap::string(self.slice()?, out);
+        }
+        out.push(b')');
+        Ok(())
+    }
+
+    /// Disposition, language and location, written or skipped.
+    fn write_dsp_lang_loc(&mut self, mut out: Option<&mut Vec<u8>>) -> Result<(), IndexError> {
+        match self.byte()? {
+            0 => {
+                if let Some(o) = out.as_deref_mut() {
+                    o.extend_from_slice(b" NIL");
+                }
+            }
+            1 => {
+                let t = self.slice()?;
+                match out.as_deref_mut() {
+                    Some(o) => {
+                        o.extend_from_slice(b" (");
+                        imap::string(t, o);
+                        o.push(b' ');
+                        self.write_params(Some(o))?;
+                        o.push(b')');
+                    }
+                    None => self.write_params(None)?,
+                }
+            }
+            _ => return Err(IndexError::Invalid("disposition tag")),
+        }
+        let n = self.count()?;
+        if let Some(o) = out.as_deref_mut() {
+            o.extend_from_slice(if n == 0 { b" NIL" } else { b" (" });
+        }
+        for i in 0..n {
+            let l = self.slice()?;
+            if let Some(o) = out.as_deref_mut() {
+                if i > 0 {
+                    o.push(b' ');
+                }
+                imap::string(l, o);
+            }
+        }
+        if n > 0 {
+            if let Some(o) = out.as_deref_mut() {
+                o.push(b')');
+            }
+        }
+        let loc = self.nslice()?;
+        if let Some(o) = out {
+            o.push(b' ');
+            imap::nstring(loc, o);
+        }
+        Ok(())
+    }
+
+    /// One part as `body` (RFC 9051 7.5.2), checked as [`Reader::part`]
+    /// checks it.
+    fn write_part(
+        &mut self,
+        depth: usize,
+        within: (Pos, Pos),
+        ext: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), IndexError> {
+        if depth > MAX_DEPTH + 2 {
+            return Err(IndexError::Invalid("parts nested too deep"));
+        }
+        let header = Pos {
+            stored: self.varint()?,
+            wire: self.varint()?,
+        };
+        let body = self.after(header)?;
+        let end = self.after(body)?;
+        let inside = |p: Pos| {
+            p.stored >= within.0.stored
+                && p.wire >= within.0.wire
+                && p.stored <= within.1.stored
+                && p.wire <= within.1.wire
+        };
+        if !inside(header) || !inside(end) {
+            return Err(IndexError::Invalid("part outside its parent"));
+        }
+        let lines = self.varint()?;
+        let ctype = self.slice()?;
+        let subtype = self.slice()?;
+        // Params and the extension fields come before the kind in the
+        // record; a multipart writes them after its children, so their
+        // place is kept and read again then.
+        let params_at = *self;
+        self.write_params(None)?;
+        let id = self.nslice()?;
+        let description = self.nslice()?;
+        let encoding = self.nslice()?;
+        let md5 = self.nslice()?;
+        let ext_at = *self;
+        self.write_dsp_lang_loc(None)?;
+        out.push(b'(');
+        match self.byte()? {
+            1 => {
+                let n = self.count()?;
+                if n == 0 {
+                    return Err(IndexError::Invalid("multipart without parts"));
+                }
+                for _ in 0..n {
+                    self.write_part(depth + 1, (body, end), ext, out)?;
+                }
+                out.push(b' ');
+                imap::string(subtype, out);
+                if ext {
+                    out.push(b' ');
+                    let (mut p, mut e) = (params_at, ext_at);
+                    p.write_params(Some(out))?;
+                    e.write_dsp_lang_loc(Some(out))?;
+                }
+            }
+            kind @ (0 | 2) => {
+                imap::string(ctype, out);
+                out.push(b' ');
+                imap::string(subtype, out);
+                out.push(b' ');
+                let mut p = params_at;
+                p.write_params(Some(out))?;
+                out.push(b' ');
+                imap::nstring(id, out);
+                out.push(b' ');
+                imap::nstring(description, out);
+                out.push(b' ');
+                imap::string(encoding.unwrap_or(b"7bit"), out);
+                out.push(b' ');
+                imap::number(end.wire - body.wire, out);
+                if kind == 2 {
+                    out.push(b' ');
+                    self.write_envelope(out)?;
+                    out.push(b' ');
+                    self.write_part(depth + 1, (body, end), ext, out)?;
+                    out.push(b' ');
+                    imap::number(lines, out);
+                } else if ctype.eq_ignore_ascii_case(b"text") {
+                    out.push(b' ');
+                    imap::number(lines, out);
+                }
+                if ext {
+                    out.push(b' ');
+                    imap::nstring(md5, out);
+                    let mut e = ext_at;
+                    e.write_dsp_lang_loc(Some(out))?;
+                }
+            }
+            _ => return Err(IndexError::Invalid("part kind")),
+        }
+        out.push(b')');
+        Ok(())
+    }
+}
+
+/// Writes the ENVELOPE of a record (RFC 9051 7.5.2), the same bytes as
+/// [`imap::envelope`] of [`decode`]. On `Err`, `out` is as it was.
+pub fn write_envelope(rec: &[u8], out: &mut Vec<u8>) -> Result<(), IndexError> {
+    let start = out.len();
+    let mut r = Reader { b: rec };
+    let res = (|| {
+        if r.byte()? != VERSION {
+            return Err(IndexError::Invalid("version"));
+        }
+        r.write_envelope(out)
+    })();
+    if res.is_err() {
+        out.truncate(start);
+    }
+    res
+}
+
+/// Writes BODYSTRUCTURE (`extensible`) or BODY of a record, the same
+/// bytes as [`imap::body`] of [`decode`]. On `Err`, `out` is as it was.
+pub fn write_body(rec: &[u8], extensible: bool, out: &mut Vec<u8>) -> Result<(), IndexError> {
+    let start = out.len();
+    let mut r = Reader { b: rec };
+    let res = (|| {
+        if r.byte()? != VERSION {
+            return Err(IndexError::Invalid("version"));
+        }
+        // The envelope, skipped (written into a scratch that is dropped).
+        let mut scratch = Vec::new();
+        r.write_envelope(&mut scratch)?;
+        let all = (
+            Pos::default(),
+            Pos {
+                stored: u64::MAX,
+                wire: u64::MAX,
+            },
+        );
+        r.write_part(0, all, extensible, out)?;
+        if !r.b.is_empty() {
+            return Err(IndexError::Invalid("bytes after the record"));
+        }
+        Ok(())
+    })();
+    if res.is_err() {
+        out.truncate(start);
+    }
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,8 +653,25 @@ mod tests {
             let mut rec = Vec::new();
             encode(&s, &mut rec);
             assert_eq!(decode(&rec).as_ref(), Ok(&s), "{name}");
+            for ext in [true, false] {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                imap::body(&s.root, ext, &mut a);
+                write_body(&rec, ext, &mut b).unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&a),
+                    String::from_utf8_lossy(&b),
+                    "{name}"
+                );
+            }
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            imap::envelope(&s.envelope, &mut a);
+            write_envelope(&rec, &mut b).unwrap();
+            assert_eq!(a, b, "{name}");
             for cut in 0..rec.len() {
                 assert!(decode(&rec[..cut]).is_err(), "{name} cut at {cut}");
+                let mut out = b"x".to_vec();
+                assert!(write_body(&rec[..cut], true, &mut out).is_err());
+                assert_eq!(out, b"x");
             }
             let mut longer = rec.clone();
             longer.push(0);
@@ -371,7 +680,12 @@ mod tests {
             for i in 0..rec.len() {
                 let mut bad = rec.clone();
                 bad[i] ^= 0x55;
-                let _ = decode(&bad);
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                if let Ok(s) = decode(&bad) {
+                    imap::body(&s.root, true, &mut a);
+                    write_body(&bad, true, &mut b).unwrap();
+                    assert_eq!(a, b);
+                }
             }
         }
     }

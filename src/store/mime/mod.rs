@@ -195,16 +195,19 @@ impl Part {
                         self.ctype = v.value;
                         self.subtype = v.subtype.unwrap_or_default();
                         self.params = v.params;
-                        if self.params.is_empty() && self.ctype.eq_ignore_ascii_case(b"text") {
+                        if self.ctype.eq_ignore_ascii_case(b"text")
+                            && self.param("charset").is_none()
+                        {
                             // RFC 2045 5.2's default charset, as Dovecot
                             // reports it.
-                            self.params = vec![(b"charset".to_vec(), b"us-ascii".to_vec())];
+                            self.params
+                                .push((b"charset".to_vec(), b"us-ascii".to_vec()));
                         }
                     } else {
-                        *self = Part {
-                            kind: Kind::Single,
-                            ..Part::new(self.header, false)
-                        };
+                        let d = Part::new(self.header, in_digest);
+                        self.ctype = d.ctype;
+                        self.subtype = d.subtype;
+                        self.params = d.params;
                     }
                 }
                 b"content-transfer-encoding" if first(&self.encoding) => {
@@ -240,18 +243,6 @@ impl Part {
                 }
                 _ => {}
             }
-        }
-        if !seen_type && in_digest {
-            // RFC 2046 5.1.5: in a digest the default is message/rfc822.
-            let h = self.header;
-            let keep = std::mem::replace(self, Part::new(h, true));
-            self.encoding = keep.encoding;
-            self.id = keep.id;
-            self.description = keep.description;
-            self.md5 = keep.md5;
-            self.location = keep.location;
-            self.disposition = keep.disposition;
-            self.language = keep.language;
         }
     }
 }
@@ -901,6 +892,9 @@ pub(crate) mod tests {
         sample!("truncated.eml"),
         sample!("crlf.eml"),
         sample!("quoted.eml"),
+        sample!("addr.eml"),
+        sample!("ctbad.eml"),
+        sample!("html.eml"),
     ];
 
     fn sample(name: &str) -> &'static [u8] {
@@ -964,8 +958,22 @@ pub(crate) mod tests {
                 r#"(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 29 2 NIL NIL NIL NIL)("text" "plain" ("charset" "utf-8") NIL NIL "7bit" 0 0 NIL NIL NIL NIL) "mixed" ("boundary" "q") NIL NIL NIL)"#,
             ),
             (
+                // Dovecot leaves the mboxrd quoting in (39).
                 "quoted.eml",
                 r#"("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 37 3 NIL NIL NIL NIL)"#,
+            ),
+            (
+                "addr.eml",
+                r#"("text" "plain" ("charset" "UTF-8") NIL NIL "8bit" 4 1 NIL NIL NIL NIL)"#,
+            ),
+            // Dovecot: ("garbage" "" NIL ...); RFC 2045 5.2 says text/plain.
+            (
+                "ctbad.eml",
+                r#"("text" "plain" ("charset" "us-ascii") NIL NIL "QUOTED-PRINTABLE" 7 1 NIL ("inline" ("filename" "a.txt")) NIL NIL)"#,
+            ),
+            (
+                "html.eml",
+                r#"("TEXT" "HTML" ("format" "flowed" "charset" "us-ascii") "<x@y>" NIL "7bit" 5 1 NIL NIL NIL NIL)"#,
             ),
         ];
         assert_eq!(want.len(), SAMPLES.len());
@@ -984,6 +992,11 @@ pub(crate) mod tests {
 
     #[test]
     fn envelopes() {
+        let s = Structure::parse(sample("addr.eml"));
+        assert_eq!(
+            envelope_of(&s),
+            r#"("Mon, 2 Jun 2025 11:59:58 +0200" "spaced   out" (("Pete Resnick" NIL "pete" "silly.test")) (("Pete Resnick" NIL "pete" "silly.test")) (("Pete Resnick" NIL "pete" "silly.test")) ((NIL NIL "a b" "example.com")(NIL "@a.test,@b.test" "joe" "c.test")("Joe Q. Public" NIL "john.q.public" "example.com")("Mary (nested) Smith" NIL "Mary.Smith" "x.test")) (("=?utf-8?q?J=C3=B6rg?=" NIL "jorg" "example.de")("Who Knows" NIL "MISSING_MAILBOX" "MISSING_DOMAIN")) NIL NIL NIL)"#
+        );
         let s = Structure::parse(sample("groups.eml"));
         assert_eq!(
             envelope_of(&s),
