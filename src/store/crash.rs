@@ -24,7 +24,7 @@ use std::rc::Rc;
 const BLOCK: u64 = 4096;
 
 #[derive(Clone, Debug)]
-enum Op {
+pub(crate) enum Op {
     Write(u64, Vec<u8>),
     SetLen(u64),
 }
@@ -153,7 +153,7 @@ impl Disk for Sim {
 }
 
 /// Which pieces survive: all combinations for a few, else a fixed subset.
-fn masks(n: usize) -> Vec<Vec<bool>> {
+pub(crate) fn masks(n: usize) -> Vec<Vec<bool>> {
     if n <= 10 {
         return (0..1u32 << n)
             .map(|m| (0..n).map(|i| m >> i & 1 == 1).collect())
@@ -182,7 +182,7 @@ fn masks(n: usize) -> Vec<Vec<bool>> {
 }
 
 /// Every state one file may be in after a power cut.
-fn file_states(durable: &[u8], pending: &[Op]) -> Vec<Vec<u8>> {
+pub(crate) fn file_states(durable: &[u8], pending: &[Op]) -> Vec<Vec<u8>> {
     let mut pieces: Vec<(u64, &[u8])> = Vec::new();
     let mut lens = vec![durable.len() as u64];
     let mut len = durable.len() as u64;

@@ -7,6 +7,8 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::time::Duration;
 
 /// Identity and change time of a file: if this differs from what we saw
 /// after our own last write, someone else changed the file since.
@@ -122,5 +124,126 @@ impl Fnv {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
+    }
+}
+
+/// The directory side of durability: creating, renaming and removing
+/// files, and flushing a directory's entries. The outbound queue and the
+/// POP3 rewrite go through it, so that the crash-state explorer
+/// (`simfs.rs`, tests only) can replay them on a recorded file system in
+/// which a rename or a new file not followed by a directory flush may or
+/// may not survive a power cut.
+pub trait Fs: Send + Sync {
+    /// Creates a private file (mode 0600), truncating an existing one
+    /// unless `new`; never through a symlink (issue 13, hole 10).
+    fn create(&self, path: &Path, new: bool) -> io::Result<Box<dyn Disk>>;
+    /// Opens an existing file for reading (and writing if `write`), never
+    /// through a symlink.
+    fn open(&self, path: &Path, write: bool) -> io::Result<Box<dyn Disk>>;
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    fn exists(&self, path: &Path) -> bool;
+    /// fsync of the directory: its new, renamed and removed entries
+    /// survive a power cut.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// The names in a directory.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Time since the file was last modified.
+    fn age(&self, path: &Path) -> Option<Duration>;
+    /// Creates a private directory (mode 0700) if it is missing.
+    fn ensure_dir(&self, dir: &Path) -> io::Result<()>;
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let f = self.open(path, false)?;
+        let mut buf = vec![0u8; f.len()? as usize];
+        f.read_exact_at(&mut buf, 0)?;
+        Ok(buf)
+    }
+}
+
+/// The real file system.
+pub struct RealFs;
+
+impl Fs for RealFs {
+    fn create(&self, path: &Path, new: bool) -> io::Result<Box<dyn Disk>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true).write(true).mode(0o600);
+        o.custom_flags(libc::O_NOFOLLOW);
+        if new {
+            o.create_new(true);
+        } else {
+            o.create(true).truncate(true);
+        }
+        Ok(Box::new(o.open(path)?))
+    }
+    fn open(&self, path: &Path, write: bool) -> io::Result<Box<dyn Disk>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        Ok(Box::new(f))
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::hard_link(from, to)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        std::fs::symlink_metadata(path).is_ok()
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        crate::util::paths::sync_dir(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        Ok(std::fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect())
+    }
+    fn age(&self, path: &Path) -> Option<Duration> {
+        let t = std::fs::symlink_metadata(path).ok()?.modified().ok()?;
+        std::time::SystemTime::now().duration_since(t).ok()
+    }
+    fn ensure_dir(&self, dir: &Path) -> io::Result<()> {
+        crate::util::paths::private_dir(dir)
+    }
+}
+
+/// Writes a whole file durably: a temp file, flushed, renamed over
+/// `path`, the directory flushed: two flushes.
+pub fn write_atomic(fs: &dyn Fs, path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let f = fs.create(&tmp, false)?;
+    f.write_all_at(data, 0)?;
+    f.sync_data()?;
+    drop(f);
+    fs.rename(&tmp, path)?;
+    fs.sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Sequential writes to a [`Disk`]: for `BufWriter` and `io::copy`.
+pub struct Writer<'a> {
+    pub disk: &'a dyn Disk,
+    pub at: u64,
+}
+
+impl io::Write for Writer<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.disk.write_all_at(buf, self.at)?;
+        self.at += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

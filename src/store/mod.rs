@@ -10,4 +10,8 @@ pub mod disk;
 pub mod maildrop;
 pub mod mbox;
 pub mod mime;
+#[cfg(test)]
+mod pop3_crash;
+#[cfg(test)]
+pub(crate) mod simfs;
 pub mod status;

@@ -85,13 +85,20 @@ impl SpamChecks {
     /// Opens the state files and the Junk folder's writer.
     pub fn start(config: &crate::config::Config) -> Result<SpamChecks, String> {
         let i = &config.inbound;
+        // The greylist is safe to lose (worst case one more delay), so a
+        // file that cannot be made (a full disk) turns greylisting off
+        // rather than stopping the server from taking mail.
         let greylist = if i.greylist {
-            Some(Greylist::open(&config.data_dir).map_err(|e| {
-                format!(
-                    "cannot open the greylist {}: {e}",
-                    config.data_dir.join("greylist").display()
-                )
-            })?)
+            match Greylist::open(&config.data_dir) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    log::warn!(
+                        "greylisting is off until restart: cannot open {}: {e}",
+                        config.data_dir.join("greylist").display()
+                    );
+                    None
+                }
+            }
         } else {
             None
         };
