@@ -287,3 +287,93 @@ fn curl_lists_and_fetches() {
     assert!(body.contains("Subject: one"), "{body}");
     assert!(body.contains("This is one."), "{body}");
 }
+
+#[test]
+fn imapclient_folders_flags_and_uids() {
+    let srv = imap_server();
+    deliver(&srv, &simple("one"));
+    deliver(&srv, &simple("two"));
+    let a = srv.addr("imap");
+    let out = python(
+        r#"
+import sys
+try:
+    from imapclient import IMAPClient
+except ImportError:
+    print('SKIP'); sys.exit(0)
+c = IMAPClient(sys.argv[1], port=int(sys.argv[2]), ssl=False, timeout=60)
+c.login('alice', 'secret')
+print('FOLDERS', sorted(f[2] for f in c.list_folders()))
+print('TRASH', c.find_special_folder(b'\\Trash'))
+info = c.select_folder('INBOX')
+print('EXISTS', info[b'EXISTS'], 'UIDNEXT', info[b'UIDNEXT'])
+msgs = c.search(['ALL'])
+print('UIDS', msgs)
+c.add_flags(msgs[:1], [b'\\Flagged'])
+r = c.fetch(msgs, ['FLAGS', 'RFC822.SIZE', 'ENVELOPE'])
+for uid in sorted(r):
+    print('MSG', uid, r[uid][b'FLAGS'], r[uid][b'ENVELOPE'].subject)
+c.create_folder('Lists/rust')
+print('FOLDERS2', sorted(f[2] for f in c.list_folders()))
+c.move(msgs[1:], 'Lists/rust')
+print('LEFT', c.search(['ALL']))
+c.select_folder('Lists/rust')
+print('RUST', c.search(['ALL']))
+c.logout()
+"#,
+        &[&a.ip().to_string(), &a.port().to_string()],
+    );
+    if out.contains("SKIP") {
+        eprintln!("skipped: imapclient not installed (scripts/install-test-tools.sh)");
+        return;
+    }
+    assert!(
+        out.contains("FOLDERS ['Archive', 'Drafts', 'INBOX', 'Junk', 'Sent', 'Trash']"),
+        "{out}"
+    );
+    assert!(out.contains("TRASH Trash"), "{out}");
+    assert!(out.contains("EXISTS 2 UIDNEXT 3"), "{out}");
+    assert!(out.contains("UIDS [1, 2]"), "{out}");
+    assert!(out.contains("MSG 1 (b'\\\\Flagged',) b'one'"), "{out}");
+    assert!(out.contains("MSG 2 () b'two'"), "{out}");
+    assert!(out.contains("'Lists/rust'"), "{out}");
+    assert!(out.contains("LEFT [1]"), "{out}");
+    assert!(out.contains("RUST [1]"), "{out}");
+}
+
+#[test]
+fn oversized_append_is_refused_before_its_octets_and_bad_input_gets_bad() {
+    let srv = Server::with(Options {
+        listen_imap: true,
+        limits: "max_message_size = \"1K\"\n".into(),
+        ..Options::default()
+    });
+    let a = srv.addr("imap");
+    let out = python(
+        r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+f = s.makefile('rb')
+print(f.readline().decode().strip())
+def cmd(line):
+    s.sendall(line)
+    while True:
+        l = f.readline().decode().strip()
+        print(l)
+        if not l.startswith('*'): return l
+cmd(b'a LOGIN alice secret\r\n')
+cmd(b'b FROBNICATE\r\n')
+cmd(b'c APPEND INBOX {5000}\r\n')
+cmd(b'd NOOP\r\n')
+cmd(b'e LOGOUT\r\n')
+"#,
+        &[&a.ip().to_string(), &a.port().to_string()],
+    );
+    assert!(out.contains("a OK [CAPABILITY"), "{out}");
+    assert!(out.contains("b BAD"), "{out}");
+    assert!(out.contains("c NO [TOOBIG]"), "{out}");
+    assert!(out.contains("d OK"), "{out}");
+    assert!(out.contains("e OK"), "{out}");
+    // Nothing was stored.
+    assert!(python_mbox_messages(&srv.mbox_path()).is_empty());
+}
