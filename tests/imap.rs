@@ -377,3 +377,77 @@ cmd(b'e LOGOUT\r\n')
     // Nothing was stored.
     assert!(python_mbox_messages(&srv.mbox_path()).is_empty());
 }
+
+#[test]
+fn kill9_during_moves_loses_no_message() {
+    let mut srv = imap_server();
+    for i in 0..20 {
+        deliver(&srv, &simple(&format!("m{i}")));
+    }
+    let a = srv.addr("imap");
+    // Moves one message at a time until the server dies under it.
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import imaplib, sys
+M = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]), timeout=30)
+M.login('alice', 'secret')
+M.select('INBOX')
+print('ready', flush=True)
+for i in range(20):
+    try:
+        M._simple_command('MOVE', '1', 'Trash')
+    except Exception:
+        break
+"#,
+        )
+        .arg(a.ip().to_string())
+        .arg(a.port().to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    srv.kill9();
+    let _ = child.wait();
+    srv.spawn();
+    let subjects = |p: &std::path::Path| -> Vec<String> {
+        python_mbox_messages(p)
+            .iter()
+            .filter_map(|m| {
+                String::from_utf8_lossy(m)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Subject: ").map(String::from))
+            })
+            .collect()
+    };
+    let mut all = subjects(&srv.mbox_path());
+    all.extend(subjects(&srv.dir.path().join("data/folders/Trash")));
+    for i in 0..20 {
+        assert!(all.contains(&format!("m{i}")), "m{i} lost: {all:?}");
+    }
+    // Every message can still be read over IMAP, UIDs unique per folder.
+    let out = imaplib(
+        &srv,
+        r#"
+for f in ('INBOX', 'Trash'):
+    typ, data = M.select(f)
+    typ, uids = M.uid('SEARCH', 'ALL')
+    u = uids[0].split()
+    assert len(u) == len(set(u)), u
+    print(f, int(data[0]))
+"#,
+        &[],
+    );
+    let n: usize = out
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1)?.parse::<usize>().ok())
+        .sum();
+    assert!(n >= 20, "{out}");
+}
