@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the programs the test suite talks to (real clients and peers:
-# swaks, curl, openssl, prlimit, ...), with apt, only those missing.
+# swaks, curl, openssl, prlimit, msmtp, fetchmail, ...), with apt, only those missing.
 # Safe to run again; does nothing when everything is there.
 set -euo pipefail
 
@@ -12,6 +12,10 @@ have openssl  || need+=(openssl)
 have prlimit  || need+=(util-linux)
 have python3  || need+=(python3)
 have fail2ban-regex || need+=(fail2ban)   # the shipped filter, tests/auth_hardening.rs
+# The mail clients of the try-it TLS test (tests/firstrun.rs), in their
+# default configurations: msmtp (`auth on`, STARTTLS), fetchmail (STLS).
+have msmtp     || need+=(msmtp)
+have fetchmail || need+=(fetchmail)
 have systemd-analyze || need+=(systemd)   # unit file checks
 # The receiving MX of the outbound interop test (a private instance on a
 # loopback high port; the system's own Postfix is not configured or started).

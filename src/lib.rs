@@ -13,6 +13,7 @@
 //! its own folder and any floor below it, never one above:
 //!
 //! ```text
+//!   admin             setup, status: the owner's tools over everything
 //!   server            starts everything
 //!   receive           smtp/
 //!   read              pop3/
@@ -32,6 +33,7 @@
 //! async drivers are thin (`receive::smtp::conn`, `read::pop3::conn`).
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod mail;
 pub mod net;

@@ -41,6 +41,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    // Every tool ends quietly when its output is closed (`| head`); the
+    // server keeps Rust's SIG_IGN, its sockets report EPIPE instead.
+    if !matches!(cli.command, Command::Serve) {
+        let _ = pimail::util::sys::default_sigpipe();
+    }
     match cli.command {
         Command::Help => {
             print!("{}", cli::USAGE);
@@ -51,25 +56,22 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Passwd => passwd(),
-        Command::CheckConfig => match load_config(&cli) {
-            Ok(c) => {
-                // The certificate and key are part of a working config.
-                if let Some(t) = &c.tls {
-                    if let Err(e) = tls::load(&t.cert, &t.key) {
-                        eprintln!("pimail: config error: [tls]: {e}");
-                        return ExitCode::from(EX_CONFIG);
-                    }
-                }
-                print!("{}", c.effective());
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
+        Command::CheckConfig => check_config(&cli),
         Command::Serve => serve(&cli),
         Command::Sendmail(ref args) => sendmail(&cli, args),
         Command::Queue(ref q) => queue(&cli, q),
         Command::Doctor { ref probe } => match load_config(&cli) {
             Ok(c) => doctor(&c, probe.as_deref()),
+            Err(code) => code,
+        },
+        Command::Setup(ref args) => setup(&cli, args),
+        Command::Status => match load_config(&cli) {
+            Ok(c) => {
+                let (text, code) =
+                    pimail::admin::status::report(&c, pimail::util::timefmt::unix_now());
+                print!("{text}");
+                ExitCode::from(code)
+            }
             Err(code) => code,
         },
         Command::Dkim(ref cmd) => match load_config(&cli) {
@@ -85,6 +87,52 @@ fn load_config(cli: &cli::Cli) -> Result<Config, ExitCode> {
         eprintln!("pimail: config error: {e}");
         ExitCode::from(EX_CONFIG)
     })
+}
+
+/// `pimail check-config`: every error in one run (the server stops at the
+/// first), then warnings about settings that parse but will not work.
+fn check_config(cli: &cli::Cli) -> ExitCode {
+    let path = config::locate(cli.config.as_deref());
+    let c = match config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(first) => {
+            let all = match &path {
+                Some(p) => config::load_all_errors(p),
+                None => vec![],
+            };
+            if all.is_empty() {
+                eprintln!("pimail: config error: {first}");
+            }
+            for e in &all {
+                eprintln!("pimail: config error: {e}");
+            }
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    // The certificate and key are part of a working config.
+    if let Some(t) = &c.tls {
+        if let Err(e) = tls::load(&t.cert, &t.key) {
+            eprintln!("pimail: config error: {}", tls_config_error(&c, &e));
+            return ExitCode::from(EX_CONFIG);
+        }
+    }
+    for w in config::warnings(&c) {
+        eprintln!("pimail: warning: {w}");
+    }
+    print!("{}", c.effective());
+    ExitCode::SUCCESS
+}
+
+/// A `[tls]` problem as a config error naming file, line and key.
+fn tls_config_error(c: &Config, e: &tls::TlsError) -> config::ConfigError {
+    use tls::TlsError as T;
+    let is_key = |p: &std::path::Path| c.tls.as_ref().is_some_and(|t| t.key == p);
+    let key = match e {
+        T::Read(p, _) | T::Pem(p, _) if is_key(p) => "tls.key",
+        T::NoKey(_) | T::Mismatch { .. } => "tls.key",
+        _ => "tls.cert",
+    };
+    config::key_error(&c.source, key, e.to_string())
 }
 
 /// `pimail sendmail`: queue the message from stdin (see `sendmail`).
@@ -123,9 +171,26 @@ fn queue(cli: &cli::Cli, cmd: &cli::QueueCommand) -> ExitCode {
     match cmd {
         cli::QueueCommand::List => match q.list() {
             Ok(entries) => {
+                // The route the running server chose (relay fallback), else
+                // the configured one.
+                let status = pimail::store::status::read(&config.data_dir);
+                let route = status
+                    .iter()
+                    .find(|(k, _)| k == "route")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| {
+                        match (&config.outbound.relay, config.outbound.relay_fallback) {
+                            (Some(r), false) => format!("relay {r}"),
+                            _ => "direct".into(),
+                        }
+                    });
                 print!(
                     "{}",
-                    pimail::send::queue::list_text(&entries, pimail::util::timefmt::unix_now())
+                    pimail::send::queue::list_text_routed(
+                        &entries,
+                        pimail::util::timefmt::unix_now(),
+                        Some(&route)
+                    )
                 );
                 if entries.is_empty() {
                     println!("queue is empty");
@@ -171,23 +236,51 @@ fn queue(cli: &cli::Cli, cmd: &cli::QueueCommand) -> ExitCode {
     }
 }
 
-/// `pimail passwd`: one line from stdin (a terminal or a pipe) to a hash.
+/// Shortest password `pimail passwd` takes from a person at a terminal.
+const MIN_PASSWORD: usize = 8;
+
+/// `pimail passwd`: a password to a hash for the config. At a terminal it
+/// prompts on stderr, does not echo, reads one line, asks twice and refuses
+/// passwords under [`MIN_PASSWORD`] characters; from a pipe it takes the
+/// first line as it is (scripts choose their own passwords).
 fn passwd() -> ExitCode {
-    let mut input = Vec::new();
-    if let Err(e) = std::io::stdin().take(4096).read_to_end(&mut input) {
-        eprintln!("pimail passwd: cannot read stdin: {e}");
-        return ExitCode::from(EX_OSERR);
-    }
-    let Ok(text) = String::from_utf8(input) else {
-        eprintln!("pimail passwd: the password is not valid UTF-8");
-        return ExitCode::from(EX_DATAERR);
+    let pw = if pimail::util::sys::is_terminal(0) {
+        let first = match prompt_hidden("New password: ") {
+            Ok(p) => p,
+            Err(code) => return code,
+        };
+        if first.chars().count() < MIN_PASSWORD {
+            eprintln!(
+                "pimail passwd: too short: use at least {MIN_PASSWORD} characters (a few words make a good one)"
+            );
+            return ExitCode::from(EX_DATAERR);
+        }
+        let again = match prompt_hidden("Again: ") {
+            Ok(p) => p,
+            Err(code) => return code,
+        };
+        if again != first {
+            eprintln!("pimail passwd: the two passwords differ; nothing changed, try again");
+            return ExitCode::from(EX_DATAERR);
+        }
+        first
+    } else {
+        let mut input = Vec::new();
+        if let Err(e) = std::io::stdin().take(4096).read_to_end(&mut input) {
+            eprintln!("pimail passwd: cannot read stdin: {e}");
+            return ExitCode::from(EX_OSERR);
+        }
+        let Ok(text) = String::from_utf8(input) else {
+            eprintln!("pimail passwd: the password is not valid UTF-8");
+            return ExitCode::from(EX_DATAERR);
+        };
+        text.lines().next().unwrap_or("").to_string()
     };
-    let pw = text.lines().next().unwrap_or("");
     if pw.is_empty() {
         eprintln!("pimail passwd: empty password; type it on stdin, e.g. `pimail passwd` then the password and Enter");
         return ExitCode::from(EX_DATAERR);
     }
-    match auth::hash_password(pw) {
+    match auth::hash_password(&pw) {
         Ok(h) => {
             println!("{h}");
             ExitCode::SUCCESS
@@ -197,6 +290,38 @@ fn passwd() -> ExitCode {
             ExitCode::from(EX_SOFTWARE)
         }
     }
+}
+
+/// One line from the terminal on stdin with echo off, after `prompt` on
+/// stderr (stdout carries only the hash, so `pimail passwd > file` works).
+fn prompt_hidden(prompt: &str) -> Result<String, ExitCode> {
+    use std::io::{BufRead, Write};
+    // Echo off before the prompt: TCSAFLUSH drops what was typed before,
+    // so a person (or a test) answering the prompt is never lost.
+    let guard = match pimail::util::sys::NoEcho::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("pimail passwd: cannot turn off echo on the terminal: {e}");
+            return Err(ExitCode::from(EX_OSERR));
+        }
+    };
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let mut line = Vec::new();
+    let r = std::io::stdin()
+        .lock()
+        .take(4096)
+        .read_until(b'\n', &mut line);
+    drop(guard);
+    if let Err(e) = r {
+        eprintln!("pimail passwd: cannot read the terminal: {e}");
+        return Err(ExitCode::from(EX_OSERR));
+    }
+    let Ok(text) = String::from_utf8(line) else {
+        eprintln!("pimail passwd: the password is not valid UTF-8");
+        return Err(ExitCode::from(EX_DATAERR));
+    };
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
 }
 
 /// `pimail doctor`: the deliverability checklist; exit 1 if something
@@ -250,7 +375,29 @@ fn dkim_command(config: &Config, cmd: cli::DkimCommand) -> ExitCode {
         }
         if let Err(e) = paths::private_dir(&dir) {
             eprintln!("pimail dkim: cannot create {}: {e}", dir.display());
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                eprintln!("pimail dkim: run it as the service user: sudo -u pimail pimail dkim generate --config {}", config_hint(config));
+            }
             return ExitCode::from(EX_OSERR);
+        }
+        // Keys the service cannot read stop its start (and systemd restarts
+        // it in a loop): as root, hand them to the service user.
+        let owner = service_owner(config);
+        let give = |p: &std::path::Path| -> Result<(), ExitCode> {
+            if let Some((uid, gid)) = owner {
+                if let Err(e) = pimail::util::sys::chown(p, uid, gid) {
+                    eprintln!(
+                        "pimail dkim: cannot give {} to the service user ({e}); run: sudo chown -R {uid}:{gid} {}",
+                        p.display(),
+                        dir.display()
+                    );
+                    return Err(ExitCode::from(EX_OSERR));
+                }
+            }
+            Ok(())
+        };
+        if let Err(code) = give(&dir) {
+            return code;
         }
         let ed = match dkim::generate_ed25519() {
             Ok(k) => k,
@@ -263,6 +410,9 @@ fn dkim_command(config: &Config, cmd: cli::DkimCommand) -> ExitCode {
             eprintln!("pimail dkim: cannot write {}: {e}", ed_path.display());
             return ExitCode::from(EX_OSERR);
         }
+        if let Err(code) = give(&ed_path) {
+            return code;
+        }
         println!("wrote {}", ed_path.display());
         // ring cannot generate RSA keys; openssl (on every Raspberry Pi OS)
         // can. Its output goes through our own 0600 atomic write.
@@ -271,6 +421,9 @@ fn dkim_command(config: &Config, cmd: cli::DkimCommand) -> ExitCode {
                 if let Err(e) = paths::write_atomic(&rsa_path, pem.as_bytes()) {
                     eprintln!("pimail dkim: cannot write {}: {e}", rsa_path.display());
                     return ExitCode::from(EX_OSERR);
+                }
+                if let Err(code) = give(&rsa_path) {
+                    return code;
                 }
                 println!("wrote {}", rsa_path.display());
             }
@@ -307,6 +460,28 @@ fn dkim_command(config: &Config, cmd: cli::DkimCommand) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Who must own the DKIM keys when we run as root: the owner of data_dir
+/// if it is not root (systemd-tmpfiles made it pimail's), else the
+/// `pimail` user if there is one. `None`: not root, or nobody to give them
+/// to (keys stay ours).
+fn service_owner(config: &Config) -> Option<(u32, u32)> {
+    if pimail::util::sys::euid() != 0 {
+        return None;
+    }
+    match pimail::util::sys::owner(&config.data_dir) {
+        Ok((uid, gid)) if uid != 0 => Some((uid, gid)),
+        _ => pimail::util::sys::user_ids("pimail"),
+    }
+}
+
+/// The config path for a command line we suggest.
+fn config_hint(config: &Config) -> String {
+    match &config.source {
+        Source::File(p) => p.display().to_string(),
+        Source::Embedded => config::DEFAULT_PATH.to_string(),
+    }
 }
 
 /// Runs `openssl genpkey` for a 2048-bit RSA key and returns its PKCS#8
@@ -382,6 +557,23 @@ fn serve(cli: &cli::Cli) -> ExitCode {
             log::error!("{e}");
             return ExitCode::from(EX_OSERR);
         }
+        if config.tls.is_none() {
+            match pimail::admin::try_it_certificate(&mut config) {
+                Ok(fp) => println!(
+                    "pimail try-it: TLS with a self-signed certificate, SHA-256 fingerprint {fp}"
+                ),
+                Err(e) => {
+                    log::error!("{e}");
+                    return ExitCode::from(EX_OSERR);
+                }
+            }
+        }
+    }
+    if let Some(t) = config.tls.as_ref().filter(|t| t.from_certbot) {
+        log::info!(
+            "using certbot's certificate {} (no [tls] section in the config)",
+            t.cert.display()
+        );
     }
     use async_signal::Signal;
     // Handlers first, before anything can announce the server: SIGHUP is
@@ -396,8 +588,8 @@ fn serve(cli: &cli::Cli) -> ExitCode {
     };
     let server = match server::Server::start(&config) {
         Ok(s) => s,
-        Err(e @ server::StartError::Tls(_)) => {
-            log::error!("{e}");
+        Err(server::StartError::Tls(e)) => {
+            log::error!("config error: {}", tls_config_error(&config, &e));
             return ExitCode::from(EX_CONFIG);
         }
         Err(e) => {
@@ -416,6 +608,8 @@ fn serve(cli: &cli::Cli) -> ExitCode {
                 .map(|(a, kind)| format!("{kind} {a}")),
         )
         .collect();
+    // Before the "listening" line: whoever saw it finds the status file.
+    pimail::admin::status::start_writer(config.data_dir.clone(), addrs.clone());
     let source = match &config.source {
         Source::File(p) => p.display().to_string(),
         Source::Embedded => "embedded try-it default".into(),
@@ -441,7 +635,11 @@ fn serve(cli: &cli::Cli) -> ExitCode {
         log::warn!("{e}");
     }
     let certificate = server.certificate();
+    let dkim_keys = server.dkim_keys();
     let ex = std::rc::Rc::new(smol::LocalExecutor::new());
+    if let Some(c) = certificate.clone() {
+        ex.spawn(watch_certificate(c)).detach();
+    }
     let ex2 = ex.clone();
     smol::block_on(ex.run(async move {
         let stop = async {
@@ -451,7 +649,10 @@ fn serve(cli: &cli::Cli) -> ExitCode {
                 match sig {
                     // systemctl reload: a renewed certificate for new
                     // connections; sessions in progress keep theirs.
-                    Ok(Signal::Hup) => reload(certificate.as_deref()),
+                    Ok(Signal::Hup) => {
+                        reload(certificate.as_deref());
+                        reload_dkim(dkim_keys.as_ref());
+                    }
                     Ok(sig) => {
                         log::info!("received {sig:?}, stopping");
                         break;
@@ -470,6 +671,84 @@ fn serve(cli: &cli::Cli) -> ExitCode {
     }));
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// `SIGHUP`: re-read the DKIM keys (new ones from `pimail dkim generate`);
+/// keep the old ones if a file does not load.
+fn reload_dkim(keys: Option<&pimail::send::delivery::DkimKeys>) {
+    if let Some(k) = keys {
+        match k.reload() {
+            Ok(sels) if sels.is_empty() => log::info!("received SIGHUP: no DKIM keys"),
+            Ok(sels) => log::info!("received SIGHUP: DKIM selectors {}", sels.join(", ")),
+            Err(e) => {
+                log::error!("received SIGHUP: DKIM keys not reloaded, keeping the old ones: {e}")
+            }
+        }
+    }
+}
+
+/// How often the certificate files are looked at: a renewal is in use
+/// within a minute, without `reload`.
+const CERT_POLL: Duration = Duration::from_secs(30);
+
+/// Reloads the certificate when its files change on disk (certbot's
+/// renewal, a deploy hook's copy); a bad new pair is logged and the old
+/// one kept, as on SIGHUP.
+async fn watch_certificate(c: std::rc::Rc<tls::Certificate>) {
+    loop {
+        smol::Timer::after(CERT_POLL).await;
+        match c.reload_if_changed() {
+            None => {}
+            Some(Ok(())) => log::info!(
+                "TLS certificate {} changed on disk: reloaded",
+                c.cert_path().display()
+            ),
+            Some(Err(e)) => log::error!(
+                "TLS certificate changed on disk but not reloaded, keeping the old one: {e}"
+            ),
+        }
+    }
+}
+
+/// `pimail setup`: see `admin::setup`; ends with the doctor.
+fn setup(cli: &cli::Cli, args: &cli::SetupArgs) -> ExitCode {
+    let path = cli
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("PIMAIL_CONFIG").map(std::path::PathBuf::from))
+        .unwrap_or_else(|| std::path::PathBuf::from("/etc/pimail/pimail.toml"));
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("pimail setup: cannot find this program's path: {e}");
+            return ExitCode::from(EX_OSERR);
+        }
+    };
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    if let Err(e) = pimail::admin::setup::run(args, &path, &exe, &mut input) {
+        eprintln!("pimail setup: {}", e.message);
+        return ExitCode::from(e.code);
+    }
+    if args.skip_doctor {
+        println!(
+            "Then check everything with: pimail doctor --config {}",
+            path.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!("\npimail doctor (records you have not published yet show as missing):\n");
+    match config::load(Some(&path)) {
+        // Setup did its job; the doctor's verdict is advice, not failure.
+        Ok(c) => {
+            doctor(&c, None);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pimail: config error: {e}");
+            ExitCode::from(EX_CONFIG)
+        }
+    }
 }
 
 /// `SIGHUP`: re-read the TLS certificate and key; keep the old pair if the

@@ -81,7 +81,14 @@ pub struct Server {
         crate::send::delivery::Worker,
         Option<async_net::unix::UnixDatagram>,
     )>,
+    /// `<data_dir>/pimail.pid`, write-locked for as long as we run: a
+    /// second server on the same data_dir refuses to start (it would clean
+    /// our spool and take our control socket).
+    _lock: std::fs::File,
 }
+
+/// The lock file in data_dir; it holds the running server's pid.
+pub const PID_FILE: &str = "pimail.pid";
 
 #[derive(Debug)]
 pub enum StartError {
@@ -89,8 +96,12 @@ pub enum StartError {
     DataDir(std::path::PathBuf, std::io::Error),
     Mbox(crate::store::mbox::MboxError),
     Outbound(String),
+    /// The spam checks' state files or the Junk folder.
+    Spam(String),
     /// `[tls]` cert or key unusable.
     Tls(TlsError),
+    /// Another server holds data_dir's lock (its pid, if it wrote one).
+    AlreadyRunning(std::path::PathBuf, Option<u32>),
 }
 
 impl std::fmt::Display for StartError {
@@ -102,7 +113,16 @@ impl std::fmt::Display for StartError {
             }
             StartError::Mbox(e) => write!(f, "cannot open the mbox: {e}"),
             StartError::Outbound(e) => write!(f, "outbound delivery: {e}"),
+            StartError::Spam(e) => write!(f, "[inbound]: {e}"),
             StartError::Tls(e) => write!(f, "[tls]: {e}"),
+            StartError::AlreadyRunning(dir, pid) => {
+                let pid = pid.map(|p| format!(", pid {p}")).unwrap_or_default();
+                write!(
+                    f,
+                    "already running{pid} (it holds the lock on {}); not starting a second server on the same data_dir",
+                    dir.join(PID_FILE).display()
+                )
+            }
         }
     }
 }
@@ -114,6 +134,9 @@ impl Server {
         let spool_dir = config.data_dir.join("spool");
         crate::util::paths::private_dir(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+        // Before anything else touches data_dir: the spool cleanup and the
+        // control socket below belong to whoever holds this lock.
+        let lock = lock_data_dir(&config.data_dir)?;
         crate::util::paths::private_dir(&spool_dir)
             .map_err(|e| StartError::DataDir(spool_dir.clone(), e))?;
         // Spool files of a crashed run were never acknowledged.
@@ -175,8 +198,9 @@ impl Server {
             (&config.listen.submissions, Service::Submissions),
         ] {
             for a in addrs {
-                let l = bind(*a)?;
-                listeners.push((l, service, config.listen.proxy_protocol.contains(a)));
+                if let Some(l) = bind(*a)? {
+                    listeners.push((l, service, config.listen.proxy_protocol.contains(a)));
+                }
             }
         }
         // A POP3 deletion a crash interrupted is finished before any
@@ -189,13 +213,15 @@ impl Server {
         {
             log::error!("cannot finish an interrupted POP3 deletion: {e}");
         }
+        let spam =
+            crate::receive::smtp::conn::SpamChecks::start(config).map_err(StartError::Spam)?;
         let mut pop3_listeners = Vec::new();
         let proxied = |a: &SocketAddr| config.listen.proxy_protocol.contains(a);
         for a in &config.listen.pop3 {
-            pop3_listeners.push((bind(*a)?, false, proxied(a)));
+            pop3_listeners.extend(bind(*a)?.map(|l| (l, false, proxied(a))));
         }
         for a in &config.listen.pop3s {
-            pop3_listeners.push((bind(*a)?, true, proxied(a)));
+            pop3_listeners.extend(bind(*a)?.map(|l| (l, true, proxied(a))));
         }
         let pop3 = Rc::new(Pop3Context {
             settings: Rc::new(crate::read::pop3::session::Settings {
@@ -212,6 +238,7 @@ impl Server {
             tls: certificate.clone(),
         });
         Ok(Server {
+            _lock: lock,
             pop3,
             pop3_listeners,
             shared: Rc::new(Shared::new(config.hostname.clone(), config.limits.clone())),
@@ -229,10 +256,16 @@ impl Server {
                         resolver: crate::net::dns::Resolver::new(&config.outbound.dns),
                         dmarc_reject: config.inbound.dmarc_reject,
                     }),
+                spam: Some(spam),
             }),
             listeners,
             outbound: Some((worker, control)),
         })
+    }
+
+    /// The DKIM keys in use, for reloading on `SIGHUP`.
+    pub fn dkim_keys(&self) -> Option<crate::send::delivery::DkimKeys> {
+        self.outbound.as_ref().map(|(w, _)| w.dkim_keys())
     }
 
     /// The certificate in use, for reloading on `SIGHUP`.
@@ -275,12 +308,26 @@ impl Server {
             pop3,
             pop3_listeners,
             outbound,
+            // Held (not `_`, which would drop it) until the server is done.
+            _lock: _held,
         } = self;
         if let Some((worker, control)) = outbound {
             let sh = shared.clone();
             ex.spawn(worker.run(ex.clone(), control, move || sh.stopping()))
                 .detach();
         }
+        // Today's spam check counts reach their file within a minute
+        // (`trust::counts`), and at the end.
+        let smtp2 = smtp.clone();
+        ex.spawn(async move {
+            loop {
+                smol::Timer::after(Duration::from_secs(60)).await;
+                if let Some(sp) = &smtp2.spam {
+                    sp.counts.flush();
+                }
+            }
+        })
+        .detach();
         let cx = Rc::new(Contexts {
             shared: shared.clone(),
             smtp,
@@ -298,11 +345,62 @@ impl Server {
         }
         stop.await;
         shared.stop(grace).await;
+        if let Some(sp) = &cx.smtp.spam {
+            sp.counts.flush();
+        }
     }
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    listen::bind(addr).map_err(|listen::BindError(a, e)| StartError::Bind(a, e))
+/// Takes the exclusive lock on `<data_dir>/pimail.pid` (an OFD lock: the
+/// kernel drops it when we exit, however we exit, so a crash leaves no
+/// stale lock) and writes our pid into it for the message a second start
+/// prints.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(PID_FILE);
+    let io_err = |e| StartError::DataDir(path.clone(), e);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(&path)
+        .map_err(io_err)?;
+    if !crate::util::sys::try_write_lock(&f).map_err(io_err)? {
+        let mut text = String::new();
+        let _ = f.read_to_string(&mut text);
+        return Err(StartError::AlreadyRunning(
+            dir.to_path_buf(),
+            text.trim().parse().ok(),
+        ));
+    }
+    f.set_len(0).map_err(io_err)?;
+    f.rewind().map_err(io_err)?;
+    writeln!(f, "{}", std::process::id()).map_err(io_err)?;
+    Ok(f)
+}
+
+/// Binds `addr`; `None` (with a warning) for an IPv6 address on a machine
+/// with IPv6 turned off, so that SPEC's `["0.0.0.0:25", "[::]:25"]` still
+/// starts there (`check-config` warns about it too).
+fn bind(addr: SocketAddr) -> Result<Option<TcpListener>, StartError> {
+    match listen::bind(addr) {
+        Ok(l) => Ok(Some(l)),
+        Err(listen::BindError(a, e))
+            if a.is_ipv6()
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+                )
+                && !crate::config::ipv6_available() =>
+        {
+            log::warn!("not listening on {a}: IPv6 is off on this machine ({e})");
+            Ok(None)
+        }
+        Err(listen::BindError(a, e)) => Err(StartError::Bind(a, e)),
+    }
 }
 
 /// What a listener hands its connections to.

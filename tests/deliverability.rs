@@ -116,6 +116,8 @@ fn world() -> World {
         "_dmarc.example.org",
         &["v=DMARC1; p=quarantine; rua=mailto:postmaster@example.org"],
     );
+    // The default [inbound] dnsbl answers its test entry (RFC 5782 5).
+    dns.dnsbl("zen.spamhaus.org", "127.0.0.2".parse().unwrap(), ip(2));
     let dir = TempDir::new("doctor");
     write_cert(dir.path(), "mail.example.org", (2020, 1, 1), (2099, 1, 1));
     let extra = format!(
@@ -312,6 +314,11 @@ fn dkimpy_signed(dns: &FakeDns, dir: &std::path::Path) -> Vec<u8> {
     std::fs::read(format!("{}.relaxed", prefix.display())).unwrap()
 }
 
+/// Mail failing SPF or DMARC is delivered to Junk (docs/spam.md).
+fn junk(srv: &Server) -> std::path::PathBuf {
+    srv.data_dir().join("folders/Junk")
+}
+
 fn auth_results(mbox: &[u8]) -> String {
     let text = String::from_utf8_lossy(mbox);
     let start = text
@@ -374,7 +381,7 @@ fn dmarc_failures_are_marked_by_default_and_refused_when_configured() {
     let (code, text) = c.send_message("security@bank.test", &["alice@example.org"], forged);
     assert_eq!(code, 250, "mark only by default: {text}");
     assert!(srv.wait_log("auth id=", WAIT));
-    let ar = auth_results(&srv.mbox());
+    let ar = auth_results(&std::fs::read(junk(&srv)).unwrap());
     for part in [
         "spf=fail smtp.mailfrom=security@bank.test",
         "dkim=none",
@@ -382,7 +389,7 @@ fn dmarc_failures_are_marked_by_default_and_refused_when_configured() {
     ] {
         assert!(ar.contains(part), "no {part:?} in {ar}");
     }
-    let stored = String::from_utf8_lossy(&python_mbox_messages(&srv.mbox_path())[0]).into_owned();
+    let stored = String::from_utf8_lossy(&python_mbox_messages(&junk(&srv))[0]).into_owned();
     assert_eq!(
         stored.matches("Authentication-Results:").count(),
         1,
@@ -418,6 +425,77 @@ fn dmarc_failures_are_marked_by_default_and_refused_when_configured() {
     assert_eq!(code, 250, "{text}");
 }
 
+/// `pimail doctor` with the given `[outbound] dns` and top-level names.
+fn doctor_with(dns: &str, hostname: &str, domain: &str) -> (i32, String) {
+    let dir = TempDir::new("doctordns");
+    let cfg = dir.path().join("pimail.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "hostname = \"{hostname}\"\ndomains = [\"{domain}\"]\ndata_dir = {:?}\n\
+             [user]\nname = \"alice\"\npassword = \"{PASSWORD_HASH}\"\naddresses = [\"alice\"]\n\
+             [outbound]\ndns = [\"{dns}\"]\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = pimail_command()
+        .args(["doctor", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+    )
+}
+
+/// Issue 14: a resolver that says NXDOMAIN to everything, or none that
+/// answers, is reported as such, without advice to publish records.
+#[test]
+fn doctor_says_dns_is_broken_instead_of_advising_records() {
+    let nx = FakeDns::start(); // knows no names: NXDOMAIN for all
+    let (code, out) = doctor_with(&nx.addr.to_string(), "mail.example.org", "example.org");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("DNS resolution is broken"), "{out}");
+    assert!(out.contains("do not exist"), "{out}");
+    assert!(
+        !out.contains("publish `"),
+        "record advice with broken DNS:\n{out}"
+    );
+
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let (code, out) = doctor_with(&addr.to_string(), "mail.example.org", "example.org");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("DNS resolution is broken: no nameserver answers"),
+        "{out}"
+    );
+    assert!(!out.contains("publish `"), "{out}");
+}
+
+#[test]
+fn doctor_gives_no_record_advice_for_localhost() {
+    let dns = FakeDns::start();
+    dns.mx("gmail.com", &[(5, "gmail-smtp-in.l.google.com")]);
+    let (_, out) = doctor_with(&dns.addr.to_string(), "localhost", "localhost");
+    assert!(out.contains("try-it default"), "{out}");
+    assert!(!out.contains("localhost. IN"), "{out}");
+    assert!(!out.contains("publish `"), "{out}");
+}
+
+#[test]
+fn doctor_does_not_call_a_self_signed_certificate_ok() {
+    let w = world();
+    let (_, out) = doctor(&w, &[]);
+    assert!(
+        out.contains("[warn] TLS certificate is self-signed"),
+        "{out}"
+    );
+}
+
 /// Issue 13, hole 3: RFC 8601 allows CFWS before the authserv-id and a
 /// quoted-string as the id; a forged verdict in either form used to reach
 /// the mailbox.
@@ -439,7 +517,7 @@ From: Bank <security@bank.test>\r\nTo: alice@example.org\r\nSubject: verify\r\n\
         "removed 3 Authentication-Results header(s) claiming to be ours",
         WAIT
     ));
-    let stored = String::from_utf8_lossy(&python_mbox_messages(&srv.mbox_path())[0]).into_owned();
+    let stored = String::from_utf8_lossy(&python_mbox_messages(&junk(&srv))[0]).into_owned();
     let header = stored.split("\n\n").next().unwrap_or_default().to_string();
     assert!(
         !header.contains("=pass"),
@@ -482,8 +560,8 @@ fn dmarc_pct_rejects_only_a_sample() {
         refused > 0 && accepted > 0,
         "refused {refused}, accepted {accepted}"
     );
-    assert_eq!(python_mbox_messages(&srv.mbox_path()).len(), accepted);
-    let ar = auth_results(&srv.mbox());
+    assert_eq!(python_mbox_messages(&junk(&srv)).len(), accepted);
+    let ar = auth_results(&std::fs::read(junk(&srv)).unwrap());
     assert!(ar.contains("dmarc=fail"), "{ar}");
 }
 
@@ -503,7 +581,7 @@ fn helo_identity_gets_its_own_spf_result() {
     let (code, text) = c.send_message("x@nospf.test", &["alice@example.org"], msg);
     assert_eq!(code, 250, "{text}");
     assert!(srv.wait_log("auth id=", WAIT));
-    let ar = auth_results(&srv.mbox());
+    let ar = auth_results(&std::fs::read(junk(&srv)).unwrap());
     for part in [
         "spf=fail smtp.mailfrom=x@nospf.test;",
         "spf=pass smtp.helo=relay.helo.test;",
@@ -516,7 +594,7 @@ fn helo_identity_gets_its_own_spf_result() {
     c.expect("EHLO [127.0.0.1]", 250);
     let (code, _) = c.send_message("x@nospf.test", &["alice@example.org"], msg);
     assert_eq!(code, 250);
-    let stored = python_mbox_messages(&srv.mbox_path());
+    let stored = python_mbox_messages(&junk(&srv));
     assert_eq!(stored.len(), 2);
     let second = String::from_utf8_lossy(&stored[1]).into_owned();
     assert!(!second.contains("smtp.helo="), "{second}");

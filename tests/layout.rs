@@ -11,6 +11,7 @@ use std::path::Path;
 /// Bottom first. A module may use its own folder and any folder below it.
 const FLOORS: &[&str] = &[
     "util", "user", "config", "mail", "net", "store", "trust", "send", "read", "receive", "server",
+    "admin",
 ];
 
 /// Module path ("net::tls") → source text.

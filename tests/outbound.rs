@@ -416,6 +416,37 @@ fn relay_with_untrusted_certificate_gets_nothing() {
     assert!(list.contains("TLS handshake"), "{list}");
 }
 
+/// Issue 14: an ISP smarthost that knows us by our IP address: `relay`
+/// alone, no AUTH, TLS still used and verified.
+#[test]
+fn relay_that_authorises_by_ip_needs_no_relay_user() {
+    let dns = FakeDns::start();
+    let ca = TestCa::new();
+    let b = Behavior {
+        starttls: Some(ca.server_config("relay.test")),
+        ..Behavior::default()
+    };
+    let (port, mx) = FakeMx::start_all(vec![(ip(5), b)]);
+    dns.a("relay.test", &[ip(5)]);
+    let files = TempDir::new("iprelay");
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let srv = Server::with_env(
+        outbound_options(
+            &dns,
+            free_port(6),
+            &format!("relay = \"relay.test:{port}\"\n"),
+        ),
+        vec![("PIMAIL_RELAY_CA_FILE".into(), ca_file.display().to_string())],
+    );
+    send(&srv, &["kim@far.example"], "byip");
+    let got = mx[0].wait_messages(1, WAIT);
+    assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
+    assert!(got[0].tls);
+    assert_eq!(got[0].auth, None);
+    assert_eq!(got[0].rcpts, vec!["kim@far.example"]);
+}
+
 #[test]
 fn queue_survives_kill9_and_restart() {
     let dns = FakeDns::start();
@@ -689,7 +720,14 @@ fn messages_for_one_host_share_a_connection() {
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    wait_list(&srv, "last error");
+    // Every message's state is saved (just after its log line) before
+    // the flush, or a round still finishing would skip it.
+    let end = std::time::Instant::now() + WAIT;
+    while srv.queue_cmd(&["list"]).1.matches("last error").count() < 3
+        && std::time::Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // It comes up; one flush sends all three over one connection.
     let mx = FakeMx::start_all_on(port, vec![(ip(8), Behavior::default())]);
     let (code, out) = srv.queue_cmd(&["flush"]);
@@ -1126,12 +1164,13 @@ fn second_nameserver_answers_when_the_first_is_silent() {
 #[test]
 fn delay_notice_reaches_the_sender_once_after_warn_after() {
     let dns = FakeDns::start();
-    dns.one_mx("slow.test", ip(10));
-    let srv = Server::with(outbound_options(&dns, free_port(10), "warn_after = \"2s\""));
+    dns.one_mx("slow.test", ip(60));
+    let srv = Server::with(outbound_options(&dns, free_port(60), "warn_after = \"3s\""));
     let sent = std::time::Instant::now();
     send(&srv, &["quinn@slow.test"], "delayed");
     let reports = wait_reports(&srv, 1);
     assert_eq!(reports.len(), 1, "log:\n{}", srv.log().join("\n"));
+    // Queue times are whole seconds: 3s may be a little over 2s of ours.
     assert!(
         sent.elapsed() >= Duration::from_secs(2),
         "the notice waits for warn_after"
@@ -1166,10 +1205,10 @@ fn delay_notice_reaches_the_sender_once_after_warn_after() {
 #[test]
 fn warn_after_off_sends_no_delay_notice() {
     let dns = FakeDns::start();
-    dns.one_mx("slow0.test", ip(11));
+    dns.one_mx("slow0.test", ip(61));
     let srv = Server::with(outbound_options(
         &dns,
-        free_port(11),
+        free_port(61),
         "warn_after = \"off\"",
     ));
     send(&srv, &["quinn@slow0.test"], "nowarn");
@@ -1185,4 +1224,420 @@ fn warn_after_off_sends_no_delay_notice() {
     }
     assert!(deferred(&srv) >= 3, "log:\n{}", srv.log().join("\n"));
     assert!(!srv.mbox_path().exists() || python_reports(&srv).is_empty());
+}
+
+// ---- MTA-STS (RFC 8461), relay fallback, address family (issue 18) ----------
+
+fn policy(mode: &str, mx: &[&str]) -> String {
+    let mut p = format!("version: STSv1\r\nmode: {mode}\r\n");
+    for m in mx {
+        p += &format!("mx: {m}\r\n");
+    }
+    p + "max_age: 86400\r\n"
+}
+
+/// Publishes `_mta-sts.<domain>` and points `mta-sts.<domain>` at `https`.
+fn publish_sts(dns: &FakeDns, https: &FakeHttps, domain: &str) {
+    dns.txt(
+        &format!("_mta-sts.{domain}"),
+        &["v=STSv1; id=20260101T000000;"],
+    );
+    let IpAddr::V4(v4) = https.addr.ip() else {
+        unreachable!()
+    };
+    dns.a(&format!("mta-sts.{domain}"), &[v4]);
+}
+
+use std::net::IpAddr;
+
+/// A server that trusts `ca` (for MX certificates and policy hosts) and
+/// fetches policies from `https`'s port.
+fn sts_server(dns: &FakeDns, port: u16, ca: &TestCa, https: &FakeHttps, dir: &TempDir) -> Server {
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    Server::with_env(
+        outbound_options(dns, port, ""),
+        vec![
+            ("PIMAIL_RELAY_CA_FILE".into(), ca_file.display().to_string()),
+            ("PIMAIL_MTA_STS_PORT".into(), https.addr.port().to_string()),
+        ],
+    )
+}
+
+#[test]
+fn mta_sts_enforce_defers_without_verified_tls_and_delivers_to_a_good_mx() {
+    let dns = FakeDns::start();
+    let ca = TestCa::new();
+    let (port, mx) = FakeMx::start_all(vec![
+        // No STARTTLS at all.
+        (ip(2), Behavior::default()),
+        // STARTTLS with a certificate nobody vouches for.
+        (
+            ip(3),
+            Behavior {
+                starttls: Some(self_signed("mx.badcert.test")),
+                ..Behavior::default()
+            },
+        ),
+        // A verified certificate for its name.
+        (
+            ip(4),
+            Behavior {
+                starttls: Some(ca.server_config("mx.good.test")),
+                ..Behavior::default()
+            },
+        ),
+    ]);
+    let https = FakeHttps::start(
+        ip(10),
+        &ca,
+        vec![
+            (
+                "mta-sts.plain.test",
+                Policy::Body(policy("enforce", &["mx.plain.test"])),
+            ),
+            (
+                "mta-sts.badcert.test",
+                Policy::Body(policy("enforce", &["*.badcert.test"])),
+            ),
+            (
+                "mta-sts.good.test",
+                Policy::Body(policy("enforce", &["mx.good.test"])),
+            ),
+        ],
+    );
+    for (d, last) in [("plain.test", 2), ("badcert.test", 3), ("good.test", 4)] {
+        dns.mx(d, &[(10, &format!("mx.{d}"))]);
+        dns.a(&format!("mx.{d}"), &[ip(last)]);
+        publish_sts(&dns, &https, d);
+    }
+    let dir = TempDir::new("sts");
+    let srv = sts_server(&dns, port, &ca, &https, &dir);
+    send(&srv, &["ann@plain.test"], "sts-plain");
+    send(&srv, &["ben@badcert.test"], "sts-badcert");
+    send(&srv, &["cid@good.test"], "sts-good");
+    let got = mx[2].wait_messages(1, WAIT);
+    assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
+    assert!(got[0].tls);
+    assert!(srv.wait_log("rcpt=<cid@good.test> host=mx.good.test", WAIT));
+    let list = wait_list(&srv, "badcert.test requires verified TLS");
+    assert!(
+        list.contains("451 4.7.5 MTA-STS policy of plain.test (enforce) requires verified TLS")
+            && list.contains("no STARTTLS offered"),
+        "{list}"
+    );
+    assert!(list.contains("MTA-STS policy of badcert.test"), "{list}");
+    assert!(
+        list.contains("route: direct to the MX of plain.test"),
+        "{list}"
+    );
+    // Retries keep deferring, never in clear text.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(mx[0].messages().is_empty(), "sent in clear despite enforce");
+    assert!(
+        mx[1].messages().is_empty(),
+        "sent despite a bad certificate"
+    );
+    // One fetch per domain: later rounds use the cache.
+    let fetches = https.requests.lock().unwrap().len();
+    assert_eq!(fetches, 3, "{:?}", https.requests.lock().unwrap());
+    let cached = srv.data_dir().join("mta-sts").join("good.test.policy");
+    assert!(cached.exists());
+    // TLS-RPT counts: a success for good.test, failures for the others.
+    let rpt_dir = srv.data_dir().join("tlsrpt");
+    let rpt: String = std::fs::read_dir(&rpt_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(rpt.contains("good.test sts success -"), "{rpt}");
+    assert!(
+        rpt.contains("plain.test sts starttls-not-supported mx.plain.test"),
+        "{rpt}"
+    );
+    assert!(
+        rpt.contains("badcert.test sts certificate-not-trusted mx.badcert.test"),
+        "{rpt}"
+    );
+    // doctor shows the cached policies, the family and the route.
+    let o = pimail_command()
+        .arg("doctor")
+        .arg("--config")
+        .arg(&srv.config)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("MTA-STS policy cached: good.test mode enforce mx mx.good.test"),
+        "{out}"
+    );
+    assert!(out.contains("route: direct"), "{out}");
+    assert!(out.contains("address family: "), "{out}");
+}
+
+#[test]
+fn mta_sts_testing_only_logs() {
+    let dns = FakeDns::start();
+    let ca = TestCa::new();
+    let (port, mx) = FakeMx::start_all(vec![(ip(2), Behavior::default())]);
+    let https = FakeHttps::start(
+        ip(10),
+        &ca,
+        vec![(
+            "mta-sts.try.test",
+            Policy::Body(policy("testing", &["other.try.test"])),
+        )],
+    );
+    dns.mx("try.test", &[(10, "mx.try.test")]);
+    dns.a("mx.try.test", &[ip(2)]);
+    publish_sts(&dns, &https, "try.test");
+    let dir = TempDir::new("sts");
+    let srv = sts_server(&dns, port, &ca, &https, &dir);
+    send(&srv, &["dee@try.test"], "sts-testing");
+    assert_eq!(
+        mx[0].wait_messages(1, WAIT).len(),
+        1,
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    assert!(srv.wait_log("does not match the policy's mx patterns", WAIT));
+    assert!(srv.wait_log("mta-sts: try.test (testing): mx.try.test [127.0.0.2] would be refused under enforce: no STARTTLS", WAIT));
+}
+
+#[test]
+fn oversized_or_slow_policy_does_not_stall_the_queue() {
+    let dns = FakeDns::start();
+    let ca = TestCa::new();
+    let (port, mx) = FakeMx::start_all(vec![(ip(2), Behavior::default())]);
+    let mut huge = policy("enforce", &["elsewhere.huge.test"]);
+    huge += &"# padding\r\n".repeat(7000); // > 64 KiB
+    let https = FakeHttps::start(
+        ip(10),
+        &ca,
+        vec![
+            ("mta-sts.huge.test", Policy::Body(huge)),
+            ("mta-sts.slow.test", Policy::Silent(Duration::from_secs(60))),
+        ],
+    );
+    for d in ["huge.test", "slow.test", "plain.test"] {
+        dns.mx(d, &[(10, &format!("mx.{d}"))]);
+        dns.a(&format!("mx.{d}"), &[ip(2)]);
+    }
+    publish_sts(&dns, &https, "huge.test");
+    publish_sts(&dns, &https, "slow.test");
+    let dir = TempDir::new("sts");
+    let srv = sts_server(&dns, port, &ca, &https, &dir);
+    send(&srv, &["eve@slow.test"], "sts-slow");
+    send(&srv, &["fay@huge.test"], "sts-huge");
+    send(&srv, &["gus@plain.test"], "sts-plain");
+    // The two others arrive while the slow policy host holds its fetch;
+    // a policy over 64 KiB is no policy (mail goes as without MTA-STS).
+    let got = mx[0].wait_messages(2, WAIT);
+    let rcpts: Vec<String> = got.iter().map(|g| g.rcpts[0].clone()).collect();
+    assert!(
+        rcpts.contains(&"gus@plain.test".to_string())
+            && rcpts.contains(&"fay@huge.test".to_string()),
+        "{rcpts:?}\nlog:\n{}",
+        srv.log().join("\n")
+    );
+    assert!(srv.wait_log("mta-sts: huge.test: cannot fetch the policy", WAIT));
+    assert!(
+        srv.log().iter().any(|l| l.contains("larger than 65536")),
+        "{}",
+        srv.log().join("\n")
+    );
+    // The slow one goes after the fetch deadline, without a policy.
+    let got = mx[0].wait_messages(3, WAIT);
+    assert_eq!(got.len(), 3, "log:\n{}", srv.log().join("\n"));
+    assert_eq!(got[2].rcpts, vec!["eve@slow.test"]);
+    assert!(srv.wait_log("mta-sts: slow.test: cannot fetch the policy", WAIT));
+}
+
+/// A listener whose accept queue is full: connections to it time out,
+/// as when an ISP drops outbound port 25.
+struct BlackHole {
+    fd: i32,
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+impl BlackHole {
+    fn at(addr: std::net::SocketAddrV4) -> BlackHole {
+        // SAFETY: plain socket calls on a descriptor we own.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            assert_eq!(
+                libc::bind(
+                    fd,
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+                ),
+                0
+            );
+            assert_eq!(libc::listen(fd, 0), 0);
+        }
+        // Fill the accept queue (backlog 0 holds one); later SYNs are dropped.
+        let mut fillers = Vec::new();
+        for _ in 0..2 {
+            if let Ok(s) =
+                std::net::TcpStream::connect_timeout(&addr.into(), Duration::from_millis(500))
+            {
+                fillers.push(s);
+            }
+        }
+        BlackHole {
+            fd,
+            _fillers: fillers,
+        }
+    }
+}
+
+impl BlackHole {
+    /// Port 25 "opens": the listener starts accepting (its queue drains,
+    /// new connections get through) and serves as a fake MX.
+    fn open(self, b: Behavior) -> FakeMx {
+        use std::os::fd::FromRawFd;
+        // SAFETY: the descriptor is a listening TCP socket we own; it
+        // moves into the listener here.
+        let l = unsafe { std::net::TcpListener::from_raw_fd(self.fd) };
+        FakeMx::start_on(l, b)
+    }
+}
+
+#[test]
+fn port25_timeouts_switch_to_the_relay_and_a_probe_switches_back() {
+    let dns = FakeDns::start();
+    let ca = TestCa::new();
+    let relay_b = Behavior {
+        starttls: Some(ca.server_config("relay.test")),
+        auth: Some(("alice@isp.test".into(), "pw".into())),
+        rcpt: std::sync::Arc::new(|a: &str| {
+            if a.starts_with("stuck@") {
+                (451, "4.7.1 later".into())
+            } else {
+                (250, "2.1.5 OK".into())
+            }
+        }),
+        ..Behavior::default()
+    };
+    let (relay_port, relay) = FakeMx::start_all(vec![(ip(5), relay_b)]);
+    dns.a("relay.test", &[ip(5)]);
+    // Port 25 ("mx_port") of 127.0.0.20 drops connections.
+    let port = free_port(20);
+    let hole = BlackHole::at(std::net::SocketAddrV4::new(ip(20), port));
+    for d in ["a.block.test", "b.block.test", "c.block.test"] {
+        dns.mx(d, &[(10, &format!("mx.{d}"))]);
+        dns.a(&format!("mx.{d}"), &[ip(20)]);
+    }
+    let files = TempDir::new("fallback");
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let pw = files.path().join("pw");
+    std::fs::write(&pw, "pw\n").unwrap();
+    let extra = format!(
+        "relay = \"relay.test:{relay_port}\"\nrelay_user = \"alice@isp.test\"\nrelay_password_file = {:?}\nrelay_fallback = true\nrelay_probe = \"2s\"\nconnect_timeout = \"2s\"\n",
+        pw.display().to_string()
+    );
+    let srv = Server::with_env(
+        outbound_options(&dns, port, &extra),
+        vec![("PIMAIL_RELAY_CA_FILE".into(), ca_file.display().to_string())],
+    );
+    send(
+        &srv,
+        &["ann@a.block.test", "stuck@b.block.test", "cy@c.block.test"],
+        "blocked",
+    );
+    assert!(
+        srv.wait_log("port 25 seems blocked; sending through the relay", WAIT),
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    let got = relay[0].wait_messages(1, WAIT);
+    assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
+    let mut r = got[0].rcpts.clone();
+    r.sort();
+    assert_eq!(r, vec!["ann@a.block.test", "cy@c.block.test"]);
+    let list = wait_list(&srv, "route: relay");
+    assert!(
+        list.contains(&format!("route: relay relay.test:{relay_port}")),
+        "{list}"
+    );
+    // Port 25 opens: the next probe finds it and direct delivery resumes.
+    let direct = hole.open(Behavior::default());
+    assert!(
+        srv.wait_log("port 25 open again", WAIT),
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    send(&srv, &["dot@a.block.test"], "open-again");
+    let got = direct.wait_messages(1, WAIT);
+    assert!(
+        got.iter()
+            .any(|g| g.rcpts.contains(&"dot@a.block.test".to_string())),
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+}
+
+#[test]
+fn auto_family_skips_ipv6_without_fcrdns_and_uses_it_once_its_ptr_exists() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no ::1 on this machine: skipped");
+        return;
+    }
+    let dns = FakeDns::start();
+    let mx = FakeMx::start_at("[::1]:0".parse().unwrap(), Behavior::default());
+    dns.mx("fam.test", &[(10, "mx.fam.test")]);
+    dns.aaaa("mx.fam.test", &["::1".parse().unwrap()]);
+    // The IPv4 source (127.0.0.1) has FCrDNS; ::1 has no PTR yet.
+    dns.ptr(IpAddr::V4(ip(1)), "v4.me.test");
+    dns.a("v4.me.test", &[ip(1)]);
+    let srv = Server::with_env(
+        outbound_options(&dns, mx.port, "ip_family_recheck = \"1s\""),
+        vec![("PIMAIL_SOURCE_PROBE".into(), "127.0.0.1:9,[::1]:9".into())],
+    );
+    assert!(
+        srv.wait_log("direct delivery uses IPv4 only", WAIT),
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    send(&srv, &["hal@fam.test"], "family");
+    let list = wait_list(&srv, "4.4.4");
+    assert!(
+        list.contains("IPv6 source ::1 has no forward-confirmed reverse DNS"),
+        "{list}"
+    );
+    assert!(mx.messages().is_empty());
+    // The PTR appears: the next check uses IPv6 again, the retry delivers.
+    dns.ptr("::1".parse().unwrap(), "v6.me.test");
+    dns.aaaa("v6.me.test", &["::1".parse().unwrap()]);
+    assert!(srv.wait_log("direct delivery uses IPv4 and IPv6", WAIT));
+    assert_eq!(
+        mx.wait_messages(1, WAIT).len(),
+        1,
+        "log:\n{}",
+        srv.log().join("\n")
+    );
+    let switches = srv
+        .log()
+        .iter()
+        .filter(|l| l.contains("outbound: direct delivery uses"))
+        .count();
+    assert_eq!(switches, 2, "each switch is logged once");
 }

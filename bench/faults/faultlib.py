@@ -417,13 +417,13 @@ def python_mbox(path):
 
 def original_from_stored(stored):
     """What the client sent, from a stored message: the trace headers pimail
-    adds (`Return-Path:` and the first `Received:` with its continuation
-    lines) removed, mboxrd quoting undone (`>+From ` loses one `>`), LF ->
+    adds (`Return-Path:`, its `X-Pimail:` seal, and the first `Received:`
+    with its continuation lines) removed, mboxrd quoting undone (`>+From ` loses one `>`), LF ->
     CRLF."""
     out, skipping, in_received = [], True, False
     for line in stored.split(b"\n")[:-1] if stored.endswith(b"\n") else stored.split(b"\n"):
         if skipping:
-            if line.startswith(b"Return-Path:"):
+            if line.startswith(b"Return-Path:") or line.startswith(b"X-Pimail:"):
                 continue
             if line.startswith(b"Received:") and not in_received:
                 in_received = True

@@ -19,8 +19,30 @@ pub enum Command {
     Doctor {
         probe: Option<String>,
     },
+    /// `setup [flags]`: the first run.
+    Setup(SetupArgs),
+    /// `status`: is the server running and well.
+    Status,
     Version,
     Help,
+}
+
+/// The flags of `pimail setup`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetupArgs {
+    pub hostname: Option<String>,
+    pub domain: Option<String>,
+    pub user: Option<String>,
+    /// Read the password (one line) from stdin instead of a prompt.
+    pub password_stdin: bool,
+    pub data_dir: Option<PathBuf>,
+    pub mbox: Option<PathBuf>,
+    /// The account the server runs as (default `pimail` when run as root).
+    pub service_user: Option<String>,
+    /// Take the defaults for everything not given; never prompt.
+    pub yes: bool,
+    pub overwrite_config: bool,
+    pub skip_doctor: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +95,12 @@ Usage:
   pimail dkim generate [--selector S]  make DKIM keys in data_dir, print the DNS records
   pimail dkim records                  print the DNS records of the existing DKIM keys
   pimail doctor [--probe HOST:PORT]    check DNS (MX, PTR, SPF, DKIM, DMARC), TLS and port 25
+  pimail setup [--hostname H --domain D --user U --password-stdin --data-dir DIR
+               --mbox PATH --service-user NAME --yes --overwrite-config --skip-doctor]
+                                       first run: write the config, directories, DKIM keys;
+                                       print the DNS records; run the doctor
+  pimail status                        is the server running and well (exit 0 all well,
+                                       1 needs attention, 3 not running)
   pimail --version | --help
 
 Options:
@@ -112,6 +140,28 @@ pub fn parse(invoked_as: &str, args: Vec<OsString>) -> Result<Cli, UsageError> {
             Short('v') | Long("verbose") => verbose += 1,
             Short('V') | Long("version") => command = Some(Command::Version),
             Short('h') | Long("help") => command = Some(Command::Help),
+            Long(flag) if matches!(command, Some(Command::Setup(_))) && flag != "config" => {
+                let Some(Command::Setup(a)) = command.as_mut() else {
+                    unreachable!()
+                };
+                let flag = flag.to_string();
+                let val = |p: &mut lexopt::Parser| -> Result<String, UsageError> {
+                    p.value().map_err(err)?.string().map_err(err)
+                };
+                match flag.as_str() {
+                    "hostname" => a.hostname = Some(val(&mut p)?),
+                    "domain" => a.domain = Some(val(&mut p)?),
+                    "user" => a.user = Some(val(&mut p)?),
+                    "data-dir" => a.data_dir = Some(PathBuf::from(val(&mut p)?)),
+                    "mbox" => a.mbox = Some(PathBuf::from(val(&mut p)?)),
+                    "service-user" => a.service_user = Some(val(&mut p)?),
+                    "password-stdin" => a.password_stdin = true,
+                    "yes" => a.yes = true,
+                    "overwrite-config" => a.overwrite_config = true,
+                    "skip-doctor" => a.skip_doctor = true,
+                    other => return Err(UsageError(format!("unknown setup option '--{other}'"))),
+                }
+            }
             Long("probe") if matches!(command, Some(Command::Doctor { .. })) => {
                 let v = p.value().map_err(err)?.string().map_err(err)?;
                 command = Some(Command::Doctor { probe: Some(v) });
@@ -131,6 +181,8 @@ pub fn parse(invoked_as: &str, args: Vec<OsString>) -> Result<Cli, UsageError> {
                     "queue" => Command::Queue(parse_queue(&mut p)?),
                     "dkim" => Command::Dkim(parse_dkim(&mut p)?),
                     "doctor" => Command::Doctor { probe: None },
+                    "status" => Command::Status,
+                    "setup" => Command::Setup(SetupArgs::default()),
                     other => return Err(UsageError(format!("unknown command '{other}'"))),
                 });
             }
@@ -384,6 +436,39 @@ mod tests {
         assert!(p(&["dkim"]).is_err());
         assert!(p(&["dkim", "rotate"]).is_err());
         assert!(p(&["dkim", "generate", "--selector"]).is_err());
+    }
+
+    #[test]
+    fn setup_and_status_commands() {
+        let c = p(&[
+            "setup",
+            "--hostname",
+            "mail.example.org",
+            "--domain",
+            "example.org",
+            "--user",
+            "alice",
+            "--password-stdin",
+            "--yes",
+            "-c",
+            "/x.toml",
+            "--data-dir",
+            "/d",
+        ])
+        .unwrap();
+        let Command::Setup(a) = c.command else {
+            panic!()
+        };
+        assert_eq!(a.hostname.as_deref(), Some("mail.example.org"));
+        assert_eq!(a.domain.as_deref(), Some("example.org"));
+        assert_eq!(a.user.as_deref(), Some("alice"));
+        assert!(a.password_stdin && a.yes && !a.overwrite_config);
+        assert_eq!(a.data_dir, Some(PathBuf::from("/d")));
+        assert_eq!(c.config, Some(PathBuf::from("/x.toml")));
+        assert!(p(&["setup", "--hostname"]).is_err());
+        assert!(p(&["setup", "--frobnicate"]).is_err());
+        assert!(p(&["--hostname", "x", "setup"]).is_err());
+        assert_eq!(p(&["status"]).unwrap().command, Command::Status);
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod cli;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ pub struct User {
     pub addresses: Vec<String>,
     pub catch_all: bool,
     pub mbox: PathBuf,
+    /// Other folders (IMAP), one mbox file each; `Junk` among them.
+    pub folders: PathBuf,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -67,6 +69,8 @@ pub struct Listen {
 pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Found in certbot's directory, not named in the file (said at start).
+    pub from_certbot: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -103,10 +107,45 @@ pub struct Outbound {
     /// long (Postfix's `delay_warning_time`); `None` (`"0s"`): never.
     pub warn_after: Option<Duration>,
     pub mx_port: u16,
+    /// Which address families direct delivery uses (docs/outbound.md).
+    pub ip_family: IpFamily,
+    /// In `auto`: how often the source addresses' FCrDNS is checked again.
+    pub ip_family_recheck: Duration,
+    /// With a relay: deliver directly, and through the relay only while
+    /// port 25 seems blocked.
+    pub relay_fallback: bool,
+    /// While on the relay: how often the direct route is probed.
+    pub relay_probe: Duration,
+    /// How long connecting to an MX (or the relay) may take.
+    pub connect_timeout: Duration,
+    /// Honour MTA-STS policies (RFC 8461) of recipient domains.
+    pub mta_sts: bool,
+}
+
+/// `outbound.ip_family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    /// IPv4 and IPv6, leaving out a family whose source address has no
+    /// forward-confirmed reverse DNS.
+    Auto,
+    V4,
+    V6,
+    Both,
+}
+
+impl IpFamily {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpFamily::Auto => "auto",
+            IpFamily::V4 => "ipv4",
+            IpFamily::V6 => "ipv6",
+            IpFamily::Both => "both",
+        }
+    }
 }
 
 /// `[inbound]`: what port 25 checks on received mail (see
-/// docs/deliverability.md).
+/// docs/deliverability.md and docs/spam.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
     /// Check SPF, DKIM and DMARC and add an `Authentication-Results:`
@@ -115,6 +154,18 @@ pub struct Inbound {
     /// Refuse (`550 5.7.1`) messages failing DMARC for a domain whose
     /// policy is `p=reject`. Off by default: mark only.
     pub dmarc_reject: bool,
+    /// How long port 25 waits before its greeting; a client that talks
+    /// first is refused (postscreen's pregreet test). `ZERO`: off.
+    pub pregreet: Duration,
+    /// DNS blocklist zones (RFC 5782), e.g. `zen.spamhaus.org`.
+    pub dnsbl: Vec<String>,
+    /// Greylist clients that fail the cheap trust signals.
+    pub greylist: bool,
+    pub greylist_delay: Duration,
+    /// Clients that skip pregreet, DNSBL and greylisting.
+    pub trusted: Vec<Cidr>,
+    /// `[[inbound.rule]]`: header rules, in file order.
+    pub rules: Vec<HeaderRule>,
 }
 
 impl Default for Inbound {
@@ -122,8 +173,106 @@ impl Default for Inbound {
         Inbound {
             auth_checks: true,
             dmarc_reject: false,
+            pregreet: Duration::from_millis(DEFAULT_PREGREET_MS),
+            dnsbl: vec!["zen.spamhaus.org".into()],
+            greylist: true,
+            greylist_delay: Duration::from_secs(300),
+            trusted: default_trusted(),
+            rules: Vec::new(),
         }
     }
+}
+
+/// The default pregreet wait: long enough to catch bots that talk at
+/// once (most do within 100 ms), short enough that no real sender minds.
+pub const DEFAULT_PREGREET_MS: u64 = 300;
+
+fn default_trusted() -> Vec<Cidr> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|s| Cidr::parse(s).ok())
+        .collect()
+}
+
+/// An address block such as `192.0.2.0/24` or `2001:db8::/32` (a bare
+/// address is a block of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let t = s.trim();
+        let bad = || {
+            format!("invalid address block {s:?}: expected e.g. \"192.0.2.0/24\" or \"::1/128\"")
+        };
+        let (a, len) = match t.split_once('/') {
+            Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| bad())?)),
+            None => (t, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(max);
+        if len > max {
+            return Err(bad());
+        }
+        Ok(Cidr { addr, len })
+    }
+
+    /// Is `ip` in this block? IPv4-mapped IPv6 addresses count as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (ip, self.addr) {
+            (IpAddr::V4(a), IpAddr::V4(n)) => {
+                let m = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(a) & m == u32::from(n) & m
+            }
+            (IpAddr::V6(a), IpAddr::V6(n)) => {
+                let m = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(a) & m == u128::from(n) & m
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// One `[[inbound.rule]]`: a header field, what to look for in its value
+/// (case-insensitive), and what to do on a match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderRule {
+    /// Lower-case field name, e.g. `subject`.
+    pub header: String,
+    pub matcher: Matcher,
+    pub action: RuleAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matcher {
+    /// A substring.
+    Contains(String),
+    /// A glob over the whole value: `*` any run, `?` one character.
+    Pattern(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleAction {
+    /// Deliver to the Junk folder with `X-Spam-Reason:`.
+    Junk,
+    /// Refuse after DATA with `550 5.7.1`.
+    Reject,
 }
 
 /// A configuration error with the place to fix it.
@@ -162,8 +311,16 @@ pub fn locate(cli: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("PIMAIL_CONFIG").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
+    // Only a file that is not there means "try-it default". One that is
+    // there but unreadable (INSTALL's /etc/pimail is 0750 root:pimail, so
+    // an ordinary user's `stat` fails with EACCES) is the real config, and
+    // reading it must fail with an error naming it; falling back would
+    // queue mail in ~/pimail-data, where nothing ever delivers it.
     let default = PathBuf::from(DEFAULT_PATH);
-    default.exists().then_some(default)
+    match std::fs::metadata(&default) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        _ => Some(default),
+    }
 }
 
 /// Loads the file at `path`, or the embedded default when `path` is `None`.
@@ -176,11 +333,164 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
                 file: name.clone(),
                 line: 0,
                 key: String::new(),
-                message: format!("cannot read: {e}"),
+                message: if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    format!(
+                        "cannot read: {e}; it is the server's config (kept 0640 root:pimail): \
+                         run this as root or the pimail user (e.g. `sudo -u pimail pimail ...`)"
+                    )
+                } else {
+                    format!("cannot read: {e}")
+                },
             })?;
             parse(&text, &name, p.parent().unwrap_or(Path::new(".")))
         }
     }
+}
+
+/// Every error of the file at `path`, for `check-config` (the server
+/// stops at the first). After each error its line is blanked and the text
+/// parsed again, so independent mistakes all show in one run; it stops
+/// where blanking cannot help (an error without a line, a value spread
+/// over several lines, a required key that is then missing).
+pub fn load_all_errors(path: &Path) -> Vec<ConfigError> {
+    let name = path.display().to_string();
+    let Ok(mut text) = std::fs::read_to_string(path) else {
+        return load(Some(path)).err().into_iter().collect();
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut errors: Vec<ConfigError> = Vec::new();
+    for _ in 0..50 {
+        let e = match parse(&text, &name, base) {
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        // The required key we blanked is now "missing": not a new error.
+        if e.message.starts_with("missing field") && errors.iter().any(|p| p.key == e.key) {
+            break;
+        }
+        let line = e.line;
+        let single = text.lines().nth(line.wrapping_sub(1)).is_some_and(|l| {
+            let l = l.trim();
+            l.contains('=') && !l.starts_with('[') && {
+                let v = l.split_once('=').map(|x| x.1.trim()).unwrap_or("");
+                (!v.starts_with('[') || v.ends_with(']'))
+                    && !v.starts_with("\"\"\"")
+                    && !v.starts_with("'''")
+            }
+        });
+        let repeat = errors.iter().any(|p| p.line == line && p.key == e.key);
+        if !repeat {
+            errors.push(e);
+        }
+        if line == 0 || !single || repeat {
+            break;
+        }
+        text = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| if i + 1 == line { "" } else { l })
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    errors
+}
+
+/// An error about `key` of the config `source` came from, with the line
+/// where the file sets it (for checks made after parsing, such as the
+/// `[tls]` files).
+pub fn key_error(source: &Source, key: &str, message: String) -> ConfigError {
+    let (file, line) = match source {
+        Source::File(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p)
+                .map(|t| line_of_key(&t, key))
+                .unwrap_or(0),
+        ),
+        Source::Embedded => ("embedded try-it default".to_string(), 0),
+    };
+    ConfigError {
+        file,
+        line,
+        key: key.to_string(),
+        message,
+    }
+}
+
+/// Settings that parse but will not do what the person wants: printed by
+/// `check-config` as warnings.
+pub fn warnings(config: &Config) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    if config.tls.is_none() {
+        for (key, addrs, what) in [
+            (
+                "listen.submission",
+                &config.listen.submission,
+                "mail clients there are refused AUTH (passwords only over TLS)",
+            ),
+            (
+                "listen.pop3",
+                &config.listen.pop3,
+                "mail clients there are refused login (passwords only over TLS)",
+            ),
+        ] {
+            for a in addrs.iter().filter(|a| !a.ip().is_loopback()) {
+                out.push(key_error(
+                    &config.source,
+                    key,
+                    format!("{a} is reachable from other machines but there is no [tls]: {what}; add [tls] cert and key"),
+                ));
+            }
+        }
+    }
+    if !ipv6_available() {
+        let l = &config.listen;
+        for (key, addrs) in [
+            ("listen.smtp", &l.smtp),
+            ("listen.submission", &l.submission),
+            ("listen.submissions", &l.submissions),
+            ("listen.pop3", &l.pop3),
+            ("listen.pop3s", &l.pop3s),
+        ] {
+            for a in addrs.iter().filter(|a| a.is_ipv6()) {
+                out.push(key_error(
+                    &config.source,
+                    key,
+                    format!("{a}: IPv6 is off on this machine; the server skips this address (remove it, or turn IPv6 on)"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Can this machine listen on IPv6 at all? (`ipv6.disable=1` on the
+/// kernel command line removes the address family; a disabled stack has
+/// no `::1`.)
+pub fn ipv6_available() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
+/// Where certbot keeps its certificates; `PIMAIL_LETSENCRYPT_DIR`
+/// overrides it (tests).
+pub fn letsencrypt_dir() -> PathBuf {
+    std::env::var_os("PIMAIL_LETSENCRYPT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/letsencrypt"))
+}
+
+/// With no `[tls]` section, certbot's files for the host name are used
+/// when they exist: `certbot certonly -d <hostname>` is then all it takes.
+/// Existing but unreadable files (certbot keeps keys root-only) are still
+/// taken, so that the start fails naming them instead of silently running
+/// without TLS.
+fn certbot_tls(hostname: &str) -> Option<Tls> {
+    let live = letsencrypt_dir().join("live").join(hostname);
+    let (cert, key) = (live.join("fullchain.pem"), live.join("privkey.pem"));
+    (cert.exists() && key.exists()).then_some(Tls {
+        cert,
+        key,
+        from_certbot: true,
+    })
 }
 
 /// The try-it setup of SPEC "Command line": loopback, high ports, `./pimail-data`.
@@ -198,6 +508,7 @@ pub fn embedded_default() -> Config {
             password_hash: String::new(),
             catch_all: false,
             mbox: data_dir.join("mbox"),
+            folders: data_dir.join("folders"),
         },
         data_dir,
         listen: Listen {
@@ -215,7 +526,7 @@ pub fn embedded_default() -> Config {
         // test mail mean nothing, and an offline laptop would wait on DNS.
         inbound: Inbound {
             auth_checks: false,
-            dmarc_reject: false,
+            ..Inbound::default()
         },
     }
 }
@@ -283,6 +594,12 @@ impl Default for Outbound {
             bounce_after: Duration::from_secs(5 * 86400),
             warn_after: Some(Duration::from_secs(4 * 3600)),
             mx_port: 25,
+            ip_family: IpFamily::Auto,
+            ip_family_recheck: Duration::from_secs(600),
+            relay_fallback: false,
+            relay_probe: Duration::from_secs(1800),
+            connect_timeout: Duration::from_secs(30),
+            mta_sts: true,
         }
     }
 }
@@ -314,6 +631,25 @@ struct RawConfig {
 struct RawInbound {
     auth_checks: Option<bool>,
     dmarc_reject: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration_or_off_ms")]
+    pregreet: Option<Duration>,
+    dnsbl: Option<Vec<String>>,
+    greylist: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    greylist_delay: Option<Duration>,
+    #[serde(default, deserialize_with = "de_cidrs")]
+    trusted: Option<Vec<Cidr>>,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    header: String,
+    contains: Option<String>,
+    pattern: Option<String>,
+    action: String,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +659,7 @@ struct RawUser {
     password: String,
     addresses: Vec<String>,
     mbox: Option<PathBuf>,
+    folders: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -388,20 +725,44 @@ struct RawOutbound {
     #[serde(default, deserialize_with = "de_duration_or_off")]
     warn_after: Option<Duration>,
     mx_port: Option<u16>,
+    #[serde(default, deserialize_with = "de_family")]
+    ip_family: Option<IpFamily>,
+    #[serde(default, deserialize_with = "de_duration")]
+    ip_family_recheck: Option<Duration>,
+    relay_fallback: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    relay_probe: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    connect_timeout: Option<Duration>,
+    mta_sts: Option<bool>,
 }
 
 // ---- value parsers (errors carry the TOML span through serde) --------------
 
 /// `"25M"` -> 26214400. Plain numbers are bytes; K/M/G are powers of 1024.
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    // `25MB` and `25MiB` mean `25M` too (people copy sizes from other
+    // servers' configs); every suffix is a power of 1024, as documented.
     let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix("ib"))
+        .or_else(|| {
+            t.strip_suffix('B')
+                .filter(|r| r.ends_with(|c: char| c.is_ascii_alphabetic()))
+        })
+        .or_else(|| {
+            t.strip_suffix('b')
+                .filter(|r| r.ends_with(|c: char| c.is_ascii_alphabetic()))
+        })
+        .unwrap_or(t);
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let m = match c.to_ascii_uppercase() {
                 'K' => 1u64 << 10,
                 'M' => 1 << 20,
                 'G' => 1 << 30,
-                _ => return Err(format!("invalid size {s:?}: suffix must be K, M or G")),
+                _ => return Err(format!("invalid size {s:?}: suffix must be K, M or G (KB/KiB, MB/MiB, GB/GiB also work)")),
             };
             (&t[..i], m)
         }
@@ -472,6 +833,21 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
 }
 
 /// A duration, or `"0"`/`"0s"`/`"off"` for never (`Duration::ZERO`).
+fn de_family<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpFamily>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(Some(match s.as_str() {
+        "auto" => IpFamily::Auto,
+        "ipv4" => IpFamily::V4,
+        "ipv6" => IpFamily::V6,
+        "both" => IpFamily::Both,
+        _ => {
+            return Err(de::Error::custom(format!(
+                "invalid ip_family {s:?}: expected \"auto\", \"ipv4\", \"ipv6\" or \"both\""
+            )))
+        }
+    }))
+}
+
 fn de_duration_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     match s.trim() {
@@ -480,6 +856,33 @@ fn de_duration_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration
             .map(Some)
             .map_err(|e| de::Error::custom(format!("{e}, or \"off\""))),
     }
+}
+
+/// A duration in ms/s/m (`"300ms"`, `"1s"`), or `"0s"`/`"off"` for off.
+fn de_duration_or_off_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    let t = s.trim();
+    if let Some(ms) = t.strip_suffix("ms") {
+        return ms
+            .trim()
+            .parse::<u64>()
+            .map(|n| Some(Duration::from_millis(n)))
+            .map_err(|_| {
+                de::Error::custom(format!(
+                    "invalid duration {s:?}: e.g. \"300ms\", \"1s\" or \"off\""
+                ))
+            });
+    }
+    de_duration_or_off(de::value::StrDeserializer::<D::Error>::new(t))
+}
+
+fn de_cidrs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Cidr>>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter()
+        .map(|s| Cidr::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+        .map_err(de::Error::custom)
 }
 
 fn de_durations<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Duration>>, D::Error> {
@@ -599,11 +1002,19 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
     }
     let data_dir = abs(raw.data_dir);
     let mbox = u.mbox.map(abs).unwrap_or_else(|| data_dir.join("mbox"));
+    let folders = u
+        .folders
+        .map(abs)
+        .unwrap_or_else(|| data_dir.join("folders"));
 
-    let tls = raw.tls.map(|t| Tls {
-        cert: abs(t.cert),
-        key: abs(t.key),
-    });
+    let tls = raw
+        .tls
+        .map(|t| Tls {
+            cert: abs(t.cert),
+            key: abs(t.key),
+            from_certbot: false,
+        })
+        .or_else(|| certbot_tls(&hostname));
     let listen = Listen {
         smtp: raw.listen.smtp,
         submission: raw.listen.submission,
@@ -661,17 +1072,19 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
 
     let d = Outbound::default();
     let o = raw.outbound;
-    if o.relay.is_some() != o.relay_user.is_some()
-        || o.relay_user.is_some() != o.relay_password_file.is_some()
-    {
-        let key = if o.relay.is_none() {
-            "outbound.relay"
-        } else {
-            "outbound.relay_user"
-        };
+    // A relay may authorise by our IP address (many ISPs' smarthosts do):
+    // `relay` alone is valid, and AUTH is used only when both the user and
+    // the password file are given.
+    if o.relay.is_none() && (o.relay_user.is_some() || o.relay_password_file.is_some()) {
         return Err(err(
-            key,
-            "relay, relay_user and relay_password_file go together: set all three or none".into(),
+            "outbound.relay",
+            "relay_user and relay_password_file need a relay = \"HOST:PORT\" to log in to".into(),
+        ));
+    }
+    if o.relay_user.is_some() != o.relay_password_file.is_some() {
+        return Err(err(
+            "outbound.relay_user",
+            "relay_user and relay_password_file go together: set both (AUTH) or neither (a relay that knows you by IP)".into(),
         ));
     }
     if o.mx_port == Some(0) {
@@ -680,7 +1093,19 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
             "must be a port number from 1 to 65535".into(),
         ));
     }
+    if o.relay_fallback == Some(true) && o.relay.is_none() {
+        return Err(err(
+            "outbound.relay_fallback",
+            "needs a relay to fall back to: set outbound.relay".into(),
+        ));
+    }
     let outbound = Outbound {
+        ip_family: o.ip_family.unwrap_or(d.ip_family),
+        ip_family_recheck: o.ip_family_recheck.unwrap_or(d.ip_family_recheck),
+        relay_fallback: o.relay_fallback.unwrap_or(d.relay_fallback),
+        relay_probe: o.relay_probe.unwrap_or(d.relay_probe),
+        connect_timeout: o.connect_timeout.unwrap_or(d.connect_timeout),
+        mta_sts: o.mta_sts.unwrap_or(d.mta_sts),
         relay: o.relay,
         relay_user: o.relay_user,
         relay_password_file: o.relay_password_file.map(abs),
@@ -695,6 +1120,7 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
         mx_port: o.mx_port.unwrap_or(d.mx_port),
     };
 
+    let inbound = inbound(raw.inbound, text, &err)?;
     Ok(Config {
         source: Source::File(PathBuf::from(name)),
         hostname,
@@ -707,15 +1133,88 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
             addresses,
             catch_all,
             mbox,
+            folders,
         },
         listen,
         tls,
         limits,
         outbound,
-        inbound: Inbound {
-            auth_checks: raw.inbound.auth_checks.unwrap_or(true),
-            dmarc_reject: raw.inbound.dmarc_reject.unwrap_or(false),
-        },
+        inbound,
+    })
+}
+
+/// `[inbound]`, validated: list zones are domain names, each rule has a
+/// header, exactly one of `contains`/`pattern`, and a known action.
+fn inbound(
+    r: RawInbound,
+    text: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Inbound, ConfigError> {
+    let d = Inbound::default();
+    let mut dnsbl = Vec::new();
+    for z in r.dnsbl.unwrap_or(d.dnsbl) {
+        let z = z.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !is_domain(&z) {
+            return Err(err(
+                "inbound.dnsbl",
+                format!("{z:?} is not a DNS zone name"),
+            ));
+        }
+        dnsbl.push(z);
+    }
+    let mut rules = Vec::new();
+    for (i, raw) in r.rule.into_iter().enumerate() {
+        // Rules are an array of tables: name the n-th `[[inbound.rule]]`.
+        let rule_err = |m: String| {
+            let mut e = err("inbound.rule", m);
+            e.line = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| l.trim().starts_with("[[inbound.rule]]"))
+                .nth(i)
+                .map_or(0, |(n, _)| n + 1);
+            e
+        };
+        let header = raw.header.trim().to_ascii_lowercase();
+        if header.is_empty() || !header.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            return Err(rule_err(format!(
+                "header {:?} is not a header field name",
+                raw.header
+            )));
+        }
+        let matcher = match (raw.contains, raw.pattern) {
+            (Some(c), None) if !c.is_empty() => Matcher::Contains(c.to_lowercase()),
+            (None, Some(p)) if !p.is_empty() => Matcher::Pattern(p.to_lowercase()),
+            _ => {
+                return Err(rule_err(
+                    "give exactly one of `contains` or `pattern`, not empty".into(),
+                ))
+            }
+        };
+        let action = match raw.action.as_str() {
+            "junk" => RuleAction::Junk,
+            "reject" => RuleAction::Reject,
+            a => {
+                return Err(rule_err(format!(
+                    "action {a:?}: use \"junk\" or \"reject\""
+                )))
+            }
+        };
+        rules.push(HeaderRule {
+            header,
+            matcher,
+            action,
+        });
+    }
+    Ok(Inbound {
+        auth_checks: r.auth_checks.unwrap_or(d.auth_checks),
+        dmarc_reject: r.dmarc_reject.unwrap_or(d.dmarc_reject),
+        pregreet: r.pregreet.unwrap_or(d.pregreet),
+        dnsbl,
+        greylist: r.greylist.unwrap_or(d.greylist),
+        greylist_delay: r.greylist_delay.unwrap_or(d.greylist_delay),
+        trusted: r.trusted.unwrap_or(d.trusted),
+        rules,
     })
 }
 
@@ -736,8 +1235,33 @@ pub fn is_domain(s: &str) -> bool {
 
 /// Turns a serde/TOML error into file:line:key, finding the key from the
 /// line the span points at (serde itself does not carry the key path).
+/// serde's type names (`expected i64`) in the words of the config's user.
+fn user_wording(message: &str) -> String {
+    let mut m = message.to_string();
+    for (from, to) in [
+        ("expected i64", "expected an integer"),
+        ("expected u64", "expected an integer"),
+        ("expected u32", "expected an integer"),
+        (
+            "expected u16",
+            "expected an integer (a port number from 1 to 65535)",
+        ),
+        ("expected usize", "expected an integer"),
+        ("expected a boolean", "expected true or false"),
+        (
+            "expected a sequence",
+            "expected a list such as [\"a\", \"b\"]",
+        ),
+        ("expected struct ", "expected a table: "),
+        ("invalid type: ", ""),
+    ] {
+        m = m.replace(from, to);
+    }
+    m
+}
+
 fn serde_error(text: &str, name: &str, e: &toml::de::Error) -> ConfigError {
-    let message = e.message().trim().to_string();
+    let message = user_wording(e.message().trim());
     let Some(span) = e.span() else {
         return ConfigError {
             file: name.into(),
@@ -859,7 +1383,7 @@ impl Config {
         let mut s = format!(
             "# effective configuration from {source}\n\
              hostname = {:?}\ndomains = {}\ndata_dir = {:?}\nlog_level = \"{}\"\n\n\
-             [user]\nname = {:?}\npassword = \"(hidden)\"\naddresses = {}\nmbox = {:?}\n\n\
+             [user]\nname = {:?}\npassword = \"(hidden)\"\naddresses = {}\nmbox = {:?}\nfolders = {:?}\n\n\
              [listen]\nsmtp = {}\nsubmission = {}\nsubmissions = {}\npop3 = {}\npop3s = {}\n\
              proxy_protocol = {}\n\n",
             self.hostname,
@@ -869,6 +1393,7 @@ impl Config {
             self.user.name,
             strs(&addresses),
             self.user.mbox.display().to_string(),
+            self.user.folders.display().to_string(),
             list(&self.listen.smtp),
             list(&self.listen.submission),
             list(&self.listen.submissions),
@@ -920,9 +1445,44 @@ impl Config {
             o.mx_port
         );
         s += &format!(
-            "\n[inbound]\nauth_checks = {}\ndmarc_reject = {}\n",
-            self.inbound.auth_checks, self.inbound.dmarc_reject
+            "ip_family = \"{}\"\nip_family_recheck = \"{}\"\nrelay_fallback = {}\nrelay_probe = \"{}\"\nconnect_timeout = \"{}\"\nmta_sts = {}\n",
+            o.ip_family.as_str(),
+            fmt_duration(o.ip_family_recheck),
+            o.relay_fallback,
+            fmt_duration(o.relay_probe),
+            fmt_duration(o.connect_timeout),
+            o.mta_sts
         );
+        let i = &self.inbound;
+        s += &format!(
+            "\n[inbound]\nauth_checks = {}\ndmarc_reject = {}\npregreet = \"{}\"\ndnsbl = {}\n\
+             greylist = {}\ngreylist_delay = \"{}\"\ntrusted = {}\n",
+            i.auth_checks,
+            i.dmarc_reject,
+            if i.pregreet.is_zero() {
+                "off".to_string()
+            } else {
+                format!("{}ms", i.pregreet.as_millis())
+            },
+            strs(&i.dnsbl),
+            i.greylist,
+            fmt_duration(i.greylist_delay),
+            strs(&i.trusted.iter().map(|c| c.to_string()).collect::<Vec<_>>()),
+        );
+        for r in &i.rules {
+            let (k, v) = match &r.matcher {
+                Matcher::Contains(c) => ("contains", c),
+                Matcher::Pattern(p) => ("pattern", p),
+            };
+            let action = match r.action {
+                RuleAction::Junk => "junk",
+                RuleAction::Reject => "reject",
+            };
+            s += &format!(
+                "\n[[inbound.rule]]\nheader = {:?}\n{k} = {v:?}\naction = \"{action}\"\n",
+                r.header
+            );
+        }
         s
     }
 }
@@ -1078,6 +1638,18 @@ mx_port = 2526
             ),
             ("mx_port = 2526", "mx_port = 70000", "outbound.mx_port", ""),
             (
+                "mx_port = 2526",
+                "ip_family = \"ipv5\"",
+                "outbound.ip_family",
+                "auto",
+            ),
+            (
+                "mx_port = 2526",
+                "relay_fallback = true",
+                "outbound.relay_fallback",
+                "needs a relay",
+            ),
+            (
                 "hostname = \"mail.example.org\"",
                 "hostname = \"mail example\"",
                 "hostname",
@@ -1131,7 +1703,12 @@ mx_port = 2526
     #[test]
     fn relay_settings_go_together() {
         let text = full().replace("[outbound]", "[outbound]\nrelay = \"smtp.example.net:587\"");
-        assert_eq!(parse_str(&text).unwrap_err().key, "outbound.relay_user");
+        // A relay that authorises by IP: no AUTH settings at all.
+        assert_eq!(parse_str(&text).unwrap().outbound.relay_user, None);
+        let half = text.replace("[outbound]", "[outbound]\nrelay_user = \"a@example.net\"");
+        assert_eq!(parse_str(&half).unwrap_err().key, "outbound.relay_user");
+        let no_relay = full().replace("[outbound]", "[outbound]\nrelay_user = \"a@example.net\"");
+        assert_eq!(parse_str(&no_relay).unwrap_err().key, "outbound.relay");
         let text = text.replace(
             "[outbound]",
             "[outbound]\nrelay_user = \"a@example.net\"\nrelay_password_file = \"relay-pw\"",
@@ -1151,6 +1728,10 @@ mx_port = 2526
         assert_eq!(parse_size("512k"), Ok(512 << 10));
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("25MB"), Ok(25 << 20));
+        assert_eq!(parse_size("25MiB"), Ok(25 << 20));
+        assert_eq!(parse_size("512kb"), Ok(512 << 10));
+        assert!(parse_size("25X").is_err());
         assert!(parse_size("0").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999G").is_err());

@@ -5,7 +5,9 @@
 //! header a local proxy sends. Nothing here knows a mail protocol.
 
 pub mod dns;
+pub mod https;
 pub mod line;
 pub mod listen;
 pub mod proxy;
+pub mod selfsigned;
 pub mod tls;

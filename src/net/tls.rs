@@ -138,15 +138,32 @@ pub struct Certificate {
     cert: PathBuf,
     key: PathBuf,
     current: RefCell<Arc<ServerConfig>>,
+    /// The files' identity when last read, for [`reload_if_changed`](Self::reload_if_changed).
+    seen: RefCell<Option<FileStamps>>,
+}
+
+/// Modification time, inode and size of the certificate and key files
+/// (after symlinks: certbot's `live/` names point into `archive/`).
+type FileStamps = [(std::time::SystemTime, u64, u64); 2];
+
+fn stamps(cert: &Path, key: &Path) -> Option<FileStamps> {
+    use std::os::unix::fs::MetadataExt;
+    let one = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.ino(), m.len()))
+    };
+    Some([one(cert)?, one(key)?])
 }
 
 impl Certificate {
     pub fn load(cert: &Path, key: &Path) -> Result<Certificate, TlsError> {
+        let seen = stamps(cert, key);
         let config = load(cert, key)?;
         Ok(Certificate {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             current: RefCell::new(config),
+            seen: RefCell::new(seen),
         })
     }
 
@@ -158,9 +175,24 @@ impl Certificate {
     /// new pair is reported and the one in use is kept, so a half-written
     /// renewal never takes TLS down.
     pub fn reload(&self) -> Result<(), TlsError> {
+        *self.seen.borrow_mut() = stamps(&self.cert, &self.key);
         let config = load(&self.cert, &self.key)?;
         *self.current.borrow_mut() = config;
         Ok(())
+    }
+
+    /// Reloads when either file changed on disk since it was last read
+    /// (polled, so a renewal takes effect without `reload`): `None` when
+    /// nothing changed. A change is tried once; a bad pair is reported
+    /// and the one in use kept until the files change again (a renewal
+    /// that writes the certificate before the key succeeds at the next
+    /// poll).
+    pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
+        let now = stamps(&self.cert, &self.key);
+        if now.is_none() || now == *self.seen.borrow() {
+            return None;
+        }
+        Some(self.reload())
     }
 
     pub fn cert_path(&self) -> &Path {

@@ -5,4 +5,6 @@
 
 pub mod delivery;
 pub mod queue;
+#[cfg(test)]
+mod queue_crash;
 pub mod sendmail;

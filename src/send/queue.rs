@@ -7,8 +7,13 @@
 //! Nothing lost (SPEC "Principles", RFC 5321 6.1): the body is linked or
 //! copied into the queue and fsynced, then the `.env` file is written to a
 //! temp file, fsynced, renamed and the directory fsynced; only then does the
-//! caller say `250`. A `.msg` without a `.env` was never acknowledged and is
-//! removed at start. State updates rewrite the `.env` the same way, so a
+//! caller say `250`: 3 flushes per message, the least that is safe for two
+//! files with new data and two new names in one directory (docs/outbound.md
+//! has the reasoning; `queue_crash.rs` replays every crash state and finds
+//! lost mail with either flush removed). A `.msg` without a `.env`, or a
+//! `.env` without its `.msg` (the rename survived the crash, the link did
+//! not), was never acknowledged and is removed at start. File operations go
+//! through [`crate::store::disk::Fs`], so the explorer can record them. State updates rewrite the `.env` the same way, so a
 //! crash leaves the old or the new state, never a torn one; a crash between
 //! a remote `250` and the state update delivers that recipient twice, which
 //! RFC 5321 prefers to losing it.
@@ -18,9 +23,11 @@
 //! ([`expired`]), so both are tested without a clock.
 
 use crate::mail::address::{parse_mailbox, Address};
+use crate::store::disk::{write_atomic, Disk, Fs, RealFs, Writer};
 use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// First line of every `.env` file: the format and its version.
@@ -318,22 +325,36 @@ pub fn expired(created: u64, now: u64, bounce_after: Duration) -> bool {
 pub const LEFTOVER_AGE: Duration = Duration::from_secs(3600);
 
 /// The queue directory and the file operations on it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Queue {
     pub dir: PathBuf,
+    /// The real file system, or the crash explorer's recorded one.
+    fs: Arc<dyn Fs>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("dir", &self.dir).finish()
+    }
 }
 
 impl Queue {
     pub fn new(data_dir: &Path) -> Queue {
+        Queue::with_fs(data_dir, Arc::new(RealFs))
+    }
+
+    pub fn with_fs(data_dir: &Path, fs: Arc<dyn Fs>) -> Queue {
         Queue {
             dir: data_dir.join("queue"),
+            fs,
         }
     }
 
     /// Creates the directory (private) if needed; for `sendmail`, which
     /// must not clean up after others.
     pub fn ensure_dir(&self) -> Result<(), QueueError> {
-        crate::util::paths::private_dir(&self.dir)
+        self.fs
+            .ensure_dir(&self.dir)
             .map_err(|e| QueueError::io(format!("cannot create {}", self.dir.display()), e))?;
         // Created by a root `sendmail`: it belongs to the server (the
         // owner of data_dir) all the same.
@@ -350,25 +371,26 @@ impl Queue {
     /// writes its body before its envelope.
     pub fn prepare(&self) -> Result<(), QueueError> {
         self.ensure_dir()?;
-        let rd = std::fs::read_dir(&self.dir)
+        let names = self
+            .fs
+            .list(&self.dir)
             .map_err(|e| QueueError::io(format!("cannot read {}", self.dir.display()), e))?;
-        let now = std::time::SystemTime::now();
-        for e in rd.flatten() {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().to_string();
-            let orphan = match name.strip_suffix(".msg") {
-                Some(id) => !self.env_path(id).exists(),
-                None => name.ends_with(".tmp") || name.ends_with(".part"),
+        for name in names {
+            let p = self.dir.join(&name);
+            // An envelope without its body is a crash before the
+            // directory flush that made both names durable, so before the
+            // 250: never acknowledged, like a body without an envelope.
+            let orphan = if let Some(id) = name.strip_suffix(".msg") {
+                !self.fs.exists(&self.env_path(id))
+            } else if let Some(id) = name.strip_suffix(".env") {
+                !self.fs.exists(&self.msg_path(id))
+            } else {
+                name.ends_with(".tmp") || name.ends_with(".part")
             };
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|age| age >= LEFTOVER_AGE);
+            let old = self.fs.age(&p).is_some_and(|age| age >= LEFTOVER_AGE);
             if orphan && old {
                 log::info!("queue: removing {} left by a crash", p.display());
-                let _ = std::fs::remove_file(&p);
+                let _ = self.fs.remove(&p);
             }
         }
         Ok(())
@@ -388,17 +410,34 @@ impl Queue {
     pub fn enqueue(&self, entry: &Entry, body: &Path) -> Result<(), QueueError> {
         let msg = self.msg_path(&entry.id);
         let ctx = |what: &str| format!("cannot {what} {}", msg.display());
-        if std::fs::hard_link(body, &msg).is_err() {
+        let fs = &*self.fs;
+        let linked = fs.hard_link(body, &msg).is_ok();
+        let r = (|| {
+            // Linked: the spool file's data (written without a flush) is
+            // flushed here. Copied: written and flushed under a temp name.
             let part = self.dir.join(format!("{}.part", entry.id));
-            std::fs::copy(body, &part).map_err(|e| QueueError::io(ctx("write"), e))?;
-            std::fs::rename(&part, &msg).map_err(|e| QueueError::io(ctx("write"), e))?;
-        }
-        let r = std::fs::File::open(&msg)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| QueueError::io(ctx("sync"), e))
-            .and_then(|()| self.save(entry));
+            let f = if linked {
+                fs.open(&msg, false)
+            } else {
+                (|| {
+                    let src = fs.open(body, false)?;
+                    let f = fs.create(&part, false)?;
+                    copy(&*src, &*f)?;
+                    Ok(f)
+                })()
+            }
+            .map_err(|e| QueueError::io(ctx("write"), e))?;
+            f.sync_data().map_err(|e| QueueError::io(ctx("sync"), e))?;
+            if !linked {
+                fs.rename(&part, &msg)
+                    .map_err(|e| QueueError::io(ctx("write"), e))?;
+            }
+            // The .env's directory flush also makes the .msg name durable.
+            self.save(entry)
+        })();
         if r.is_err() {
-            let _ = std::fs::remove_file(&msg);
+            let _ = fs.remove(&msg);
+            let _ = fs.remove(&self.dir.join(format!("{}.part", entry.id)));
         }
         r
     }
@@ -410,30 +449,26 @@ impl Queue {
         entry: &mut Entry,
         write: impl FnOnce(&mut dyn io::Write) -> io::Result<u64>,
     ) -> Result<(), QueueError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let part = self.dir.join(format!("{}.part", entry.id));
         let ctx = |what: &str| format!("cannot {what} {}", part.display());
+        let fs = &*self.fs;
         let r = (|| {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&part)
+            let f = fs
+                .create(&part, true)
                 .map_err(|e| QueueError::io(ctx("create"), e))?;
-            let mut w = io::BufWriter::new(f);
+            let mut w = io::BufWriter::new(Writer { disk: &*f, at: 0 });
             entry.size = write(&mut w).map_err(|e| QueueError::io(ctx("write"), e))?;
-            let f = w
-                .into_inner()
-                .map_err(|e| QueueError::io(ctx("write"), e.into_error()))?;
-            f.sync_all().map_err(|e| QueueError::io(ctx("sync"), e))?;
+            io::Write::flush(&mut w).map_err(|e| QueueError::io(ctx("write"), e))?;
+            drop(w);
+            f.sync_data().map_err(|e| QueueError::io(ctx("sync"), e))?;
             adopt_owner(&part, &self.dir);
-            std::fs::rename(&part, self.msg_path(&entry.id))
+            fs.rename(&part, &self.msg_path(&entry.id))
                 .map_err(|e| QueueError::io(ctx("rename"), e))?;
             self.save(entry)
         })();
         if r.is_err() {
-            let _ = std::fs::remove_file(&part);
-            let _ = std::fs::remove_file(self.msg_path(&entry.id));
+            let _ = fs.remove(&part);
+            let _ = fs.remove(&self.msg_path(&entry.id));
         }
         r
     }
@@ -441,7 +476,7 @@ impl Queue {
     /// Writes the `.env` file durably (temp, fsync, rename, fsync dir).
     pub fn save(&self, entry: &Entry) -> Result<(), QueueError> {
         let path = self.env_path(&entry.id);
-        crate::util::paths::write_atomic(&path, entry.encode().as_bytes())
+        write_atomic(&*self.fs, &path, entry.encode().as_bytes())
             .map_err(|e| QueueError::io(format!("cannot write {}", path.display()), e))?;
         adopt_owner(&path, &self.dir);
         Ok(())
@@ -450,7 +485,7 @@ impl Queue {
     /// Saves new state of a message being delivered, unless `queue delete`
     /// removed it meanwhile (then it stays deleted).
     pub fn update(&self, entry: &Entry) -> Result<(), QueueError> {
-        if !self.env_path(&entry.id).exists() {
+        if !self.fs.exists(&self.env_path(&entry.id)) {
             return Ok(());
         }
         if entry.finished() {
@@ -464,27 +499,28 @@ impl Queue {
             return Err(QueueError::NotFound(id.to_string()));
         }
         let path = self.env_path(id);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let text = self.fs.read(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 QueueError::NotFound(id.to_string())
             } else {
                 QueueError::io(format!("cannot read {}", path.display()), e)
             }
         })?;
+        let text = String::from_utf8(text)
+            .map_err(|_| QueueError::Corrupt(format!("{}: not UTF-8", path.display())))?;
         Entry::decode(&text, &path.display().to_string())
     }
 
     /// Every queued message, oldest first. Unreadable files are logged and
     /// skipped (left in place for a person to look at).
     pub fn list(&self) -> Result<Vec<Entry>, QueueError> {
-        let rd = std::fs::read_dir(&self.dir)
+        let names = self
+            .fs
+            .list(&self.dir)
             .map_err(|e| QueueError::io(format!("cannot read {}", self.dir.display()), e))?;
-        let mut ids: Vec<String> = rd
-            .flatten()
-            .filter_map(|e| {
-                let n = e.file_name().to_string_lossy().to_string();
-                n.strip_suffix(".env").map(|s| s.to_string())
-            })
+        let mut ids: Vec<String> = names
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".env").map(|s| s.to_string()))
             .filter(|id| valid_id(id))
             .collect();
         ids.sort();
@@ -507,7 +543,7 @@ impl Queue {
             return Err(QueueError::NotFound(id.to_string()));
         }
         let env = self.env_path(id);
-        match std::fs::remove_file(&env) {
+        match self.fs.remove(&env) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(QueueError::NotFound(id.to_string()))
@@ -519,9 +555,23 @@ impl Queue {
                 ))
             }
         }
-        let _ = std::fs::remove_file(self.msg_path(id));
-        let _ = crate::util::paths::sync_dir(&self.dir);
+        let _ = self.fs.remove(&self.msg_path(id));
+        let _ = self.fs.sync_dir(&self.dir);
         Ok(())
+    }
+}
+
+/// Copies a whole file.
+fn copy(from: &dyn Disk, to: &dyn Disk) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    loop {
+        let n = from.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(());
+        }
+        to.write_all_at(&buf[..n], at)?;
+        at += n as u64;
     }
 }
 
@@ -556,6 +606,13 @@ pub fn fmt_age(secs: u64) -> String {
 /// `pimail queue list`'s text: per message an unindented line starting
 /// with the id, then indented details.
 pub fn list_text(entries: &[Entry], now: u64) -> String {
+    list_text_routed(entries, now, None)
+}
+
+/// [`list_text`] with a `route:` line per message: `route` is the
+/// worker's current route (`direct`, or `relay host:port ...`, from
+/// `<data_dir>/outbound.status`).
+pub fn list_text_routed(entries: &[Entry], now: u64, route: Option<&str>) -> String {
     let mut s = String::new();
     for e in entries {
         let pending = e.pending().count();
@@ -575,6 +632,23 @@ pub fn list_text(entries: &[Entry], now: u64) -> String {
             fmt_age(now.saturating_sub(e.created)),
             crate::util::timefmt::rfc5322(e.created)
         );
+        if let Some(route) = route {
+            let mut domains: Vec<&str> = e
+                .pending()
+                .filter(|r| !r.local)
+                .map(|r| r.addr.domain.as_str())
+                .collect();
+            domains.sort_unstable();
+            domains.dedup();
+            let how = if domains.is_empty() {
+                "mbox".to_string()
+            } else if route.starts_with("relay ") {
+                route.split(" (").next().unwrap_or(route).to_string()
+            } else {
+                format!("direct to the MX of {}", domains.join(", "))
+            };
+            let _ = writeln!(s, "    route: {how}");
+        }
         for r in &e.rcpts {
             let _ = writeln!(
                 s,

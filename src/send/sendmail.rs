@@ -312,7 +312,7 @@ pub fn run(
     let r = queue.enqueue_with(&mut entry, |w| {
         let mut b = Body {
             w,
-            q: crate::store::mbox::Quoter::new(),
+            q: crate::store::mbox::Quoter::for_received_mail(),
             out: Vec::with_capacity(64 * 1024),
             size: 0,
         };
@@ -370,6 +370,14 @@ pub fn run(
         ));
     }
     r.map_err(|e| fail(EX_TEMPFAIL, format!("cannot queue the message: {e}")))?;
+    // Replies from these people are never greylisted (docs/spam.md).
+    let remote: Vec<String> = entry
+        .rcpts
+        .iter()
+        .filter(|r| !r.local)
+        .map(|r| r.addr.to_string())
+        .collect();
+    crate::trust::known::record_correspondents(&config.data_dir, &remote);
     if let Err(e) = crate::send::delivery::poke(&config.data_dir, crate::send::delivery::Wake::New)
     {
         // Queued all the same: the server delivers it when it starts.

@@ -24,7 +24,8 @@
 //! the mbox. It is written without fsync; a torn or stale index is simply
 //! rebuilt.
 
-use crate::store::mbox::{Locked, MboxError};
+use crate::store::disk::{self, Fnv, Fs, RealFs};
+use crate::store::mbox::{seal_position, Locked, MboxError, Seal, SEAL_FIELD};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -59,6 +60,13 @@ impl std::error::Error for MaildropError {}
 impl From<MboxError> for MaildropError {
     fn from(e: MboxError) -> Self {
         MaildropError::Mbox(e)
+    }
+}
+
+fn io_fn(context: String) -> impl Fn(io::Error) -> MaildropError {
+    move |source| MaildropError::Io {
+        context: context.clone(),
+        source,
     }
 }
 
@@ -109,28 +117,11 @@ pub struct Stamp {
 
 // ---- hashing ----------------------------------------------------------------------
 
-/// FNV-1a, 64 bit: enough to tell messages apart (duplicates still get
-/// distinct UIDLs) and to notice a rewritten mbox; no dependency.
-#[derive(Clone, Copy)]
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-    fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-}
-
 const CHECK_SPAN: u64 = 4096;
 
 fn hash_range(file: &File, from: u64, to: u64) -> io::Result<u64> {
     let mut buf = vec![0u8; (to - from) as usize];
-    file.read_exact_at(&mut buf, from)?;
+    FileExt::read_exact_at(file, &mut buf, from)?;
     let mut h = Fnv::new();
     h.feed(&buf);
     Ok(h.0)
@@ -205,11 +196,21 @@ struct Current {
     in_headers: bool,
     skip_header: bool,
     received: Received,
+    /// Header fields seen so far, and whether the first was `Return-Path:`
+    /// (our seal is the first field, or the second after it).
+    fields: usize,
+    return_path_first: bool,
+    /// The id in our seal ([`crate::store::mbox::Seal`]).
+    seal_id: Option<String>,
     hash: Fnv,
     hash_body: bool,
 }
 
 impl Current {
+    fn uid_known(&self) -> bool {
+        self.seal_id.is_some() || matches!(self.received, Received::Done(Some(_)))
+    }
+
     fn finish_received(&mut self) {
         if let Received::Collecting(text) = &self.received {
             self.received = Received::Done(pimail_id(text));
@@ -224,8 +225,9 @@ impl Current {
         if self.open_line {
             self.size += if last_cr { 1 } else { 2 };
         }
-        let uid = match self.received {
-            Received::Done(Some(id)) => id,
+        let uid = match (self.seal_id, self.received) {
+            (Some(id), _) => id,
+            (None, Received::Done(Some(id))) => id,
             _ => format!("h{:016x}", self.hash.0),
         };
         Message {
@@ -238,23 +240,21 @@ impl Current {
     }
 }
 
-/// Our SMTP side's id in a `Received:` header: `... (pimail) ... id ID ...`.
+/// Our SMTP side's id in a `Received:` header written before seals:
+/// `... by HOST (pimail) [(using ...)] with PROTO id ID`. Only words after
+/// the `(pimail)` token count: the HELO name comes before it and has its
+/// parentheses removed, so a client cannot reach this position (issue 13:
+/// `HELO id` once gave a UIDL the client chose).
 fn pimail_id(text: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(text).ok()?;
-    if !text.contains("(pimail)") {
-        return None;
-    }
-    let mut words = text.split_ascii_whitespace();
-    while let Some(w) = words.next() {
-        if w == "id" {
-            let id = words.next()?.trim_end_matches(';');
-            // RFC 1939 section 7: 1 to 70 characters in 0x21..0x7E.
-            let ok =
-                !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| (0x21..=0x7e).contains(&b));
-            return ok.then(|| id.to_string());
-        }
-    }
-    None
+    let after = &text[text.find("(pimail)")? + "(pimail)".len()..];
+    let words: Vec<&str> = after.split_ascii_whitespace().collect();
+    words.windows(4).find_map(|w| {
+        let proto = matches!(w[1], "SMTP" | "ESMTP" | "ESMTPS" | "ESMTPA" | "ESMTPSA");
+        let id = w[3].trim_end_matches(';');
+        (w[0] == "with" && proto && w[2] == "id" && crate::store::mbox::valid_seal_id(id))
+            .then(|| id.to_string())
+    })
 }
 
 /// Finds messages in a stream of line pieces: a piece is a whole line with
@@ -305,6 +305,9 @@ impl Scanner {
                 in_headers: true,
                 skip_header: false,
                 received: Received::NotSeen,
+                fields: 0,
+                return_path_first: false,
+                seal_id: None,
                 hash,
                 hash_body: true,
             });
@@ -332,7 +335,7 @@ impl Scanner {
                 if cur.in_headers {
                     cur.in_headers = false;
                     cur.finish_received();
-                    cur.hash_body = !matches!(cur.received, Received::Done(Some(_)));
+                    cur.hash_body = !cur.uid_known();
                 }
                 return;
             }
@@ -340,13 +343,25 @@ impl Scanner {
                 if p == b"\r\n" {
                     cur.in_headers = false;
                     cur.finish_received();
-                    cur.hash_body = !matches!(cur.received, Received::Done(Some(_)));
+                    cur.hash_body = !cur.uid_known();
                 } else if p[0] != b' ' && p[0] != b'\t' {
                     // A new header field: its name decides.
                     cur.finish_received();
                     let name_end = p.iter().position(|&b| b == b':').unwrap_or(p.len());
                     let name = &p[..name_end];
                     cur.skip_header = VOLATILE.iter().any(|v| v.eq_ignore_ascii_case(name));
+                    if seal_position(cur.fields, cur.return_path_first)
+                        && name.eq_ignore_ascii_case(SEAL_FIELD.as_bytes())
+                    {
+                        cur.seal_id = Seal::parse(p).map(|s| s.id);
+                        // Not hashed: a UIDL from the hash (if the seal is
+                        // damaged) stays the same without it.
+                        cur.skip_header = true;
+                    }
+                    if cur.fields == 0 && name.eq_ignore_ascii_case(b"return-path") {
+                        cur.return_path_first = true;
+                    }
+                    cur.fields += 1;
                     if name.eq_ignore_ascii_case(b"received")
                         && matches!(cur.received, Received::NotSeen)
                     {
@@ -434,12 +449,18 @@ const CHUNK: usize = 256 * 1024;
 
 /// Scans `file` from `from` (a line start) to `to`.
 fn scan(file: &File, from: u64, to: u64) -> io::Result<Vec<Message>> {
+    let file: &dyn crate::store::disk::Disk = file;
     scan_with(file, from, to, CHUNK)
 }
 
 /// [`scan`] with a given buffer size (small in tests, to cut lines at
 /// every place).
-fn scan_with(file: &File, from: u64, to: u64, chunk: usize) -> io::Result<Vec<Message>> {
+pub(crate) fn scan_with(
+    file: &dyn crate::store::disk::Disk,
+    from: u64,
+    to: u64,
+    chunk: usize,
+) -> io::Result<Vec<Message>> {
     let mut sc = Scanner::new();
     let from_finder = memchr::memmem::Finder::new(b"\nFrom ");
     let mut buf = vec![0u8; chunk];
@@ -591,6 +612,7 @@ fn save_index(path: &Path, stamp: &Stamp, messages: &[Message]) {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW) // issue 13, hole 10
         .open(&tmp)
         .and_then(|mut f| f.write_all(&format_index(stamp, messages)))
         .and_then(|_| std::fs::rename(&tmp, path));
@@ -621,8 +643,8 @@ pub fn open(locked: &mut Locked, data_dir: &Path) -> Result<Snapshot, MaildropEr
             // A last message without the blank separator line may grow by
             // the line an append adds first: scan it again.
             let mut tail = [0u8; 2];
-            let clean =
-                s.len < 2 || (file.read_exact_at(&mut tail, s.len - 2).is_ok() && &tail == b"\n\n");
+            let clean = s.len < 2
+                || (FileExt::read_exact_at(file, &mut tail, s.len - 2).is_ok() && &tail == b"\n\n");
             match msgs.last() {
                 Some(last) if !clean && len > s.len => {
                     let from = last.offset;
@@ -679,20 +701,27 @@ pub struct Expunge {
 /// The mbox is rewritten in place, so it keeps its inode, owner, group and
 /// mode (a `/var/mail/alice` owned by alice, read by mutt, stays hers), and
 /// its directory need not be writable. Crash-safe with a redo journal in
-/// data_dir:
+/// data_dir, `pop3.journal`: created once (two 32 KiB slots, written in
+/// turn, each record checksummed, so a torn record leaves the one before)
+/// and then only overwritten, so that it needs no new disk space. Two ways:
 ///
-/// 1. the new content from the first deleted message on (kept messages,
-///    then any mail appended after the session's login) goes to
-///    `pop3.expunge.data`, fsynced;
-/// 2. `pop3.expunge` records where it goes and what the mbox looked like
-///    (written durably);
-/// 3. the data is copied over the mbox from that offset, the mbox is cut
-///    to its new length and fsynced;
-/// 4. the journal is marked done, durably, before the locks are released.
+/// - **copy** (when the disk has room): the new content from the first
+///   deleted message on (kept messages, then any mail appended after the
+///   session's login) goes to `pop3.expunge.data`, flushed with its
+///   directory; the journal records it; the data is copied over the mbox,
+///   which is cut and flushed; the journal says done. 5 flushes.
+/// - **move** (the disk is full, issue 13 hole 5: deleting is how the user
+///   frees space): the kept mail is moved down inside the mbox, in steps
+///   no longer than the gap in front of it, so that a step never
+///   overwrites bytes a later step still reads; after each step the mbox
+///   is flushed and the journal records how far it got. No new space is
+///   needed; 2 flushes per step (a step is as long as the deleted mail
+///   before it).
 ///
-/// A crash before 2 leaves the mbox untouched; after it, [`recover`] at the
-/// next start redoes 3 (it is idempotent). At worst deleted messages come
-/// back; a message that was not deleted is never lost.
+/// A crash before the journal's record leaves the mbox untouched; after
+/// it, [`recover`] at the next start redoes the copy or resumes the move.
+/// At worst deleted messages come back; a message that was not deleted is
+/// never lost.
 pub fn expunge(locked: &mut Locked, x: &Expunge, data_dir: &Path) -> Result<usize, MaildropError> {
     let count = x.deleted.iter().filter(|&&d| d).count();
     if count == 0 {
@@ -709,14 +738,7 @@ pub fn expunge(locked: &mut Locked, x: &Expunge, data_dir: &Path) -> Result<usiz
         return Err(MaildropError::Changed);
     }
     let plan = plan(x, locked.file.metadata().map_err(rd)?.len());
-    let job = prepare(&locked.file, &plan, data_dir)?;
-    if let Err(e) = apply(&locked.file, &job, data_dir, &path) {
-        // Half-copied: finish it now if the disk lets us, else at the
-        // next start (the journal stays pending).
-        log::error!("{e}; trying again");
-        apply(&locked.file, &job, data_dir, &path)?;
-    }
-    finish(data_dir)?;
+    rewrite(&RealFs, &locked.file, &path, &plan, data_dir)?;
     // The index for the rewritten mbox; mail after the kept part is
     // indexed at the next login.
     if let Ok(st) = stamp(&locked.file, plan.kept_len) {
@@ -725,17 +747,68 @@ pub fn expunge(locked: &mut Locked, x: &Expunge, data_dir: &Path) -> Result<usiz
     Ok(count)
 }
 
-/// What the rewrite does: the new content from `from` on is `ranges` of
-/// the old file, in order.
-struct Plan {
-    from: u64,
-    old_len: u64,
-    ranges: Vec<(u64, u64)>,
-    kept: Vec<Message>,
-    kept_len: u64,
+/// The rewrite itself, on any [`Fs`] (the crash explorer's too).
+pub(crate) fn rewrite(
+    fs: &dyn Fs,
+    mbox: &dyn disk::Disk,
+    path: &Path,
+    plan: &Plan,
+    data_dir: &Path,
+) -> Result<(), MaildropError> {
+    let mut journal = Journal::open(fs, data_dir)?.0;
+    let v = mbox
+        .version()
+        .map_err(io_err(format!("cannot stat {}", path.display())))?;
+    match prepare(fs, mbox, plan, data_dir) {
+        Ok((len, hash)) => {
+            let job = Job::Copy {
+                dev: v.dev,
+                ino: v.ino,
+                from: plan.from,
+                old_len: plan.old_len,
+                len,
+                hash,
+            };
+            journal.write(fs, Some(&job))?;
+            if let Err(e) = apply(fs, mbox, &job, data_dir, path) {
+                // Half-copied: finish it now if the disk lets us, else at
+                // the next start (the journal stays pending).
+                log::error!("{e}; trying again");
+                apply(fs, mbox, &job, data_dir, path)?;
+            }
+        }
+        Err(e) if e.is_disk_full() => {
+            log::warn!(
+                "{}: no room for a copy of the kept mail ({e}); deleting in place",
+                path.display()
+            );
+            let mut job = Job::Move {
+                dev: v.dev,
+                ino: v.ino,
+                from: plan.from,
+                old_len: plan.old_len,
+                done: 0,
+                ranges: plan.ranges.clone(),
+            };
+            journal.write(fs, Some(&job))?;
+            step_moves(fs, mbox, &mut journal, &mut job, path)?;
+        }
+        Err(e) => return Err(e),
+    }
+    finish(fs, &mut journal, data_dir)
 }
 
-fn plan(x: &Expunge, len: u64) -> Plan {
+/// What the rewrite does: the new content from `from` on is `ranges` of
+/// the old file, in order.
+pub(crate) struct Plan {
+    pub from: u64,
+    pub old_len: u64,
+    pub ranges: Vec<(u64, u64)>,
+    pub kept: Vec<Message>,
+    pub kept_len: u64,
+}
+
+pub(crate) fn plan(x: &Expunge, len: u64) -> Plan {
     let first_deleted = x.deleted.iter().position(|&d| d).unwrap_or(0);
     let from = x
         .messages
@@ -781,31 +854,131 @@ fn plan(x: &Expunge, len: u64) -> Plan {
     }
 }
 
-const JOURNAL: &str = "pop3.expunge";
+/// The journal of the rewrite (see [`expunge`]).
+const JOURNAL: &str = "pop3.journal";
+/// The journal of versions before 2: a pending copy is finished, then
+/// the file goes.
+const OLD_JOURNAL: &str = "pop3.expunge";
 const JOURNAL_DATA: &str = "pop3.expunge.data";
+/// One journal slot; the file holds two.
+const SLOT: usize = 32 * 1024;
 
-/// A redo record: copy `data` (of `len` bytes, hash `hash`) over the mbox
-/// identified by dev/ino at `from`, then cut it to `from + len`. Valid
-/// while the mbox is `old_len` long (before the cut) or `from + len`
-/// (after it).
-#[derive(Debug, PartialEq, Eq)]
-struct Job {
-    dev: u64,
-    ino: u64,
-    from: u64,
-    old_len: u64,
-    len: u64,
-    hash: u64,
+/// A redo record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Job {
+    /// Copy the data file (`len` bytes, hash `hash`) over the mbox
+    /// identified by dev/ino at `from`, then cut it to `from + len`. Valid
+    /// while the mbox is `old_len` long (before the cut) or `from + len`
+    /// (after it).
+    Copy {
+        dev: u64,
+        ino: u64,
+        from: u64,
+        old_len: u64,
+        len: u64,
+        hash: u64,
+    },
+    /// Move `ranges` of the mbox, in order, down to `from`; the first
+    /// `done` bytes of that are in place and flushed.
+    Move {
+        dev: u64,
+        ino: u64,
+        from: u64,
+        old_len: u64,
+        done: u64,
+        ranges: Vec<(u64, u64)>,
+    },
 }
 
-fn format_job(j: &Job) -> String {
-    format!(
-        "pimail-expunge 1 pending\n{} {} {} {} {} {:016x}\n",
-        j.dev, j.ino, j.from, j.old_len, j.len, j.hash
-    )
+fn format_record(seq: u64, job: Option<&Job>) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut s = format!("pimail-journal 2 {seq}\n");
+    match job {
+        None => s.push_str("idle\n"),
+        Some(Job::Copy {
+            dev,
+            ino,
+            from,
+            old_len,
+            len,
+            hash,
+        }) => {
+            let _ = writeln!(s, "copy {dev} {ino} {from} {old_len} {len} {hash:016x}");
+        }
+        Some(Job::Move {
+            dev,
+            ino,
+            from,
+            old_len,
+            done,
+            ranges,
+        }) => {
+            let _ = writeln!(s, "move {dev} {ino} {from} {old_len} {done}");
+            for (a, b) in ranges {
+                let _ = writeln!(s, "r {a} {b}");
+            }
+        }
+    }
+    let mut h = Fnv::new();
+    h.feed(s.as_bytes());
+    let _ = writeln!(s, "sum {:016x}", h.0);
+    s.into_bytes()
 }
 
-fn parse_job(text: &str) -> Option<Job> {
+/// A slot's record if it is whole: `(seq, job)`.
+fn parse_record(slot: &[u8]) -> Option<(u64, Option<Job>)> {
+    let sum_at = memchr::memmem::find(slot, b"\nsum ")? + 1;
+    let line_end = sum_at + memchr::memchr(b'\n', &slot[sum_at..])?;
+    let text = std::str::from_utf8(&slot[..sum_at]).ok()?;
+    let sum = std::str::from_utf8(&slot[sum_at + 4..line_end]).ok()?;
+    let mut h = Fnv::new();
+    h.feed(text.as_bytes());
+    if u64::from_str_radix(sum, 16).ok()? != h.0 {
+        return None;
+    }
+    let mut lines = text.lines();
+    let seq = lines
+        .next()?
+        .strip_prefix("pimail-journal 2 ")?
+        .parse()
+        .ok()?;
+    let head: Vec<&str> = lines.next()?.split(' ').collect();
+    let n = |i: usize| -> Option<u64> { head.get(i)?.parse().ok() };
+    let job = match head[0] {
+        "idle" => None,
+        "copy" => Some(Job::Copy {
+            dev: n(1)?,
+            ino: n(2)?,
+            from: n(3)?,
+            old_len: n(4)?,
+            len: n(5)?,
+            hash: u64::from_str_radix(head.get(6)?, 16).ok()?,
+        }),
+        "move" => {
+            let mut ranges = Vec::new();
+            for l in lines {
+                let f: Vec<&str> = l.split(' ').collect();
+                let [_, a, b] = f.as_slice() else {
+                    return None;
+                };
+                ranges.push((a.parse().ok()?, b.parse().ok()?));
+            }
+            Some(Job::Move {
+                dev: n(1)?,
+                ino: n(2)?,
+                from: n(3)?,
+                old_len: n(4)?,
+                done: n(5)?,
+                ranges,
+            })
+        }
+        _ => return None,
+    };
+    Some((seq, job))
+}
+
+/// The pre-2 journal: `pimail-expunge 1 pending` and a copy job.
+fn parse_old_job(text: &str) -> Option<Job> {
     let mut lines = text.lines();
     if lines.next()? != "pimail-expunge 1 pending" {
         return None;
@@ -814,7 +987,7 @@ fn parse_job(text: &str) -> Option<Job> {
     let [dev, ino, from, old_len, len, hash] = f.as_slice() else {
         return None;
     };
-    Some(Job {
+    Some(Job::Copy {
         dev: dev.parse().ok()?,
         ino: ino.parse().ok()?,
         from: from.parse().ok()?,
@@ -824,114 +997,324 @@ fn parse_job(text: &str) -> Option<Job> {
     })
 }
 
-/// Steps 1 and 2: the new content, fsynced, then the durable journal.
-fn prepare(file: &File, plan: &Plan, data_dir: &Path) -> Result<Job, MaildropError> {
+struct Journal {
+    file: Box<dyn disk::Disk>,
+    seq: u64,
+    path: PathBuf,
+}
+
+impl Journal {
+    /// Opens the journal, creating it (with its full size, so that later
+    /// records need no new space) if missing or short; and its latest
+    /// whole record.
+    fn open(fs: &dyn Fs, data_dir: &Path) -> Result<(Journal, Option<Job>), MaildropError> {
+        let path = data_dir.join(JOURNAL);
+        let err = io_fn(format!("cannot open {}", path.display()));
+        let existing = match fs.open(&path, true) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(err(e)),
+        };
+        let mut best: Option<(u64, Option<Job>)> = None;
+        let file = match existing {
+            Some(f) if f.len().map_err(io_err("journal"))? >= 2 * SLOT as u64 => {
+                let mut buf = vec![0u8; SLOT];
+                for k in 0..2 {
+                    f.read_exact_at(&mut buf, (k * SLOT) as u64)
+                        .map_err(io_err(format!("cannot read {}", path.display())))?;
+                    if let Some(r) = parse_record(&buf) {
+                        if best.as_ref().map_or(true, |b| r.0 > b.0) {
+                            best = Some(r);
+                        }
+                    }
+                }
+                f
+            }
+            // Missing, or its creation was cut short (then no record was
+            // ever written to it).
+            other => {
+                drop(other);
+                let f = fs.create(&path, false).map_err(&err)?;
+                let mut content = format_record(0, None);
+                content.resize(2 * SLOT, b'\n');
+                f.write_all_at(&content, 0)
+                    .and_then(|()| f.sync_data())
+                    .and_then(|()| fs.sync_dir(data_dir))
+                    .map_err(io_err(format!("cannot write {}", path.display())))?;
+                f
+            }
+        };
+        let (seq, job) = best.unwrap_or((0, None));
+        Ok((Journal { file, seq, path }, job))
+    }
+
+    /// Writes a record into the slot not holding the latest, flushed.
+    fn write(&mut self, _fs: &dyn Fs, job: Option<&Job>) -> Result<(), MaildropError> {
+        let rec = format_record(self.seq + 1, job);
+        if rec.len() > SLOT {
+            return Err(MaildropError::Io {
+                context: format!("cannot write {}", self.path.display()),
+                source: io::Error::other(
+                    "too many separate messages to delete at once; delete fewer",
+                ),
+            });
+        }
+        let slot = ((self.seq + 1) % 2) as usize * SLOT;
+        self.file
+            .write_all_at(&rec, slot as u64)
+            .and_then(|()| self.file.sync_data())
+            .map_err(io_err(format!("cannot write {}", self.path.display())))?;
+        self.seq += 1;
+        Ok(())
+    }
+}
+
+fn hash_disk(f: &dyn disk::Disk, len: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    let mut h = Fnv::new();
+    let mut at = 0;
+    while at < len {
+        let n = ((len - at) as usize).min(CHUNK);
+        f.read_exact_at(&mut buf[..n], at)?;
+        h.feed(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(h.0)
+}
+
+/// The copy's first step: the new content in the data file, flushed with
+/// its directory entry. Returns its length and hash.
+fn prepare(
+    fs: &dyn Fs,
+    mbox: &dyn disk::Disk,
+    plan: &Plan,
+    data_dir: &Path,
+) -> Result<(u64, u64), MaildropError> {
     let data_path = data_dir.join(JOURNAL_DATA);
-    let werr = |e| MaildropError::Io {
-        context: format!("cannot write {}", data_path.display()),
-        source: e,
-    };
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&data_path)
-        .map_err(werr)?;
     let mut hash = Fnv::new();
     let mut len = 0u64;
     let copied = (|| -> io::Result<()> {
-        let mut buf = vec![0u8; CHUNK];
+        let out = fs.create(&data_path, false)?;
+        let total: u64 = plan.ranges.iter().map(|(a, b)| b - a).sum();
+        let mut buf = vec![0u8; CHUNK.min(total as usize)];
         for &(a, b) in &plan.ranges {
             let mut at = a;
             while at < b {
                 let n = ((b - at) as usize).min(CHUNK);
-                file.read_exact_at(&mut buf[..n], at)?;
-                out.write_all(&buf[..n])?;
+                mbox.read_exact_at(&mut buf[..n], at)?;
+                out.write_all_at(&buf[..n], len)?;
                 hash.feed(&buf[..n]);
                 at += n as u64;
                 len += n as u64;
             }
         }
-        out.sync_all()
+        out.sync_data()?;
+        fs.sync_dir(data_dir)
     })();
     if let Err(e) = copied {
-        let _ = std::fs::remove_file(&data_path);
-        return Err(werr(e));
+        let _ = fs.remove(&data_path);
+        return Err(MaildropError::Io {
+            context: format!("cannot write {}", data_path.display()),
+            source: e,
+        });
     }
-    let meta = file.metadata().map_err(io_err("cannot stat the mbox"))?;
-    let job = Job {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        from: plan.from,
-        old_len: plan.old_len,
-        len,
-        hash: hash.0,
-    };
-    let jpath = data_dir.join(JOURNAL);
-    crate::util::paths::write_atomic(&jpath, format_job(&job).as_bytes())
-        .map_err(io_err(format!("cannot write {}", jpath.display())))?;
-    Ok(job)
+    Ok((len, hash.0))
 }
 
-/// Step 3: copy the new content over the mbox, cut it, fsync.
-fn apply(file: &File, job: &Job, data_dir: &Path, path: &Path) -> Result<(), MaildropError> {
+impl MaildropError {
+    fn is_disk_full(&self) -> bool {
+        matches!(self, MaildropError::Io { source, .. } if crate::store::mbox::is_disk_full(source))
+    }
+}
+
+/// The copy's redo: the data over the mbox, cut, flushed.
+fn apply(
+    fs: &dyn Fs,
+    mbox: &dyn disk::Disk,
+    job: &Job,
+    data_dir: &Path,
+    path: &Path,
+) -> Result<(), MaildropError> {
+    let Job::Copy { from, len, .. } = *job else {
+        return Ok(());
+    };
     let done = (|| -> io::Result<()> {
-        let data = File::open(data_dir.join(JOURNAL_DATA))?;
-        let mut buf = vec![0u8; CHUNK];
+        let data = fs.open(&data_dir.join(JOURNAL_DATA), false)?;
+        let mut buf = vec![0u8; CHUNK.min(len as usize)];
         let mut at = 0u64;
-        while at < job.len {
-            let n = ((job.len - at) as usize).min(CHUNK);
+        while at < len {
+            let n = ((len - at) as usize).min(CHUNK);
             data.read_exact_at(&mut buf[..n], at)?;
-            file.write_all_at(&buf[..n], job.from + at)?;
+            mbox.write_all_at(&buf[..n], from + at)?;
             at += n as u64;
         }
-        file.set_len(job.from + job.len)?;
-        file.sync_all()
+        mbox.set_len(from + len)?;
+        mbox.sync_data()
     })();
     done.map_err(io_err(format!("cannot rewrite {}", path.display())))
 }
 
-/// Step 4: the journal says done, durably; the data file goes.
-fn finish(data_dir: &Path) -> Result<(), MaildropError> {
-    let jpath = data_dir.join(JOURNAL);
-    crate::util::paths::write_atomic(&jpath, b"pimail-expunge 1 done\n")
-        .map_err(io_err(format!("cannot write {}", jpath.display())))?;
-    let _ = std::fs::remove_file(data_dir.join(JOURNAL_DATA));
+/// The move, from where the journal says it got to: each step moves at
+/// most as many bytes as the gap in front of them, so it writes only below
+/// every byte it and later steps read (a step cut short is simply done
+/// again).
+fn step_moves(
+    fs: &dyn Fs,
+    mbox: &dyn disk::Disk,
+    journal: &mut Journal,
+    job: &mut Job,
+    path: &Path,
+) -> Result<(), MaildropError> {
+    let Job::Move {
+        from,
+        ref ranges,
+        mut done,
+        ..
+    } = *job
+    else {
+        return Ok(());
+    };
+    let ranges = ranges.clone();
+    let total: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+    // Where byte `d` of the new content comes from, and how much of its
+    // range follows it.
+    let src = |d: u64| -> (u64, u64) {
+        let mut acc = 0;
+        for &(a, b) in &ranges {
+            if d < acc + (b - a) {
+                return (a + d - acc, b - (a + d - acc));
+            }
+            acc += b - a;
+        }
+        (u64::MAX, 0)
+    };
+    let werr = io_fn(format!("cannot rewrite {}", path.display()));
+    let mut buf = vec![0u8; CHUNK.min(total as usize)];
+    while done < total {
+        let gap = src(done).0 - (from + done);
+        let limit = total.min(done + gap);
+        let mut d = done;
+        while d < limit {
+            let (s, run) = src(d);
+            let n = run.min(limit - d).min(CHUNK as u64) as usize;
+            mbox.read_exact_at(&mut buf[..n], s).map_err(&werr)?;
+            mbox.write_all_at(&buf[..n], from + d).map_err(&werr)?;
+            d += n as u64;
+        }
+        mbox.sync_data().map_err(&werr)?;
+        done = limit;
+        if let Job::Move { done: jd, .. } = job {
+            *jd = done;
+        }
+        journal.write(fs, Some(job))?;
+    }
+    mbox.set_len(from + total)
+        .and_then(|()| mbox.sync_data())
+        .map_err(werr)
+}
+
+/// The journal says done, durably; the data file goes.
+fn finish(fs: &dyn Fs, journal: &mut Journal, data_dir: &Path) -> Result<(), MaildropError> {
+    journal.write(fs, None)?;
+    let _ = fs.remove(&data_dir.join(JOURNAL_DATA));
     Ok(())
 }
 
-/// Finishes a deletion a crash interrupted (see [`expunge`]). Called with
-/// the mbox locked, at start and before every rewrite.
+/// Finishes a deletion a crash interrupted (see [`expunge`]), and removes
+/// the temp files a crash may have left (issue 13, hole 5). Called with the
+/// mbox locked, at start and before every rewrite; creates the journal if
+/// it is missing, so that its space is taken before the disk fills.
 pub fn recover(locked: &mut Locked, data_dir: &Path) -> Result<(), MaildropError> {
-    let jpath = data_dir.join(JOURNAL);
-    let Ok(text) = std::fs::read_to_string(&jpath) else {
-        return Ok(()); // no journal: nothing was ever interrupted
-    };
-    let Some(job) = parse_job(&text) else {
-        return Ok(()); // done (or never completely written: step 2 not reached)
-    };
     let path = locked.path.clone();
-    let meta = locked
-        .file
-        .metadata()
+    recover_on(&RealFs, &locked.file, &path, data_dir)
+}
+
+pub(crate) fn recover_on(
+    fs: &dyn Fs,
+    mbox: &dyn disk::Disk,
+    path: &Path,
+    data_dir: &Path,
+) -> Result<(), MaildropError> {
+    for tmp in ["pop3.index.tmp", "pop3.expunge.tmp", "pop3.journal.tmp"] {
+        let p = data_dir.join(tmp);
+        if fs.exists(&p) {
+            log::info!("removing {} left by a crash", p.display());
+            let _ = fs.remove(&p);
+        }
+    }
+    // A journal of an older version: its pending copy is finished first.
+    let old = data_dir.join(OLD_JOURNAL);
+    let old_job = fs
+        .read(&old)
+        .ok()
+        .and_then(|t| parse_old_job(&String::from_utf8_lossy(&t)));
+    let (mut journal, job) = match Journal::open(fs, data_dir) {
+        Ok(j) => j,
+        Err(e) if old_job.is_none() && !fs.exists(&data_dir.join(JOURNAL)) => {
+            // No journal and no room to create one: nothing to recover;
+            // deleting will say why it cannot run.
+            log::warn!("{e}");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let job = old_job.or(job);
+    let Some(mut job) = job else {
+        if fs.exists(&data_dir.join(JOURNAL_DATA)) {
+            let _ = fs.remove(&data_dir.join(JOURNAL_DATA));
+        }
+        let _ = fs.remove(&old);
+        return Ok(());
+    };
+    let v = mbox
+        .version()
         .map_err(io_err(format!("cannot stat {}", path.display())))?;
-    let data_path = data_dir.join(JOURNAL_DATA);
-    let data_ok = File::open(&data_path)
-        .and_then(|f| {
-            let len = f.metadata()?.len();
-            Ok(len == job.len && hash_range(&f, 0, len)? == job.hash)
-        })
-        .unwrap_or(false);
-    let same_mbox = meta.dev() == job.dev
-        && meta.ino() == job.ino
-        && (meta.len() == job.old_len || meta.len() == job.from + job.len);
-    if data_ok && same_mbox {
+    let ok = match &mut job {
+        Job::Copy {
+            dev,
+            ino,
+            from,
+            old_len,
+            len,
+            hash,
+        } => {
+            let data_ok = fs
+                .open(&data_dir.join(JOURNAL_DATA), false)
+                .and_then(|f| Ok(f.len()? == *len && hash_disk(&*f, *len)? == *hash))
+                .unwrap_or(false);
+            data_ok
+                && v.dev == *dev
+                && v.ino == *ino
+                && (v.len == *old_len || v.len == *from + *len)
+        }
+        Job::Move {
+            dev,
+            ino,
+            from,
+            old_len,
+            done,
+            ranges,
+        } => {
+            let total: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+            let same = v.dev == *dev && v.ino == *ino;
+            if same && v.len > *old_len && *done < total {
+                // Another program appended after the crash: that mail
+                // moves down too.
+                ranges.push((*old_len, v.len));
+                *old_len = v.len;
+            }
+            same && (v.len == *old_len || (v.len == *from + total && *done == total))
+        }
+    };
+    if ok {
         log::warn!(
             "{}: finishing a POP3 deletion that a crash interrupted",
             path.display()
         );
-        apply(&locked.file, &job, data_dir, &path)?;
+        match job {
+            Job::Copy { .. } => apply(fs, mbox, &job, data_dir, path)?,
+            Job::Move { .. } => step_moves(fs, mbox, &mut journal, &mut job, path)?,
+        }
     } else {
         log::error!(
             "{}: a POP3 deletion was interrupted, but the mbox has changed since \
@@ -939,7 +1322,9 @@ pub fn recover(locked: &mut Locked, data_dir: &Path) -> Result<(), MaildropError
             path.display()
         );
     }
-    finish(data_dir)
+    finish(fs, &mut journal, data_dir)?;
+    let _ = fs.remove(&old);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1189,32 +1574,76 @@ mod tests {
             stamp: snap.stamp,
             deleted: vec![false, true, false, true, false],
         };
-        // Steps 1 and 2, then half of step 3, then a "crash".
+        // A crash in the middle of the copy, journaled by a version
+        // before 2 (`pop3.expunge`): finished, and the old journal goes.
         let p = plan(&x, all.len() as u64);
-        let job = prepare(&l.file, &p, &d).unwrap();
+        let (len, hash) = prepare(&RealFs, &l.file, &p, &d).unwrap();
+        let meta = l.file.metadata().unwrap();
+        std::fs::write(
+            d.join(OLD_JOURNAL),
+            format!(
+                "pimail-expunge 1 pending\n{} {} {} {} {len} {hash:016x}\n",
+                meta.dev(),
+                meta.ino(),
+                p.from,
+                p.old_len
+            ),
+        )
+        .unwrap();
         let data = std::fs::read(d.join(JOURNAL_DATA)).unwrap();
-        l.file
-            .write_all_at(&data[..data.len() / 2], job.from)
-            .unwrap();
+        FileExt::write_all_at(&l.file, &data[..data.len() / 2], p.from).unwrap();
         drop(l);
         let mut l = crate::store::mbox::lock(&mbox).unwrap();
         recover(&mut l, &d).unwrap();
         assert_eq!(std::fs::read_to_string(&mbox).unwrap(), kept);
+        assert!(!d.join(OLD_JOURNAL).exists() && !d.join(JOURNAL_DATA).exists());
         // Done: a second recovery changes nothing.
         std::fs::write(&mbox, &all).unwrap();
         recover(&mut l, &d).unwrap();
         assert_eq!(std::fs::read_to_string(&mbox).unwrap(), all);
         // An mbox another program changed after the crash is left alone.
         let p = plan(&x, all.len() as u64);
-        prepare(&l.file, &p, &d).unwrap();
+        let (len, hash) = prepare(&RealFs, &l.file, &p, &d).unwrap();
+        let meta = l.file.metadata().unwrap();
+        let (mut j, _) = Journal::open(&RealFs, &d).unwrap();
+        let job = Job::Copy {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            from: p.from,
+            old_len: p.old_len,
+            len,
+            hash,
+        };
+        j.write(&RealFs, Some(&job)).unwrap();
+        drop(j);
         std::fs::write(&mbox, "From z Thu Jan  1 00:00:00 1970\n\nother\n\n").unwrap();
         recover(&mut l, &d).unwrap();
         assert!(std::fs::read_to_string(&mbox).unwrap().contains("other"));
-        assert_eq!(
-            parse_job(&std::fs::read_to_string(d.join(JOURNAL)).unwrap()),
-            None
-        );
+        assert_eq!(Journal::open(&RealFs, &d).unwrap().1, None);
+        // Temp files a crash left are removed at start (issue 13 hole 5).
+        std::fs::write(d.join("pop3.index.tmp"), "x").unwrap();
+        recover(&mut l, &d).unwrap();
+        assert!(!d.join("pop3.index.tmp").exists());
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn journal_records_survive_a_torn_write() {
+        let job = Job::Move {
+            dev: 1,
+            ino: 2,
+            from: 3,
+            old_len: 100,
+            done: 7,
+            ranges: vec![(10, 20), (30, 100)],
+        };
+        let rec = format_record(5, Some(&job));
+        assert_eq!(parse_record(&rec), Some((5, Some(job.clone()))));
+        let mut torn = rec.clone();
+        torn[30] ^= 1;
+        assert_eq!(parse_record(&torn), None);
+        assert_eq!(parse_record(&rec[..rec.len() - 3]), None);
+        assert_eq!(parse_record(&format_record(1, None)), Some((1, None)));
     }
 
     #[test]
@@ -1227,6 +1656,15 @@ mod tests {
         assert_eq!(
             pimail_id(b"Received: by x (pimail) with ESMTP id ABC;"),
             Some("ABC".into())
+        );
+        // `HELO id` and `HELO with ESMTP id X` cannot choose the UIDL.
+        assert_eq!(
+            pimail_id(b"Received: from id ([127.0.0.1])\n\tby h (pimail)\n\twith SMTP id R1;"),
+            Some("R1".into())
+        );
+        assert_eq!(
+            pimail_id(b"Received: from with ESMTP id CHOSEN ([127.0.0.1])\n\tby h (pimail)\n\t(using TLSv1.3 with cipher X)\n\twith ESMTPS id R2;"),
+            Some("R2".into())
         );
     }
 }

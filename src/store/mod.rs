@@ -4,6 +4,14 @@
 //! send (local delivery, bounces) and read all go through here; `mime` is
 //! the MIME structure IMAP reports of each message (kept in the index).
 
+#[cfg(test)]
+mod crash;
+pub mod disk;
 pub mod maildrop;
 pub mod mbox;
 pub mod mime;
+#[cfg(test)]
+mod pop3_crash;
+#[cfg(test)]
+pub(crate) mod simfs;
+pub mod status;

@@ -308,6 +308,9 @@ pub struct CertInfo {
     pub not_after: i64,
     /// DNS names of the subjectAltName extension, lower-cased.
     pub names: Vec<String>,
+    /// Issuer and subject are the same name: nobody vouches for it, so
+    /// mail clients warn or refuse, and some servers count it as no TLS.
+    pub self_signed: bool,
 }
 
 /// Parses the first certificate of a PEM file.
@@ -328,13 +331,13 @@ fn parse_cert_der(der: &[u8]) -> Option<CertInfo> {
     }
     let (_, _serial, r) = der_read(rest)?;
     let (_, _sigalg, r) = der_read(r)?;
-    let (_, _issuer, r) = der_read(r)?;
+    let (_, issuer, r) = der_read(r)?;
     let (_, validity, r) = der_read(r)?;
     let (t1, nb, vr) = der_read(validity)?;
     let (t2, na, _) = der_read(vr)?;
     let not_before = parse_time(t1, nb)?;
     let not_after = parse_time(t2, na)?;
-    let (_, _subject, r) = der_read(r)?;
+    let (_, subject, r) = der_read(r)?;
     let (_, _spki, mut r) = der_read(r)?;
     let mut names = Vec::new();
     while !r.is_empty() {
@@ -369,6 +372,7 @@ fn parse_cert_der(der: &[u8]) -> Option<CertInfo> {
         not_before,
         not_after,
         names,
+        self_signed: issuer == subject,
     })
 }
 
@@ -439,6 +443,12 @@ pub fn check_cert(info: &CertInfo, host: &str, now: i64, file: &str) -> Vec<Chec
             "TLS certificate valid for {} more days",
             (info.not_after - now) / 86400
         )));
+    }
+    if info.self_signed {
+        out.push(Check::warn(
+            "TLS certificate is self-signed: mail clients warn about it or refuse it".into(),
+            format!("get one from Let's Encrypt: `certbot certonly --standalone -d {host}` (docs/INSTALL.md step 7)"),
+        ));
     }
     if info.names.iter().any(|n| name_matches(n, &host)) {
         out.push(Check::ok(format!("TLS certificate names {host}")));
@@ -559,6 +569,106 @@ pub async fn check_inbound(probe: std::net::SocketAddr, hostname: &str) -> Check
     }
 }
 
+/// The try-it default (or a config still naming `localhost`): nothing in
+/// the public DNS can point at it.
+fn is_try_it(config: &crate::config::Config) -> bool {
+    let local = |n: &str| {
+        let n = lower(n);
+        n == "localhost" || n.ends_with(".localhost")
+    };
+    config.source == crate::config::Source::Embedded
+        || local(&config.hostname)
+        || (!config.domains.is_empty() && config.domains.iter().all(|d| local(d)))
+}
+
+/// `None` when the resolver answers; else the check that says it is
+/// broken. Names that certainly exist (the big providers' domains) are
+/// asked for their MX: a resolver that says they do not exist lies
+/// (NXDOMAIN for everything: a captive portal, a broken forwarder), and
+/// one that never answers is not there.
+pub async fn check_resolver<D: Dns>(dns: &D) -> Option<Check> {
+    let mut nx = 0;
+    let mut last = String::new();
+    for d in PORT25_PROBE_DOMAINS {
+        match dns.query(d, QType::Mx).await {
+            Ok(_) => return None,
+            Err(DnsError::NotFound) => nx += 1,
+            Err(DnsError::Temporary(e)) => last = e,
+        }
+    }
+    let fix = "fix the nameservers in /etc/resolv.conf (or [outbound] dns), e.g. `dig MX gmail.com` must answer; \
+               until then no record can be checked and no mail can be sent"
+        .to_string();
+    Some(if nx == PORT25_PROBE_DOMAINS.len() {
+        Check::fail(
+            format!(
+                "DNS resolution is broken: the resolver says {} do not exist",
+                PORT25_PROBE_DOMAINS.join(" and ")
+            ),
+            fix,
+        )
+    } else {
+        Check::fail(
+            format!("DNS resolution is broken: no nameserver answers ({last})"),
+            fix,
+        )
+    })
+}
+
+/// Each configured blocklist through the configured resolver: its test
+/// entries answer as RFC 5782 5 says, or the fix (a local resolver).
+async fn dnsbl_checks<D: Dns>(
+    dns: &D,
+    zones: &[String],
+    servers: &[std::net::SocketAddr],
+) -> Vec<Check> {
+    let via = if servers.is_empty() {
+        "the nameservers of /etc/resolv.conf".to_string()
+    } else {
+        format!("[outbound] dns = {servers:?}")
+    };
+    let mut out = Vec::new();
+    for z in zones {
+        out.push(match crate::trust::dnsbl::self_test(dns, z).await {
+            Ok(code) => Check::ok(format!(
+                "DNS blocklist {z} answers (test entry 127.0.0.2 listed as {code}, 127.0.0.1 not)"
+            )),
+            Err(e) => Check::fail(
+                format!("DNS blocklist: {e} (asked through {via}); it is ignored until fixed"),
+                "run a local recursive resolver (on the Pi: `apt install unbound`, then \
+                 `nameserver 127.0.0.1` in /etc/resolv.conf or [outbound] dns = [\"127.0.0.1:53\"]), \
+                 or remove the list from [inbound] dnsbl"
+                    .into(),
+            ),
+        });
+    }
+    out
+}
+
+/// The address families, the route and the cached MTA-STS policies from
+/// `<data_dir>/outbound.status` (written by the delivery worker).
+fn outbound_status(data_dir: &std::path::Path) -> Vec<Check> {
+    let lines = crate::store::status::read(data_dir);
+    if lines.is_empty() {
+        return vec![Check::ok(
+            "not known yet: the server writes its choices when it runs".into(),
+        )];
+    }
+    let mut out: Vec<Check> = lines
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "family" => Check::ok(format!("address family: {v}")),
+            "route" => Check::ok(format!("route: {v}")),
+            "mta-sts" => Check::ok(format!("MTA-STS policy cached: {v}")),
+            _ => Check::ok(format!("{k}: {v}")),
+        })
+        .collect();
+    if !out.iter().any(|c| c.what.starts_with("MTA-STS")) {
+        out.push(Check::ok("MTA-STS: no policy cached".into()));
+    }
+    out
+}
+
 /// The whole `pimail doctor` report: the text to print and whether
 /// everything needed is there.
 pub async fn run(
@@ -590,14 +700,40 @@ pub async fn run(
         domains: config.domains.clone(),
         dkim,
     };
-    let (host_checks, addrs) = check_host(&dns, &setup).await;
-    sections.push((format!("Host {}", lower(&setup.hostname)), host_checks));
-    for d in &setup.domains {
+    // Record advice only makes sense for a name on the Internet, and only
+    // when the resolver works: with a broken one every lookup "fails" and
+    // the advice to publish records that exist would mislead.
+    let dns_ok = if is_try_it(config) {
         sections.push((
-            format!("Domain {d}"),
-            check_domain(&dns, &setup, d, &addrs).await,
+            "DNS records".into(),
+            vec![Check::warn(
+                format!(
+                    "hostname {:?} is the try-it default: there are no DNS records to check",
+                    setup.hostname
+                ),
+                "write /etc/pimail/pimail.toml with your hostname and domains (docs/INSTALL.md), then run `pimail doctor` again".into(),
+            )],
         ));
-    }
+        false
+    } else {
+        match check_resolver(&dns).await {
+            Some(broken) => {
+                sections.push(("DNS resolution".into(), vec![broken]));
+                false
+            }
+            None => {
+                let (host_checks, addrs) = check_host(&dns, &setup).await;
+                sections.push((format!("Host {}", lower(&setup.hostname)), host_checks));
+                for d in &setup.domains {
+                    sections.push((
+                        format!("Domain {d}"),
+                        check_domain(&dns, &setup, d, &addrs).await,
+                    ));
+                }
+                true
+            }
+        }
+    };
     let tls = match &config.tls {
         None => vec![Check::warn(
             "no TLS certificate configured: mail to and from this server travels unencrypted"
@@ -630,13 +766,21 @@ pub async fn run(
         net.push(Check::ok(
             "outbound mail goes through the relay (port 25 not needed)".into(),
         ));
-    } else {
+    } else if dns_ok {
         net.push(check_port25(&dns, config.outbound.mx_port).await);
     }
     if let Some(p) = probe {
         net.push(check_inbound(p, &setup.hostname).await);
     }
     sections.push(("Network".into(), net));
+    let lists = dnsbl_checks(&dns, &config.inbound.dnsbl, &config.outbound.dns).await;
+    if !lists.is_empty() {
+        sections.push(("DNS blocklists ([inbound] dnsbl)".into(), lists));
+    }
+    sections.push((
+        "Outbound (as the running server chose)".into(),
+        outbound_status(&config.data_dir),
+    ));
 
     let mut text = String::new();
     let mut problems = 0;
@@ -816,7 +960,17 @@ mod tests {
 
     #[test]
     fn certificate_dates_and_names() {
-        let info = parse_cert_pem(include_str!("../../tests/data/doctor-cert.pem")).unwrap();
+        let parsed = parse_cert_pem(include_str!("../../tests/data/doctor-cert.pem")).unwrap();
+        // The test certificate signs itself: a warning, not "[ok]".
+        assert!(parsed.self_signed);
+        let warned = check_cert(&parsed, "mail.example.org", 1_800_000_000, "cert.pem");
+        assert!(warned
+            .iter()
+            .any(|c| c.level == Level::Warn && c.what.contains("self-signed")));
+        let info = CertInfo {
+            self_signed: false,
+            ..parsed
+        };
         assert_eq!(info.not_before, 1_795_577_147);
         assert_eq!(info.not_after, 2_110_937_147);
         assert_eq!(info.names, ["mail.example.org", "*.example.net"]);

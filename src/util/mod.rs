@@ -4,6 +4,7 @@
 //! system calls std lacks, the runtime helpers (a timeout, ids), logging
 //! for the journal and systemd's readiness notification.
 
+pub mod activity;
 pub mod base64;
 pub mod logging;
 pub mod notify;

@@ -39,6 +39,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        // A symlink planted at the temp name is not followed (issue 13,
+        // hole 10); create_new would make a leftover temp block us.
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;

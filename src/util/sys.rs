@@ -1,5 +1,6 @@
 //! The few system calls std lacks: whole-file `fcntl` locks, signal
-//! dispositions, and whether a process is alive.
+//! dispositions, whether a process is alive, free disk space, and
+//! reading a password from the terminal without echo.
 //!
 //! We use open-file-description locks (`F_OFD_SETLK`, Linux 3.15+): they
 //! conflict with the classic POSIX locks mutt, procmail and Dovecot take, so
@@ -104,6 +105,58 @@ pub fn process_alive(pid: u32) -> bool {
     r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Free and total bytes of the file system holding `path` (what an
+/// unprivileged user may still write: `f_bavail`).
+pub fn disk_space(path: &std::path::Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("path contains a NUL byte"))?;
+    // SAFETY: statvfs is plain data; zeroed is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a pointer to a live statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+}
+
+/// Prints `prompt` and reads one line from the terminal on stdin with
+/// echo off (the password prompt of `setup` and `passwd`), restoring the
+/// terminal afterwards; `Ok(None)` when stdin is not a terminal. Echo goes
+/// off before the prompt shows, so nothing typed after it is echoed or
+/// lost. The newline the user typed is not echoed either: one is printed.
+/// `input` is stdin (or its lock, which the caller may already hold).
+pub fn read_password_noecho(
+    prompt: &str,
+    input: &mut dyn io::BufRead,
+) -> io::Result<Option<String>> {
+    use std::io::Write;
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: isatty and tcgetattr only read the descriptor's state into a
+    // termios we own; zeroed is a valid termios.
+    let mut old: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::isatty(fd) } != 1 || unsafe { libc::tcgetattr(fd, &mut old) } != 0 {
+        return Ok(None);
+    }
+    let mut quiet = old;
+    quiet.c_lflag &= !libc::ECHO;
+    // SAFETY: a valid descriptor and a termios copied from its own state.
+    if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = io::stdout();
+    let _ = write!(out, "{prompt}");
+    let _ = out.flush();
+    let mut line = String::new();
+    let read = input.read_line(&mut line);
+    // SAFETY: as above; restores what tcgetattr returned.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
+    let _ = writeln!(out);
+    read?;
+    Ok(Some(line.trim_end_matches(['\r', '\n']).to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +252,104 @@ mod bind_tests {
         std::net::TcpStream::connect(("::1", port)).unwrap();
         std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     }
+}
+
+/// Is this descriptor a terminal (`isatty`)?
+pub fn is_terminal(fd: libc::c_int) -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// While alive, the terminal on `fd` does not echo what is typed (for a
+/// password prompt); dropping it restores the old settings.
+pub struct NoEcho {
+    fd: libc::c_int,
+    old: libc::termios,
+}
+
+impl NoEcho {
+    /// Turns echo off on the terminal `fd` (ECHO off, ECHONL on, so the
+    /// Enter still moves to a new line; line editing stays on: canonical
+    /// mode reads one line).
+    pub fn new(fd: libc::c_int) -> io::Result<NoEcho> {
+        // SAFETY: termios is plain data; tcgetattr fills it for a valid fd.
+        let mut old: libc::termios = unsafe { std::mem::zeroed() };
+        if unsafe { libc::tcgetattr(fd, &mut old) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut t = old;
+        t.c_lflag &= !libc::ECHO;
+        t.c_lflag |= libc::ECHONL | libc::ICANON;
+        // SAFETY: a valid fd and a live termios value.
+        if unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(NoEcho { fd, old })
+    }
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `new` on the same fd.
+        unsafe {
+            libc::tcsetattr(self.fd, libc::TCSAFLUSH, &self.old);
+        }
+    }
+}
+
+/// Rust ignores SIGPIPE at start, so a `print!` to a closed pipe
+/// (`pimail dkim generate | head -2`) panics. The command-line tools restore the default disposition so that they end
+/// quietly, as every Unix filter does; the server keeps ignoring it (a
+/// client that goes away must not kill it, and its sockets report EPIPE).
+pub fn default_sigpipe() -> io::Result<()> {
+    // SAFETY: SIG_DFL installs no handler code.
+    let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    if old == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The owner (uid, gid) of a path, without following a final symlink.
+pub fn owner(path: &std::path::Path) -> io::Result<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.uid(), m.gid()))
+}
+
+/// `chown` (std's `std::os::unix::fs::chown` needs Rust 1.73; we have it,
+/// but keep every ownership change in this one module with the others).
+pub fn chown(path: &std::path::Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+}
+
+/// Our effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The uid and gid of a user name (`getpwnam_r`), `None` if unknown.
+pub fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: passwd is plain data; getpwnam_r writes into it and `buf`
+    // (whose length we pass), and sets `res` to it on success.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut res: *mut libc::passwd = std::ptr::null_mut();
+    let r = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut res,
+        )
+    };
+    if r != 0 || res.is_null() {
+        return None;
+    }
+    Some((pw.pw_uid, pw.pw_gid))
 }
 
 /// Makes glibc's malloc serve every block of 256 KiB or more from its own

@@ -25,6 +25,8 @@ pub enum Answer {
     Silence,
     /// Over UDP: an empty answer with the TC bit; over TCP: these records.
     Truncated(Vec<Record>),
+    /// These records, after this long (a slow DNS blocklist).
+    Slow(Duration, Vec<Record>),
 }
 
 pub struct FakeDns {
@@ -63,8 +65,21 @@ impl FakeDns {
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok((n, peer)) = udp.recv_from(&mut buf) {
-                if let Some(reply) = answer(&zone, &queries, &buf[..n], false) {
-                    let _ = udp.send_to(&reply, peer);
+                match answer(&zone, &queries, &buf[..n], false) {
+                    Some((None, reply)) => {
+                        let _ = udp.send_to(&reply, peer);
+                    }
+                    // Slow answers from a thread of their own, so that
+                    // other queries are answered meanwhile.
+                    Some((Some(after), reply)) => {
+                        if let Ok(u) = udp.try_clone() {
+                            std::thread::spawn(move || {
+                                std::thread::sleep(after);
+                                let _ = u.send_to(&reply, peer);
+                            });
+                        }
+                    }
+                    None => {}
                 }
             }
         });
@@ -83,7 +98,10 @@ impl FakeDns {
                     if s.read_exact(&mut q).is_err() {
                         return;
                     }
-                    if let Some(reply) = answer(&zone, &queries, &q, true) {
+                    if let Some((after, reply)) = answer(&zone, &queries, &q, true) {
+                        if let Some(d) = after {
+                            std::thread::sleep(d);
+                        }
                         let mut out = (reply.len() as u16).to_be_bytes().to_vec();
                         out.extend_from_slice(&reply);
                         let _ = s.write_all(&out);
@@ -144,7 +162,7 @@ fn answer(
     queries: &Mutex<Vec<(String, RecordType, bool)>>,
     bytes: &[u8],
     tcp: bool,
-) -> Option<Vec<u8>> {
+) -> Option<(Option<Duration>, Vec<u8>)> {
     let q = Message::from_vec(bytes).ok()?;
     let query = q.queries.first()?.clone();
     let qname = key(&query.name().to_ascii());
@@ -155,8 +173,13 @@ fn answer(
     m.metadata.recursion_available = true;
     m.add_query(query);
     let zone = zone.lock().unwrap();
+    let mut delay = None;
     match zone.get(&(qname.clone(), qtype)).cloned() {
         Some(Answer::Records(r)) => {
+            m.add_answers(r);
+        }
+        Some(Answer::Slow(d, r)) => {
+            delay = Some(d);
             m.add_answers(r);
         }
         Some(Answer::Truncated(r)) => {
@@ -176,7 +199,7 @@ fn answer(
             }
         }
     }
-    m.to_vec().ok()
+    m.to_vec().ok().map(|b| (delay, b))
 }
 
 // ---- TLS material --------------------------------------------------------------
@@ -203,7 +226,13 @@ impl TestCa {
 
     /// A server config with a certificate for `host` signed by this CA.
     pub fn server_config(&self, host: &str) -> Arc<rustls::ServerConfig> {
-        let params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+        self.server_config_names(&[host])
+    }
+
+    /// A server config with one certificate for all of `hosts`.
+    pub fn server_config_names(&self, hosts: &[&str]) -> Arc<rustls::ServerConfig> {
+        let names = hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        let params = rcgen::CertificateParams::new(names).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         server_config(cert.der().to_vec(), key.serialize_der())
@@ -341,6 +370,13 @@ impl FakeMx {
     /// Starts one fake on any address (e.g. `[::1]:port`).
     pub fn start_at(addr: SocketAddr, b: Behavior) -> FakeMx {
         let l = TcpListener::bind(addr).unwrap();
+        let a = l.local_addr().unwrap();
+        FakeMx::run(l, a.ip(), a.port(), b)
+    }
+
+    /// Starts a fake on a listener made elsewhere (e.g. one that was a
+    /// black hole until now).
+    pub fn start_on(l: TcpListener, b: Behavior) -> FakeMx {
         let a = l.local_addr().unwrap();
         FakeMx::run(l, a.ip(), a.port(), b)
     }
@@ -674,6 +710,13 @@ impl FakeDns {
         self.set(n, RecordType::TXT, Answer::Records(recs));
     }
 
+    /// `ip` listed in the DNS blocklist `zone` with answer `code` (RFC
+    /// 5782 name forms, IPv4 and IPv6).
+    pub fn dnsbl(&self, zone: &str, ip: IpAddr, code: Ipv4Addr) {
+        let n = pimail::trust::dnsbl::query_name(ip, zone);
+        self.a(&n, &[code]);
+    }
+
     /// The PTR record of `ip`.
     pub fn ptr(&self, ip: IpAddr, host: &str) {
         let n = pimail::trust::spf::reverse_name(ip);
@@ -751,5 +794,89 @@ impl MxWorld {
     /// A running server that delivers into this world.
     pub fn server(&self, extra: &str) -> super::Server {
         super::Server::with(self.options(extra))
+    }
+}
+
+// ---- HTTPS (MTA-STS policy hosts, RFC 8461 3.3) ----------------------------------
+
+/// What a fake policy host answers for one `Host:`.
+#[derive(Clone)]
+pub enum Policy {
+    /// 200 with this body (close-delimited, as many servers do).
+    Body(String),
+    /// Accept, read the request, and say nothing for this long.
+    Silent(Duration),
+}
+
+/// An HTTPS server on `ip` answering `GET /.well-known/mta-sts.txt` per
+/// `Host:` header; its certificate (from `ca`) names every host.
+pub struct FakeHttps {
+    pub addr: SocketAddr,
+    /// Host of every request received.
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeHttps {
+    pub fn start(ip: Ipv4Addr, ca: &TestCa, policies: Vec<(&str, Policy)>) -> FakeHttps {
+        let hosts: Vec<&str> = policies.iter().map(|(h, _)| *h).collect();
+        let cfg = ca.server_config_names(&hosts);
+        let table: HashMap<String, Policy> = policies
+            .into_iter()
+            .map(|(h, p)| (h.to_string(), p))
+            .collect();
+        let l = TcpListener::bind((ip, 0)).unwrap();
+        let https = FakeHttps {
+            addr: l.local_addr().unwrap(),
+            requests: Arc::new(Mutex::new(Vec::new())),
+        };
+        let reqs = https.requests.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let (cfg, table, reqs) = (cfg.clone(), table.clone(), reqs.clone());
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                    let Ok(mut io) = Io::tls(s, &cfg) else {
+                        return;
+                    };
+                    let mut req = Vec::new();
+                    let mut b = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+                        match io.read(&mut b) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    let host = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Host: "))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string();
+                    reqs.lock().unwrap().push(host.clone());
+                    match table.get(&host) {
+                        Some(Policy::Body(body)) => {
+                            let _ = io.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n");
+                            for chunk in body.as_bytes().chunks(4096) {
+                                if io.write_all(chunk).is_err() {
+                                    return;
+                                }
+                            }
+                            let _ = io.flush();
+                            if let Io::Tls(t) = &mut io {
+                                t.conn.send_close_notify();
+                                let _ = t.conn.complete_io(&mut t.sock);
+                            }
+                        }
+                        Some(Policy::Silent(d)) => std::thread::sleep(*d),
+                        None => {
+                            let _ = io
+                                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                        }
+                    }
+                });
+            }
+        });
+        https
     }
 }

@@ -20,9 +20,15 @@ use crate::net::line::LineBuffer;
 use crate::net::listen::{ConnGuard, Shared};
 use crate::net::tls::{self, Stream};
 use crate::store::mbox::{self, Delivery, MboxError, MboxWriter, Quoter};
+use crate::trust::counts::Counts;
+use crate::trust::dnsbl;
+use crate::trust::greylist::{Greylist, Verdict};
+use crate::trust::known::{self, LineSet};
+use crate::trust::rules::{self, HeaderScan};
 use crate::user::auth::{self, Account};
 use crate::util::logging;
 use crate::util::rt::timeout;
+use smol::future::FutureExt;
 use smol::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -50,7 +56,101 @@ pub struct SmtpContext {
     pub password_hash: String,
     /// SPF/DKIM/DMARC checks on port 25 (`[inbound] auth_checks`).
     pub auth: Option<AuthChecks>,
+    /// Pregreet, DNSBL, greylisting, header rules and the Junk folder
+    /// (docs/spam.md); `None` only in tests of the receiving side.
+    pub spam: Option<SpamChecks>,
 }
+
+/// What keeping spam out on port 25 needs (see `trust::{dnsbl,
+/// greylist, rules, known, counts}`).
+pub struct SpamChecks {
+    pub resolver: crate::net::dns::Resolver,
+    /// `ZERO`: no pregreet test.
+    pub pregreet: Duration,
+    pub dnsbl: dnsbl::Checker,
+    /// `None`: greylisting off.
+    pub greylist: Option<Greylist>,
+    pub greylist_delay: Duration,
+    pub trusted: Vec<crate::config::Cidr>,
+    pub rules: Vec<crate::config::HeaderRule>,
+    pub correspondents: LineSet,
+    pub not_junk: LineSet,
+    pub counts: Counts,
+    /// Appends to `<folders>/Junk`.
+    pub junk: MboxWriter,
+    pub data_dir: PathBuf,
+}
+
+impl SpamChecks {
+    /// Opens the state files and the Junk folder's writer.
+    pub fn start(config: &crate::config::Config) -> Result<SpamChecks, String> {
+        let i = &config.inbound;
+        // The greylist is safe to lose (worst case one more delay), so a
+        // file that cannot be made (a full disk) turns greylisting off
+        // rather than stopping the server from taking mail.
+        let greylist = if i.greylist {
+            match Greylist::open(&config.data_dir) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    log::warn!(
+                        "greylisting is off until restart: cannot open {}: {e}",
+                        config.data_dir.join("greylist").display()
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        // The Junk folder has its own journal, apart from the INBOX's;
+        // folders are as private as the INBOX.
+        let junk_state = config.data_dir.join("junk");
+        for d in [&junk_state, &config.user.folders] {
+            crate::util::paths::private_dir(d)
+                .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        }
+        let junk = MboxWriter::start(&junk_path(config), &junk_state)
+            .map_err(|e| format!("cannot open the Junk folder: {e}"))?;
+        Ok(SpamChecks {
+            resolver: crate::net::dns::Resolver::new(&config.outbound.dns),
+            pregreet: i.pregreet,
+            dnsbl: dnsbl::Checker::new(i.dnsbl.clone(), dnsbl::DEFAULT_TIMEOUT),
+            greylist,
+            greylist_delay: i.greylist_delay,
+            trusted: i.trusted.clone(),
+            rules: i.rules.clone(),
+            correspondents: LineSet::open(&config.data_dir, known::CORRESPONDENTS),
+            not_junk: LineSet::open(&config.data_dir, known::NOT_JUNK),
+            counts: Counts::open(&config.data_dir),
+            junk,
+            data_dir: config.data_dir.clone(),
+        })
+    }
+
+    /// In `[inbound] trusted`: no pregreet, DNSBL or greylisting.
+    pub fn trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// `<folders>/Junk`.
+pub fn junk_path(config: &crate::config::Config) -> PathBuf {
+    config.user.folders.join("Junk")
+}
+
+/// What the connection-time checks found.
+#[derive(Default)]
+struct Early {
+    /// Forward-confirmed reverse DNS name of the client.
+    fcrdns: Option<String>,
+    /// SPF of the last MAIL FROM, for the greylist decision.
+    spf: Option<(String, crate::trust::spf::SpfResult)>,
+    /// The DNSBL refusal was counted (once per connection).
+    counted: bool,
+}
+
+/// The most the SPF check for a greylist decision may take.
+const GREYLIST_SPF_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What the port 25 authentication checks need (see `authres`).
 pub struct AuthChecks {
@@ -85,9 +185,203 @@ pub async fn serve<S>(
             None => return,
         }
     }
-    let _ = drive(&mut stream, &mut session, peer, &ctx, &shared, conn).await;
+    let mut early = Early::default();
+    if let (Port::Smtp, Some(sp)) = (port, &ctx.spam) {
+        if sp.trusted(peer.ip()) {
+            log::debug!("smtp {peer}: trusted client, no pregreet, DNSBL or greylisting");
+        } else {
+            match before_greeting(&mut stream, peer, sp, &shared.hostname).await {
+                Ok((listed, fcrdns)) => {
+                    if let Some(l) = listed {
+                        session.set_listed(format!(
+                            "Service unavailable; client [{}] blocked using {} (returned {})",
+                            peer.ip(),
+                            l.zone,
+                            l.code
+                        ));
+                    }
+                    early.fcrdns = fcrdns;
+                    session.set_greylisting(sp.greylist.is_some());
+                }
+                Err(()) => {
+                    let _ = timeout(shared.limits.command_timeout, stream.close()).await;
+                    return;
+                }
+            }
+        }
+    }
+    let _ = drive(
+        &mut stream,
+        &mut session,
+        peer,
+        &ctx,
+        &shared,
+        conn,
+        &mut early,
+    )
+    .await;
     // Closing may need to write (a TLS close_notify): bounded too.
     let _ = timeout(shared.limits.command_timeout, stream.close()).await;
+}
+
+/// Port 25, before the greeting: waits `pregreet` while the DNSBL and
+/// reverse DNS lookups run (postscreen's pregreet test, with its DNSBL
+/// lookups in parallel). A client that sends anything in that time is a
+/// bot that does not wait for the server (RFC 5321 3.1: the client waits
+/// for the greeting): `554 5.7.1` and close (`Err`). The lookups may
+/// outlast the wait, up to the DNSBL timeout; the client must stay quiet
+/// for that long too.
+async fn before_greeting<S>(
+    stream: &mut Stream<S>,
+    peer: SocketAddr,
+    sp: &SpamChecks,
+    hostname: &str,
+) -> Result<(Option<dnsbl::Listing>, Option<String>), ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let ip = peer.ip();
+    let lookups = async {
+        let fcrdns = async {
+            if sp.greylist.is_some() {
+                timeout(sp.dnsbl.timeout, dnsbl::fcrdns(&sp.resolver, ip))
+                    .await
+                    .flatten()
+            } else {
+                None
+            }
+        };
+        let wait = async {
+            if !sp.pregreet.is_zero() {
+                smol::Timer::after(sp.pregreet).await;
+            }
+        };
+        let ((listed, fcrdns), ()) = smol::future::zip(
+            smol::future::zip(sp.dnsbl.check(&sp.resolver, ip), fcrdns),
+            wait,
+        )
+        .await;
+        Ok((listed, fcrdns))
+    };
+    let mut first = [0u8; 64];
+    let result = if sp.pregreet.is_zero() {
+        lookups.await
+    } else {
+        let talk = async {
+            match stream.read(&mut first).await {
+                Ok(0) | Err(_) => Err(0),
+                Ok(n) => Err(n),
+            }
+        };
+        lookups.or(talk).await
+    };
+    match result {
+        Ok((listed, fcrdns)) => {
+            if let Some(l) = &listed {
+                log::info!(
+                    "spam check=dnsbl client={ip} result=listed list={} code={}",
+                    l.zone,
+                    l.code
+                );
+            }
+            Ok((listed, fcrdns))
+        }
+        Err(0) => {
+            log::info!("smtp {peer}: left before the greeting");
+            Err(())
+        }
+        Err(n) => {
+            log::info!(
+                "spam check=pregreet client={ip} result=refused sent={}",
+                logging::quoted(&String::from_utf8_lossy(&first[..n]))
+            );
+            sp.counts.add("pregreet");
+            let line =
+                format!("554 5.7.1 {hostname} Protocol error: you talked before my greeting\r\n");
+            last_words(stream, line.as_bytes()).await;
+            Err(())
+        }
+    }
+}
+
+/// The greylist decision for one local recipient (SPEC "Keeping spam
+/// out"): correspondents of the user pass, and clients with forward-
+/// confirmed reverse DNS whose MAIL FROM has SPF `pass`; the others wait
+/// `greylist_delay` per (network, sender, recipient). `Some(wait)`:
+/// defer. A broken greylist file accepts (it is only a delay).
+async fn greylist_decision(
+    sp: &SpamChecks,
+    early: &mut Early,
+    ip: std::net::IpAddr,
+    helo: &str,
+    hostname: &str,
+    sender: &str,
+    rcpt: &str,
+) -> Option<u64> {
+    let log = |result: &str, why: &str| {
+        log::info!(
+            "spam check=greylist client={ip} result={result} from={} to={} why={}",
+            logging::quoted(&format!("<{sender}>")),
+            logging::quoted(&format!("<{rcpt}>")),
+            logging::quoted(why)
+        )
+    };
+    if !sender.is_empty() && sp.correspondents.contains(sender) {
+        log("exempt", "the user has sent mail to the sender");
+        return None;
+    }
+    if let Some(host) = &early.fcrdns {
+        let spf = match &early.spf {
+            Some((s, r)) if s == sender => *r,
+            _ => {
+                let q = crate::trust::spf::Query {
+                    ip,
+                    sender: sender.to_string(),
+                    helo: helo.to_string(),
+                    receiver: hostname.to_string(),
+                };
+                let r = timeout(
+                    GREYLIST_SPF_TIMEOUT,
+                    crate::trust::spf::check(&sp.resolver, &q),
+                )
+                .await
+                .map_or(crate::trust::spf::SpfResult::TempError, |o| o.result);
+                early.spf = Some((sender.to_string(), r));
+                r
+            }
+        };
+        if spf == crate::trust::spf::SpfResult::Pass {
+            log("exempt", &format!("spf pass and reverse DNS {host}"));
+            return None;
+        }
+    }
+    let g = sp.greylist.as_ref()?;
+    let delay = u32::try_from(sp.greylist_delay.as_secs()).unwrap_or(u32::MAX);
+    let key = g.key(ip, sender, rcpt);
+    let why = if early.fcrdns.is_some() {
+        "spf not pass"
+    } else {
+        "no forward-confirmed reverse DNS"
+    };
+    match g.check(key, crate::util::timefmt::unix_now(), delay) {
+        Ok(Verdict::Pass { first: true }) => {
+            log("passed", "retried after the delay");
+            None
+        }
+        Ok(Verdict::Pass { first: false }) => {
+            log("known", "passed before");
+            None
+        }
+        Ok(Verdict::Defer { wait }) => {
+            log("deferred", why);
+            sp.counts.add("greylist");
+            Some(u64::from(wait))
+        }
+        Err(e) => {
+            log::warn!("greylist {}: {e}; accepting", g.path.display());
+            None
+        }
+    }
 }
 
 /// Writes replies, bounded by the command timeout (shorter under stress,
@@ -122,6 +416,7 @@ async fn drive<S>(
     ctx: &SmtpContext,
     shared: &Shared,
     conn: &ConnGuard,
+    early: &mut Early,
 ) -> Result<End, std::io::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -144,6 +439,20 @@ where
                         "smtp {peer}: refused reply={}",
                         logging::quoted(reply.to_wire().trim_end())
                     );
+                    if reply.code == 554 && session.is_listed() {
+                        log::info!(
+                            "spam check=dnsbl client={} result=refused from={} {}",
+                            peer.ip(),
+                            logging::quoted(&format!("<{}>", session.sender().unwrap_or_default())),
+                            logging::quoted(reply.lines.last().map_or("", |l| l.as_ref()))
+                        );
+                        if !early.counted {
+                            early.counted = true;
+                            if let Some(sp) = &ctx.spam {
+                                sp.counts.add("dnsbl");
+                            }
+                        }
+                    }
                 }
                 reply.write_to(&mut out);
             }
@@ -204,6 +513,30 @@ where
                     }
                     session.auth_finished(outcome).write_to(&mut out);
                 }
+                Action::Greylist { sender, rcpt } => {
+                    // The decision may ask the DNS (SPF): earlier replies first.
+                    if !out.is_empty() {
+                        send(stream, &out, shared, conn).await?;
+                        out.clear();
+                    }
+                    let defer = match &ctx.spam {
+                        Some(sp) => {
+                            let helo = session.helo_name().unwrap_or_default().to_string();
+                            greylist_decision(
+                                sp,
+                                early,
+                                peer.ip(),
+                                &helo,
+                                &shared.hostname,
+                                &sender,
+                                &rcpt,
+                            )
+                            .await
+                        }
+                        None => None,
+                    };
+                    session.greylist_finished(defer).write_to(&mut out);
+                }
             }
         }
         if !out.is_empty() {
@@ -262,8 +595,15 @@ where
         .create_new(true)
         .mode(0o600)
         .open(&spool_path);
-    let mut decoder = DataDecoder::new(ctx.settings.max_message_size);
-    let mut quoter = Quoter::new();
+    // Bare LF only after AUTH on submission; port 25 stays strict for
+    // everyone (SMTP smuggling), see `data`.
+    let mut decoder =
+        if session.port() == Port::Submission && session.authenticated_user().is_some() {
+            DataDecoder::accepting_bare_lf(ctx.settings.max_message_size)
+        } else {
+            DataDecoder::new(ctx.settings.max_message_size)
+        };
+    let mut quoter = Quoter::for_received_mail();
     let mut decoded = Vec::with_capacity(BUFFER);
     let mut quoted = Vec::with_capacity(BUFFER + BUFFER / 4);
     let mut write_error: Option<std::io::Error> = None;
@@ -280,6 +620,14 @@ where
         .as_ref()
         .map(|_| crate::trust::authres::ForgedResultsFilter::new(&shared.hostname));
     let mut filtered = Vec::new();
+    // Port 25 mail also passes the header scan: rules, and forged
+    // X-Spam-Reason fields removed.
+    let spam = match session.port() {
+        Port::Smtp => ctx.spam.as_ref(),
+        Port::Submission => None,
+    };
+    let mut scan = spam.map(|sp| HeaderScan::new(&sp.rules));
+    let mut scanned = Vec::new();
     loop {
         let input = lines.buffered();
         let progress = decoder.feed(input, &mut decoded);
@@ -305,6 +653,17 @@ where
                 &filtered
             }
             None => &decoded,
+        };
+        let data: &[u8] = match &mut scan {
+            Some(sc) => {
+                scanned.clear();
+                sc.feed(data, &mut scanned);
+                if progress != Progress::NeedMore {
+                    sc.finish(&mut scanned);
+                }
+                &scanned
+            }
+            None => data,
         };
         quoter.feed(data, &mut quoted);
         decoded.clear();
@@ -383,6 +742,7 @@ where
         DataOutcome::Deliver(env) => env,
     };
     let mut auth_header = None;
+    let mut verdicts = None;
     if let (Some(auth), Port::Smtp) = (&ctx.auth, session.port()) {
         let from = verifier.as_ref().and_then(|v| v.header("from"));
         let pending = verifier.map(|v| v.finish()).unwrap_or_default();
@@ -441,9 +801,65 @@ where
                     ))));
                 }
                 auth_header = Some(r.header(&shared.hostname));
+                verdicts = Some(r);
             }
         }
     }
+    // Suspect mail goes to Junk (SPEC "Keeping spam out"); a header rule
+    // may refuse it instead.
+    let mut junk: Vec<(&'static str, String)> = Vec::new();
+    if let (Some(sp), Some(sc)) = (spam, &scan) {
+        if sc.removed > 0 {
+            log::info!(
+                "spam id={id}: removed {} incoming X-Spam-Reason header(s)",
+                sc.removed
+            );
+        }
+        let sender = envelope.sender();
+        if let Some(hit) = rules::evaluate(&sp.rules, sc) {
+            let exempt = rules::not_junk_keys(&sender, sc)
+                .iter()
+                .any(|k| sp.not_junk.contains(k));
+            log::info!(
+                "spam check=rule id={id} client={} result={} reason={} from={}",
+                peer.ip(),
+                match (exempt, hit.action) {
+                    (true, _) => "exempt-not-junk",
+                    (false, crate::config::RuleAction::Junk) => "junk",
+                    (false, crate::config::RuleAction::Reject) => "refused",
+                },
+                logging::quoted(&hit.reason),
+                logging::quoted(&format!("<{sender}>")),
+            );
+            if !exempt {
+                match hit.action {
+                    crate::config::RuleAction::Reject => {
+                        sp.counts.add("rule");
+                        return Ok(Some(
+                            session.policy_refused("a local header rule matched it"),
+                        ));
+                    }
+                    crate::config::RuleAction::Junk => junk.push(("junk-rule", hit.reason)),
+                }
+            }
+        }
+        if let Some(r) = &verdicts {
+            junk.extend(junk_reasons(r, peer.ip()));
+        }
+    }
+    let junk_reason = (!junk.is_empty()).then(|| {
+        let reason = junk
+            .iter()
+            .map(|(_, r)| r.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if let Some(sp) = spam {
+            for (check, _) in &junk {
+                sp.counts.add(check);
+            }
+        }
+        reason
+    });
     let result = match write_error {
         Some(e) => {
             log::error!("spool {}: {e}", spool_path.display());
@@ -461,14 +877,18 @@ where
                 ctx,
                 shared,
                 auth_header.as_deref(),
+                junk_reason.as_deref(),
             )
             .await
         }
     };
     drop(guard);
+    if result.is_ok() {
+        crate::util::activity::received(&id, &envelope.sender().to_string());
+    }
     match result {
         Ok(()) => log::info!(
-            "accepted id={id} size={size} peer={} tls={} from={} rcpts={} helo={}",
+            "accepted id={id} size={size} peer={} tls={} from={} rcpts={} helo={}{}",
             peer.ip(),
             envelope
                 .tls
@@ -477,6 +897,10 @@ where
             logging::quoted(&format!("<{}>", envelope.sender())),
             logging::quoted(&rcpt_list(&envelope)),
             logging::quoted(&envelope.helo),
+            junk_reason.as_ref().map_or(String::new(), |r| format!(
+                " folder=Junk reason={}",
+                logging::quoted(r)
+            )),
         ),
         Err(e) => log::warn!(
             "not stored id={id} size={size} peer={} error={e:?} from={} rcpts={}",
@@ -488,6 +912,41 @@ where
     Ok(Some(session.delivered(
         result.as_ref().map(|()| id.as_str()).map_err(|e| *e),
     )))
+}
+
+/// Why the authentication verdicts send a message to Junk: a DMARC
+/// failure of a domain asking for quarantine (or reject, when pimail is
+/// told not to refuse), and SPF `fail` of the MAIL FROM unless DMARC
+/// passed anyway (forwarded mail: a DKIM signature vouches for it).
+fn junk_reasons(
+    r: &crate::trust::authres::Results,
+    ip: std::net::IpAddr,
+) -> Vec<(&'static str, String)> {
+    use crate::trust::dmarc::Policy;
+    let mut v = Vec::new();
+    let dmarc_pass = r.dmarc.as_ref().is_some_and(|d| d.result == "pass");
+    if let Some(d) = &r.dmarc {
+        if d.result == "fail" && d.policy != Policy::None {
+            v.push((
+                "junk-dmarc",
+                format!(
+                    "dmarc: {} asks to {} mail that fails DMARC, and this failed",
+                    d.from_domain,
+                    d.policy.name()
+                ),
+            ));
+        }
+    }
+    if r.spf.result == crate::trust::spf::SpfResult::Fail && !dmarc_pass {
+        v.push((
+            "junk-spf",
+            format!(
+                "spf: {} does not allow {ip} to send its mail (fail)",
+                r.spf.domain
+            ),
+        ));
+    }
+    v
 }
 
 fn rcpt_list(env: &Envelope) -> String {
@@ -512,10 +971,20 @@ async fn store(
     ctx: &SmtpContext,
     shared: &Shared,
     auth_header: Option<&str>,
+    junk: Option<&str>,
 ) -> Result<(), StoreError> {
     if env.has_local() {
         let now = crate::util::timefmt::unix_now();
         let mut prefix = mbox::from_line(&env.sender(), now);
+        // Junk (only with the spam checks on) goes to `<folders>/Junk`,
+        // with the reason as its first header field.
+        let writer = match (junk, &ctx.spam) {
+            (Some(reason), Some(sp)) => {
+                prefix += &crate::trust::rules::reason_header(reason);
+                &sp.junk
+            }
+            _ => &ctx.mbox,
+        };
         prefix += &env.return_path_header();
         // RFC 8601 5: above the trace fields we add, LF as in the mbox.
         if let Some(h) = auth_header {
@@ -523,11 +992,12 @@ async fn store(
         }
         prefix += &env.received_header(&shared.hostname, id, now);
         let d = Delivery {
+            id: id.to_string(),
             prefix: prefix.into_bytes(),
             spool: spool.to_path_buf(),
         };
-        ctx.mbox.append(d).await.map_err(|e| {
-            log::error!("id={id}: cannot store in mbox: {e}");
+        writer.append(d).await.map_err(|e| {
+            log::error!("id={id}: cannot store in {}: {e}", writer.path().display());
             match e {
                 MboxError::DiskFull => StoreError::DiskFull,
                 MboxError::Locked(_) => StoreError::Busy,
@@ -573,6 +1043,11 @@ async fn enqueue(
     match r {
         Ok(()) => {
             outbox.wake();
+            // Replies from these people are never greylisted.
+            if let Some(sp) = &ctx.spam {
+                let rcpts: Vec<String> = env.remote_rcpts().map(|r| r.addr.to_string()).collect();
+                known::record_correspondents(&sp.data_dir, &rcpts);
+            }
             Ok(())
         }
         Err(e) => {
@@ -626,6 +1101,7 @@ mod tests {
             tls: None,
             password_hash: config.user.password_hash.clone(),
             auth: None,
+            spam: None,
         };
         let shared = Shared::new(config.hostname.clone(), config.limits.clone());
         let spool = dir.join("data/spool/ID1.msg");
@@ -648,7 +1124,7 @@ mod tests {
             auth: Some("alice".into()),
             smtputf8: false,
         };
-        smol::block_on(store(&env, "ID1", &spool, &ctx, &shared, None)).unwrap();
+        smol::block_on(store(&env, "ID1", &spool, &ctx, &shared, None, None)).unwrap();
         // The caller removes the spool file; the queue keeps its own link.
         std::fs::remove_file(&spool).unwrap();
         let q = &outbox.queue;

@@ -19,6 +19,12 @@
 //!
 //! Output uses LF line ends: it is what the mbox stores, and it is lossless
 //! because a message with a bare CR or LF is never accepted.
+//!
+//! One exception, [`DataDecoder::accepting_bare_lf`]: after AUTH on
+//! submission (never on port 25, loopback included) a bare LF is a line
+//! end, as for Postfix's `smtpd_forbid_bare_newline_exclusions`: home
+//! devices and scripts send LF, and an authenticated user can only smuggle
+//! mail to themselves. A bare CR is still refused.
 
 /// RFC 5321 4.5.3.1.6: text lines, including CRLF.
 pub const MAX_TEXT_LINE: usize = 1000;
@@ -55,6 +61,8 @@ pub struct DataDecoder {
     received: u64,
     max_size: u64,
     error: Option<DataError>,
+    /// A bare LF ends a line (and `.` LF ends the data); see the module doc.
+    bare_lf_ends_line: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +83,16 @@ impl DataDecoder {
             received: 0,
             max_size,
             error: None,
+            bare_lf_ends_line: false,
+        }
+    }
+
+    /// A decoder for authenticated submission: bare LF is normalised to a
+    /// line end instead of refusing the message.
+    pub fn accepting_bare_lf(max_size: u64) -> Self {
+        DataDecoder {
+            bare_lf_ends_line: true,
+            ..DataDecoder::new(max_size)
         }
     }
 
@@ -131,6 +149,13 @@ impl DataDecoder {
             }
             match (self.state, b) {
                 (State::LineStart, b'.') => self.state = State::Dot,
+                (State::Dot, b'\n') if self.bare_lf_ends_line => {
+                    self.state = State::LineStart;
+                    self.line_len = 0;
+                    self.received += i as u64;
+                    return Progress::Done { consumed: i };
+                }
+                (State::LineStart, b'\n') if self.bare_lf_ends_line => self.lf_line_end(out),
                 (State::Dot, b'\r') => self.state = State::DotCr,
                 (State::DotCr, b'\n') => {
                     self.state = State::LineStart;
@@ -205,6 +230,7 @@ impl DataDecoder {
     fn byte_in_line(&mut self, b: u8, out: &mut Vec<u8>) {
         match b {
             b'\r' => self.state = State::Cr,
+            b'\n' if self.bare_lf_ends_line => self.lf_line_end(out),
             b'\n' => {
                 // A bare LF is not a line end: "\n.\r\n" must not end DATA.
                 self.fail(DataError::BareLf);
@@ -221,6 +247,14 @@ impl DataDecoder {
         }
     }
 
+    /// A bare LF taken as CRLF (counted as two octets for SIZE).
+    fn lf_line_end(&mut self, out: &mut Vec<u8>) {
+        self.size += 2;
+        self.emit(b"\n", out);
+        self.state = State::LineStart;
+        self.line_len = 0;
+    }
+
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         if self.size > self.max_size {
             self.fail(DataError::TooBig);
@@ -234,6 +268,31 @@ impl DataDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_auth_bare_lf_is_a_line_end_at_every_split() {
+        let input = b"Subject: x\n\nline\r\nbare\n..dot\n.\nNEXT";
+        for chunk in 1..input.len() {
+            let mut d = DataDecoder::accepting_bare_lf(1 << 20);
+            let mut out = Vec::new();
+            let mut done = None;
+            let mut pos = 0;
+            for piece in input.chunks(chunk) {
+                if let Progress::Done { consumed } = d.feed(piece, &mut out) {
+                    done = Some(pos + consumed);
+                    break;
+                }
+                pos += piece.len();
+            }
+            assert_eq!(d.error(), None);
+            assert_eq!(out, b"Subject: x\n\nline\nbare\n.dot\n", "chunk {chunk}");
+            assert_eq!(done, Some(input.len() - 4));
+        }
+        // A bare CR is still refused.
+        let mut d = DataDecoder::accepting_bare_lf(1 << 20);
+        d.feed(b"a\rb\r\n.\r\n", &mut Vec::new());
+        assert_eq!(d.error(), Some(DataError::BareCr));
+    }
 
     /// Runs the decoder over `input` split into pieces of `chunk` bytes.
     fn decode(input: &[u8], chunk: usize, max: u64) -> (Vec<u8>, Option<DataError>, Option<usize>) {

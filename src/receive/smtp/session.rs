@@ -65,11 +65,18 @@ pub enum Action {
     /// There is no reply yet: check these credentials (throttled, off the
     /// network thread), then send what [`Session::auth_finished`] answers.
     Authenticate(Credentials),
+    /// There is no reply yet: decide whether this recipient is greylisted
+    /// (SPF, reverse DNS, the greylist file), then send what
+    /// [`Session::greylist_finished`] answers.
+    Greylist {
+        sender: String,
+        rcpt: String,
+    },
 }
 
 #[derive(Debug)]
 pub struct Step {
-    /// `None` only with [`Action::Authenticate`].
+    /// `None` only with [`Action::Authenticate`] and [`Action::Greylist`].
     pub reply: Option<Reply>,
     pub action: Action,
 }
@@ -141,6 +148,12 @@ pub struct Session {
     settings: Rc<Settings>,
     port: Port,
     peer: IpAddr,
+    /// A DNSBL listing: every RCPT is refused with this `554` text.
+    listed: Option<String>,
+    /// Local recipients on port 25 go through the greylist decision.
+    greylisting: bool,
+    /// The recipient waiting for [`Session::greylist_finished`].
+    pending_rcpt: Option<Recipient>,
     helo: Option<String>,
     esmtp: bool,
     tls: Option<TlsInfo>,
@@ -156,6 +169,9 @@ impl Session {
             settings,
             port,
             peer,
+            listed: None,
+            greylisting: false,
+            pending_rcpt: None,
             helo: None,
             esmtp: false,
             tls: None,
@@ -192,6 +208,44 @@ impl Session {
     /// the clear.
     fn auth_offered(&self) -> bool {
         self.port == Port::Submission && (self.tls.is_some() || self.peer_is_loopback())
+    }
+
+    /// The client is on a DNS blocklist: `554 5.7.1 <rcpt>: why` refuses
+    /// each of its recipients, so the refusal is logged with the envelope
+    /// (as Postfix's `smtpd_delay_reject`). Port 25 only.
+    pub fn set_listed(&mut self, why: String) {
+        if self.port == Port::Smtp {
+            self.listed = Some(why);
+        }
+    }
+
+    /// Local recipients on port 25 must pass the greylist decision
+    /// ([`Action::Greylist`]).
+    pub fn set_greylisting(&mut self, on: bool) {
+        self.greylisting = on && self.port == Port::Smtp;
+    }
+
+    /// The reply once the driver decided on [`Action::Greylist`]: `None`
+    /// accepts the recipient, `Some(wait)` defers it (`451 4.7.1`).
+    pub fn greylist_finished(&mut self, defer: Option<u64>) -> Reply {
+        let Some(r) = self.pending_rcpt.take() else {
+            return Reply::new(503, "5.5.1 No recipient pending");
+        };
+        match (defer, self.tx.as_mut()) {
+            (None, Some(tx)) => {
+                let reply = Reply::new(250, format!("2.1.5 Recipient <{}> OK", r.addr));
+                tx.rcpts.push(r);
+                reply
+            }
+            (None, None) => Reply::new(503, "5.5.1 Need MAIL before RCPT"),
+            (Some(wait), _) => Reply::new(
+                451,
+                format!(
+                    "4.7.1 <{}>: Greylisted, please try again in {wait} seconds",
+                    r.addr
+                ),
+            ),
+        }
     }
 
     /// The authenticated user, if any.
@@ -567,6 +621,9 @@ impl Session {
         let Some(tx) = self.tx.as_mut() else {
             return Step::reply(Reply::new(503, "5.5.1 Need MAIL before RCPT"));
         };
+        if let Some(why) = &self.listed {
+            return Step::reply(Reply::new(554, format!("5.7.1 <{to}>: {why}")));
+        }
         let ascii = to.local.is_ascii() && to.domain.is_ascii();
         if !tx.params.smtputf8 && !ascii {
             return Step::reply(Reply::new(
@@ -588,6 +645,15 @@ impl Session {
                 .unwrap_or_default();
         }
         let dest = self.settings.policy.classify(&to);
+        if dest == Destination::Local && self.greylisting {
+            let sender = tx.from.as_ref().map(|a| a.to_string()).unwrap_or_default();
+            let rcpt = to.to_string();
+            self.pending_rcpt = Some(Recipient { addr: to, dest });
+            return Step {
+                reply: None,
+                action: Action::Greylist { sender, rcpt },
+            };
+        }
         let reply = match dest {
             Destination::Local => Reply::new(250, format!("2.1.5 Recipient <{to}> OK")),
             Destination::UnknownLocal => {
@@ -697,6 +763,18 @@ impl Session {
 
     pub fn helo_name(&self) -> Option<&str> {
         self.helo.as_deref()
+    }
+
+    /// Is the client on a DNS blocklist (every RCPT refused)?
+    pub fn is_listed(&self) -> bool {
+        self.listed.is_some()
+    }
+
+    /// The MAIL FROM of the open transaction (empty for `<>`).
+    pub fn sender(&self) -> Option<String> {
+        self.tx
+            .as_ref()
+            .map(|tx| tx.from.as_ref().map(|a| a.to_string()).unwrap_or_default())
     }
 
     /// Is a transaction open (MAIL accepted, message not yet finished)?
@@ -1131,5 +1209,59 @@ mod tests {
         assert_eq!(s.authenticated_user(), None);
         code(&mut s, "EHLO c");
         assert_eq!(code(&mut s, "MAIL FROM:<alice@example.org>"), 530);
+    }
+
+    #[test]
+    fn a_listed_client_is_refused_at_each_rcpt_after_ehlo_and_mail() {
+        let mut s = session();
+        s.set_listed("Service unavailable; client [192.0.2.1] blocked using bl.example".into());
+        assert!(s.is_listed());
+        assert_eq!(code(&mut s, "EHLO c"), 250);
+        assert_eq!(code(&mut s, "MAIL FROM:<a@b.example>"), 250);
+        assert_eq!(s.sender().as_deref(), Some("a@b.example"));
+        let (c, text, _) = say(&mut s, "RCPT TO:<alice@example.org>");
+        assert_eq!(c, 554);
+        assert_eq!(
+            text,
+            "554 5.7.1 <alice@example.org>: Service unavailable; client [192.0.2.1] blocked using bl.example\r\n"
+        );
+        assert_eq!(code(&mut s, "DATA"), 554);
+        // Never on submission.
+        let mut s = Session::new(settings(), Port::Submission, "192.0.2.1".parse().unwrap());
+        s.set_listed("x".into());
+        s.set_greylisting(true);
+        assert!(!s.is_listed() && !s.greylisting);
+    }
+
+    #[test]
+    fn greylisted_recipients_wait_for_the_drivers_decision() {
+        let mut s = session();
+        s.set_greylisting(true);
+        code(&mut s, "EHLO c");
+        code(&mut s, "MAIL FROM:<a@b.example>");
+        let (_, _, action) = say(&mut s, "RCPT TO:<Alice@example.org>");
+        assert_eq!(
+            action,
+            Action::Greylist {
+                sender: "a@b.example".into(),
+                rcpt: "Alice@example.org".into()
+            }
+        );
+        let r = s.greylist_finished(Some(120));
+        assert_eq!(
+            r.to_wire(),
+            "451 4.7.1 <Alice@example.org>: Greylisted, please try again in 120 seconds\r\n"
+        );
+        assert_eq!(
+            code(&mut s, "DATA"),
+            554,
+            "the deferred recipient is not taken"
+        );
+        // Unknown users and relaying are refused before any greylisting.
+        assert_eq!(code(&mut s, "RCPT TO:<bob@example.org>"), 550);
+        assert_eq!(code(&mut s, "RCPT TO:<x@example.com>"), 554);
+        say(&mut s, "RCPT TO:<alice@example.org>");
+        assert_eq!(s.greylist_finished(None).code, 250);
+        assert_eq!(code(&mut s, "DATA"), 354);
     }
 }

@@ -70,6 +70,13 @@ impl std::fmt::Display for ConnError {
     }
 }
 
+/// The error text of a connection attempt that timed out (what the relay
+/// fallback counts).
+pub const CONNECT_TIMEOUT: &str = "connect: timeout";
+
+/// Why a connection that must use TLS (MTA-STS enforce) cannot.
+pub const NO_STARTTLS: &str = "no STARTTLS offered";
+
 fn net(what: &str, e: impl std::fmt::Display) -> ConnError {
     ConnError::Network(format!("{what}: {e}"))
 }
@@ -123,6 +130,9 @@ pub enum Security {
     /// MX delivery: STARTTLS when offered, certificate recorded, not
     /// required.
     Opportunistic,
+    /// MX delivery under an MTA-STS `enforce` policy (RFC 8461 4.2):
+    /// STARTTLS required, certificate verified for the MX host name.
+    Verified,
     /// Relay: STARTTLS required (or implicit TLS), verified certificate,
     /// then AUTH PLAIN.
     Relay {
@@ -257,11 +267,15 @@ impl Conn {
         security: &Security,
         opportunistic_verifier: &Arc<WebPkiServerVerifier>,
         starttls: bool,
+        connect_timeout: Duration,
     ) -> Result<Conn, ConnError> {
-        let t = Timeouts::default();
+        let t = Timeouts {
+            connect: connect_timeout,
+            ..Timeouts::default()
+        };
         let tcp = crate::util::rt::timeout(t.connect, TcpStream::connect(addr))
             .await
-            .ok_or_else(|| ConnError::Network("connect: timeout".into()))?
+            .ok_or_else(|| ConnError::Network(CONNECT_TIMEOUT.into()))?
             .map_err(|e| net("connect", e))?;
         let _ = tcp.set_nodelay(true);
         let mut c = Conn {
@@ -299,6 +313,13 @@ impl Conn {
                     }
                     c.hello(helo).await?;
                 }
+            }
+            Security::Verified => {
+                if !c.caps.starttls {
+                    return Err(ConnError::Tls(NO_STARTTLS.into()));
+                }
+                c.starttls(opportunistic_verifier.clone()).await?;
+                c.hello(helo).await?;
             }
             Security::Relay {
                 implicit_tls,

@@ -17,6 +17,10 @@
 pub mod bounce;
 pub mod client;
 pub mod conn;
+pub mod fallback;
+pub mod family;
+pub mod mta_sts;
+pub mod tlsrpt;
 
 use crate::config::Config;
 use crate::mail::address::{Destination, LocalPolicy};
@@ -27,7 +31,7 @@ use bounce::{Failure, Report};
 use client::{MailParams, ServerReply};
 use conn::{Conn, ConnError, Security};
 use rustls::client::WebPkiServerVerifier;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -77,7 +81,7 @@ impl Outbox {
 /// Where outbound mail goes.
 #[derive(Clone)]
 enum Route {
-    Mx { port: u16 },
+    Mx,
     Relay { host: String, port: u16 },
 }
 
@@ -147,8 +151,17 @@ pub struct Worker {
     spool_dir: PathBuf,
     data_dir: PathBuf,
     route: Route,
+    /// The relay's security when relaying, else opportunistic.
     security: Security,
     verifier: Arc<WebPkiServerVerifier>,
+    connect_timeout: Duration,
+    mx_port: u16,
+    /// `relay_fallback`: direct first, the relay while port 25 is blocked.
+    fallback: Option<RefCell<fallback::Fallback>>,
+    /// The address families direct delivery uses.
+    family: RefCell<FamilyState>,
+    /// MTA-STS (None: `mta_sts = false`).
+    sts: Option<mta_sts::Sts>,
     rx: smol::channel::Receiver<Wake>,
     wake_tx: smol::channel::Sender<Wake>,
     /// Messages tried in this round are not tried again before this time,
@@ -161,8 +174,24 @@ pub struct Worker {
     /// Connections (domain groups) at once, over all rounds.
     slots: smol::lock::Semaphore,
     /// DKIM keys (`<data_dir>/dkim/*.pem`) and the domains we sign for.
-    dkim_keys: Arc<Vec<crate::trust::dkim::SigningKey>>,
+    dkim_keys: DkimKeys,
     domains: Arc<Vec<String>>,
+    /// A family check is running (one at a time).
+    checking: Cell<bool>,
+}
+
+/// What the worker knows of its source addresses (see `family`).
+struct FamilyState {
+    choice: crate::config::IpFamily,
+    recheck: u64,
+    probes: Vec<SocketAddr>,
+    check_private: bool,
+    allowed: family::Allowed,
+    v4: family::Source,
+    v6: family::Source,
+    next_check: u64,
+    /// The families last logged, so that each change is logged once.
+    logged: Option<family::Allowed>,
 }
 
 /// Sets up the queue and the worker; the worker runs when spawned.
@@ -174,7 +203,7 @@ pub fn start(config: &Config, mbox: MboxWriter) -> Result<(Outbox, Worker), Stri
     let extra_ca = std::env::var_os(RELAY_CA_ENV).map(PathBuf::from);
     let verifier = conn::verifier(extra_ca.as_deref())?;
     let (route, security) = match &o.relay {
-        None => (Route::Mx { port: o.mx_port }, Security::Opportunistic),
+        None => (Route::Mx, Security::Opportunistic),
         Some(hp) => {
             let (host, port) = hp
                 .rsplit_once(':')
@@ -227,7 +256,33 @@ pub fn start(config: &Config, mbox: MboxWriter) -> Result<(Outbox, Worker), Stri
         queue: queue.clone(),
         wake: tx.clone(),
     };
+    let fallback = (o.relay_fallback && o.relay.is_some())
+        .then(|| RefCell::new(fallback::Fallback::new(o.relay_probe.as_secs())));
+    let sts = o
+        .mta_sts
+        .then(|| mta_sts::Sts::new(&config.data_dir, verifier.clone()));
+    let (probes, check_private) = family::probe_targets();
     let worker = Worker {
+        connect_timeout: o.connect_timeout,
+        mx_port: o.mx_port,
+        fallback,
+        family: RefCell::new(FamilyState {
+            choice: o.ip_family,
+            recheck: o.ip_family_recheck.as_secs().max(1),
+            probes,
+            check_private,
+            allowed: family::allowed(
+                o.ip_family,
+                &family::Source::default(),
+                &family::Source::default(),
+            ),
+            v4: family::Source::default(),
+            v6: family::Source::default(),
+            next_check: 0,
+            logged: None,
+        }),
+        checking: Cell::new(false),
+        sts,
         queue,
         resolver: Resolver::new(&o.dns),
         retry: o.retry.clone(),
@@ -246,10 +301,43 @@ pub fn start(config: &Config, mbox: MboxWriter) -> Result<(Outbox, Worker), Stri
         not_before: RefCell::new(HashMap::new()),
         in_flight: RefCell::new(HashSet::new()),
         slots: smol::lock::Semaphore::new(PARALLEL_DOMAINS),
-        dkim_keys: Arc::new(dkim_keys),
+        dkim_keys: DkimKeys {
+            dir: key_dir,
+            keys: Rc::new(std::cell::RefCell::new(Arc::new(dkim_keys))),
+        },
         domains: Arc::new(config.domains.clone()),
     };
     Ok((outbox, worker))
+}
+
+/// The DKIM keys the worker signs with, shared with the `SIGHUP` handler
+/// so that keys made by `pimail dkim generate` take effect on `reload`.
+#[derive(Clone)]
+pub struct DkimKeys {
+    dir: PathBuf,
+    keys: Rc<std::cell::RefCell<Arc<Vec<crate::trust::dkim::SigningKey>>>>,
+}
+
+impl DkimKeys {
+    fn current(&self) -> Arc<Vec<crate::trust::dkim::SigningKey>> {
+        self.keys.borrow().clone()
+    }
+
+    /// Loads `<data_dir>/dkim/*.pem` again; on an error the old keys stay
+    /// (as for a bad certificate). Returns the selectors now in use.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let k = crate::trust::dkim::load_keys(&self.dir).map_err(|e| e.to_string())?;
+        let sels = k.iter().map(|k| k.selector.clone()).collect();
+        *self.keys.borrow_mut() = Arc::new(k);
+        Ok(sels)
+    }
+}
+
+impl Worker {
+    /// The handle `SIGHUP` reloads the DKIM keys through.
+    pub fn dkim_keys(&self) -> DkimKeys {
+        self.dkim_keys.clone()
+    }
 }
 
 /// Longest sleep between queue scans when nothing is due (a safety net;
@@ -276,14 +364,24 @@ impl Worker {
         stopping: impl Fn() -> bool,
     ) {
         if let Match::Relay(h) = self.describe() {
-            log::info!("outbound: relaying all mail through {h}");
+            if self.fallback.is_some() {
+                log::info!(
+                    "outbound: delivering directly; {h} is the fallback while port 25 is blocked"
+                );
+            } else {
+                log::info!("outbound: relaying all mail through {h}");
+            }
         }
         let this = Rc::new(self);
+        this.write_status().await;
         let mut flush = false;
         loop {
             if stopping() {
                 return;
             }
+            // Before the scan, so that the first round already uses the
+            // right families (bounded by the DNS timeouts).
+            this.check_family(crate::util::timefmt::unix_now()).await;
             let q = this.queue.clone();
             let entries = match smol::unblock(move || q.list()).await {
                 Ok(e) => e,
@@ -323,6 +421,22 @@ impl Worker {
                 }
             }
             flush = false;
+            if let Some(f) = &this.fallback {
+                let probe = f.borrow_mut().probe_due(now);
+                if let Some(addr) = probe {
+                    let w = this.clone();
+                    ex.spawn(async move { w.probe_direct(addr).await }).detach();
+                }
+                if let Some(t) = f.borrow().next_probe() {
+                    next_wake = next_wake.min(t.max(now + 1));
+                }
+            }
+            {
+                let f = this.family.borrow();
+                if f.choice == crate::config::IpFamily::Auto {
+                    next_wake = next_wake.min(f.next_check.max(now + 1));
+                }
+            }
             if !due.is_empty() {
                 let ids: Vec<String> = due.iter().map(|e| e.id.clone()).collect();
                 for id in &ids {
@@ -387,9 +501,184 @@ impl Worker {
         chan.or(sock_wake).await
     }
 
+    /// Whether mail goes through the relay now.
+    fn relaying(&self) -> bool {
+        match self.route {
+            Route::Relay { .. } => self
+                .fallback
+                .as_ref()
+                .map_or(true, |f| f.borrow().route() == fallback::Route::Relay),
+            Route::Mx => false,
+        }
+    }
+
+    /// `auto`: finds the source addresses and checks their FCrDNS again
+    /// when one changed or `ip_family_recheck` has passed; logs a change
+    /// of the families used once.
+    async fn check_family(&self, now: u64) {
+        if self.checking.get() {
+            return;
+        }
+        let (probes, due, old4, old6, check_private) = {
+            let f = self.family.borrow();
+            if f.choice != crate::config::IpFamily::Auto {
+                return;
+            }
+            let p = f.probes.clone();
+            (p, now >= f.next_check, f.v4.ip, f.v6.ip, f.check_private)
+        };
+        // UDP connects: no packet is sent, the kernel only picks a route.
+        let (mut ip4, mut ip6) = (None, None);
+        for t in &probes {
+            match family::source_addr(*t) {
+                Some(ip) if ip.is_ipv4() => ip4 = ip4.or(Some(ip)),
+                Some(ip) => ip6 = ip6.or(Some(ip)),
+                None => {}
+            }
+        }
+        if !due && ip4 == old4 && ip6 == old6 {
+            return;
+        }
+        self.checking.set(true);
+        let r = &self.resolver;
+        // Bounded: a dead nameserver must not hold the queue scan long;
+        // unknown keeps the last verdict.
+        let checked = crate::util::rt::timeout(Duration::from_secs(10), async {
+            let v4 = family::check(r, ip4, check_private).await;
+            let v6 = family::check(r, ip6, check_private).await;
+            (v4, v6)
+        })
+        .await;
+        let unknown = |ip| family::Source {
+            ip,
+            ..family::Source::default()
+        };
+        let (v4, v6) = checked.unwrap_or_else(|| (unknown(ip4), unknown(ip6)));
+        self.checking.set(false);
+        let changed = {
+            let mut f = self.family.borrow_mut();
+            f.next_check = now + f.recheck;
+            // A DNS failure keeps the last verdict for the same address.
+            if !(v4.fcrdns.is_none() && v4.ip == f.v4.ip) {
+                f.v4 = v4;
+            }
+            if !(v6.fcrdns.is_none() && v6.ip == f.v6.ip) {
+                f.v6 = v6;
+            }
+            f.allowed = family::allowed(f.choice, &f.v4, &f.v6);
+            if f.logged != Some(f.allowed) {
+                log::info!(
+                    "outbound: direct delivery uses {}",
+                    family::describe(f.allowed, &f.v4, &f.v6)
+                );
+                f.logged = Some(f.allowed);
+                true
+            } else {
+                false
+            }
+        };
+        if changed {
+            self.write_status().await;
+        }
+    }
+
+    /// While on the relay: is port 25 open again? A TCP connection to an
+    /// address that timed out before (closed at once).
+    async fn probe_direct(&self, addr: SocketAddr) {
+        let open =
+            crate::util::rt::timeout(self.connect_timeout, async_net::TcpStream::connect(addr))
+                .await
+                .is_some_and(|r| r.is_ok());
+        let now = crate::util::timefmt::unix_now();
+        let Some(f) = &self.fallback else {
+            return;
+        };
+        let switched = f.borrow_mut().probe_result(open, now);
+        if switched == Some(fallback::Route::Direct) {
+            log::info!("outbound: port 25 open again ({addr} answered): delivering directly");
+            self.write_status().await;
+            let _ = self.wake_tx.try_send(Wake::New);
+        } else {
+            log::info!(
+                "outbound: direct route probe to {addr}: still blocked; staying on the relay"
+            );
+        }
+    }
+
+    /// Records a direct connection's outcome for the relay fallback.
+    async fn note_direct(&self, domain: &str, addr: SocketAddr, err: Option<&ConnError>) {
+        let Some(f) = &self.fallback else {
+            return;
+        };
+        let timed_out = matches!(err, Some(ConnError::Network(s)) if s == conn::CONNECT_TIMEOUT);
+        let now = crate::util::timefmt::unix_now();
+        let switched = f.borrow_mut().direct_result(domain, addr, timed_out, now);
+        if switched == Some(fallback::Route::Relay) {
+            if let Match::Relay(h) = self.describe() {
+                log::warn!(
+                    "outbound: connections to port {} timed out for {} domains in a row: port 25 seems blocked; sending through the relay {h}, probing the direct route every {}",
+                    addr.port(),
+                    fallback::SWITCH_AFTER,
+                    crate::config::fmt_duration(Duration::from_secs(f.borrow().probe_every()))
+                );
+            }
+            self.write_status().await;
+        }
+    }
+
+    /// Rewrites `<data_dir>/outbound.status` for `pimail doctor` and
+    /// `pimail queue list`.
+    async fn write_status(&self) {
+        let mut lines = Vec::new();
+        {
+            let f = self.family.borrow();
+            let fam = match f.choice {
+                crate::config::IpFamily::Auto => family::describe(f.allowed, &f.v4, &f.v6),
+                c => format!("{} (ip_family = \"{}\")", f.allowed.describe(), c.as_str()),
+            };
+            lines.push(("family".to_string(), fam));
+        }
+        let route = match (&self.route, self.relaying()) {
+            (Route::Relay { host, port }, true) => match &self.fallback {
+                None => format!("relay {host}:{port}"),
+                Some(f) => format!(
+                    "relay {host}:{port} (port 25 blocked; next probe of the direct route {})",
+                    f.borrow()
+                        .next_probe()
+                        .map(crate::util::timefmt::rfc5322)
+                        .unwrap_or_default()
+                ),
+            },
+            (Route::Relay { host, port }, false) => {
+                format!("direct (relay {host}:{port} while port 25 is blocked)")
+            }
+            (Route::Mx, _) => "direct".to_string(),
+        };
+        lines.push(("route".to_string(), route));
+        let dd = self.data_dir.clone();
+        let r = smol::unblock(move || {
+            for (d, c) in mta_sts::list(&dd) {
+                lines.push((
+                    "mta-sts".to_string(),
+                    format!(
+                        "{d} mode {} mx {} expires {}",
+                        c.policy.mode.as_str(),
+                        c.policy.mx.join(","),
+                        crate::util::timefmt::rfc5322(c.expires())
+                    ),
+                ));
+            }
+            crate::store::status::write(&dd, &lines)
+        })
+        .await;
+        if let Err(e) = r {
+            log::warn!("cannot write {}: {e}", crate::store::status::FILE);
+        }
+    }
+
     fn describe(&self) -> Match {
         match &self.route {
-            Route::Mx { .. } => Match::Mx,
+            Route::Mx => Match::Mx,
             Route::Relay { host, port } => Match::Relay(format!("{host}:{port}")),
         }
     }
@@ -416,15 +705,17 @@ impl Worker {
         }
         // Remote recipients, grouped by domain (all together for a relay).
         let mut groups: Vec<Group> = Vec::new();
+        let relaying = self.relaying();
         for (ei, e) in entries.iter().enumerate() {
             let mut by_key: Vec<(String, Vec<usize>)> = Vec::new();
             for (ri, r) in e.rcpts.iter().enumerate() {
                 if r.local || r.state != State::Pending || r.next > now {
                     continue;
                 }
-                let key = match self.route {
-                    Route::Mx { .. } => r.addr.domain.clone(),
-                    Route::Relay { .. } => String::new(),
+                let key = if relaying {
+                    String::new()
+                } else {
+                    r.addr.domain.clone()
                 };
                 match by_key.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, v)) => v.push(ri),
@@ -556,6 +847,7 @@ impl Worker {
         let mut p = prefix.into_bytes();
         p.extend_from_slice(&queue::header_bytes(&e.headers));
         let d = Delivery {
+            id: e.id.clone(),
             prefix: p,
             spool: self.queue.msg_path(&e.id),
         };
@@ -603,6 +895,7 @@ impl Worker {
             Outcome::Delivered(reply) => {
                 r.state = State::Delivered;
                 r.last = reply.clone();
+                crate::util::activity::sent(&id, &r.addr.to_string());
                 log::info!(
                     "delivered id={id} rcpt=<{}> host={host} ip={ip} tls={tls} reply={reply:?}",
                     r.addr
@@ -642,9 +935,10 @@ impl Worker {
     /// Where mail for `key` (a domain, or "" for the relay) can go: host
     /// names with their addresses, in the order to try.
     async fn targets(&self, key: &str) -> Result<Vec<(String, SocketAddr)>, Outcome> {
-        let (hosts, port, implicit) = match &self.route {
-            Route::Relay { host, port } => (vec![host.clone()], *port, false),
-            Route::Mx { port } => {
+        let port = &self.mx_port;
+        let (hosts, port, implicit) = match (&self.route, key.is_empty()) {
+            (Route::Relay { host, port }, true) => (vec![host.clone()], *port, false),
+            _ => {
                 if let Some(lit) = key.strip_prefix('[').and_then(|k| k.strip_suffix(']')) {
                     // An address literal (RFC 5321 4.1.3): no DNS.
                     let ip = lit.strip_prefix("ipv6:").unwrap_or(lit);
@@ -684,6 +978,21 @@ impl Worker {
                 Err(e) => log::debug!("outbound: {h}: {e}"),
             }
         }
+        if !key.is_empty() && !out.is_empty() {
+            // Direct delivery: only the families whose source address
+            // receivers accept (see `family`). A relay authenticates us,
+            // so its address family does not matter.
+            let allowed = self.family.borrow().allowed;
+            let all = out.len();
+            out.retain(|(_, a)| allowed.permits(a.ip()));
+            if out.is_empty() {
+                let f = self.family.borrow();
+                return Err(Outcome::Temporary(format!(
+                    "451 4.4.4 the {all} address(es) of the mail servers of {key} are all of a family not used now: direct delivery uses {}",
+                    family::describe(f.allowed, &f.v4, &f.v6)
+                )));
+            }
+        }
         if !out.is_empty() {
             return Ok(out);
         }
@@ -706,19 +1015,102 @@ impl Worker {
     /// Delivers the messages of one group (a domain, or the relay): tries
     /// each address of each MX in order; all messages go over the first
     /// connection that works, the rest of them over the next. Returns one
-    /// outcome per recipient.
+    /// outcome per recipient. An MTA-STS policy of the domain (RFC 8461)
+    /// narrows the MX hosts and makes verified TLS mandatory (`enforce`)
+    /// or is only logged (`testing`); TLS-RPT counts are kept.
     async fn deliver_group(&self, key: &str, msgs: Vec<MsgJob>) -> Vec<Result1> {
         let mut out = Vec::new();
-        let targets = match self.targets(key).await {
+        let defer_all = |out: &mut Vec<Result1>, msgs: Vec<MsgJob>, outcome: Outcome, via: Via| {
+            for m in msgs {
+                for (ri, _) in m.rcpts {
+                    out.push((m.ei, ri, outcome.clone(), via.clone()));
+                }
+            }
+        };
+        let relay = key.is_empty();
+        let now = crate::util::timefmt::unix_now();
+        let lookup = match &self.sts {
+            Some(sts) if !relay && !key.starts_with('[') => {
+                let l = sts.lookup(&self.resolver, key, now).await;
+                if l.fetched {
+                    self.write_status().await;
+                }
+                l
+            }
+            _ => mta_sts::Lookup::default(),
+        };
+        let policy = lookup.policy.clone();
+        let enforce = policy
+            .as_ref()
+            .is_some_and(|p| p.mode == mta_sts::Mode::Enforce);
+        let mut sessions: Vec<tlsrpt::Session> = Vec::new();
+        let policy_type = if policy.is_some() {
+            "sts"
+        } else {
+            "no-policy-found"
+        };
+        let session = |result: &'static str, mx: &str| tlsrpt::Session {
+            domain: key.to_string(),
+            policy: policy_type,
+            result,
+            mx: mx.to_string(),
+        };
+        if lookup.fetch_error.is_some() && policy.is_none() {
+            sessions.push(tlsrpt::Session {
+                domain: key.to_string(),
+                policy: "sts",
+                result: "sts-policy-fetch-error",
+                mx: "-".into(),
+            });
+        }
+        let mut targets = match self.targets(key).await {
             Ok(t) => t,
             Err(outcome) => {
-                for m in msgs {
-                    for (ri, _) in m.rcpts {
-                        out.push((m.ei, ri, outcome.clone(), Via::default()));
-                    }
-                }
+                defer_all(&mut out, msgs, outcome, Via::default());
+                self.save_sessions(sessions).await;
                 return out;
             }
+        };
+        if let Some(p) = &policy {
+            // RFC 8461 4.1: only MX hosts the policy names.
+            let mut bad: Vec<String> = targets
+                .iter()
+                .filter(|(h, _)| !p.allows(h))
+                .map(|(h, _)| h.clone())
+                .collect();
+            bad.dedup();
+            for h in &bad {
+                sessions.push(session("validation-failure", h));
+                log::info!(
+                    "mta-sts: {key} ({}): MX {h} does not match the policy's mx patterns ({}){}",
+                    p.mode.as_str(),
+                    p.mx.join(", "),
+                    if enforce {
+                        "; not used"
+                    } else {
+                        "; used anyway (testing)"
+                    }
+                );
+            }
+            if enforce {
+                targets.retain(|(h, _)| p.allows(h));
+                if targets.is_empty() {
+                    let o = Outcome::Temporary(format!(
+                        "451 4.7.5 MTA-STS policy of {key} (enforce) matches none of its MX hosts ({})",
+                        bad.join(", ")
+                    ));
+                    defer_all(&mut out, msgs, o, Via::default());
+                    self.save_sessions(sessions).await;
+                    return out;
+                }
+            }
+        }
+        let security = if relay {
+            self.security.clone()
+        } else if enforce {
+            Security::Verified
+        } else {
+            Security::Opportunistic
         };
         let mut remaining: VecDeque<MsgJob> = msgs.into();
         let mut last = String::from("451 4.4.1 no mail server answered");
@@ -732,27 +1124,46 @@ impl Worker {
                     &host,
                     addr,
                     &self.hostname,
-                    &self.security,
+                    &security,
                     &self.verifier,
                     starttls,
+                    self.connect_timeout,
                 )
             };
             let mut opened = open(true).await;
-            if let (Err(ConnError::Tls(e)), Security::Opportunistic) = (&opened, &self.security) {
+            if let (Err(ConnError::Tls(e)), Security::Opportunistic) = (&opened, &security) {
                 // RFC 7435 opportunistic security: a broken TLS stack on
                 // their side must not stop the mail; fall back to clear
                 // text with the same server, as Postfix does.
+                if !relay {
+                    sessions.push(session("validation-failure", &host));
+                }
                 log::info!(
                     "outbound: {host} [{}]: {e}; trying again without TLS",
                     addr.ip()
                 );
                 opened = open(false).await;
             }
+            if !relay {
+                self.note_direct(key, addr, opened.as_ref().err()).await;
+            }
             let mut c = match opened {
                 Ok(c) => c,
                 Err(e) => {
                     log::info!("outbound: {host} [{}]: {e}", addr.ip());
                     last = match &e {
+                        ConnError::Tls(s) if enforce => {
+                            let result = if s == conn::NO_STARTTLS {
+                                "starttls-not-supported"
+                            } else {
+                                tlsrpt::cert_result(s)
+                            };
+                            sessions.push(session(result, &host));
+                            format!(
+                                "451 4.7.5 MTA-STS policy of {key} (enforce) requires verified TLS: {host} [{}]: {s}",
+                                addr.ip()
+                            )
+                        }
                         ConnError::Network(s) | ConnError::Tls(s) => {
                             format!("451 4.4.1 {host} [{}]: {s}", addr.ip())
                         }
@@ -768,6 +1179,30 @@ impl Worker {
                     continue;
                 }
             };
+            if !relay {
+                // What this session was worth for TLS-RPT, and what a
+                // testing policy would have refused.
+                let problem = match &c.tls {
+                    None => Some(("starttls-not-supported", "no STARTTLS".to_string())),
+                    Some(t) => t
+                        .unverified
+                        .as_ref()
+                        .filter(|_| policy.is_some())
+                        .map(|why| (tlsrpt::cert_result(why), format!("certificate: {why}"))),
+                };
+                match problem {
+                    Some((result, why)) => {
+                        sessions.push(session(result, &host));
+                        if policy.is_some() {
+                            log::info!(
+                                "mta-sts: {key} (testing): {host} [{}] would be refused under enforce: {why}; delivering anyway",
+                                addr.ip()
+                            );
+                        }
+                    }
+                    None => sessions.push(session("success", "-")),
+                }
+            }
             let via = Via {
                 host: Some(host.clone()),
                 ip: Some(addr.ip()),
@@ -796,27 +1231,37 @@ impl Worker {
                 c.quit().await;
             }
         }
-        let outcome = Outcome::Temporary(last);
-        for m in remaining {
-            for (ri, _) in m.rcpts {
-                out.push((m.ei, ri, outcome.clone(), last_via.clone()));
-            }
-        }
+        defer_all(
+            &mut out,
+            remaining.into(),
+            Outcome::Temporary(last),
+            last_via,
+        );
+        self.save_sessions(sessions).await;
         out
+    }
+
+    /// Adds a group's sessions to the TLS-RPT counts.
+    async fn save_sessions(&self, sessions: Vec<tlsrpt::Session>) {
+        if sessions.is_empty() {
+            return;
+        }
+        let dd = self.data_dir.clone();
+        let now = crate::util::timefmt::unix_now();
+        if let Err(e) = smol::unblock(move || tlsrpt::record(&dd, now, &sessions)).await {
+            log::warn!("tlsrpt: cannot record: {e}");
+        }
     }
 
     /// The `DKIM-Signature:` lines for a message from one of our domains
     /// (empty otherwise, or when signing fails: the message still goes,
     /// unsigned, and the log says why).
     async fn dkim_signature(&self, e: &Entry, now: u64) -> Vec<u8> {
-        if self.dkim_keys.is_empty() {
+        let keys = self.dkim_keys.current();
+        if keys.is_empty() {
             return Vec::new();
         }
-        let (keys, domains, path) = (
-            self.dkim_keys.clone(),
-            self.domains.clone(),
-            self.queue.msg_path(&e.id),
-        );
+        let (keys, domains, path) = (keys, self.domains.clone(), self.queue.msg_path(&e.id));
         match smol::unblock(move || crate::trust::dkim::sign_queued(&path, &keys, &domains, now))
             .await
         {
@@ -871,6 +1316,7 @@ impl Worker {
                         prefix += "Return-Path: <>\n";
                         self.mbox
                             .append(Delivery {
+                                id: id.clone(),
                                 prefix: prefix.into_bytes(),
                                 spool: spool.clone(),
                             })
