@@ -680,17 +680,22 @@ impl Parser {
         if !f.header_done {
             // The header never ended: what was read of it is the header,
             // up to the end of the part, and the body is empty.
-            let body = if end.stored < f.part.header.stored || end.wire < f.part.header.wire {
-                f.part.header
-            } else {
-                end
-            };
             self.stack.push(f);
-            self.take_header(body, self.lines);
+            self.take_header(end, self.lines);
             let Some(top) = self.stack.pop() else {
                 unreachable!("pushed above");
             };
             f = top;
+        }
+        // A part that starts on its closing delimiter's line, or whose
+        // header's empty line is the line end the delimiter owns, is empty
+        // at `end`: nothing of it lies past its parent's end.
+        let past = |p: Pos| p.stored > end.stored || p.wire > end.wire;
+        if past(f.part.header) {
+            f.part.header = end;
+        }
+        if past(f.part.body) {
+            f.part.body = end;
         }
         let n = self.lines.saturating_sub(f.lines0);
         // Lines are the line ends in the body (as Dovecot counts them);
@@ -701,11 +706,7 @@ impl Parser {
         } else {
             n + (self.line_len > 0) as u64
         };
-        f.part.end = if end.stored < f.part.body.stored || end.wire < f.part.body.wire {
-            f.part.body
-        } else {
-            end
-        };
+        f.part.end = end;
         f.part.lines = if f.part.end == f.part.body { 0 } else { lines };
         // A multipart without a delimiter still reports a body (RFC 9051's
         // grammar has 1*body): one plain part over its whole body, so the
@@ -1239,6 +1240,24 @@ pub(crate) mod tests {
         let inner = s.part(&[2, 1]).unwrap();
         assert_eq!(inner.size(), 0);
         assert_eq!(text(&s, m, &[2], Spec::Header), "Second.");
+        // The empty line of a header right before a delimiter: its line
+        // end is the delimiter's. And a part that starts on the line that
+        // closes it, in a multipart closed by its parent's delimiter.
+        for m in [
+            &b"Content-Type: multipart/digest; boundary=d\n\n--d\n\nFrom: a\n\n--d--\n"[..],
+            b"Content-Type: multipart/mixed; boundary=o\n\n--o\nContent-Type: multipart/mixed; boundary=i\n\n--i\n--o\n\nx\n--o--\n",
+            b"Content-Type: multipart/mixed; boundary=o\n\n--o\n--o\n--o--",
+        ] {
+            let s = Structure::parse(m);
+            nested_inside(&s.root);
+            let mut parts = Vec::new();
+            all_parts(&s.root, &mut parts);
+            let w = wire(m);
+            for p in parts {
+                assert!(p.header.stored <= p.body.stored && p.body.stored <= p.end.stored, "{p:?}");
+                assert!(p.end.wire <= w.len() as u64);
+            }
+        }
     }
 
     #[test]
