@@ -1,7 +1,8 @@
 //! Prints what pimail's IMAP reports of each message file given (one
 //! stored message per file): RFC822.SIZE, ENVELOPE, BODY, BODYSTRUCTURE,
 //! one FETCH-like line each. bench/mime_dovecot.py compares it with
-//! Dovecot's answers for the same messages.
+//! Dovecot's answers for the same messages. With PIMAIL_MIME_RECORDS=DIR
+//! it also writes each index record there (seeds for fuzz/mime_index).
 
 use pimail::store::mime::{imap, Structure};
 
@@ -15,6 +16,14 @@ fn main() {
             }
         };
         let s = Structure::parse(&data);
+        if let Some(dir) = std::env::var_os("PIMAIL_MIME_RECORDS") {
+            let mut rec = Vec::new();
+            pimail::store::mime::index::encode(&s, &mut rec);
+            let name = std::path::Path::new(&path).file_name().unwrap_or_default();
+            if let Err(e) = std::fs::write(std::path::Path::new(&dir).join(name), rec) {
+                eprintln!("{path}: {e}");
+            }
+        }
         let mut out = Vec::new();
         out.extend_from_slice(format!("RFC822.SIZE {} ENVELOPE ", s.size()).as_bytes());
         imap::envelope(&s.envelope, &mut out);

@@ -667,33 +667,46 @@ impl Parser {
         at: Pos,
         by_delimiter: bool,
     ) -> (Part, Option<Envelope>) {
+        // Before a delimiter, the part ends before the line end that the
+        // delimiter owns.
+        let end = if by_delimiter {
+            Pos {
+                stored: at.stored.saturating_sub(self.prev_term),
+                wire: at.wire.saturating_sub(if self.lines > 0 { 2 } else { 0 }),
+            }
+        } else {
+            at
+        };
         if !f.header_done {
             // The header never ended: what was read of it is the header,
-            // and the body is empty.
+            // up to the end of the part, and the body is empty.
             self.stack.push(f);
-            self.take_header(at, self.lines);
+            self.take_header(end, self.lines);
             let Some(top) = self.stack.pop() else {
                 unreachable!("pushed above");
             };
             f = top;
         }
+        // A part that starts on its closing delimiter's line, or whose
+        // header's empty line is the line end the delimiter owns, is empty
+        // at `end`: nothing of it lies past its parent's end.
+        let past = |p: Pos| p.stored > end.stored || p.wire > end.wire;
+        if past(f.part.header) {
+            f.part.header = end;
+        }
+        if past(f.part.body) {
+            f.part.body = end;
+        }
         let n = self.lines.saturating_sub(f.lines0);
-        let (end, lines) = if by_delimiter {
-            let end = Pos {
-                stored: at.stored.saturating_sub(self.prev_term),
-                wire: at.wire.saturating_sub(if self.lines > 0 { 2 } else { 0 }),
-            };
-            // Lines are the line ends in the body (as Dovecot counts), and
-            // the last one belongs to the delimiter.
-            (end, n.saturating_sub(1))
+        // Lines are the line ends in the body (as Dovecot counts them);
+        // before a delimiter the last one belongs to it, and an open last
+        // line at the end gets one in the wire form.
+        let lines = if by_delimiter {
+            n.saturating_sub(1)
         } else {
-            (at, n + (self.line_len > 0) as u64)
+            n + (self.line_len > 0) as u64
         };
-        f.part.end = if end.stored < f.part.body.stored || end.wire < f.part.body.wire {
-            f.part.body
-        } else {
-            end
-        };
+        f.part.end = end;
         f.part.lines = if f.part.end == f.part.body { 0 } else { lines };
         // A multipart without a delimiter still reports a body (RFC 9051's
         // grammar has 1*body): one plain part over its whole body, so the
@@ -1193,6 +1206,58 @@ pub(crate) mod tests {
         assert_eq!(s.root.size(), 6);
         let s = Structure::parse(&b"a".repeat(1 << 20));
         assert_eq!(s.size(), (1 << 20) + 2);
+    }
+
+    fn nested_inside(p: &Part) {
+        let children: Vec<&Part> = match &p.kind {
+            Kind::Single => vec![],
+            Kind::Multi(c) => c.iter().collect(),
+            Kind::Message(_, inner) => vec![inner],
+        };
+        for c in children {
+            assert!(
+                c.header.stored >= p.body.stored && c.header.wire >= p.body.wire,
+                "{c:?} in {p:?}"
+            );
+            assert!(
+                c.end.stored <= p.end.stored && c.end.wire <= p.end.wire,
+                "{c:?} in {p:?}"
+            );
+            nested_inside(c);
+        }
+    }
+
+    /// Found by fuzz/mime_parser: in a digest, a message part whose
+    /// encapsulated header never ends ran past its parent's end.
+    #[test]
+    fn regression_unended_header_stays_inside_its_message() {
+        let m = b"Content-Type: multipart/digest; boundary=d\n\n--d\n\nFrom: a\n\nFirst.\n--dx\n\nSecond.\n--d--\n";
+        let s = Structure::parse(m);
+        nested_inside(&s.root);
+        for (_, msg) in SAMPLES {
+            nested_inside(&Structure::parse(msg).root);
+        }
+        let inner = s.part(&[2, 1]).unwrap();
+        assert_eq!(inner.size(), 0);
+        assert_eq!(text(&s, m, &[2], Spec::Header), "Second.");
+        // The empty line of a header right before a delimiter: its line
+        // end is the delimiter's. And a part that starts on the line that
+        // closes it, in a multipart closed by its parent's delimiter.
+        for m in [
+            &b"Content-Type: multipart/digest; boundary=d\n\n--d\n\nFrom: a\n\n--d--\n"[..],
+            b"Content-Type: multipart/mixed; boundary=o\n\n--o\nContent-Type: multipart/mixed; boundary=i\n\n--i\n--o\n\nx\n--o--\n",
+            b"Content-Type: multipart/mixed; boundary=o\n\n--o\n--o\n--o--",
+        ] {
+            let s = Structure::parse(m);
+            nested_inside(&s.root);
+            let mut parts = Vec::new();
+            all_parts(&s.root, &mut parts);
+            let w = wire(m);
+            for p in parts {
+                assert!(p.header.stored <= p.body.stored && p.body.stored <= p.end.stored, "{p:?}");
+                assert!(p.end.wire <= w.len() as u64);
+            }
+        }
     }
 
     #[test]
