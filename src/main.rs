@@ -43,7 +43,9 @@ fn main() -> ExitCode {
     };
     // Every tool ends quietly when its output is closed (`| head`); the
     // server keeps Rust's SIG_IGN, its sockets report EPIPE instead.
-    if !matches!(cli.command, Command::Serve) {
+    // sendmail keeps SIG_IGN too: a server that refused early closes the
+    // submission socket, and its answer is read after the EPIPE.
+    if !matches!(cli.command, Command::Serve | Command::Sendmail(_)) {
         let _ = pimail::util::sys::default_sigpipe();
     }
     match cli.command {
@@ -135,17 +137,83 @@ fn tls_config_error(c: &Config, e: &tls::TlsError) -> config::ConfigError {
     config::key_error(&c.source, key, e.to_string())
 }
 
-/// `pimail sendmail`: queue the message from stdin (see `sendmail`).
+/// `pimail sendmail`: queue the message from stdin (see `sendmail`), or,
+/// for a user who may not read the config or write the queue, hand it to
+/// the running server through the local submission socket (see `submit`).
 fn sendmail(cli: &cli::Cli, args: &cli::SendmailArgs) -> ExitCode {
-    let config = match load_config(cli) {
-        Ok(c) => c,
-        // Without a config we cannot queue: the caller must keep the mail.
-        Err(_) => return ExitCode::from(EX_TEMPFAIL),
-    };
+    use pimail::send::submit;
     logging::init(log::LevelFilter::Warn, cli.verbose);
+    let path = config::locate(cli.config.as_deref());
+    let env_socket = std::env::var_os(submit::SOCKET_ENV)
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from);
+    let socket = match config::load(path.as_deref()) {
+        Ok(c) => {
+            let queue = c.data_dir.join("queue");
+            let dir = if queue.exists() { &queue } else { &c.data_dir };
+            if pimail::util::sys::may_write_dir(dir) {
+                return sendmail_direct(&c, cli, args);
+            }
+            match env_socket.or(c.listen.local_submit.clone()) {
+                Some(s) => s,
+                None => {
+                    eprintln!(
+                        "pimail sendmail: cannot write the queue in {} and [listen] local_submit is off; nothing was sent",
+                        c.data_dir.display()
+                    );
+                    return ExitCode::from(EX_TEMPFAIL);
+                }
+            }
+        }
+        // The server's config, kept from us: the server takes the message.
+        Err(e) if path.as_deref().is_some_and(unreadable) => {
+            if cli.verbose > 0 {
+                eprintln!("pimail sendmail: {e}; handing the message to the server");
+            }
+            env_socket.unwrap_or_else(|| config::DEFAULT_LOCAL_SUBMIT.into())
+        }
+        // Without a config we cannot queue: the caller must keep the mail.
+        Err(e) => {
+            eprintln!("pimail: config error: {e}");
+            return ExitCode::from(EX_TEMPFAIL);
+        }
+    };
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
-    match pimail::send::sendmail::run(&config, args, &mut input) {
+    match submit::client(&socket, args, &mut input) {
+        Ok((id, notes)) => {
+            for n in notes {
+                eprintln!("pimail sendmail: {n}");
+            }
+            if cli.verbose > 0 {
+                eprintln!("pimail sendmail: queued as {id} by the server");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let why = match &path {
+                Some(p) if e.code == EX_TEMPFAIL => format!(
+                    " (the config {} is not readable by this user, so the message cannot be queued directly)",
+                    p.display()
+                ),
+                _ => String::new(),
+            };
+            eprintln!("pimail sendmail: {}{why}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// A file there that we may not read (EACCES on it or its directory).
+fn unreadable(p: &std::path::Path) -> bool {
+    std::fs::File::open(p).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
+/// The direct path: we may write the queue ourselves.
+fn sendmail_direct(config: &Config, cli: &cli::Cli, args: &cli::SendmailArgs) -> ExitCode {
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    match pimail::send::sendmail::run(config, args, &mut input) {
         Ok(id) => {
             if cli.verbose > 0 {
                 eprintln!("pimail sendmail: queued as {id}");

@@ -81,6 +81,9 @@ pub struct Server {
         crate::send::delivery::Worker,
         Option<async_net::unix::UnixDatagram>,
     )>,
+    /// The local submission socket (`[listen] local_submit`) and the
+    /// config its submissions are handled with.
+    local_submit: Option<(std::os::unix::net::UnixListener, std::sync::Arc<Config>)>,
     /// `<data_dir>/pimail.pid`, write-locked for as long as we run: a
     /// second server on the same data_dir refuses to start (it would clean
     /// our spool and take our control socket).
@@ -182,6 +185,23 @@ impl Server {
                 log::warn!("outbound: {e}; `queue flush` and sendmail cannot wake the server")
             })
             .ok();
+        // Without it the server still serves; only local users' sendmail
+        // (those who cannot queue directly) gets EX_TEMPFAIL.
+        let local_submit = config.listen.local_submit.as_ref().and_then(|p| {
+            match crate::send::submit::bind(p) {
+                Ok(l) => {
+                    log::info!("local submission on {}", p.display());
+                    Some((l, std::sync::Arc::new(config.clone())))
+                }
+                Err(e) => {
+                    log::warn!(
+                        "local submission: {e}; local users who cannot read the config cannot send with `pimail sendmail` \
+                         (systemd's RuntimeDirectory=pimail makes /run/pimail; `local_submit = \"\"` turns this off)"
+                    );
+                    None
+                }
+            }
+        });
         let settings = Rc::new(Settings {
             hostname: config.hostname.clone(),
             policy: LocalPolicy::from_config(config),
@@ -239,6 +259,7 @@ impl Server {
         });
         Ok(Server {
             _lock: lock,
+            local_submit,
             pop3,
             pop3_listeners,
             shared: Rc::new(Shared::new(config.hostname.clone(), config.limits.clone())),
@@ -308,9 +329,13 @@ impl Server {
             pop3,
             pop3_listeners,
             outbound,
+            local_submit,
             // Held (not `_`, which would drop it) until the server is done.
             _lock: _held,
         } = self;
+        if let (Some((listener, config)), Some(outbox)) = (local_submit, smtp.outbox.clone()) {
+            submit_accept_loop(listener, config, outbox);
+        }
         if let Some((worker, control)) = outbound {
             let sh = shared.clone();
             ex.spawn(worker.run(ex.clone(), control, move || sh.stopping()))
@@ -348,6 +373,45 @@ impl Server {
         if let Some(sp) = &cx.smtp.spam {
             sp.counts.flush();
         }
+    }
+}
+
+/// Accepts local submissions on a thread of its own, one thread per
+/// connection: the handling is blocking file work (the queue's writes and
+/// fsyncs) like the mbox writer's, and `submit::Limiter` bounds how many
+/// run at once. A submission that the stop cuts short was never answered
+/// `OK`, so its client keeps the message (EX_TEMPFAIL).
+fn submit_accept_loop(
+    listener: std::os::unix::net::UnixListener,
+    config: std::sync::Arc<Config>,
+    outbox: crate::send::delivery::Outbox,
+) {
+    let limiter = crate::send::submit::limiter();
+    let spawned = std::thread::Builder::new()
+        .name("local-submit".into())
+        .spawn(move || loop {
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    log::error!("local submission: accept: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let (config, limiter, outbox) = (config.clone(), limiter.clone(), outbox.clone());
+            let r = std::thread::Builder::new()
+                .name("submit".into())
+                .spawn(move || {
+                    if crate::send::submit::serve(stream, &config, &limiter).is_some() {
+                        outbox.wake();
+                    }
+                });
+            if let Err(e) = r {
+                log::error!("local submission: cannot start a thread: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("local submission: cannot start its thread: {e}");
     }
 }
 

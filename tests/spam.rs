@@ -93,6 +93,11 @@ fn a_client_that_talks_before_the_greeting_is_refused_and_a_polite_one_is_not() 
     // Counted for `pimail status`.
     let counts = std::fs::read_to_string(srv.data_dir().join("spam-counts")).unwrap();
     assert!(counts.contains("pregreet 1"), "{counts}");
+    let (_, status, err) = run_pimail(&srv.config, &["status"]);
+    assert!(
+        status.contains("refused:     today pregreet 1"),
+        "{status}{err}"
+    );
     // Submission never waits: its greeting comes at once, even to a
     // client that talks first.
     let mut c = Client::connect(srv.addr("submission"));

@@ -253,3 +253,13 @@ fn logs_with_timestamps_when_journal_stream_is_not_stderr() {
     let year: u32 = line[..4].parse().unwrap_or(0);
     assert!(year >= 2024 && line.as_bytes()[10] == b'T', "{line}");
 }
+
+#[test]
+fn unit_makes_the_directory_of_the_local_submission_socket() {
+    // `[listen] local_submit` defaults to /run/pimail/submit.sock: the unit
+    // must create /run/pimail, traversable by every local user.
+    let text = std::fs::read_to_string(unit_dir().join("pimail.service")).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert!(lines.contains(&"RuntimeDirectory=pimail"), "{text}");
+    assert!(lines.contains(&"RuntimeDirectoryMode=0755"), "{text}");
+}

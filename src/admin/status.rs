@@ -294,6 +294,15 @@ pub fn report(config: &Config, now: u64) -> (String, u8) {
         }
     }
 
+    // What the spam checks refused today (docs/spam.md).
+    let refused = crate::trust::counts::read_today(&config.data_dir);
+    if refused.is_empty() {
+        let _ = writeln!(out, "refused:     nothing today");
+    } else {
+        let list: Vec<String> = refused.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(out, "refused:     today {}", list.join(", "));
+    }
+
     // The certificate, as clients will see it.
     if let Some(t) = &config.tls {
         match std::fs::read_to_string(&t.cert)

@@ -63,7 +63,15 @@ pub struct Listen {
     /// start with a PROXY protocol header (v1 or v2) from a proxy on the
     /// same host or network, carrying the client's real address.
     pub proxy_protocol: Vec<SocketAddr>,
+    /// The local submission socket any local user's `pimail sendmail`
+    /// hands mail to (`send::submit`); `None`: off (`local_submit = ""`,
+    /// and the try-it default, whose own user queues directly).
+    pub local_submit: Option<PathBuf>,
 }
+
+/// Where the local submission socket is unless `[listen] local_submit`
+/// says otherwise (systemd's `RuntimeDirectory=pimail` makes /run/pimail).
+pub const DEFAULT_LOCAL_SUBMIT: &str = "/run/pimail/submit.sock";
 
 #[derive(Debug, Clone)]
 pub struct Tls {
@@ -518,6 +526,7 @@ pub fn embedded_default() -> Config {
             pop3: vec![SocketAddr::from(([127, 0, 0, 1], 1110))],
             pop3s: vec![],
             proxy_protocol: vec![],
+            local_submit: None,
         },
         tls: None,
         limits: Limits::default(),
@@ -677,6 +686,7 @@ struct RawListen {
     pop3s: Vec<SocketAddr>,
     #[serde(default, deserialize_with = "de_addrs")]
     proxy_protocol: Vec<SocketAddr>,
+    local_submit: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -1022,6 +1032,11 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
         pop3: raw.listen.pop3,
         pop3s: raw.listen.pop3s,
         proxy_protocol: raw.listen.proxy_protocol,
+        local_submit: match raw.listen.local_submit {
+            None => Some(PathBuf::from(DEFAULT_LOCAL_SUBMIT)),
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(abs(p)),
+        },
     };
     for a in &listen.proxy_protocol {
         let all = [
@@ -1385,7 +1400,7 @@ impl Config {
              hostname = {:?}\ndomains = {}\ndata_dir = {:?}\nlog_level = \"{}\"\n\n\
              [user]\nname = {:?}\npassword = \"(hidden)\"\naddresses = {}\nmbox = {:?}\nfolders = {:?}\n\n\
              [listen]\nsmtp = {}\nsubmission = {}\nsubmissions = {}\npop3 = {}\npop3s = {}\n\
-             proxy_protocol = {}\n\n",
+             proxy_protocol = {}\nlocal_submit = {:?}\n\n",
             self.hostname,
             strs(&self.domains),
             self.data_dir.display().to_string(),
@@ -1400,6 +1415,11 @@ impl Config {
             list(&self.listen.pop3),
             list(&self.listen.pop3s),
             list(&self.listen.proxy_protocol),
+            self.listen
+                .local_submit
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
         );
         if let Some(t) = &self.tls {
             s += &format!(

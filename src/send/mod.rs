@@ -8,3 +8,4 @@ pub mod queue;
 #[cfg(test)]
 mod queue_crash;
 pub mod sendmail;
+pub mod submit;

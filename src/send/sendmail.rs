@@ -25,6 +25,7 @@ use std::io::{BufRead, Write};
 pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
 pub const EX_NOUSER: u8 = 67;
+pub const EX_NOPERM: u8 = 77;
 pub const EX_SOFTWARE: u8 = 70;
 pub const EX_TEMPFAIL: u8 = 75;
 
@@ -152,6 +153,36 @@ fn recipient(s: &str, policy: &LocalPolicy, domain: &str) -> Result<(Address, bo
     }
 }
 
+/// Longest line RFC 5322 2.1.1 allows, CRLF not counted. Longer input
+/// lines are refused (EX_DATAERR), not passed on for a receiver to break
+/// or refuse later (issue 18).
+pub const MAX_LINE: usize = 998;
+
+/// Who hands the message in: ourselves (`run`, the direct path), or a
+/// local user through the submission socket (`send::submit`), known by
+/// the kernel's SO_PEERCRED.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub uid: u32,
+    /// Its login name (`getpwuid`).
+    pub login: String,
+    /// Root, the service user and the user's own Unix account: they may
+    /// choose any envelope sender with `-f` and send as the user's
+    /// addresses, as on the direct path (they can read the config anyway).
+    pub trusted: bool,
+}
+
+/// A message in the queue: what the submission log line says.
+#[derive(Debug)]
+pub struct Queued {
+    pub id: String,
+    pub sender: String,
+    pub rcpts: usize,
+    pub size: u64,
+    /// Said to the caller on stderr (an ignored `-f`).
+    pub notes: Vec<String>,
+}
+
 /// Reads the message from `input`, queues it, pokes the server. Returns
 /// the queue id.
 pub fn run(
@@ -159,7 +190,62 @@ pub fn run(
     args: &SendmailArgs,
     input: &mut dyn BufRead,
 ) -> Result<String, SendmailError> {
+    let caller = Caller {
+        uid: current_uid(),
+        login: String::new(),
+        trusted: true,
+    };
+    let q = submit(config, args, input, &caller)?;
+    if let Err(e) = crate::send::delivery::poke(&config.data_dir, crate::send::delivery::Wake::New)
+    {
+        // Queued all the same: the server delivers it when it starts.
+        log::debug!(
+            "server not reachable ({e}); message {} waits in the queue",
+            q.id
+        );
+    }
+    Ok(q.id)
+}
+
+/// The envelope sender of an untrusted caller: always `<login>@<hostname>`
+/// (Postfix's `myorigin`, Exim's rule for untrusted users); a `-f` naming
+/// anyone else is ignored, with a note. `-f` with the caller's own login
+/// or address is fine.
+fn untrusted_sender(
+    config: &Config,
+    caller: &Caller,
+    asked: Option<&str>,
+) -> Result<(Address, Option<String>), SendmailError> {
+    let own = format!("{}@{}", caller.login, config.hostname);
+    let addr = parse_mailbox(&own, true).map_err(|_| {
+        fail(
+            EX_NOUSER,
+            format!(
+                "uid {} has no usable login name for a sender address",
+                caller.uid
+            ),
+        )
+    })?;
+    let note = match asked.map(|s| s.trim().trim_start_matches('<').trim_end_matches('>')) {
+        None => None,
+        Some(s) if s == caller.login || s.eq_ignore_ascii_case(&own) => None,
+        Some(s) => Some(format!(
+            "-f {s:?} ignored: only root, the pimail service and {} choose the sender; this message is from <{own}>",
+            config.user.name
+        )),
+    };
+    Ok((addr, note))
+}
+
+/// Reads the message from `input` and queues it, for `caller`.
+pub fn submit(
+    config: &Config,
+    args: &SendmailArgs,
+    input: &mut dyn BufRead,
+    caller: &Caller,
+) -> Result<Queued, SendmailError> {
     let policy = LocalPolicy::from_config(config);
+    let mut notes = Vec::new();
     let domain = config
         .domains
         .first()
@@ -175,6 +261,11 @@ pub fn run(
             .unwrap_or_else(|| config.user.name.clone())
     );
     let sender = match &args.sender {
+        _ if !caller.trusted => {
+            let (a, note) = untrusted_sender(config, caller, args.sender.as_deref())?;
+            notes.extend(note);
+            Some(a)
+        }
         Some(s) if s.is_empty() || s == "<>" => None,
         Some(s) => {
             let s = s.trim().trim_start_matches('<').trim_end_matches('>');
@@ -201,14 +292,14 @@ pub fn run(
     let mut first = true;
     let mut ended = false;
     let mut body_first: Option<Vec<u8>> = None;
+    let mut lineno = 0u64;
     loop {
         line.clear();
-        let n = read_line(input, &mut line, max)?;
+        let n = next_line(input, &mut line, &mut lineno)?;
         if n == 0 {
             ended = true;
             break;
         }
-        normalize(&mut line);
         if !args.ignore_dots && line == b".\n" {
             ended = true;
             break;
@@ -235,6 +326,9 @@ pub fn run(
         }
     }
     let fields = split_fields(&header);
+    if !caller.trusted {
+        check_from(&fields, &policy, config, caller)?;
+    }
     let mut rcpts: Vec<(Address, bool)> = Vec::new();
     let mut bad = Vec::new();
     let mut add = |s: &str, rcpts: &mut Vec<(Address, bool)>| match recipient(s, &policy, &domain) {
@@ -260,6 +354,15 @@ pub fn run(
     if let Some(e) = bad.first() {
         return Err(fail(EX_NOUSER, e.clone()));
     }
+    // The socket's callers are bounded like an SMTP client (RFC 5321
+    // 4.5.3.1.8 lets a server refuse beyond its limit), `-t` included.
+    let max_rcpts = config.limits.max_recipients;
+    if !caller.trusted && rcpts.len() > max_rcpts {
+        return Err(fail(
+            EX_DATAERR,
+            format!("more than {max_rcpts} recipients (limits.max_recipients)"),
+        ));
+    }
     if rcpts.is_empty() {
         return Err(fail(
             EX_USAGE,
@@ -273,7 +376,7 @@ pub fn run(
     added += &format!(
         "Received: by {} (pimail sendmail, uid {})\n\tid {id}; {}\n",
         config.hostname,
-        current_uid(),
+        caller.uid,
         crate::util::timefmt::rfc5322(now)
     );
     if !has("date") {
@@ -335,7 +438,7 @@ pub fn run(
         if !ended {
             loop {
                 line.clear();
-                match read_line(input, &mut line, max) {
+                match next_line(input, &mut line, &mut lineno) {
                     Ok(0) => break,
                     Ok(_) => {}
                     Err(e) => {
@@ -343,7 +446,6 @@ pub fn run(
                         return Err(std::io::Error::other("cannot read the input"));
                     }
                 }
-                normalize(&mut line);
                 if !args.ignore_dots && line == b".\n" {
                     break;
                 }
@@ -378,12 +480,51 @@ pub fn run(
         .map(|r| r.addr.to_string())
         .collect();
     crate::trust::known::record_correspondents(&config.data_dir, &remote);
-    if let Err(e) = crate::send::delivery::poke(&config.data_dir, crate::send::delivery::Wake::New)
-    {
-        // Queued all the same: the server delivers it when it starts.
-        log::debug!("server not reachable ({e}); message {id} waits in the queue");
+    Ok(Queued {
+        sender: entry.sender(),
+        rcpts: entry.rcpts.len(),
+        size: entry.size,
+        id,
+        notes,
+    })
+}
+
+/// An untrusted caller may not write the user's addresses into From or
+/// Sender: the queue DKIM-signs mail from the user's domains, so that
+/// would be a forgery with our signature. Its own `<login>@<hostname>` is
+/// fine (where the hostname is one of the domains).
+fn check_from(
+    fields: &[Vec<u8>],
+    policy: &LocalPolicy,
+    config: &Config,
+    caller: &Caller,
+) -> Result<(), SendmailError> {
+    let own = format!("{}@{}", caller.login, config.hostname);
+    for f in fields {
+        let name = field_name(f);
+        if !matches!(name.as_str(), "from" | "sender") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(f);
+        let body = text.split_once(':').map(|x| x.1).unwrap_or("");
+        for a in addresses(body) {
+            let Ok(addr) = parse_mailbox(&a, true) else {
+                continue;
+            };
+            if policy.classify(&addr) != Destination::Remote
+                && !addr.to_string().eq_ignore_ascii_case(&own)
+            {
+                return Err(fail(
+                    EX_NOPERM,
+                    format!(
+                        "{name}: <{addr}> is the user's address: only root, the pimail service and {} may send as it; you (uid {}) send as <{own}>",
+                        config.user.name, caller.uid
+                    ),
+                ));
+            }
+        }
     }
-    Ok(id)
+    Ok(())
 }
 
 struct BodyState {
@@ -416,16 +557,35 @@ impl Body<'_> {
     }
 }
 
-/// One line, LF included, at most `max` bytes (longer input is cut into
-/// pieces of that size, which the size check then refuses).
-fn read_line(
+/// The next input line into `line` (LF end, CRLF normalised), counting
+/// `lineno`. A line over [`MAX_LINE`] octets is EX_DATAERR; at most a
+/// line's worth is read, so a huge line costs no memory.
+fn next_line(
     input: &mut dyn BufRead,
     line: &mut Vec<u8>,
-    max: u64,
+    lineno: &mut u64,
 ) -> Result<usize, SendmailError> {
-    let mut take = std::io::Read::take(input, max.saturating_add(1));
-    take.read_until(b'\n', line)
-        .map_err(|e| fail(EX_TEMPFAIL, format!("cannot read the message: {e}")))
+    // Room for the text, CR, LF, and one more to see "too long".
+    let mut take = std::io::Read::take(input, MAX_LINE as u64 + 3);
+    let n = take
+        .read_until(b'\n', line)
+        .map_err(|e| fail(EX_TEMPFAIL, format!("cannot read the message: {e}")))?;
+    if n == 0 {
+        return Ok(0);
+    }
+    *lineno += 1;
+    normalize(line);
+    let text = line.strip_suffix(b"\n").unwrap_or(line);
+    if text.len() > MAX_LINE {
+        return Err(fail(
+            EX_DATAERR,
+            format!(
+                "line {lineno} is longer than {MAX_LINE} octets, the limit of RFC 5322 2.1.1; \
+                 wrap it, or send the text base64 or quoted-printable encoded (e.g. with mutt or mpack)"
+            ),
+        ));
+    }
+    Ok(n)
 }
 
 /// CRLF -> LF (programs on the same host may send either).

@@ -226,6 +226,14 @@ impl Server {
             listen += "pop3s = [\"127.0.0.1:0\"]\n";
         }
         listen += &o.listen_extra;
+        // Each test server its own local submission socket (the default,
+        // /run/pimail/submit.sock, is the installed server's).
+        if !o.listen_extra.contains("local_submit") {
+            listen += &format!(
+                "local_submit = {:?}\n",
+                dir.join("run/submit.sock").display().to_string()
+            );
+        }
         let tls = match &o.tls {
             Some((cert, key)) => format!(
                 "[tls]\ncert = {:?}\nkey = {:?}\n",
@@ -261,6 +269,11 @@ impl Server {
 
     pub fn mbox_path(&self) -> PathBuf {
         self.dir.path().join("mbox")
+    }
+
+    /// The local submission socket (`[listen] local_submit`).
+    pub fn submit_socket(&self) -> PathBuf {
+        self.dir.path().join("run/submit.sock")
     }
 
     pub fn data_dir(&self) -> PathBuf {
