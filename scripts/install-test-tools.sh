@@ -33,6 +33,14 @@ if ! python3 -c 'import dkim, nacl.signing' >/dev/null 2>&1; then
         || python3 -m pip install -q --break-system-packages dkimpy pynacl
 fi
 
+# The IMAP client library of tests/imap.rs (imaplib is in the standard
+# library; imapclient is what many Python mail tools use).
+if ! python3 -c 'import imapclient' >/dev/null 2>&1; then
+    echo "install-test-tools: installing imapclient (pip)" >&2
+    python3 -m pip install -q imapclient 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages imapclient
+fi
+
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

@@ -675,6 +675,12 @@ fn serve(cli: &cli::Cli) -> ExitCode {
                 .iter()
                 .map(|(a, kind)| format!("{kind} {a}")),
         )
+        .chain(
+            server
+                .imap_addrs()
+                .iter()
+                .map(|(a, kind)| format!("{kind} {a}")),
+        )
         .collect();
     // Before the "listening" line: whoever saw it finds the status file.
     pimail::admin::status::start_writer(config.data_dir.clone(), addrs.clone());

@@ -76,6 +76,9 @@ pub struct Server {
     pub pop3: Rc<Pop3Context>,
     /// With "implicit TLS" (pop3s, 995) and "expects a PROXY header".
     pop3_listeners: Vec<(TcpListener, bool, bool)>,
+    pub imap: Rc<crate::read::imap::conn::ImapContext>,
+    /// With "implicit TLS" (imaps, 993) and "expects a PROXY header".
+    imap_listeners: Vec<(TcpListener, bool, bool)>,
     /// The outbound delivery worker and its control socket.
     outbound: Option<(
         crate::send::delivery::Worker,
@@ -243,6 +246,38 @@ impl Server {
         for a in &config.listen.pop3s {
             pop3_listeners.extend(bind(*a)?.map(|l| (l, true, proxied(a))));
         }
+        let mut imap_listeners = Vec::new();
+        for a in &config.listen.imap {
+            imap_listeners.extend(bind(*a)?.map(|l| (l, false, proxied(a))));
+        }
+        for a in &config.listen.imaps {
+            imap_listeners.extend(bind(*a)?.map(|l| (l, true, proxied(a))));
+        }
+        let imap_store = crate::read::imap::store::Store::new(
+            &config.user.mbox,
+            &config.user.folders,
+            &config.data_dir,
+        )
+        .map_err(|e| StartError::DataDir(config.user.folders.clone(), e))?;
+        let mut writers = std::collections::HashMap::new();
+        writers.insert("INBOX".to_string(), mbox.clone());
+        writers.insert("Junk".to_string(), spam.junk.clone());
+        let imap = Rc::new(crate::read::imap::conn::ImapContext {
+            settings: Rc::new(crate::read::imap::session::Settings {
+                hostname: config.hostname.clone(),
+                user: config.user.name.clone(),
+                domains: config.domains.clone(),
+                tls_available: certificate.is_some(),
+                max_errors: config.limits.max_errors,
+                max_message_size: config.limits.max_message_size,
+            }),
+            password_hash: config.user.password_hash.clone(),
+            store: imap_store,
+            writers: std::cell::RefCell::new(writers),
+            data_dir: config.data_dir.clone(),
+            spool_dir: spool_dir.clone(),
+            tls: certificate.clone(),
+        });
         let pop3 = Rc::new(Pop3Context {
             settings: Rc::new(crate::read::pop3::session::Settings {
                 hostname: config.hostname.clone(),
@@ -262,6 +297,8 @@ impl Server {
             local_submit,
             pop3,
             pop3_listeners,
+            imap,
+            imap_listeners,
             shared: Rc::new(Shared::new(config.hostname.clone(), config.limits.clone())),
             smtp: Rc::new(SmtpContext {
                 settings,
@@ -314,6 +351,18 @@ impl Server {
             .collect()
     }
 
+    /// The IMAP addresses actually bound, with their kind ("imap" or
+    /// "imaps").
+    pub fn imap_addrs(&self) -> Vec<(SocketAddr, &'static str)> {
+        self.imap_listeners
+            .iter()
+            .filter_map(|(l, implicit, _)| {
+                let kind = if *implicit { "imaps" } else { "imap" };
+                l.local_addr().ok().map(|a| (a, kind))
+            })
+            .collect()
+    }
+
     /// Serves until `stop` resolves, then lets messages in flight finish
     /// (at most `grace`) and returns.
     pub async fn run(
@@ -328,6 +377,8 @@ impl Server {
             listeners,
             pop3,
             pop3_listeners,
+            imap,
+            imap_listeners,
             outbound,
             local_submit,
             // Held (not `_`, which would drop it) until the server is done.
@@ -357,7 +408,13 @@ impl Server {
             shared: shared.clone(),
             smtp,
             pop3,
+            imap,
         });
+        for (listener, implicit_tls, proxy) in imap_listeners {
+            let kind = Kind::Imap { implicit_tls };
+            ex.spawn(accept_loop(ex.clone(), listener, kind, proxy, cx.clone()))
+                .detach();
+        }
         for (listener, implicit_tls, proxy) in pop3_listeners {
             let kind = Kind::Pop3 { implicit_tls };
             ex.spawn(accept_loop(ex.clone(), listener, kind, proxy, cx.clone()))
@@ -472,6 +529,7 @@ fn bind(addr: SocketAddr) -> Result<Option<TcpListener>, StartError> {
 enum Kind {
     Smtp(Service),
     Pop3 { implicit_tls: bool },
+    Imap { implicit_tls: bool },
 }
 
 impl Kind {
@@ -480,6 +538,7 @@ impl Kind {
             Kind::Smtp(Service::Smtp) => Class::Smtp,
             Kind::Smtp(_) => Class::Submission,
             Kind::Pop3 { .. } => Class::Pop3,
+            Kind::Imap { .. } => Class::Imap,
         }
     }
 
@@ -490,13 +549,17 @@ impl Kind {
                 implicit_tls: false,
             } => "pop3",
             Kind::Pop3 { implicit_tls: true } => "pop3s",
+            Kind::Imap {
+                implicit_tls: false,
+            } => "imap",
+            Kind::Imap { implicit_tls: true } => "imaps",
         }
     }
 
     fn implicit_tls(self) -> bool {
         match self {
             Kind::Smtp(s) => s.implicit_tls(),
-            Kind::Pop3 { implicit_tls } => implicit_tls,
+            Kind::Pop3 { implicit_tls } | Kind::Imap { implicit_tls } => implicit_tls,
         }
     }
 }
@@ -506,6 +569,7 @@ struct Contexts {
     shared: Rc<Shared>,
     smtp: Rc<SmtpContext>,
     pop3: Rc<Pop3Context>,
+    imap: Rc<crate::read::imap::conn::ImapContext>,
 }
 
 /// How long a proxy may take to send its PROXY header.
@@ -610,6 +674,17 @@ fn admit(
                         )
                         .await
                     }
+                    Kind::Imap { implicit_tls } => {
+                        crate::read::imap::conn::serve(
+                            stream,
+                            peer,
+                            implicit_tls,
+                            cx.imap.clone(),
+                            cx.shared.clone(),
+                            &guard,
+                        )
+                        .await
+                    }
                 }
                 drop(guard);
             })
@@ -628,6 +703,7 @@ fn admit(
                     cx.shared.hostname
                 ),
                 Kind::Pop3 { .. } => format!("-ERR [SYS/TEMP] {why}, try again later\r\n"),
+                Kind::Imap { .. } => format!("* BYE [UNAVAILABLE] {why}, try again later\r\n"),
             };
             ex.spawn(refuse(stream, line)).detach();
         }

@@ -528,7 +528,7 @@ fn certificate_files_changed_on_disk_are_used_without_reload() {
 }
 
 /// The try-it server as `cargo run --release` starts it: no config, in a
-/// fresh directory. Its ports are fixed (2525, 2587, 1110), so the test
+/// fresh directory. Its ports are fixed (2525, 2587, 1110, 1143), so the test
 /// says so and stops if another program holds them.
 struct TryIt {
     child: std::process::Child,
@@ -538,7 +538,7 @@ struct TryIt {
 }
 
 fn ports_free() -> bool {
-    [2525, 2587, 1110]
+    [2525, 2587, 1110, 1143]
         .iter()
         .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
 }
@@ -598,7 +598,7 @@ impl Drop for TryIt {
 #[test]
 fn default_clients_work_against_the_try_it_server_over_tls() {
     if !ports_free() {
-        eprintln!("skipped: the try-it ports 2525/2587/1110 are in use by another program");
+        eprintln!("skipped: the try-it ports 2525/2587/1110/1143 are in use by another program");
         return;
     }
     if Path::new("/etc/pimail/pimail.toml").exists() {

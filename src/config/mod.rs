@@ -59,6 +59,9 @@ pub struct Listen {
     pub submissions: Vec<SocketAddr>,
     pub pop3: Vec<SocketAddr>,
     pub pop3s: Vec<SocketAddr>,
+    /// IMAP with STARTTLS (143) and implicit TLS (993, RFC 8314).
+    pub imap: Vec<SocketAddr>,
+    pub imaps: Vec<SocketAddr>,
     /// Listeners (each also in one of the lists above) whose connections
     /// start with a PROXY protocol header (v1 or v2) from a proxy on the
     /// same host or network, carrying the client's real address.
@@ -440,6 +443,11 @@ pub fn warnings(config: &Config) -> Vec<ConfigError> {
                 &config.listen.pop3,
                 "mail clients there are refused login (passwords only over TLS)",
             ),
+            (
+                "listen.imap",
+                &config.listen.imap,
+                "mail clients there are refused login (passwords only over TLS)",
+            ),
         ] {
             for a in addrs.iter().filter(|a| !a.ip().is_loopback()) {
                 out.push(key_error(
@@ -458,6 +466,8 @@ pub fn warnings(config: &Config) -> Vec<ConfigError> {
             ("listen.submissions", &l.submissions),
             ("listen.pop3", &l.pop3),
             ("listen.pop3s", &l.pop3s),
+            ("listen.imap", &l.imap),
+            ("listen.imaps", &l.imaps),
         ] {
             for a in addrs.iter().filter(|a| a.is_ipv6()) {
                 out.push(key_error(
@@ -525,6 +535,8 @@ pub fn embedded_default() -> Config {
             submissions: vec![],
             pop3: vec![SocketAddr::from(([127, 0, 0, 1], 1110))],
             pop3s: vec![],
+            imap: vec![SocketAddr::from(([127, 0, 0, 1], 1143))],
+            imaps: vec![],
             proxy_protocol: vec![],
             local_submit: None,
         },
@@ -684,6 +696,10 @@ struct RawListen {
     pop3: Vec<SocketAddr>,
     #[serde(default, deserialize_with = "de_addrs")]
     pop3s: Vec<SocketAddr>,
+    #[serde(default, deserialize_with = "de_addrs")]
+    imap: Vec<SocketAddr>,
+    #[serde(default, deserialize_with = "de_addrs")]
+    imaps: Vec<SocketAddr>,
     #[serde(default, deserialize_with = "de_addrs")]
     proxy_protocol: Vec<SocketAddr>,
     local_submit: Option<PathBuf>,
@@ -1031,6 +1047,8 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
         submissions: raw.listen.submissions,
         pop3: raw.listen.pop3,
         pop3s: raw.listen.pop3s,
+        imap: raw.listen.imap,
+        imaps: raw.listen.imaps,
         proxy_protocol: raw.listen.proxy_protocol,
         local_submit: match raw.listen.local_submit {
             None => Some(PathBuf::from(DEFAULT_LOCAL_SUBMIT)),
@@ -1045,6 +1063,8 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
             &listen.submissions,
             &listen.pop3,
             &listen.pop3s,
+            &listen.imap,
+            &listen.imaps,
         ];
         if !all.iter().any(|l| l.contains(a)) {
             return Err(err(
@@ -1063,6 +1083,12 @@ pub fn parse(text: &str, name: &str, base: &Path) -> Result<Config, ConfigError>
         if !listen.pop3s.is_empty() {
             return Err(err(
                 "listen.pop3s",
+                "implicit TLS needs a [tls] section with cert and key".into(),
+            ));
+        }
+        if !listen.imaps.is_empty() {
+            return Err(err(
+                "listen.imaps",
                 "implicit TLS needs a [tls] section with cert and key".into(),
             ));
         }
@@ -1399,7 +1425,7 @@ impl Config {
             "# effective configuration from {source}\n\
              hostname = {:?}\ndomains = {}\ndata_dir = {:?}\nlog_level = \"{}\"\n\n\
              [user]\nname = {:?}\npassword = \"(hidden)\"\naddresses = {}\nmbox = {:?}\nfolders = {:?}\n\n\
-             [listen]\nsmtp = {}\nsubmission = {}\nsubmissions = {}\npop3 = {}\npop3s = {}\n\
+             [listen]\nsmtp = {}\nsubmission = {}\nsubmissions = {}\npop3 = {}\npop3s = {}\nimap = {}\nimaps = {}\n\
              proxy_protocol = {}\nlocal_submit = {:?}\n\n",
             self.hostname,
             strs(&self.domains),
@@ -1414,6 +1440,8 @@ impl Config {
             list(&self.listen.submissions),
             list(&self.listen.pop3),
             list(&self.listen.pop3s),
+            list(&self.listen.imap),
+            list(&self.listen.imaps),
             list(&self.listen.proxy_protocol),
             self.listen
                 .local_submit

@@ -128,7 +128,7 @@ fn hash_range(file: &File, from: u64, to: u64) -> io::Result<u64> {
 }
 
 /// The stamp of `file` covering its first `len` bytes.
-fn stamp(file: &File, len: u64) -> io::Result<Stamp> {
+pub(crate) fn stamp(file: &File, len: u64) -> io::Result<Stamp> {
     let meta = file.metadata()?;
     Ok(Stamp {
         dev: meta.dev(),

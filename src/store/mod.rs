@@ -1,7 +1,8 @@
 //! Where accepted mail lives: the user's mbox (mboxrd, dot-lock and
 //! `fcntl` locks, crash-safe appends and rewrites) and the POP3 maildrop
 //! index over it (sizes, UIDLs, the rewrite at QUIT; RFC 1939). Receive,
-//! send (local delivery, bounces) and read all go through here.
+//! send (local delivery, bounces) and read all go through here; `mime` is
+//! the MIME structure IMAP reports of each message (kept in the index).
 
 #[cfg(test)]
 mod crash;
@@ -10,6 +11,7 @@ pub mod disk;
 pub(crate) mod explore;
 pub mod maildrop;
 pub mod mbox;
+pub mod mime;
 #[cfg(test)]
 mod pop3_crash;
 #[cfg(test)]

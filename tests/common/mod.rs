@@ -103,6 +103,8 @@ pub struct Options {
     pub listen_submissions: bool,
     /// Also listen for implicit-TLS POP3 (995); needs `tls`.
     pub listen_pop3s: bool,
+    /// Also listen for IMAP (STARTTLS port, on 127.0.0.1:0).
+    pub listen_imap: bool,
     /// `[tls]` cert and key files (see `tls::make_certs`).
     pub tls: Option<(PathBuf, PathBuf)>,
     /// More lines for `[listen]` (e.g. `proxy_protocol`, or a listener
@@ -122,6 +124,7 @@ impl Default for Options {
             top: String::new(),
             listen_submissions: false,
             listen_pop3s: false,
+            listen_imap: false,
             tls: None,
             listen_extra: String::new(),
         }
@@ -221,6 +224,9 @@ impl Server {
         }
         if o.listen_submissions {
             listen += "submissions = [\"127.0.0.1:0\"]\n";
+        }
+        if o.listen_imap {
+            listen += "imap = [\"127.0.0.1:0\"]\n";
         }
         if o.listen_pop3s {
             listen += "pop3s = [\"127.0.0.1:0\"]\n";

@@ -10,9 +10,11 @@
 //! (RFC 3501 5.1.3); `memory` is an in-memory account for tests.
 
 pub mod command;
+pub mod conn;
 pub mod folder;
 pub mod input;
 pub mod memory;
 pub mod mutf7;
 pub mod response;
 pub mod session;
+pub mod store;
