@@ -199,13 +199,9 @@ fn check(fs: &SimFs, w: &Workload, mark: usize) -> Result<(), String> {
 
 fn explore(break_files: bool, break_dirs: bool, stop_at_loss: bool) -> Run {
     let w = workload(break_files, break_dirs);
-    let step = explore::step();
     let mut seen = HashSet::new();
     let mut run = Run::default();
-    for (pi, p) in w.points.iter().enumerate() {
-        if pi % step != 0 {
-            continue;
-        }
+    for (pi, p) in explore::visited(&w.points) {
         for st in crash_states(p, &mut seen) {
             run.states += 1;
             if let Err(e) = check(&st, &w, p.mark) {

@@ -323,11 +323,7 @@ fn explore(drop_sync: bool, stop_at_loss: bool) -> Run {
     let (points, msgs, _) = workload(drop_sync);
     let mut run = Run::default();
     let mut tried = HashSet::new();
-    let step = explore::step();
-    for (pi, p) in points.iter().enumerate() {
-        if pi % step != 0 {
-            continue;
-        }
+    for (pi, p) in explore::visited(&points) {
         let journals = file_states(&p.files[0].0, &p.files[0].1);
         let mboxes = file_states(&p.files[1].0, &p.files[1].1);
         for j in &journals {

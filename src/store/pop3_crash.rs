@@ -144,13 +144,9 @@ fn check(fs: &SimFs, w: &Workload, done: bool) -> Result<(), String> {
 
 fn explore(full: bool, break_files: bool) -> Run {
     let w = workload(full, break_files);
-    let step = explore::step();
     let mut seen = HashSet::new();
     let mut run = Run::default();
-    for (pi, p) in w.points.iter().enumerate() {
-        if pi % step != 0 {
-            continue;
-        }
+    for (pi, p) in explore::visited(&w.points) {
         for st in crash_states(p, &mut seen) {
             run.states += 1;
             // Recovery itself recorded: a second power cut during it.
