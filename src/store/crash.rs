@@ -323,7 +323,10 @@ fn explore(drop_sync: bool, stop_at_loss: bool) -> Run {
     let (points, msgs, _) = workload(drop_sync);
     let mut run = Run::default();
     let mut tried = HashSet::new();
-    for (pi, p) in explore::visited(&points) {
+    // Every point, also under an emulator: most of this workload's states
+    // come from a few points (large appends torn many ways), so every
+    // third point left only 46 states on the aarch64 run.
+    for (pi, p) in points.iter().enumerate() {
         let journals = file_states(&p.files[0].0, &p.files[0].1);
         let mboxes = file_states(&p.files[1].0, &p.files[1].1);
         for j in &journals {
