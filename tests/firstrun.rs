@@ -147,6 +147,9 @@ fn serve_on_loopback(config: &Path) -> (std::process::Child, Vec<(String, String
 
 #[test]
 fn setup_without_questions_writes_a_working_config_and_a_second_run_changes_nothing() {
+    if skip_under_emulator() {
+        return;
+    }
     let tmp = TempDir::new("setup");
     let dir = tmp.path().display().to_string();
     let user = me();
@@ -299,6 +302,9 @@ sys.exit(os.waitstatus_to_exitcode(status))
 
 #[test]
 fn interactive_setup_in_a_terminal_hides_the_password() {
+    if skip_under_emulator() {
+        return;
+    }
     let tmp = TempDir::new("setup-pty");
     let dir = tmp.path().display().to_string();
     let mut argv: Vec<String> = runner();
@@ -359,6 +365,9 @@ fn status(srv: &Server) -> (i32, String) {
 
 #[test]
 fn status_of_a_running_and_a_stopped_server() {
+    if skip_under_emulator() {
+        return;
+    }
     let mut srv = Server::start();
     let (code, out) = status(&srv);
     assert_eq!(code, 0, "{out}");
@@ -405,6 +414,9 @@ fn status_of_a_running_and_a_stopped_server() {
 
 #[test]
 fn status_needs_attention_for_a_certificate_about_to_expire() {
+    if skip_under_emulator() {
+        return;
+    }
     require("openssl", "openssl");
     let dir = TempDir::new("expiring");
     let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));

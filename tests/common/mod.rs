@@ -898,3 +898,15 @@ pub fn strip_trace_crlf(msg: &[u8]) -> Vec<u8> {
     }
     rest.to_vec()
 }
+
+/// Tests that run the binary in ways an emulator cannot follow (exec of
+/// the aarch64 binary without the runner, a child it starts itself, a
+/// pid that is the emulator's) skip under cross/ci.sh's qemu-user run;
+/// the native run covers them.
+pub fn skip_under_emulator() -> bool {
+    let on = std::env::var_os("PIMAIL_TEST_RUNNER").is_some();
+    if on {
+        eprintln!("skipped under the emulator (PIMAIL_TEST_RUNNER): the native run covers this");
+    }
+    on
+}
