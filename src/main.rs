@@ -714,6 +714,17 @@ fn serve(cli: &cli::Cli) -> ExitCode {
     if let Some(c) = certificate.clone() {
         ex.spawn(watch_certificate(c)).detach();
     }
+    // Start-up is over once the listeners are up and the first checks
+    // (outbound source addresses, the status file) have run: the code it
+    // ran need not stay resident (SPEC "Budgets", idle memory).
+    ex.spawn(async {
+        smol::Timer::after(STARTUP_SETTLE).await;
+        match pimail::util::sys::release_startup_pages() {
+            Ok(kib) => log::debug!("start-up pages released: {kib} KiB"),
+            Err(e) => log::debug!("start-up pages kept: {e}"),
+        }
+    })
+    .detach();
     let ex2 = ex.clone();
     smol::block_on(ex.run(async move {
         let stop = async {
@@ -763,6 +774,8 @@ fn reload_dkim(keys: Option<&pimail::send::delivery::DkimKeys>) {
 
 /// How often the certificate files are looked at: a renewal is in use
 /// within a minute, without `reload`.
+/// How long after the listeners are up start-up counts as over.
+const STARTUP_SETTLE: Duration = Duration::from_secs(2);
 const CERT_POLL: Duration = Duration::from_secs(30);
 
 /// Reloads the certificate when its files change on disk (certbot's
