@@ -339,9 +339,12 @@ impl<A: Account> Session<A> {
             } else {
                 c += " LOGINDISABLED";
             }
-            c += " SASL-IR LITERAL+ ID ENABLE IDLE";
+            c += " SASL-IR LITERAL+ LITERAL- ID ENABLE IDLE";
         } else {
-            c += " LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE SPECIAL-USE \
+            // LITERAL- by name too: IMAP4rev2 requires it (RFC 9051
+            // appendix E) and SPEC lists it; LITERAL+ is its superset
+            // (RFC 7888 5), so a client that knows both uses LITERAL+.
+            c += " LITERAL+ LITERAL- ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE SPECIAL-USE \
                   CHILDREN CONDSTORE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY";
         }
         c
@@ -2163,7 +2166,7 @@ mod tests {
         let mut g = Vec::new();
         t.s.greeting(&mut g);
         let g = String::from_utf8(g).unwrap();
-        assert!(g.starts_with("* OK [CAPABILITY IMAP4rev1 IMAP4rev2 STARTTLS LOGINDISABLED SASL-IR LITERAL+ ID ENABLE IDLE]"), "{g}");
+        assert!(g.starts_with("* OK [CAPABILITY IMAP4rev1 IMAP4rev2 STARTTLS LOGINDISABLED SASL-IR LITERAL+ LITERAL- ID ENABLE IDLE]"), "{g}");
         let r = t.send("a LOGIN alice secret\r\n");
         assert_eq!(
             r,
@@ -2178,7 +2181,7 @@ mod tests {
             "{r}"
         );
         let r = t.send("d LOGIN alice@example.org secret\r\n");
-        assert!(r.starts_with("d OK [CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY]"), "{r}");
+        assert!(r.starts_with("d OK [CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ LITERAL- ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY]"), "{r}");
         let r = t.send("e STARTTLS\r\n");
         assert!(r.starts_with("e BAD"), "{r}");
     }
