@@ -248,6 +248,15 @@ fn map_err(e: &StoreError) -> (Status, Option<Code>, String) {
     }
 }
 
+/// A name below INBOX (`INBOX/x`, any case): INBOX is the user's mbox, a
+/// file, so it has no children (SPEC "Folders", `\NoInferiors`).
+fn below_inbox(name: &str) -> bool {
+    name.split('/')
+        .next()
+        .is_some_and(|first| first.eq_ignore_ascii_case("INBOX"))
+        && name.contains('/')
+}
+
 /// A mailbox name from the wire (modified UTF-7) to the store's UTF-8.
 fn folder_name(wire: &[u8]) -> Result<String, &'static str> {
     if wire.eq_ignore_ascii_case(b"INBOX") {
@@ -711,6 +720,16 @@ impl<A: Account> Session<A> {
                     );
                     return None;
                 }
+                if below_inbox(&name) {
+                    r::tagged(
+                        out,
+                        &tag,
+                        Status::No,
+                        Some(&Code::Cannot),
+                        "INBOX holds mail, not folders (\\NoInferiors)",
+                    );
+                    return None;
+                }
                 self.write(tag, WriteKind::Plain, Write::Create(name))
             }
             Command::Delete(m) => {
@@ -748,6 +767,16 @@ impl<A: Account> Session<A> {
                             Status::No,
                             Some(&Code::AlreadyExists),
                             "INBOX always exists",
+                        );
+                        return None;
+                    }
+                    if below_inbox(&to) {
+                        r::tagged(
+                            out,
+                            &tag,
+                            Status::No,
+                            Some(&Code::Cannot),
+                            "INBOX holds mail, not folders (\\NoInferiors)",
                         );
                         return None;
                     }

@@ -465,6 +465,17 @@ impl Store {
         Ok(st)
     }
 
+    /// The folders the user unsubscribed from (UNSUBSCRIBE); every other
+    /// folder is subscribed.
+    fn unsubscribed(&self) -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(self.state_dir.join("unsubscribed"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
     /// Forgets a folder's state (after DELETE or RENAME).
     pub fn forget(&self, name: &str) {
         self.open.borrow_mut().remove(&Self::canonical(name));
@@ -526,6 +537,10 @@ impl Account for StoreAccount {
             subscribed: true,
         }];
         self.0.walk(&self.0.folders, "", &mut out);
+        let unsub = self.0.unsubscribed();
+        for f in &mut out {
+            f.subscribed = !unsub.contains(&f.name);
+        }
         Ok(out)
     }
 
@@ -547,9 +562,26 @@ impl Account for StoreAccount {
         })
     }
 
-    fn subscribe(&mut self, _name: &str, _subscribed: bool) -> Result<(), StoreError> {
-        // Every folder is subscribed (a single user's own folders).
-        Ok(())
+    fn subscribe(&mut self, name: &str, subscribed: bool) -> Result<(), StoreError> {
+        // Folders are subscribed unless unsubscribed (a single user's own
+        // folders, new ones included); the exceptions are kept in a small
+        // file, replaced by rename.
+        let name = Store::canonical(name);
+        let mut unsub = self.0.unsubscribed();
+        let changed = if subscribed {
+            unsub.remove(&name)
+        } else {
+            unsub.insert(name)
+        };
+        if !changed {
+            return Ok(());
+        }
+        let path = self.0.state_dir.join("unsubscribed");
+        let tmp = self.0.state_dir.join("unsubscribed.tmp");
+        let text: String = unsub.iter().map(|n| format!("{n}\n")).collect();
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| StoreError::Unavailable(format!("cannot save subscriptions: {e}")))
     }
 }
 

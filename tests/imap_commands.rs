@@ -1,0 +1,335 @@
+//! Every IMAP command of SPEC "Reading: IMAP" over a real socket against
+//! the real binary, in raw protocol (tests/common/imap.rs), so that the
+//! exact responses are checked: capabilities, folders (LIST with
+//! LIST-EXTENDED return options, LSUB, SUBSCRIBE, CREATE, DELETE, RENAME,
+//! STATUS, NAMESPACE), SELECT/EXAMINE, APPEND, FETCH items, STORE, SEARCH
+//! and ESEARCH, COPY/MOVE/EXPUNGE/CLOSE/UNSELECT, IDLE, and bad input.
+//! Several commands share one server start to keep the suite fast.
+
+mod common;
+use common::imap::Imap;
+use common::*;
+
+fn imap_server() -> Server {
+    Server::with(Options {
+        listen_imap: true,
+        ..Options::default()
+    })
+}
+
+fn simple(subject: &str) -> Vec<u8> {
+    format!(
+        "Subject: {subject}\r\nFrom: Bob <bob@example.com>\r\nTo: alice@example.org\r\n\
+         Date: Wed, 17 Jul 1996 02:23:25 -0700\r\nMessage-ID: <{subject}@example.com>\r\n\r\n\
+         This is {subject}.\r\n"
+    )
+    .into_bytes()
+}
+
+/// A multipart/mixed message: a UTF-8 text part and a base64 attachment
+/// whose 7 decoded octets include NUL and 0xFF.
+fn multipart() -> Vec<u8> {
+    "From: Bob <bob@example.com>\r\nTo: alice@example.org\r\nCc: carol@example.net\r\n\
+     Subject: report\r\nDate: Thu, 18 Jul 1996 10:00:00 +0000\r\n\
+     Message-ID: <report@example.com>\r\nMIME-Version: 1.0\r\n\
+     Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+     --b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+     Hello W\u{f6}rld, the report is attached.\r\n\
+     --b1\r\nContent-Type: application/octet-stream; name=\"r.bin\"\r\n\
+     Content-Transfer-Encoding: base64\r\n\r\nAAECAwQF/w==\r\n--b1--\r\n"
+        .as_bytes()
+        .to_vec()
+}
+
+fn deliver(srv: &Server, content: &[u8]) {
+    srv.deliver(&smtp_stuff(content));
+}
+
+/// The capability list in `text` (after `CAPABILITY `, up to `]` or the
+/// line end), as words.
+fn caps(text: &str) -> Vec<String> {
+    let at = text.find("CAPABILITY ").expect("no CAPABILITY") + "CAPABILITY ".len();
+    text[at..]
+        .split(|c| c == ']' || c == '\r' || c == '\n')
+        .next()
+        .unwrap_or("")
+        .split(' ')
+        .map(String::from)
+        .collect()
+}
+
+/// SPEC "Capabilities": the full list after login.
+const AFTER_LOGIN: &[&str] = &[
+    "IMAP4rev1",
+    "IMAP4rev2",
+    "ESEARCH",
+    "LIST-STATUS",
+    "STATUS=SIZE",
+    "BINARY",
+    "LITERAL-",
+    "LITERAL+",
+    "ENABLE",
+    "ID",
+    "IDLE",
+    "NAMESPACE",
+    "UNSELECT",
+    "UIDPLUS",
+    "MOVE",
+    "SPECIAL-USE",
+    "CHILDREN",
+    "CONDSTORE",
+    "LIST-EXTENDED",
+];
+
+#[test]
+fn capabilities_before_and_after_login_and_authenticate() {
+    let srv = imap_server();
+    let a = srv.addr("imap");
+    let mut c = Imap::connect(a);
+    // Before login (loopback, no TLS configured): at least the revisions,
+    // the AUTH mechanism, SASL-IR, LITERAL+, ID, ENABLE and IDLE.
+    let before = caps(&c.greeting);
+    for want in [
+        "IMAP4rev1",
+        "IMAP4rev2",
+        "AUTH=PLAIN",
+        "SASL-IR",
+        "LITERAL+",
+        "ID",
+        "ENABLE",
+        "IDLE",
+    ] {
+        assert!(before.iter().any(|c| c == want), "{want}: {before:?}");
+    }
+    // Loopback: plaintext logins are allowed, so no LOGINDISABLED.
+    assert!(!before.iter().any(|c| c == "LOGINDISABLED"), "{before:?}");
+    let r = c.ok("CAPABILITY");
+    assert_eq!(caps(&r), before, "{r}");
+    // LOGIN's tagged OK carries the full list (RFC 9051 6.2.3).
+    let r = c.ok("LOGIN alice secret");
+    let after = caps(&r);
+    for want in AFTER_LOGIN {
+        assert!(after.iter().any(|c| c == want), "{want}: {after:?}");
+    }
+    let r = c.ok("CAPABILITY");
+    assert_eq!(caps(&r), after, "{r}");
+    // Only AUTH= before login; none of the pre-login words after.
+    assert!(!after.iter().any(|c| c.starts_with("AUTH=")), "{after:?}");
+    c.ok("LOGOUT");
+
+    // AUTHENTICATE PLAIN with an initial response (SASL-IR, RFC 4959).
+    let mut c = Imap::connect(a);
+    let ir = b64(b"\0alice\0secret");
+    let r = c.ok(&format!("AUTHENTICATE PLAIN {ir}"));
+    assert_eq!(caps(&r), after, "{r}");
+    // And without: a `+ ` continuation first (RFC 9051 6.2.2).
+    let mut c = Imap::connect(a);
+    c.send_raw(b"x AUTHENTICATE PLAIN\r\n");
+    let l = c.response_line();
+    assert!(l.starts_with("+"), "{l}");
+    c.send_raw(format!("{ir}\r\n").as_bytes());
+    let r = c.until_tagged("x");
+    assert!(r.starts_with("x OK [CAPABILITY "), "{r}");
+    // A wrong password: NO [AUTHENTICATIONFAILED], the session goes on.
+    let mut c = Imap::connect(a);
+    c.fails("LOGIN alice wrong", "NO [AUTHENTICATIONFAILED]");
+    c.ok("LOGIN alice secret");
+}
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for ch in data.chunks(3) {
+        let b = [ch[0], *ch.get(1).unwrap_or(&0), *ch.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= ch.len() {
+                s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[test]
+fn enable_id_namespace_noop_check_logout() {
+    let srv = imap_server();
+    let mut c = Imap::login(srv.addr("imap"));
+    let r = c.ok("ENABLE IMAP4rev2 CONDSTORE");
+    assert!(r.contains("* ENABLED"), "{r}");
+    assert!(r.contains("IMAP4rev2") && r.contains("CONDSTORE"), "{r}");
+    // RFC 2971: the server answers with its own ID.
+    let r = c.ok("ID (\"name\" \"test\" \"version\" \"1\")");
+    assert!(r.starts_with("* ID ("), "{r}");
+    let r = c.ok("ID NIL");
+    assert!(r.starts_with("* ID "), "{r}");
+    // RFC 2342: one personal namespace, "/" the separator.
+    let r = c.ok("NAMESPACE");
+    assert!(r.starts_with("* NAMESPACE ((\"\" \"/\")) NIL NIL"), "{r}");
+    c.ok("NOOP");
+    c.fails("CHECK", "BAD"); // only in the selected state
+    c.ok("SELECT INBOX");
+    c.ok("CHECK");
+    c.ok("NOOP");
+    let tag = c.next_tag();
+    let r = c.cmd("LOGOUT");
+    assert!(r.starts_with("* BYE"), "{r}");
+    assert!(r.contains(&format!("{tag} OK")), "{r}");
+    assert_eq!(c.rest(), "", "the connection ends after LOGOUT");
+}
+
+/// The LIST lines of `r` whose mailbox name is `name` (quoted or not).
+fn list_line<'a>(r: &'a str, name: &str) -> Option<&'a str> {
+    r.lines().find(|l| {
+        (l.starts_with("* LIST ") || l.starts_with("* LSUB "))
+            && (l.ends_with(&format!(" \"{name}\"")) || l.ends_with(&format!(" {name}")))
+    })
+}
+
+#[test]
+fn folders_list_create_delete_rename_subscribe_status() {
+    let srv = imap_server();
+    deliver(&srv, &simple("one"));
+    deliver(&srv, &simple("two"));
+    let mut c = Imap::login(srv.addr("imap"));
+
+    // LIST: INBOX and the five special-use folders, "/" the separator.
+    let r = c.ok("LIST \"\" \"*\"");
+    for (name, attr) in [
+        ("INBOX", "\\NoInferiors"),
+        ("Sent", "\\Sent"),
+        ("Drafts", "\\Drafts"),
+        ("Trash", "\\Trash"),
+        ("Junk", "\\Junk"),
+        ("Archive", "\\Archive"),
+    ] {
+        let l = list_line(&r, name).unwrap_or_else(|| panic!("{name}: {r}"));
+        assert!(l.contains(attr), "{l}");
+        assert!(l.contains(" \"/\" "), "{l}");
+    }
+    // The separator for an empty pattern (RFC 9051 6.3.9).
+    let r = c.ok("LIST \"\" \"\"");
+    assert!(r.starts_with("* LIST (\\Noselect) \"/\" \"\""), "{r}");
+
+    // CREATE a parent with a trailing "/", then a folder below it.
+    c.ok("CREATE Lists/");
+    c.ok("CREATE Lists/rust");
+    // A folder that holds mail is a file: no children (\NoInferiors).
+    c.fails("CREATE Sent/old", "NO");
+    c.fails("CREATE INBOX/sub", "NO");
+    // Existing names.
+    c.fails("CREATE Lists/rust", "NO");
+    c.fails("CREATE inbox", "NO");
+    let r = c.ok("LIST \"\" \"*\"");
+    let parent = list_line(&r, "Lists").unwrap_or_else(|| panic!("{r}"));
+    assert!(parent.contains("\\Noselect"), "{parent}");
+    assert!(parent.contains("\\HasChildren"), "{parent}");
+    let child = list_line(&r, "Lists/rust").unwrap_or_else(|| panic!("{r}"));
+    assert!(child.contains("\\NoInferiors"), "{child}");
+    // "%" stops at the separator.
+    let r = c.ok("LIST \"\" \"%\"");
+    assert!(list_line(&r, "Lists").is_some(), "{r}");
+    assert!(list_line(&r, "Lists/rust").is_none(), "{r}");
+    let r = c.ok("LIST \"Lists/\" \"%\"");
+    assert!(list_line(&r, "Lists/rust").is_some(), "{r}");
+    assert!(list_line(&r, "INBOX").is_none(), "{r}");
+    c.fails("SELECT Lists", "NO");
+
+    // LIST-EXTENDED (RFC 5258) with the return options IMAP4rev2 has:
+    // SPECIAL-USE (RFC 6154) and STATUS (RFC 5819).
+    let r = c.ok("LIST (SPECIAL-USE) \"\" \"*\"");
+    assert!(list_line(&r, "Trash").is_some(), "{r}");
+    assert!(list_line(&r, "INBOX").is_none(), "{r}");
+    assert!(list_line(&r, "Lists/rust").is_none(), "{r}");
+    let r = c.ok("LIST \"\" \"*\" RETURN (SPECIAL-USE STATUS (MESSAGES UIDNEXT SIZE))");
+    assert!(list_line(&r, "Junk").unwrap().contains("\\Junk"), "{r}");
+    let st = r
+        .lines()
+        .find(|l| l.starts_with("* STATUS INBOX") || l.starts_with("* STATUS \"INBOX\""))
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(st.contains("MESSAGES 2"), "{st}");
+    assert!(st.contains("UIDNEXT 3"), "{st}");
+    assert!(st.contains("SIZE "), "{st}");
+    // No STATUS for a \Noselect parent (RFC 5819 2).
+    assert!(!r.contains("* STATUS \"Lists\" ") && !r.contains("* STATUS Lists "), "{r}");
+    let r = c.ok("LIST \"\" (INBOX Trash) RETURN (CHILDREN)");
+    assert!(list_line(&r, "INBOX").is_some() && list_line(&r, "Trash").is_some());
+    assert!(list_line(&r, "Sent").is_none(), "{r}");
+    let r = c.ok("LIST (SUBSCRIBED) \"\" \"*\"");
+    assert!(list_line(&r, "INBOX").unwrap().contains("\\Subscribed"), "{r}");
+
+    // STATUS, with SIZE (RFC 9051 6.3.11): the octets of every message.
+    let r = c.ok("STATUS INBOX (MESSAGES UIDNEXT UIDVALIDITY UNSEEN DELETED SIZE)");
+    let st = r.lines().next().unwrap();
+    assert!(st.starts_with("* STATUS INBOX ("), "{st}");
+    for item in ["MESSAGES 2", "UIDNEXT 3", "UNSEEN 2", "DELETED 0", "UIDVALIDITY "] {
+        assert!(st.contains(item), "{item}: {st}");
+    }
+    let size: u64 = st
+        .split("SIZE ")
+        .nth(1)
+        .and_then(|s| s.trim_end_matches(')').split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{st}"));
+    c.ok("EXAMINE INBOX");
+    let r = c.ok("FETCH 1:* RFC822.SIZE");
+    let sum: u64 = r
+        .lines()
+        .filter_map(|l| l.split("RFC822.SIZE ").nth(1))
+        .filter_map(|s| s.trim_end_matches(')').parse::<u64>().ok())
+        .sum();
+    assert_eq!(size, sum, "{r}");
+    c.ok("UNSELECT");
+    let r = c.ok("STATUS Lists/rust (MESSAGES HIGHESTMODSEQ)");
+    assert!(r.contains("(MESSAGES 0 HIGHESTMODSEQ"), "{r}");
+    c.fails("STATUS Nope (MESSAGES)", "NO");
+
+    // SUBSCRIBE / UNSUBSCRIBE / LSUB.
+    let r = c.ok("LSUB \"\" \"*\"");
+    assert!(list_line(&r, "INBOX").is_some(), "{r}");
+    c.ok("UNSUBSCRIBE Lists/rust");
+    let r = c.ok("LSUB \"\" \"*\"");
+    assert!(list_line(&r, "Lists/rust").is_none(), "{r}");
+    c.ok("SUBSCRIBE Lists/rust");
+    let r = c.ok("LSUB \"\" \"*\"");
+    assert!(list_line(&r, "Lists/rust").is_some(), "{r}");
+
+    // RENAME moves the file; messages go with it.
+    let msg = simple("rusty");
+    let r = c.append("Lists/rust", &msg);
+    assert!(r.contains("OK [APPENDUID "), "{r}");
+    c.ok("RENAME Lists/rust Lists/rustlang");
+    let r = c.ok("STATUS Lists/rustlang (MESSAGES)");
+    assert!(r.contains("(MESSAGES 1)"), "{r}");
+    c.fails("STATUS Lists/rust (MESSAGES)", "NO");
+    assert!(srv.data_dir().join("folders/Lists/rustlang").is_file());
+    c.fails("RENAME Nope Other", "NO");
+    c.fails("RENAME Lists/rustlang Trash", "NO"); // the target exists
+    // RENAME INBOX moves its messages into a new folder, INBOX stays
+    // (RFC 9051 6.3.6).
+    c.ok("RENAME INBOX Old");
+    let r = c.ok("STATUS Old (MESSAGES)");
+    assert!(r.contains("(MESSAGES 2)"), "{r}");
+    let r = c.ok("STATUS INBOX (MESSAGES)");
+    assert!(r.contains("(MESSAGES 0)"), "{r}");
+
+    // DELETE: a folder goes; INBOX cannot; a parent with children cannot
+    // go while it has them... but its children can.
+    c.ok("DELETE Old");
+    c.fails("STATUS Old (MESSAGES)", "NO");
+    c.fails("DELETE INBOX", "NO");
+    c.fails("DELETE Nope", "NO");
+    c.ok("DELETE Lists/rustlang");
+    c.ok("DELETE Lists");
+    let r = c.ok("LIST \"\" \"*\"");
+    assert!(list_line(&r, "Lists").is_none(), "{r}");
+    assert!(!srv.data_dir().join("folders/Lists").exists());
+
+    // Names with non-ASCII letters are modified UTF-7 (RFC 3501 5.1.3).
+    c.ok("CREATE \"Entw&APw-rfe\"");
+    let r = c.ok("LIST \"\" \"Entw*\"");
+    assert!(r.contains("\"Entw&APw-rfe\""), "{r}");
+    assert!(srv.data_dir().join("folders/Entwürfe").is_file());
+}
