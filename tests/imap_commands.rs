@@ -253,24 +253,40 @@ fn folders_list_create_delete_rename_subscribe_status() {
     assert!(st.contains("UIDNEXT 3"), "{st}");
     assert!(st.contains("SIZE "), "{st}");
     // No STATUS for a \Noselect parent (RFC 5819 2).
-    assert!(!r.contains("* STATUS \"Lists\" ") && !r.contains("* STATUS Lists "), "{r}");
+    assert!(
+        !r.contains("* STATUS \"Lists\" ") && !r.contains("* STATUS Lists "),
+        "{r}"
+    );
     let r = c.ok("LIST \"\" (INBOX Trash) RETURN (CHILDREN)");
     assert!(list_line(&r, "INBOX").is_some() && list_line(&r, "Trash").is_some());
     assert!(list_line(&r, "Sent").is_none(), "{r}");
     let r = c.ok("LIST (SUBSCRIBED) \"\" \"*\"");
-    assert!(list_line(&r, "INBOX").unwrap().contains("\\Subscribed"), "{r}");
+    assert!(
+        list_line(&r, "INBOX").unwrap().contains("\\Subscribed"),
+        "{r}"
+    );
 
     // STATUS, with SIZE (RFC 9051 6.3.11): the octets of every message.
     let r = c.ok("STATUS INBOX (MESSAGES UIDNEXT UIDVALIDITY UNSEEN DELETED SIZE)");
     let st = r.lines().next().unwrap();
     assert!(st.starts_with("* STATUS INBOX ("), "{st}");
-    for item in ["MESSAGES 2", "UIDNEXT 3", "UNSEEN 2", "DELETED 0", "UIDVALIDITY "] {
+    for item in [
+        "MESSAGES 2",
+        "UIDNEXT 3",
+        "UNSEEN 2",
+        "DELETED 0",
+        "UIDVALIDITY ",
+    ] {
         assert!(st.contains(item), "{item}: {st}");
     }
     let size: u64 = st
         .split("SIZE ")
         .nth(1)
-        .and_then(|s| s.trim_end_matches(')').split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| {
+            s.trim_end_matches(')')
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+        })
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{st}"));
     c.ok("EXAMINE INBOX");
@@ -307,8 +323,8 @@ fn folders_list_create_delete_rename_subscribe_status() {
     assert!(srv.data_dir().join("folders/Lists/rustlang").is_file());
     c.fails("RENAME Nope Other", "NO");
     c.fails("RENAME Lists/rustlang Trash", "NO"); // the target exists
-    // RENAME INBOX moves its messages into a new folder, INBOX stays
-    // (RFC 9051 6.3.6).
+                                                  // RENAME INBOX moves its messages into a new folder, INBOX stays
+                                                  // (RFC 9051 6.3.6).
     c.ok("RENAME INBOX Old");
     let r = c.ok("STATUS Old (MESSAGES)");
     assert!(r.contains("(MESSAGES 2)"), "{r}");
@@ -332,4 +348,193 @@ fn folders_list_create_delete_rename_subscribe_status() {
     let r = c.ok("LIST \"\" \"Entw*\"");
     assert!(r.contains("\"Entw&APw-rfe\""), "{r}");
     assert!(srv.data_dir().join("folders/Entwürfe").is_file());
+}
+
+#[test]
+fn select_examine_append_and_fetch_items() {
+    let srv = imap_server();
+    deliver(&srv, &simple("one"));
+    deliver(&srv, &multipart());
+    let mut c = Imap::login(srv.addr("imap"));
+
+    // SELECT (RFC 9051 6.3.2): FLAGS, EXISTS, UIDVALIDITY, UIDNEXT,
+    // PERMANENTFLAGS, [READ-WRITE]; with CONDSTORE, HIGHESTMODSEQ.
+    let r = c.ok("SELECT INBOX (CONDSTORE)");
+    assert!(
+        r.contains("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft"),
+        "{r}"
+    );
+    assert!(r.contains("* 2 EXISTS\r\n"), "{r}");
+    assert!(r.contains("* OK [UIDVALIDITY "), "{r}");
+    assert!(r.contains("* OK [UIDNEXT 3]"), "{r}");
+    assert!(r.contains("* OK [PERMANENTFLAGS ("), "{r}");
+    assert!(r.contains("\\*)]"), "keywords allowed: {r}");
+    assert!(r.contains("* OK [HIGHESTMODSEQ "), "{r}");
+    assert!(r.contains("OK [READ-WRITE]"), "{r}");
+    // A failed SELECT leaves no folder selected (RFC 9051 6.3.2).
+    let r = c.fails("SELECT Nope", "NO");
+    assert!(r.contains("* OK [CLOSED]"), "{r}");
+    c.fails("FETCH 1 FLAGS", "BAD");
+    c.ok("SELECT INBOX");
+
+    // FETCH of the simple items.
+    let r = c.ok("FETCH 1 (FLAGS UID INTERNALDATE RFC822.SIZE)");
+    assert!(r.starts_with("* 1 FETCH ("), "{r}");
+    assert!(r.contains("UID 1"), "{r}");
+    assert!(r.contains("FLAGS ()"), "{r}");
+    assert!(r.contains("INTERNALDATE \""), "{r}");
+    let one = simple("one");
+    // The seal after Return-Path is shown (SPEC); the size is the whole
+    // message as sent.
+    let size: usize = r
+        .split("RFC822.SIZE ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(size >= one.len(), "{size} {r}");
+    // Macros: FAST, ALL, FULL (RFC 9051 6.4.5).
+    let r = c.ok("FETCH 1 FAST");
+    assert!(r.contains("FLAGS") && r.contains("INTERNALDATE") && r.contains("RFC822.SIZE"));
+    let r = c.ok("FETCH 1 ALL");
+    assert!(r.contains("ENVELOPE ("), "{r}");
+    let r = c.ok("FETCH 1 FULL");
+    assert!(r.contains("BODY (\"text\" \"plain\""), "{r}");
+
+    // ENVELOPE (RFC 9051 7.5.2): date, subject, from, sender, reply-to
+    // (both default to From), to, cc, bcc, in-reply-to, message-id.
+    let r = c.ok("FETCH 2 ENVELOPE");
+    assert!(
+        r.contains(
+            "ENVELOPE (\"Thu, 18 Jul 1996 10:00:00 +0000\" \"report\" \
+             ((\"Bob\" NIL \"bob\" \"example.com\")) ((\"Bob\" NIL \"bob\" \"example.com\")) \
+             ((\"Bob\" NIL \"bob\" \"example.com\")) ((NIL NIL \"alice\" \"example.org\")) \
+             ((NIL NIL \"carol\" \"example.net\")) NIL NIL \"<report@example.com>\")"
+        ),
+        "{r}"
+    );
+    // BODYSTRUCTURE: multipart/mixed with the two parts and the boundary.
+    let r = c.ok("FETCH 2 BODYSTRUCTURE");
+    let l = r.to_lowercase();
+    assert!(
+        l.contains("(\"text\" \"plain\" (\"charset\" \"utf-8\")"),
+        "{r}"
+    );
+    assert!(
+        l.contains("(\"application\" \"octet-stream\" (\"name\" \"r.bin\") nil nil \"base64\" 12"),
+        "{r}"
+    );
+    assert!(l.contains("\"mixed\" (\"boundary\" \"b1\")"), "{r}");
+    let r = c.ok("FETCH 2 BODY");
+    assert!(r.contains("BODY ((\"text\" \"plain\""), "{r}");
+
+    // BODY.PEEK does not set \Seen.
+    let r = c.ok("FETCH 2 (BODY.PEEK[1] BODY.PEEK[HEADER.FIELDS (SUBJECT CC)])");
+    assert!(r.contains("BODY[1] {"), "{r}");
+    assert!(
+        r.contains("Hello W\u{f6}rld, the report is attached. BODY["),
+        "{r}"
+    );
+    assert!(
+        r.contains("BODY[HEADER.FIELDS (SUBJECT CC)] {42}\r\nCc: carol@example.net\r\nSubject: report\r\n\r\n"),
+        "{r}"
+    );
+    let r = c.ok("FETCH 2 FLAGS");
+    assert!(r.contains("FLAGS ()"), "{r}");
+    // Sections: HEADER, TEXT, MIME, a part's header, NOT, partial.
+    let r = c.ok("FETCH 2 (BODY.PEEK[2.MIME] BODY.PEEK[2] BODY.PEEK[TEXT]<0.5>)");
+    assert!(
+        r.contains("BODY[2.MIME] {91}\r\nContent-Type: application/octet-stream; name=\"r.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"),
+        "{r}"
+    );
+    assert!(r.contains("BODY[2] {12}\r\nAAECAwQF/w=="), "{r}");
+    assert!(r.contains("BODY[TEXT]<0> {5}\r\n--b1\r"), "{r}");
+    let r = c.ok("FETCH 2 BODY.PEEK[HEADER.FIELDS.NOT (RECEIVED RETURN-PATH X-PIMAIL CC FROM TO DATE MESSAGE-ID MIME-VERSION CONTENT-TYPE)]");
+    assert!(r.contains("{19}\r\nSubject: report\r\n\r\n"), "{r}");
+    let r = c.ok("FETCH 1 BODY.PEEK[]<3.4>");
+    assert!(r.contains("BODY[]<3> {4}\r\n"), "{r}");
+    // A part beyond the end of the message is empty (docs/imap.md).
+    let r = c.ok("FETCH 1 BODY.PEEK[]<100000.10>");
+    assert!(
+        r.contains("BODY[]<100000> {0}") || r.contains("BODY[]<100000> \"\""),
+        "{r}"
+    );
+
+    // BINARY (RFC 3516): the decoded octets, NUL included (literal8).
+    let r = c.ok("FETCH 2 (BINARY.SIZE[2] BINARY.PEEK[2])");
+    assert!(r.contains("BINARY.SIZE[2] 7"), "{r}");
+    assert!(
+        r.contains("BINARY[2] ~{7}\r\n\0\u{1}\u{2}\u{3}\u{4}\u{5}"),
+        "{r:?}"
+    );
+    let r = c.ok("FETCH 2 BINARY.PEEK[1]");
+    assert!(r.contains("Hello W\u{f6}rld"), "{r}");
+    let r = c.ok("FETCH 2 FLAGS");
+    assert!(r.contains("FLAGS ()"), "BINARY.PEEK set no flag: {r}");
+
+    // BODY[] (no PEEK) sets \Seen and reports it (RFC 9051 6.4.5).
+    let r = c.ok("FETCH 1 BODY[HEADER]");
+    assert!(r.contains("\\Seen"), "{r}");
+    assert!(r.contains("Subject: one\r\n"), "{r}");
+    // RFC822, RFC822.HEADER, RFC822.TEXT (RFC 3501).
+    let r = c.ok("FETCH 2 (RFC822.HEADER RFC822.TEXT)");
+    assert!(r.contains("RFC822.HEADER {"), "{r}");
+    assert!(r.contains("RFC822.TEXT {"), "{r}");
+    assert!(r.contains("Subject: report\r\n"), "{r}");
+    assert!(r.contains("\\Seen"), "RFC822.TEXT sets \\Seen: {r}");
+    let r = c.ok("FETCH 1 RFC822");
+    assert!(
+        r.contains("RFC822 {") && r.contains("This is one.\r\n"),
+        "{r}"
+    );
+
+    // UID FETCH: by UID, UID always in the answer; CHANGEDSINCE
+    // (RFC 7162 3.1.4).
+    let r = c.ok("UID FETCH 2 FLAGS");
+    assert!(r.starts_with("* 2 FETCH (") && r.contains("UID 2"), "{r}");
+    let r = c.ok("UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1)");
+    assert!(r.contains("MODSEQ ("), "{r}");
+    let r = c.ok("UID FETCH 99 FLAGS");
+    assert!(!r.contains("FETCH ("), "no such UID: {r}");
+    c.fails("FETCH 99 FLAGS", "BAD"); // no such sequence number
+    c.fails("FETCH 1 (FLAGS BOGUS)", "BAD");
+
+    // APPEND with flags and a date: INTERNALDATE comes back as given.
+    let msg = simple("appended");
+    let r = c.append(
+        "INBOX (\\Flagged $Forwarded) \"05-Feb-2024 13:14:15 +0100\"",
+        &msg,
+    );
+    assert!(r.contains("OK [APPENDUID "), "{r}");
+    // The selected session hears of it, with the APPEND or at the next
+    // command (RFC 9051 6.3.12).
+    let r = r + &c.ok("NOOP");
+    assert!(r.contains("* 3 EXISTS"), "{r}");
+    let r = c.ok("FETCH 3 (FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])");
+    // The same instant (the mbox From_ line keeps no zone: UTC).
+    assert!(
+        r.contains("INTERNALDATE \" 5-Feb-2024 12:14:15 +0000\""),
+        "{r}"
+    );
+    assert!(r.contains("\\Flagged") && r.contains("$Forwarded"), "{r}");
+    assert!(r.contains(&format!("RFC822.SIZE {}", msg.len())), "{r}");
+    assert!(
+        r.contains(&String::from_utf8_lossy(&msg).to_string()),
+        "{r}"
+    );
+    c.fails("APPEND Nope {3+}\r\nabc", "NO [TRYCREATE]");
+    c.fails("APPEND INBOX (\\Bogus) {3+}\r\nabc", "BAD");
+    c.fails(
+        "APPEND INBOX \"31-Foo-2024 13:14:15 +0100\" {3+}\r\nabc",
+        "BAD",
+    );
+
+    // EXAMINE: read-only, FETCH BODY[] sets no flag, STORE refused.
+    let r = c.ok("EXAMINE INBOX");
+    assert!(r.contains("* OK [CLOSED]"), "{r}");
+    assert!(r.contains("OK [READ-ONLY]"), "{r}");
+    let r = c.ok("FETCH 2 BODY[]");
+    assert!(!r.contains("\\Seen") || r.contains("FLAGS (\\Seen"), "{r}");
+    c.fails("STORE 1 +FLAGS (\\Deleted)", "NO");
+    c.fails("EXPUNGE", "NO");
 }

@@ -1868,6 +1868,11 @@ fn fetch_item<F: Folder>(
                 None
             }
             Ok((len, b)) => {
+                // BINARY content may hold NUL: a literal8 (RFC 3516 4.3,
+                // RFC 9051 7.5.2 `literal8`).
+                if binary {
+                    out.push(b'~');
+                }
                 r::literal_header(out, len);
                 Some(b)
             }

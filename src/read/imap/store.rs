@@ -723,7 +723,7 @@ impl Folder for StoreFolder {
         &self,
         uid: Uid,
         section: &Section,
-        _binary: bool,
+        binary: bool,
         partial: Option<(u32, u32)>,
     ) -> Result<(u64, Vec<u8>), StoreError> {
         let (s, file, m) = self.structure(uid)?;
@@ -744,6 +744,17 @@ impl Folder for StoreFolder {
             SectionText::HeaderFields(n) => bytes = header_filter(&bytes, n, false),
             SectionText::HeaderFieldsNot(n) => bytes = header_filter(&bytes, n, true),
             _ => {}
+        }
+        // BINARY: the content with its transfer encoding undone (RFC
+        // 3516 4.2), for a part that is not a multipart or a message.
+        if binary && !path.is_empty() {
+            if let Some(p) = s
+                .part(path)
+                .filter(|p| matches!(p.kind, mime::Kind::Single))
+            {
+                let enc = mime::decode::Encoding::of(p.encoding.as_deref());
+                bytes = mime::decode::decode(enc, &bytes);
+            }
         }
         if let Some((start, len)) = partial {
             let start = (start as usize).min(bytes.len());
