@@ -538,3 +538,229 @@ fn select_examine_append_and_fetch_items() {
     c.fails("STORE 1 +FLAGS (\\Deleted)", "NO");
     c.fails("EXPUNGE", "NO");
 }
+
+fn msg(subject: &str, from: &str, extra: &str, date: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: Alice <alice@example.org>\r\n{extra}Subject: {subject}\r\n\
+         Date: {date}\r\nMessage-ID: <{}@example.com>\r\n\r\n{body}\r\n",
+        subject.len()
+    )
+    .into_bytes()
+}
+
+/// The numbers of an untagged `* SEARCH` answer in `r`.
+fn found(r: &str) -> Vec<u32> {
+    let l = r
+        .lines()
+        .find(|l| l.starts_with("* SEARCH"))
+        .unwrap_or_else(|| panic!("no SEARCH: {r}"));
+    l["* SEARCH".len()..]
+        .split_whitespace()
+        .take_while(|w| !w.starts_with('('))
+        .map(|w| w.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn store_and_search_every_key() {
+    let srv = imap_server();
+    let mut c = Imap::login(srv.addr("imap"));
+    c.ok("CREATE S");
+    // A first message, expunged, so that UIDs (2, 3, 4) differ from
+    // sequence numbers (1, 2, 3).
+    c.append("S", &simple("gone"));
+    c.append(
+        "S (\\Seen \\Answered) \"01-Jan-2020 10:00:00 +0000\"",
+        &msg(
+            "alpha report",
+            "Bob <bob@example.com>",
+            "Cc: carol@example.net\r\n",
+            "Tue, 31 Dec 2019 23:00:00 +0000",
+            "first body apple",
+        ),
+    );
+    let big = format!("second banana\r\n{}", "padding line\r\n".repeat(100));
+    c.append(
+        "S (\\Flagged \\Draft) \"15-Jun-2021 10:00:00 +0000\"",
+        &msg(
+            "beta",
+            "Dave <dave@example.net>",
+            "Bcc: eve@example.org\r\n",
+            "Mon, 14 Jun 2021 12:00:00 +0000",
+            &big,
+        ),
+    );
+    c.append(
+        "S ($Work) \"10-Mar-2022 10:00:00 +0000\"",
+        &msg(
+            "=?utf-8?q?Gr=C3=BC=C3=9Fe?= from home",
+            "Bob <bob@example.com>",
+            "X-Custom: zebra\r\n",
+            "Wed, 09 Mar 2022 08:00:00 +0000",
+            "third cherry",
+        ),
+    );
+    c.ok("SELECT S");
+    let r = c.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
+    assert!(!r.contains("FETCH"), ".SILENT: {r}");
+    let r = c.ok("EXPUNGE");
+    assert!(r.contains("* 1 EXPUNGE"), "{r}");
+
+    let s = |c: &mut Imap, q: &str| found(&c.ok(&format!("SEARCH {q}")));
+    let e: Vec<u32> = vec![];
+    assert_eq!(s(&mut c, "ALL"), [1, 2, 3]);
+    assert_eq!(s(&mut c, "ANSWERED"), [1]);
+    assert_eq!(s(&mut c, "UNANSWERED"), [2, 3]);
+    assert_eq!(s(&mut c, "SEEN"), [1]);
+    assert_eq!(s(&mut c, "UNSEEN"), [2, 3]);
+    assert_eq!(s(&mut c, "FLAGGED"), [2]);
+    assert_eq!(s(&mut c, "UNFLAGGED"), [1, 3]);
+    assert_eq!(s(&mut c, "DRAFT"), [2]);
+    assert_eq!(s(&mut c, "UNDRAFT"), [1, 3]);
+    assert_eq!(s(&mut c, "DELETED"), e);
+    assert_eq!(s(&mut c, "UNDELETED"), [1, 2, 3]);
+    assert_eq!(s(&mut c, "KEYWORD $Work"), [3]);
+    assert_eq!(s(&mut c, "UNKEYWORD $Work"), [1, 2]);
+    assert_eq!(s(&mut c, "FROM dave"), [2]);
+    assert_eq!(s(&mut c, "FROM \"Bob\""), [1, 3]);
+    assert_eq!(s(&mut c, "TO alice@example.org"), [1, 2, 3]);
+    assert_eq!(s(&mut c, "CC carol"), [1]);
+    assert_eq!(s(&mut c, "BCC eve"), [2]);
+    assert_eq!(s(&mut c, "SUBJECT BETA"), [2]);
+    // The field's name is not its value.
+    assert_eq!(s(&mut c, "SUBJECT subject"), e);
+    assert_eq!(s(&mut c, "FROM from"), e);
+    assert_eq!(s(&mut c, "BODY banana"), [2]);
+    assert_eq!(s(&mut c, "BODY zebra"), e); // a header, not the body
+    assert_eq!(s(&mut c, "TEXT zebra"), [3]);
+    assert_eq!(s(&mut c, "TEXT apple"), [1]);
+    assert_eq!(s(&mut c, "HEADER X-Custom zeb"), [3]);
+    assert_eq!(s(&mut c, "HEADER X-Custom \"\""), [3]);
+    assert_eq!(s(&mut c, "LARGER 1000"), [2]);
+    assert_eq!(s(&mut c, "SMALLER 1000"), [1, 3]);
+    // INTERNALDATE (the APPEND dates) ...
+    assert_eq!(s(&mut c, "BEFORE 1-Jan-2021"), [1]);
+    assert_eq!(s(&mut c, "ON 15-Jun-2021"), [2]);
+    assert_eq!(s(&mut c, "SINCE 1-Jan-2022"), [3]);
+    // ... and the Date: header, a day before each.
+    assert_eq!(s(&mut c, "SENTBEFORE 1-Jan-2020"), [1]);
+    assert_eq!(s(&mut c, "SENTON 14-Jun-2021"), [2]);
+    assert_eq!(s(&mut c, "SENTON 15-Jun-2021"), e);
+    assert_eq!(s(&mut c, "SENTSINCE 9-Mar-2022"), [3]);
+    // \Recent is not kept (docs/imap.md).
+    assert_eq!(s(&mut c, "NEW"), e);
+    assert_eq!(s(&mut c, "RECENT"), e);
+    assert_eq!(s(&mut c, "OLD"), [1, 2, 3]);
+    // Combinations, sets, UIDs.
+    assert_eq!(s(&mut c, "NOT SEEN"), [2, 3]);
+    assert_eq!(s(&mut c, "OR FROM dave SUBJECT alpha"), [1, 2]);
+    assert_eq!(s(&mut c, "(FROM bob UNSEEN)"), [3]);
+    assert_eq!(s(&mut c, "2:3"), [2, 3]);
+    assert_eq!(s(&mut c, "*"), [3]);
+    assert_eq!(s(&mut c, "UID 2,4"), [1, 3]);
+    assert_eq!(s(&mut c, "UID 1"), e);
+    let r = c.ok("UID SEARCH FROM bob");
+    assert_eq!(found(&r), [2, 4], "{r}");
+    // CHARSET UTF-8 (a literal) finds the decoded encoded word.
+    let tag = c.next_tag();
+    let word = "Grüße";
+    c.send_raw(format!("{tag} SEARCH CHARSET UTF-8 SUBJECT {{{}}}\r\n", word.len()).as_bytes());
+    let l = c.response_line();
+    assert!(l.starts_with('+'), "{l}");
+    c.send_raw(format!("{word}\r\n").as_bytes());
+    let r = c.until_tagged(&tag);
+    assert_eq!(found(&r), [3], "{r}");
+    let r = c.fails("SEARCH CHARSET KOI8-R SUBJECT x", "NO [BADCHARSET");
+    assert!(r.contains("UTF-8"), "{r}");
+    c.fails("SEARCH FROBNICATE", "BAD");
+    c.fails("SEARCH BEFORE 32-Jan-2020", "BAD");
+
+    // ESEARCH (RFC 4731, in IMAP4rev2).
+    let tag = c.next_tag();
+    let r = c.ok("SEARCH RETURN (MIN MAX COUNT ALL) UNSEEN");
+    let l = r.lines().next().unwrap();
+    assert!(l.starts_with(&format!("* ESEARCH (TAG \"{tag}\") ")), "{r}");
+    for item in [" MIN 2", " MAX 3", " COUNT 2", " ALL 2:3"] {
+        assert!(l.contains(item), "{item}: {r}");
+    }
+    let tag = c.next_tag();
+    let r = c.ok("UID SEARCH RETURN () ALL");
+    assert!(
+        r.contains(&format!("* ESEARCH (TAG \"{tag}\") UID ALL 2:4")),
+        "{r}"
+    );
+    let tag = c.next_tag();
+    let r = c.ok("SEARCH RETURN (COUNT) DELETED");
+    assert!(
+        r.contains(&format!("* ESEARCH (TAG \"{tag}\") COUNT 0")),
+        "{r}"
+    );
+
+    // STORE: +FLAGS, -FLAGS, FLAGS, .SILENT, UID STORE; the answer
+    // carries the new flags.
+    let r = c.ok("STORE 2 +FLAGS (\\Seen)");
+    assert!(
+        r.contains("* 2 FETCH (FLAGS (\\Flagged \\Draft \\Seen)"),
+        "{r}"
+    );
+    let r = c.ok("STORE 2 -FLAGS (\\Draft \\Flagged)");
+    assert!(r.contains("* 2 FETCH (FLAGS (\\Seen)"), "{r}");
+    let r = c.ok("STORE 2 FLAGS (\\Answered $Forwarded)");
+    assert!(
+        r.contains("* 2 FETCH (FLAGS (\\Answered $Forwarded)"),
+        "{r}"
+    );
+    let r = c.ok("STORE 2 FLAGS.SILENT ()");
+    assert!(!r.contains("FETCH"), "{r}");
+    let r = c.ok("UID STORE 4 +FLAGS (\\Flagged)");
+    assert!(r.contains("* 3 FETCH (") && r.contains("UID 4"), "{r}");
+    c.fails("STORE 1 +FLAGS (\\Bogus)", "BAD");
+    c.fails("STORE 1 +FLAGZ (\\Seen)", "BAD");
+    // UNCHANGEDSINCE (RFC 7162 3.1.3): a stale MODSEQ is refused with
+    // [MODIFIED], the current one works.
+    let r = c.ok("FETCH 1 (MODSEQ)");
+    let modseq: u64 = r
+        .split("MODSEQ (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{r}"));
+    let r = c.ok(&format!(
+        "STORE 1 (UNCHANGEDSINCE {}) +FLAGS (\\Flagged)",
+        modseq - 1
+    ));
+    assert!(r.contains("OK [MODIFIED 1]"), "{r}");
+    let r = c.ok(&format!(
+        "STORE 1 (UNCHANGEDSINCE {modseq}) +FLAGS (\\Flagged)"
+    ));
+    assert!(r.contains("\\Flagged") && r.contains("MODSEQ ("), "{r}");
+    let newer: u64 = r
+        .split("MODSEQ (")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(newer > modseq, "{r}");
+    // The latest change is the only one at or above its MODSEQ.
+    let r = c.ok(&format!("SEARCH MODSEQ {newer}"));
+    assert_eq!(found(&r), [1], "{r}");
+    assert!(r.contains(&format!("(MODSEQ {newer})")), "{r}");
+
+    // Another session sees the flags at once, and after a restart they
+    // are still there.
+    let mut d = Imap::login(srv.addr("imap"));
+    d.ok("EXAMINE S");
+    let r = d.ok("FETCH 1:* FLAGS");
+    assert!(
+        r.contains("* 1 FETCH (FLAGS (\\Seen \\Answered \\Flagged))"),
+        "{r}"
+    );
+    assert!(r.contains("* 2 FETCH (FLAGS ())"), "{r}");
+    assert!(r.contains("* 3 FETCH (FLAGS ($Work \\Flagged))"), "{r}");
+    c.ok("STORE 3 -FLAGS ($Work)");
+    let r = d.ok("NOOP");
+    assert!(
+        r.contains("* 3 FETCH (") && r.contains("FLAGS (\\Flagged))"),
+        "{r}"
+    );
+}

@@ -2044,7 +2044,12 @@ fn eval<F: Folder>(k: &SearchKey, c: &Ctx<F>) -> bool {
     let m = c.meta;
     let day =
         (m.internal_date.unix + i64::from(m.internal_date.zone_minutes) * 60).div_euclid(86400);
-    let sent = m.sent.map(|s| s.div_euclid(86400));
+    // Read only for the SENT* keys: it may parse the message.
+    let sent = || {
+        m.sent
+            .or_else(|| c.folder.sent(m.uid))
+            .map(|s| s.div_euclid(86400))
+    };
     match k {
         SearchKey::All => true,
         SearchKey::Flag(f, set) => m.has(f) == *set,
@@ -2062,9 +2067,9 @@ fn eval<F: Folder>(k: &SearchKey, c: &Ctx<F>) -> bool {
         SearchKey::Before(d) => day < d.days(),
         SearchKey::On(d) => day == d.days(),
         SearchKey::Since(d) => day >= d.days(),
-        SearchKey::SentBefore(d) => sent.is_some_and(|s| s < d.days()),
-        SearchKey::SentOn(d) => sent.is_some_and(|s| s == d.days()),
-        SearchKey::SentSince(d) => sent.is_some_and(|s| s >= d.days()),
+        SearchKey::SentBefore(d) => sent().is_some_and(|s| s < d.days()),
+        SearchKey::SentOn(d) => sent().is_some_and(|s| s == d.days()),
+        SearchKey::SentSince(d) => sent().is_some_and(|s| s >= d.days()),
         SearchKey::Larger(n) => m.size > *n,
         SearchKey::Smaller(n) => m.size < *n,
         SearchKey::Uid(set) => set.contains(m.uid, c.largest_uid),

@@ -702,6 +702,12 @@ impl Folder for StoreFolder {
         })
     }
 
+    fn sent(&self, uid: Uid) -> Option<i64> {
+        let (s, _, _) = self.structure(uid).ok()?;
+        let d = super::command::Date::from_rfc5322(s.envelope.date.as_deref()?)?;
+        Some(d.days() * 86400)
+    }
+
     fn envelope(&self, uid: Uid, out: &mut Vec<u8>) -> Result<(), StoreError> {
         let (s, _, _) = self.structure(uid)?;
         mime::imap::envelope(&s.envelope, out);
@@ -784,20 +790,32 @@ impl Folder for StoreFolder {
             }
             Ok(b)
         };
+        // A header field matches as written or with its encoded words
+        // (RFC 2047) decoded: SEARCH CHARSET UTF-8 SUBJECT "Grüße" finds
+        // `=?utf-8?q?Gr=C3=BC=C3=9Fe?=` (RFC 9051 6.4.4).
+        // The value after `Name:`, so that SUBJECT "subject" does not
+        // find every message.
+        let field_value = |v: &[u8]| -> Vec<u8> {
+            let at = v.iter().position(|&b| b == b':').map_or(v.len(), |i| i + 1);
+            v[at..].to_vec()
+        };
+        let field_has = |v: Vec<u8>| {
+            contains_ci(&v, needle) || contains_ci(mime::header::decode_2047(&v).as_bytes(), needle)
+        };
         Ok(match (field, header) {
             (_, Some(h)) => {
                 let v = value(h);
-                v.len() > 2 && contains_ci(&v[h.len().min(v.len())..], needle)
+                v.len() > 2 && field_has(v[h.len().min(v.len())..].to_vec())
             }
             (Some(TextField::Body), _) => contains_ci(&body(&s)?, needle),
             (Some(TextField::Text), _) => {
                 contains_ci(&head, needle) || contains_ci(&body(&s)?, needle)
             }
-            (Some(TextField::From), _) => contains_ci(&value("From"), needle),
-            (Some(TextField::To), _) => contains_ci(&value("To"), needle),
-            (Some(TextField::Cc), _) => contains_ci(&value("Cc"), needle),
-            (Some(TextField::Bcc), _) => contains_ci(&value("Bcc"), needle),
-            (Some(TextField::Subject), _) => contains_ci(&value("Subject"), needle),
+            (Some(TextField::From), _) => field_has(field_value(&value("From"))),
+            (Some(TextField::To), _) => field_has(field_value(&value("To"))),
+            (Some(TextField::Cc), _) => field_has(field_value(&value("Cc"))),
+            (Some(TextField::Bcc), _) => field_has(field_value(&value("Bcc"))),
+            (Some(TextField::Subject), _) => field_has(field_value(&value("Subject"))),
             (None, None) => false,
         })
     }
