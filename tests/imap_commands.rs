@@ -764,3 +764,131 @@ fn store_and_search_every_key() {
         "{r}"
     );
 }
+
+#[test]
+fn copy_move_expunge_close_unselect_idle() {
+    let srv = imap_server();
+    for s in ["m1", "m2", "m3", "m4", "m5", "m6"] {
+        deliver(&srv, &simple(s));
+    }
+    let a = srv.addr("imap");
+    let mut c = Imap::login(a);
+    c.ok("SELECT INBOX");
+    let validity = {
+        let r = c.ok("STATUS Archive (UIDVALIDITY)");
+        r.split("UIDVALIDITY ")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .unwrap()
+            .to_string()
+    };
+    // COPY / UID COPY answer [COPYUID validity source target] (RFC 4315).
+    let r = c.ok("COPY 1:2 Archive");
+    assert!(
+        r.contains(&format!("OK [COPYUID {validity} 1:2 1:2]")),
+        "{r}"
+    );
+    let r = c.ok("UID COPY 3 Archive");
+    assert!(r.contains(&format!("[COPYUID {validity} 3 3]")), "{r}");
+    c.fails("COPY 1 Nope", "NO [TRYCREATE]");
+    // The copies keep their flags.
+    c.ok("STORE 4 +FLAGS (\\Flagged)");
+    c.ok("COPY 4 Archive");
+    let mut d = Imap::login(a);
+    d.ok("EXAMINE Archive");
+    let r = d.ok("FETCH 4 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])");
+    assert!(r.contains("\\Flagged") && r.contains("Subject: m4"), "{r}");
+
+    // MOVE (RFC 6851): COPYUID in an untagged OK, then EXPUNGE.
+    let r = c.ok("MOVE 1 Trash");
+    assert!(r.contains("* OK [COPYUID "), "{r}");
+    assert!(r.contains("* 1 EXPUNGE"), "{r}");
+    // UID MOVE: now m2..m6 are 1..5 with UIDs 2..6.
+    let r = c.ok("UID MOVE 3 Trash");
+    assert!(r.contains("* 2 EXPUNGE"), "{r}");
+    c.fails("MOVE 1 INBOX", "NO");
+    let r = c.ok("UID SEARCH ALL");
+    assert_eq!(found(&r), [2, 4, 5, 6], "{r}");
+
+    // EXPUNGE removes only \Deleted messages.
+    c.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
+    let r = c.ok("EXPUNGE");
+    assert!(r.contains("* 1 EXPUNGE\r\n"), "{r}");
+    assert_eq!(r.matches("EXPUNGE\r\n").count(), 1, "{r}");
+    // UID EXPUNGE (RFC 4315): only the named UIDs, even if others are
+    // \Deleted too.
+    c.ok("STORE 1:2 +FLAGS.SILENT (\\Deleted)"); // UIDs 4, 5
+    let r = c.ok("UID EXPUNGE 5");
+    assert!(r.contains("* 2 EXPUNGE"), "{r}");
+    assert_eq!(r.matches("EXPUNGE\r\n").count(), 1, "{r}");
+    let r = c.ok("UID SEARCH DELETED");
+    assert_eq!(found(&r), [4], "{r}");
+
+    // UNSELECT leaves \Deleted messages alone; CLOSE expunges them
+    // silently (RFC 9051 6.4.1, 6.4.2).
+    let r = c.ok("UNSELECT");
+    assert!(!r.contains("EXPUNGE"), "{r}");
+    c.fails("FETCH 1 FLAGS", "BAD");
+    c.ok("SELECT INBOX");
+    let r = c.ok("UID SEARCH DELETED");
+    assert_eq!(found(&r), [4], "{r}");
+    let r = c.ok("CLOSE");
+    assert!(!r.contains("EXPUNGE"), "{r}");
+    c.fails("CLOSE", "BAD");
+    let r = c.ok("STATUS INBOX (MESSAGES)");
+    assert!(r.contains("(MESSAGES 1)"), "{r}");
+    // CLOSE of an EXAMINEd folder expunges nothing.
+    c.ok("SELECT Archive");
+    c.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
+    c.ok("EXAMINE Archive");
+    c.ok("CLOSE");
+    let r = c.ok("STATUS Archive (MESSAGES DELETED)");
+    assert!(r.contains("(MESSAGES 4 DELETED 1)"), "{r}");
+
+    let subjects = |p: &std::path::Path| -> Vec<String> {
+        python_mbox_messages(p)
+            .iter()
+            .filter_map(|m| {
+                String::from_utf8_lossy(m)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Subject: ").map(String::from))
+            })
+            .collect()
+    };
+    assert_eq!(subjects(&srv.mbox_path()), ["m6"]);
+    assert_eq!(
+        subjects(&srv.data_dir().join("folders/Trash")),
+        ["m1", "m3"]
+    );
+    assert_eq!(
+        subjects(&srv.data_dir().join("folders/Archive")),
+        ["m1", "m2", "m3", "m4"]
+    );
+
+    // IDLE (RFC 2177): another session's APPEND, flag change and
+    // expunge arrive while idling; DONE ends it with OK.
+    c.ok("SELECT Archive");
+    let tag = c.next_tag();
+    c.send_raw(format!("{tag} IDLE\r\n").as_bytes());
+    let l = c.response_line();
+    assert!(l.starts_with("+ "), "{l}");
+    let mut e = Imap::login(a);
+    e.append("Archive", &simple("m7"));
+    let l = c.response_line();
+    assert_eq!(l, "* 5 EXISTS\r\n");
+    e.ok("SELECT Archive");
+    e.ok("STORE 2 +FLAGS (\\Seen)");
+    let l = c.response_line();
+    assert!(l.starts_with("* 2 FETCH (") && l.contains("\\Seen"), "{l}");
+    e.ok("EXPUNGE"); // message 1 is \Deleted
+    let l = c.response_line();
+    assert_eq!(l, "* 1 EXPUNGE\r\n");
+    c.send_raw(b"DONE\r\n");
+    let r = c.until_tagged(&tag);
+    assert!(r.starts_with(&format!("{tag} OK")), "{r}");
+    let r = c.ok("NOOP");
+    assert!(!r.contains("EXISTS"), "nothing twice: {r}");
+    // The connection is fine after IDLE.
+    let r = c.ok("FETCH 4 BODY.PEEK[HEADER.FIELDS (SUBJECT)]");
+    assert!(r.contains("Subject: m7"), "{r}");
+}
