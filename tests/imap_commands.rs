@@ -892,3 +892,230 @@ fn copy_move_expunge_close_unselect_idle() {
     let r = c.ok("FETCH 4 BODY.PEEK[HEADER.FIELDS (SUBJECT)]");
     assert!(r.contains("Subject: m7"), "{r}");
 }
+
+#[test]
+fn malformed_commands_get_bad_with_a_reason_and_the_session_goes_on() {
+    let srv = imap_server();
+    deliver(&srv, &simple("one"));
+    let mut c = Imap::login(srv.addr("imap"));
+    c.ok("SELECT INBOX");
+    for bad in [
+        "FROBNICATE",
+        "SELECT",
+        "FETCH 1:x FLAGS",
+        "FETCH 1 (FLAGS",
+        "FETCH 0 FLAGS",
+        "STORE 1 +FLAGS",
+        "SEARCH (FROM x",
+        "SEARCH UID",
+        "UID FROBNICATE 1",
+        "LIST \"\"",
+        "STATUS INBOX (BOGUS)",
+        "CREATE \"unterminated",
+        "COPY 1",
+        "LOGIN alice secret",
+        "AUTHENTICATE PLAIN",
+        "ENABLE",
+        "IDLE now",
+        "NOOP extra",
+    ] {
+        let tag = c.next_tag();
+        let r = c.cmd(bad);
+        let line = r.lines().last().unwrap_or("");
+        assert!(line.starts_with(&format!("{tag} BAD ")), "{bad} -> {r}");
+        // A reason, not just BAD.
+        assert!(line.len() > format!("{tag} BAD ").len() + 3, "{bad} -> {r}");
+        c.ok("NOOP");
+    }
+    // Lines without a usable tag get an untagged BAD.
+    for raw in [&b"\r\n"[..], b"+x NOOP\r\n", b"a\0b NOOP\r\n", b"   \r\n"] {
+        c.send_raw(raw);
+        let l = c.response_line();
+        assert!(l.starts_with("* BAD ") && l.len() > 9, "{raw:?} -> {l}");
+    }
+    // 8-bit octets and NUL inside a command.
+    let tag = c.next_tag();
+    c.send_raw(format!("{tag} SELECT \u{e9}t\u{e9}\0\r\n").as_bytes());
+    let r = c.until_tagged(&tag);
+    assert!(
+        r.contains(&format!("{tag} BAD ")) || r.contains(&format!("{tag} NO ")),
+        "{r}"
+    );
+    // Still working.
+    let r = c.ok("FETCH 1 (UID)");
+    assert!(r.contains("UID 1"), "{r}");
+}
+
+#[test]
+fn too_many_bad_commands_in_a_row_get_bye() {
+    let srv = Server::with(Options {
+        listen_imap: true,
+        limits: "max_errors = 3\n".into(),
+        ..Options::default()
+    });
+    let mut c = Imap::login(srv.addr("imap"));
+    // Three in a row are tolerated, and a good command starts over.
+    for _ in 0..3 {
+        c.fails("BOGUS", "BAD");
+    }
+    c.ok("NOOP");
+    for _ in 0..3 {
+        c.fails("BOGUS", "BAD");
+    }
+    // The fourth in a row: BAD, BYE, and the connection ends.
+    let tag = c.next_tag();
+    let r = c.cmd("BOGUS");
+    assert!(
+        r.contains(&format!("{tag} BAD")) || r.contains("* BYE"),
+        "{r}"
+    );
+    let rest = r + &c.rest();
+    assert!(rest.contains("* BYE"), "{rest}");
+    // Before login too (a client guessing commands).
+    let mut c = Imap::connect(srv.addr("imap"));
+    let mut all = String::new();
+    for _ in 0..4 {
+        all += &c.cmd("x");
+    }
+    all += &c.rest();
+    assert!(all.contains("* BYE"), "{all}");
+}
+
+#[test]
+fn oversized_literals_are_refused_before_they_are_read() {
+    let srv = Server::with(Options {
+        listen_imap: true,
+        limits: "max_message_size = \"1K\"\n".into(),
+        ..Options::default()
+    });
+    let a = srv.addr("imap");
+    let mut c = Imap::login(a);
+    // A synchronizing APPEND over max_message_size: NO [TOOBIG] at once,
+    // no `+`, so the client never sends the octets (RFC 7888 4).
+    let tag = c.next_tag();
+    let r = c.cmd("APPEND INBOX {5000}");
+    assert!(r.starts_with(&format!("{tag} NO [TOOBIG]")), "{r}");
+    // Within the limit: fine.
+    let r = c.append("INBOX", &simple("small"));
+    assert!(r.contains("OK [APPENDUID"), "{r}");
+    // A synchronizing literal in another command over 64 KiB: BAD
+    // [TOOBIG] before any octet, the session goes on.
+    let tag = c.next_tag();
+    let r = c.cmd("SEARCH SUBJECT {70000}");
+    assert!(r.starts_with(&format!("{tag} BAD [TOOBIG]")), "{r}");
+    c.ok("NOOP");
+    // A 60 KiB literal is within the limit.
+    c.ok("SELECT INBOX");
+    let big = "y".repeat(60 * 1024);
+    let tag = c.next_tag();
+    c.send_raw(format!("{tag} SEARCH SUBJECT {{{}+}}\r\n{big}\r\n", big.len()).as_bytes());
+    let r = c.until_tagged(&tag);
+    assert!(
+        r.contains("* SEARCH") && r.contains(&format!("{tag} OK")),
+        "{r}"
+    );
+
+    // A non-synchronizing APPEND literal over the limit: BAD and the
+    // connection is closed, without reading the octets (RFC 7888 4).
+    let mut c = Imap::login(a);
+    let tag = c.next_tag();
+    c.send_raw(format!("{tag} APPEND INBOX {{5000000+}}\r\n").as_bytes());
+    let r = c.rest();
+    assert!(r.contains(&format!("{tag} BAD [TOOBIG]")), "{r}");
+    assert!(r.contains("* BYE"), "{r}");
+    // Same for another command's literal over 64 KiB.
+    let mut c = Imap::login(a);
+    let tag = c.next_tag();
+    c.send_raw(format!("{tag} SEARCH SUBJECT {{70000+}}\r\n").as_bytes());
+    let r = c.rest();
+    assert!(r.contains(&format!("{tag} BAD")), "{r}");
+    assert!(r.contains("* BYE"), "{r}");
+    // Nothing big was stored.
+    assert_eq!(python_mbox_messages(&srv.mbox_path()).len(), 1);
+}
+
+/// The server's resident memory in KiB (Linux /proc).
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn garbage_forever_is_cut_off_and_memory_stays_flat() {
+    if skip_under_emulator() {
+        return;
+    }
+    let srv = Server::with(Options {
+        listen_imap: true,
+        limits: "max_errors = 5\n".into(),
+        ..Options::default()
+    });
+    let a = srv.addr("imap");
+    // Warm up (first connection, login) before measuring.
+    let mut c = Imap::login(a);
+    c.ok("SELECT INBOX");
+    c.ok("LOGOUT");
+    let before = rss_kib(srv.pid());
+    assert!(before > 0, "no VmRSS for {}", srv.pid());
+    let chunk = vec![b'x'; 64 * 1024];
+
+    // Four clients at once, each sending octets without a line end for
+    // as long as the server reads them (at most 64 MiB each).
+    let cut: Vec<_> = (0..4)
+        .map(|_| {
+            let chunk = chunk.clone();
+            std::thread::spawn(move || {
+                let mut c = Imap::connect(a);
+                c.send_raw(b"t1 LOGIN ");
+                use std::io::Write;
+                let mut sent = 0usize;
+                for _ in 0..1024 {
+                    if c.stream.write_all(&chunk).is_err() {
+                        break;
+                    }
+                    sent += chunk.len();
+                }
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                (sent, c.rest())
+            })
+        })
+        .collect();
+    // And one sending endless short garbage lines.
+    let lines = std::thread::spawn(move || {
+        let mut c = Imap::connect(a);
+        use std::io::Write;
+        let mut n = 0;
+        for _ in 0..100_000 {
+            if c.stream.write_all(b"garbage garbage garbage\r\n").is_err() {
+                break;
+            }
+            n += 1;
+        }
+        (n, c.rest())
+    });
+    for t in cut {
+        let (sent, text) = t.join().unwrap();
+        assert!(
+            sent < 64 * 1024 * 1024,
+            "the server read {sent} octets of one line"
+        );
+        assert!(text.contains("t1 BAD"), "{text}");
+        assert!(text.contains("* BYE"), "{text}");
+    }
+    let (n, text) = lines.join().unwrap();
+    assert!(n < 100_000, "never cut off");
+    assert!(text.contains("* BYE"), "{text}");
+    assert_eq!(text.matches(" BAD ").count(), 6, "{text}");
+
+    let after = rss_kib(srv.pid());
+    // Flat: a few MiB of slack for buffers and the allocator, far less
+    // than the 256 MiB the clients tried to send.
+    assert!(after < before + 8 * 1024, "RSS {before} KiB -> {after} KiB");
+    // And the server still serves.
+    let mut c = Imap::login(a);
+    c.ok("NOOP");
+}

@@ -203,7 +203,8 @@ fn two_imap_sessions_pop3_and_an_smtp_flood_agree() {
     view_a.apply(&text);
     assert!(text.contains(&format!("{tag} OK")), "IDLE ended: {text}");
     assert!(
-        text.lines().any(|l| l.ends_with(" EXISTS") && l != format!("* {INITIAL} EXISTS")),
+        text.lines()
+            .any(|l| l.ends_with(" EXISTS") && l != format!("* {INITIAL} EXISTS")),
         "IDLE got no EXISTS for SMTP mail: {text}"
     );
     // Anything IDLE had not reported yet comes at the next commands.
@@ -250,7 +251,11 @@ fn two_imap_sessions_pop3_and_an_smtp_flood_agree() {
     // POP3 agrees, and so does Python's mailbox: every message whole.
     let mut p = Pop3::login(srv.addr("pop3"));
     let stat = p.ok("STAT");
-    assert_eq!(stat.split(' ').nth(1), Some(expected.to_string().as_str()), "{stat}");
+    assert_eq!(
+        stat.split(' ').nth(1),
+        Some(expected.to_string().as_str()),
+        "{stat}"
+    );
     p.ok("QUIT");
     let msgs = python_mbox_messages(&srv.mbox_path());
     assert_eq!(msgs.len(), expected);
@@ -264,7 +269,11 @@ fn two_imap_sessions_pop3_and_an_smtp_flood_agree() {
             .trim()
             .to_string();
         assert!(t.contains(&format!("end of {s}")), "torn message {s}: {t}");
-        assert_eq!(t.matches("Subject: ").count(), 1, "two messages in one: {t}");
+        assert_eq!(
+            t.matches("Subject: ").count(),
+            1,
+            "two messages in one: {t}"
+        );
         subjects.push(s);
     }
     let mut want: Vec<String> = (POP3_DELETES..INITIAL)
