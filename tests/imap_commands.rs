@@ -157,9 +157,19 @@ fn b64(data: &[u8]) -> String {
 fn enable_id_namespace_noop_check_logout() {
     let srv = imap_server();
     let mut c = Imap::login(srv.addr("imap"));
+    // Without ENABLE, a rev1 client gets RECENT at SELECT.
+    let mut rev1 = Imap::login(srv.addr("imap"));
+    let r = rev1.ok("SELECT INBOX");
+    assert!(r.contains("* 0 RECENT"), "{r}");
     let r = c.ok("ENABLE IMAP4rev2 CONDSTORE");
     assert!(r.contains("* ENABLED"), "{r}");
     assert!(r.contains("IMAP4rev2") && r.contains("CONDSTORE"), "{r}");
+    // IMAP4rev2 has no RECENT (RFC 9051 appendix E); CONDSTORE puts
+    // HIGHESTMODSEQ in SELECT (RFC 7162 3.1.2.1).
+    let r = c.ok("SELECT INBOX");
+    assert!(!r.contains("RECENT"), "{r}");
+    assert!(r.contains("[HIGHESTMODSEQ "), "{r}");
+    c.ok("UNSELECT");
     // RFC 2971: the server answers with its own ID.
     let r = c.ok("ID (\"name\" \"test\" \"version\" \"1\")");
     assert!(r.starts_with("* ID ("), "{r}");
@@ -311,6 +321,18 @@ fn folders_list_create_delete_rename_subscribe_status() {
     c.ok("SUBSCRIBE Lists/rust");
     let r = c.ok("LSUB \"\" \"*\"");
     assert!(list_line(&r, "Lists/rust").is_some(), "{r}");
+    // RECURSIVEMATCH (RFC 5258 3.5): an unsubscribed parent of a
+    // subscribed folder is listed with CHILDINFO.
+    c.ok("UNSUBSCRIBE Lists");
+    let r = c.ok("LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"");
+    assert!(
+        r.lines()
+            .any(|l| l.contains("\"Lists\"") && l.contains("(\"CHILDINFO\" (\"SUBSCRIBED\"))")),
+        "{r}"
+    );
+    let r = c.ok("LIST (REMOTE) \"\" \"*\"");
+    assert!(list_line(&r, "Lists/rust").is_some(), "{r}");
+    c.fails("LIST (RECURSIVEMATCH) \"\" \"*\"", "BAD"); // alone (RFC 5258 3)
 
     // RENAME moves the file; messages go with it.
     let msg = simple("rusty");

@@ -2560,6 +2560,12 @@ mod tests {
             t.send("f CREATE INBOX\r\n"),
             "f NO [ALREADYEXISTS] INBOX always exists\r\n"
         );
+        // INBOX is the mbox, a file: nothing below it, in any case.
+        assert_eq!(
+            t.send("f CREATE inbox/sub\r\nf2 RENAME Lists/rust INBOX/rust\r\n"),
+            "f NO [CANNOT] INBOX holds mail, not folders (\\NoInferiors)\r\n\
+             f2 NO [CANNOT] INBOX holds mail, not folders (\\NoInferiors)\r\n"
+        );
         assert_eq!(
             t.send("f CREATE Drafts\r\n"),
             "f NO [ALREADYEXISTS] folder already exists\r\n"
