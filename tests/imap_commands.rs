@@ -50,7 +50,7 @@ fn deliver(srv: &Server, content: &[u8]) {
 fn caps(text: &str) -> Vec<String> {
     let at = text.find("CAPABILITY ").expect("no CAPABILITY") + "CAPABILITY ".len();
     text[at..]
-        .split(|c| c == ']' || c == '\r' || c == '\n')
+        .split([']', '\r', '\n'])
         .next()
         .unwrap_or("")
         .split(' ')

@@ -188,8 +188,10 @@ fn two_imap_sessions_pop3_and_an_smtp_flood_agree() {
     // DONE.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let mut v = View::default();
-        v.exists = INITIAL;
+        let mut v = View {
+            exists: INITIAL,
+            ..View::default()
+        };
         v.apply(&heard.lock().unwrap());
         if (v.exists == expected && v.expunges == POP3_DELETES) || Instant::now() > deadline {
             break;
