@@ -2346,6 +2346,29 @@ mod tests {
     }
 
     #[test]
+    fn binary_answers_in_literal8_and_sent_keys_read_the_date() {
+        let acct = inbox_with(2);
+        let mut t = T::logged_in(&acct);
+        t.send("s SELECT INBOX\r\n");
+        // RFC 3516 4.3: BINARY data in a literal8 (it may hold NUL).
+        let r = t.send("a FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1])\r\n");
+        assert_eq!(
+            r,
+            "* 1 FETCH (BINARY[1] ~{10}\r\nHello m1\r\n BINARY.SIZE[1] 10)\r\na OK FETCH completed\r\n"
+        );
+        // RFC 9051 6.4.4: SENTON compares the Date: header's day
+        // (17 Jul 1996 in its own zone), not INTERNALDATE.
+        assert_eq!(
+            t.send("b SEARCH SENTON 17-Jul-1996\r\n"),
+            "* SEARCH 1 2\r\nb OK SEARCH completed\r\n"
+        );
+        assert_eq!(
+            t.send("c SEARCH SENTBEFORE 17-Jul-1996\r\nd SEARCH SENTSINCE 18-Jul-1996\r\n"),
+            "* SEARCH\r\nc OK SEARCH completed\r\n* SEARCH\r\nd OK SEARCH completed\r\n"
+        );
+    }
+
+    #[test]
     fn fetch_items_and_streamed_bodies() {
         let acct = inbox_with(2);
         let mut t = T::logged_in(&acct);
