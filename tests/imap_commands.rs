@@ -779,6 +779,34 @@ fn store_and_search_every_key() {
     );
     assert!(r.contains("* 2 FETCH (FLAGS ())"), "{r}");
     assert!(r.contains("* 3 FETCH (FLAGS ($Work \\Flagged))"), "{r}");
+    // BODY and TEXT find words in quoted-printable and base64 text
+    // parts, decoded.
+    c.ok("CREATE Q");
+    c.append(
+        "Q",
+        b"Subject: qp\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
+          Content-Transfer-Encoding: quoted-printable\r\n\r\nUn caf=C3=A9 cr=C3=A8=\r\nme br=C3=BBl=C3=A9e\r\n",
+    );
+    c.append(
+        "Q",
+        b"Subject: b64\r\nMIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=x\r\n\r\n\
+          --x\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+          SGVsbG8gbW9vbg==\r\n--x--\r\n",
+    );
+    let mut q = Imap::login(srv.addr("imap"));
+    q.ok("SELECT Q");
+    let qs = |q: &mut Imap, k: &str| found(&q.ok(&format!("SEARCH {k}")));
+    let tag = q.next_tag();
+    let word = "crème";
+    q.send_raw(format!("{tag} SEARCH CHARSET UTF-8 BODY {{{}}}\r\n", word.len()).as_bytes());
+    assert!(q.response_line().starts_with('+'));
+    q.send_raw(format!("{word}\r\n").as_bytes());
+    assert_eq!(found(&q.until_tagged(&tag)), [1]);
+    assert_eq!(qs(&mut q, "BODY moon"), [2]);
+    assert_eq!(qs(&mut q, "TEXT \"hello moon\""), [2]);
+    assert_eq!(qs(&mut q, "BODY SGVsbG8"), [2]); // as stored, too
+    assert_eq!(qs(&mut q, "BODY sun"), e);
+
     c.ok("STORE 3 -FLAGS ($Work)");
     let r = d.ok("NOOP");
     assert!(

@@ -388,6 +388,24 @@ fn from_line_date(line: &[u8]) -> i64 {
     d.days() * 86400 + h * 3600 + mi * 60 + se
 }
 
+/// The text/* parts of a message that are no multipart or message, in
+/// order (for SEARCH BODY and TEXT).
+fn text_leaves<'a>(p: &'a mime::Part, out: &mut Vec<&'a mime::Part>) {
+    match &p.kind {
+        mime::Kind::Multi(children) => {
+            for c in children {
+                text_leaves(c, out);
+            }
+        }
+        mime::Kind::Message(_, inner) => text_leaves(inner, out),
+        mime::Kind::Single => {
+            if p.ctype.eq_ignore_ascii_case(b"text") {
+                out.push(p);
+            }
+        }
+    }
+}
+
 /// The account: every folder's state, shared by all sessions.
 pub struct Store {
     pub inbox: PathBuf,
@@ -790,6 +808,31 @@ impl Folder for StoreFolder {
             }
             Ok(b)
         };
+        // Text parts in base64 or quoted-printable are also searched
+        // decoded (RFC 9051 6.4.4 searches the text, as Dovecot does).
+        let decoded_text_has = |s: &Structure| -> Result<bool, StoreError> {
+            let mut leaves = Vec::new();
+            text_leaves(&s.root, &mut leaves);
+            for p in leaves {
+                let enc = mime::decode::Encoding::of(p.encoding.as_deref());
+                if !matches!(
+                    enc,
+                    mime::decode::Encoding::Base64 | mime::decode::Encoding::QuotedPrintable
+                ) {
+                    continue;
+                }
+                let mut raw = Vec::new();
+                let r = mime::Range {
+                    start: p.body,
+                    end: p.end,
+                };
+                Self::wire(&file, &m, r, &mut raw)?;
+                if contains_ci(&mime::decode::decode(enc, &raw), needle) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
         // A header field matches as written or with its encoded words
         // (RFC 2047) decoded: SEARCH CHARSET UTF-8 SUBJECT "Grüße" finds
         // `=?utf-8?q?Gr=C3=BC=C3=9Fe?=` (RFC 9051 6.4.4).
@@ -807,9 +850,11 @@ impl Folder for StoreFolder {
                 let v = value(h);
                 v.len() > 2 && field_has(v[h.len().min(v.len())..].to_vec())
             }
-            (Some(TextField::Body), _) => contains_ci(&body(&s)?, needle),
+            (Some(TextField::Body), _) => contains_ci(&body(&s)?, needle) || decoded_text_has(&s)?,
             (Some(TextField::Text), _) => {
-                contains_ci(&head, needle) || contains_ci(&body(&s)?, needle)
+                contains_ci(&head, needle)
+                    || contains_ci(&body(&s)?, needle)
+                    || decoded_text_has(&s)?
             }
             (Some(TextField::From), _) => field_has(field_value(&value("From"))),
             (Some(TextField::To), _) => field_has(field_value(&value("To"))),
