@@ -134,3 +134,81 @@ fn curl_over_imaps_and_starttls() {
         assert!(body.contains("Subject: one"), "{url}: {body}");
     }
 }
+
+/// A free port on 127.0.0.1 for a listener the config must name exactly.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A client that is not on loopback (its address from a PROXY header):
+/// `LOGINDISABLED` and no AUTH= before TLS, LOGIN refused with
+/// `[PRIVACYREQUIRED]`; after STARTTLS the login works (RFC 9051 6.2.3,
+/// SPEC "Capabilities").
+#[test]
+fn remote_clients_log_in_only_after_starttls() {
+    let port = free_port();
+    let s = TlsServer::start(
+        KeyKind::Ecdsa,
+        Options {
+            listen_extra: format!(
+                "imap = [\"127.0.0.1:{port}\"]\nproxy_protocol = [\"127.0.0.1:{port}\"]\n"
+            ),
+            ..Default::default()
+        },
+    );
+    let out = python(
+        r#"
+import socket, ssl, sys
+ca, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection(('127.0.0.1', port), timeout=30)
+s.sendall(b'PROXY TCP4 203.0.113.5 127.0.0.1 40000 143\r\n')
+f = s.makefile('rb')
+print('GREETING', f.readline().decode().strip())
+s.sendall(b'a LOGIN alice secret\r\n')
+print('LOGIN', f.readline().decode().strip())
+s.sendall(b'b AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==\r\n')
+print('AUTH', f.readline().decode().strip())
+s.sendall(b'c STARTTLS\r\n')
+print('STARTTLS', f.readline().decode().strip())
+t = ssl.create_default_context(cafile=ca).wrap_socket(s, server_hostname='mail.example.org')
+tf = t.makefile('rb')
+t.sendall(b'd CAPABILITY\r\n')
+print('CAPS', tf.readline().decode().strip())
+tf.readline()
+t.sendall(b'e LOGIN alice secret\r\n')
+print('LOGIN2', tf.readline().decode().strip())
+"#,
+        &[&s.certs.ca, &port.to_string()],
+    );
+    let line = |p: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{p} ")))
+            .unwrap_or_else(|| panic!("{p}: {out}"))
+            .to_string()
+    };
+    let g = line("GREETING");
+    assert!(
+        g.contains("LOGINDISABLED") && g.contains("STARTTLS"),
+        "{out}"
+    );
+    assert!(!g.contains("AUTH="), "{out}");
+    assert!(
+        line("LOGIN").starts_with("LOGIN a NO [PRIVACYREQUIRED]"),
+        "{out}"
+    );
+    assert!(line("AUTH").starts_with("AUTH b NO"), "{out}");
+    assert!(line("STARTTLS").contains("c OK"), "{out}");
+    let caps = line("CAPS");
+    assert!(
+        caps.contains("AUTH=PLAIN") && !caps.contains("LOGINDISABLED"),
+        "{out}"
+    );
+    assert!(
+        line("LOGIN2").starts_with("LOGIN2 e OK [CAPABILITY"),
+        "{out}"
+    );
+}
