@@ -1029,6 +1029,15 @@ fn too_many_bad_commands_in_a_row_get_bye() {
     }
     all += &c.rest();
     assert!(all.contains("* BYE"), "{all}");
+    // Three failed logins in one session: BYE (docs/imap.md "Limits").
+    let mut c = Imap::connect(srv.addr("imap"));
+    let mut all = String::new();
+    for _ in 0..3 {
+        all += &c.cmd("LOGIN alice wrong");
+    }
+    all += &c.rest();
+    assert_eq!(all.matches("NO [AUTHENTICATIONFAILED]").count(), 3, "{all}");
+    assert!(all.contains("* BYE"), "{all}");
 }
 
 #[test]
