@@ -1014,11 +1014,6 @@ def limits_paragraph(r, by):
         if cpu > 0:
             limits.append((f"CPU ({os.cpu_count()} cores at {cpu:.2f} ms/msg, server and client)",
                            os.cpu_count() * 1000 / cpu))
-        if conc == 1 and sink.get("1") and disk and pm.get("server_cpu_ms_per_msg"):
-            # One message at a time: nothing overlaps, the costs add up.
-            serial_ms = 1000 / sink["1"] + 1000 / disk + pm["server_cpu_ms_per_msg"]
-            limits.append(("one at a time (a null round trip + one fsync + the server's CPU)",
-                           1000 / serial_ms))
         name, lowest = min(limits, key=lambda x: x[1])
         got = pm["msgs_per_s"] / pf["msgs_per_s"]
         verdict = "met" if got >= times else (
