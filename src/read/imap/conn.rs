@@ -439,7 +439,7 @@ async fn append_spool(
         .append(Delivery {
             id: id.clone(),
             prefix,
-            spool: spool.clone(),
+            body: crate::store::mbox::Body::Spool(spool.clone()),
         })
         .await;
     let _ = std::fs::remove_file(&spool);
