@@ -12,7 +12,8 @@ Sections: smtp.py (SMTP acceptance vs Postfix, disk limit, memory, start-up,
 binary size); spam.py (the spam checks' cost: acceptance with them on and
 off, greylist lookup at 1k..100k entries); pop3.py (POP3 vs Dovecot) when
 present. `--quick` is a seconds-long smoke run for CI: pimail only, no
-peers. `--only spam` runs one section (its report goes to the same files).
+peers. `--only spam` runs one section and writes latest-spam.* (or
+quick-spam.*), leaving the full report alone.
 """
 
 import argparse
@@ -223,6 +224,9 @@ def main():
     md = head + "\n" + "\n".join(md_parts)
     os.makedirs(args.out, exist_ok=True)
     base = "quick" if ctx.quick else "latest"
+    if args.only:
+        # One section's figures must not replace the full report.
+        base += "-" + "-".join(wanted)
     with open(os.path.join(args.out, base + ".json"), "w") as f:
         json.dump(report, f, indent=1)
         f.write("\n")
