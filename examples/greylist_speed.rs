@@ -69,7 +69,9 @@ fn measure(dir: &Path, entries: u32, lookups: u32) -> Result<(), String> {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let dir = args.next().unwrap_or_else(|| std::env::temp_dir().display().to_string());
+    let dir = args
+        .next()
+        .unwrap_or_else(|| std::env::temp_dir().display().to_string());
     let lookups = args.next().and_then(|n| n.parse().ok()).unwrap_or(200_000);
     for entries in [1_000, 10_000, 100_000] {
         if let Err(e) = measure(Path::new(&dir), entries, lookups) {
