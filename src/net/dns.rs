@@ -9,15 +9,24 @@
 //! permanent (the domain does not exist), SERVFAIL, refusals and timeouts
 //! are temporary (try again later, RFC 5321 5.1).
 //!
+//! UDP questions to one nameserver share one socket, kept open (see
+//! [`Pending`] for how answers find their question and why that stays as
+//! hard to spoof as a socket per question, RFC 5452): binding, registering
+//! and closing a socket per question was most of the CPU a spam-checked
+//! connection cost (bench/spam.py, issue 17).
+//!
 //! The decisions are pure functions ([`build_query`], [`parse_answer`],
-//! [`follow`], [`mx_hosts`]) tested without a network; [`Resolver`] only
-//! moves bytes.
+//! [`follow`], [`mx_hosts`], [`Pending`]) tested without a network;
+//! [`Resolver`] only moves bytes.
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use smol::io::{AsyncReadExt, AsyncWriteExt};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DnsError {
@@ -192,11 +201,132 @@ fn name_of(s: &str) -> Result<Name, DnsError> {
     Ok(n)
 }
 
+/// The questions in flight on one shared socket, by id (sans-I/O).
+///
+/// Spoofing (RFC 5452): an answer is taken only by the question whose
+/// random 16-bit id (from the OS random source, never reused while in
+/// flight) *and* question (name and type, RFC 5452 9.1) it carries; the
+/// socket is connected, so the kernel drops datagrams from any other
+/// address or port than the nameserver's; and it is bound to a random
+/// ephemeral port (Linux picks UDP ephemeral ports at random). A kept
+/// socket keeps its port, so it is replaced after [`SOCKET_QUESTIONS`]
+/// questions or [`SOCKET_AGE`], whichever comes first: an attacker who
+/// learned the port has it for a minute at most, and still has to guess
+/// the id of a question in flight. A wrong answer is dropped and the
+/// question keeps waiting for the right one (RFC 5452 9.1), as before.
+#[derive(Debug, Default)]
+pub struct Pending {
+    slots: HashMap<u16, Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    name: Name,
+    rtype: RecordType,
+    answer: Option<Vec<u8>>,
+    waker: Option<Waker>,
+}
+
+impl Pending {
+    /// Registers a question under a fresh id (`random` gives 16 random
+    /// bits; ids in flight are not reused). `None`: 64 tries all hit ids
+    /// in flight (cannot happen below thousands of questions in flight).
+    pub fn add(&mut self, name: &Name, rtype: RecordType, mut random: impl FnMut() -> u16) -> Option<u16> {
+        for _ in 0..64 {
+            let id = random();
+            if let std::collections::hash_map::Entry::Vacant(v) = self.slots.entry(id) {
+                v.insert(Slot {
+                    name: name.clone(),
+                    rtype,
+                    answer: None,
+                    waker: None,
+                });
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// A datagram came: gives it to the question it answers, if any
+    /// (matching id, a response, the same question), and returns that
+    /// question's id and waker. Anything else is ignored.
+    pub fn deliver(&mut self, bytes: &[u8]) -> Option<(u16, Option<Waker>)> {
+        if bytes.len() < 12 {
+            return None;
+        }
+        let id = u16::from_be_bytes([bytes[0], bytes[1]]);
+        let slot = self.slots.get_mut(&id)?;
+        if slot.answer.is_some() {
+            return None;
+        }
+        let m = Message::from_vec(bytes).ok()?;
+        let q = m.queries.first()?;
+        if m.metadata.message_type != MessageType::Response
+            || q.query_type() != slot.rtype
+            || q.name() != &slot.name
+        {
+            return None;
+        }
+        slot.answer = Some(bytes.to_vec());
+        Some((id, slot.waker.take()))
+    }
+
+    /// The answer to `id`, if it came; else remembers `waker`.
+    pub fn take(&mut self, id: u16, waker: &Waker) -> Option<Vec<u8>> {
+        let slot = self.slots.get_mut(&id)?;
+        match slot.answer.take() {
+            Some(a) => Some(a),
+            None => {
+                slot.waker = Some(waker.clone());
+                None
+            }
+        }
+    }
+
+    /// The question is done (answered, timed out or dropped).
+    pub fn remove(&mut self, id: u16) {
+        self.slots.remove(&id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// A kept socket is replaced after this many questions ...
+const SOCKET_QUESTIONS: u32 = 1000;
+/// ... or this long, to give the source port back its randomness.
+const SOCKET_AGE: Duration = Duration::from_secs(60);
+
+/// One connected UDP socket to one nameserver and its questions.
+struct Channel {
+    sock: async_net::UdpSocket,
+    born: Instant,
+    /// Questions given this socket; changed under the map's lock.
+    asked: std::sync::atomic::AtomicU32,
+    pending: Mutex<Pending>,
+}
+
+/// The open sockets of a resolver, by nameserver; clones share them.
+#[derive(Default, Clone)]
+struct Channels(Arc<Mutex<HashMap<SocketAddr, Arc<Channel>>>>);
+
+impl std::fmt::Debug for Channels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Channels")
+    }
+}
+
 /// The resolver: nameservers and the async exchange.
 #[derive(Debug, Clone)]
 pub struct Resolver {
     pub servers: Vec<SocketAddr>,
     pub timeout: Duration,
+    channels: Channels,
 }
 
 impl Resolver {
@@ -214,6 +344,7 @@ impl Resolver {
         Resolver {
             servers,
             timeout: QUERY_TIMEOUT,
+            channels: Channels::default(),
         }
     }
 
@@ -241,12 +372,9 @@ impl Resolver {
         name: &Name,
         rtype: RecordType,
     ) -> Result<Vec<Record>, DnsError> {
-        let id = random_below(65536) as u16;
-        let q = build_query(id, name, rtype)?;
-        let answer = crate::util::rt::timeout(self.timeout, udp(server, &q))
+        let (id, q, answer) = crate::util::rt::timeout(self.timeout, self.udp(server, name, rtype))
             .await
-            .ok_or_else(|| DnsError::Temporary(format!("{server}: timeout")))?
-            .map_err(|e| DnsError::Temporary(format!("{server}: {e}")))?;
+            .ok_or_else(|| DnsError::Temporary(format!("{server}: timeout")))??;
         match parse_answer(&answer, id, name, rtype)? {
             Answer::Records(r) => Ok(r),
             Answer::Truncated => {
@@ -261,6 +389,93 @@ impl Resolver {
                 }
             }
         }
+    }
+
+    /// The kept socket to `server`, or a new one if there is none or it
+    /// has served its time.
+    fn channel(&self, server: SocketAddr) -> std::io::Result<Arc<Channel>> {
+        let mut map = self.channels.0.lock().unwrap_or_else(|p| p.into_inner());
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(c) = map.get(&server) {
+            if c.asked.load(Relaxed) < SOCKET_QUESTIONS && c.born.elapsed() < SOCKET_AGE {
+                c.asked.fetch_add(1, Relaxed);
+                return Ok(c.clone());
+            }
+        }
+        let local: SocketAddr = if server.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let std_sock = std::net::UdpSocket::bind(local)?;
+        // Connected: the kernel drops datagrams from other sources.
+        std_sock.connect(server)?;
+        let sock = async_net::UdpSocket::try_from(std_sock)?;
+        // The replaced socket closes when its last question is done.
+        let c = Arc::new(Channel {
+            sock,
+            born: Instant::now(),
+            asked: 1.into(),
+            pending: Mutex::new(Pending::default()),
+        });
+        map.insert(server, c.clone());
+        Ok(c)
+    }
+
+    /// One question over UDP on the kept socket: returns its id, its wire
+    /// form (for a TCP retry) and the answer.
+    async fn udp(
+        &self,
+        server: SocketAddr,
+        name: &Name,
+        rtype: RecordType,
+    ) -> Result<(u16, Vec<u8>, Vec<u8>), DnsError> {
+        let io = |e: std::io::Error| DnsError::Temporary(format!("{server}: {e}"));
+        let ch = self.channel(server).map_err(io)?;
+        fn lock(ch: &Channel) -> std::sync::MutexGuard<'_, Pending> {
+            ch.pending.lock().unwrap_or_else(|p| p.into_inner())
+        }
+        let id = lock(&ch)
+            .add(name, rtype, || random_below(65536) as u16)
+            .ok_or_else(|| DnsError::Temporary("too many DNS questions in flight".into()))?;
+        // Removes the question however this future ends (a timeout drops it).
+        struct Done<'a>(&'a Channel, u16);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(self.1);
+            }
+        }
+        let _done = Done(&ch, id);
+        let q = build_query(id, name, rtype)?;
+        ch.sock.send(&q).await.map_err(io)?;
+        let mine = std::future::poll_fn(|cx| match lock(&ch).take(id, cx.waker()) {
+            Some(a) => Poll::Ready(Ok(a)),
+            None => Poll::Pending,
+        });
+        // Whoever is waiting reads the socket and hands each answer to its
+        // question. We advertise UDP_PAYLOAD (RFC 6891 6.2.5: the answer is
+        // no bigger); an answer cut short fails to parse: no answer.
+        let read = async {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = ch.sock.recv(&mut buf).await.map_err(io)?;
+                let mut p = lock(&ch);
+                match p.deliver(&buf[..n]) {
+                    Some((got, _)) if got == id => {
+                        if let Some(a) = p.slots.get_mut(&id).and_then(|s| s.answer.take()) {
+                            return Ok(a);
+                        }
+                    }
+                    Some((_, Some(w))) => {
+                        drop(p);
+                        w.wake();
+                    }
+                    _ => {}
+                }
+            }
+        };
+        let answer = smol::future::or(mine, read).await?;
+        Ok((id, q, answer))
     }
 
     /// Records of `rtype` for `name`, following CNAMEs (also across
@@ -328,31 +543,6 @@ impl Resolver {
             _ => Err(DnsError::NoSuchDomain(format!(
                 "{host} has no A/AAAA records"
             ))),
-        }
-    }
-}
-
-async fn udp(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
-    let local: SocketAddr = if server.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = async_net::UdpSocket::bind(local).await?;
-    // Connected: the kernel drops datagrams from other sources.
-    sock.connect(server).await?;
-    sock.send(query).await?;
-    // We advertise UDP_PAYLOAD (RFC 6891 6.2.5: the answer is no bigger);
-    // a 64 KiB buffer zeroed per question was 2-3 % of the CPU of a
-    // spam-checked server taking one message per connection (perf,
-    // bench/spam.py). An answer cut short fails to parse: no answer.
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = sock.recv(&mut buf).await?;
-        // A stray or spoofed answer with another id: keep waiting.
-        if n >= 2 && buf[..2] == query[..2] {
-            buf.truncate(n);
-            return Ok(buf);
         }
     }
 }
@@ -446,6 +636,88 @@ mod tests {
         let built = build_query(9, &q, RecordType::MX).unwrap();
         let m = Message::from_vec(&built).unwrap();
         assert!(m.metadata.recursion_desired && m.metadata.id == 9);
+    }
+
+    #[test]
+    fn shared_socket_answers_find_their_question() {
+        let a = n("a.example");
+        let b = n("b.example");
+        let mut p = Pending::default();
+        let mut ids = [7u16, 7, 9].into_iter();
+        let ia = p.add(&a, RecordType::A, || ids.next().unwrap()).unwrap();
+        // An id in flight is not given twice.
+        let ib = p.add(&b, RecordType::A, || ids.next().unwrap()).unwrap();
+        assert_eq!((ia, ib), (7, 9));
+        let w = std::task::Waker::noop();
+        assert_eq!(p.take(ia, w), None);
+        let ok = |id, q: &Name, t| answer(id, q, t, ResponseCode::NoError, false, vec![]);
+        // Spoofed: unknown id, right id with another name or type, a
+        // query instead of a response, junk: all ignored.
+        assert!(p.deliver(&ok(8, &a, RecordType::A)).is_none());
+        assert!(p.deliver(&ok(7, &b, RecordType::A)).is_none());
+        assert!(p.deliver(&ok(7, &a, RecordType::AAAA)).is_none());
+        assert!(p.deliver(&build_query(7, &a, RecordType::A).unwrap()).is_none());
+        assert!(p.deliver(b"\x00\x07junk").is_none());
+        assert_eq!(p.take(ia, w), None);
+        // The right answer wakes its question, once.
+        let real = ok(7, &a, RecordType::A);
+        assert!(matches!(p.deliver(&real), Some((7, Some(_)))));
+        assert!(p.deliver(&real).is_none(), "a second answer is dropped");
+        assert_eq!(p.take(ia, w), Some(real));
+        p.remove(ia);
+        assert!(p.deliver(&ok(7, &a, RecordType::A)).is_none(), "done: late answers dropped");
+        assert_eq!(p.len(), 1);
+        // All 64 tries on ids in flight: no id rather than a reused one.
+        assert_eq!(p.add(&a, RecordType::A, || 9), None);
+    }
+
+    #[test]
+    fn shared_socket_serves_questions_in_flight_together() {
+        // A fake nameserver on loopback answering in reverse order, plus
+        // a spoofed answer (wrong question) first.
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 512];
+            for _ in 0..3 {
+                let (n, from) = server.recv_from(&mut buf).unwrap();
+                got.push((Message::from_vec(&buf[..n]).unwrap(), from));
+            }
+            for (q, from) in got.iter().rev() {
+                let name = q.queries[0].name().clone();
+                let mut spoof = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
+                spoof.add_query(Query::query(n("evil.example"), RecordType::A));
+                spoof.add_answer(Record::from_rdata(n("evil.example"), 60, RData::A(A::new(6, 6, 6, 6))));
+                server.send_to(&spoof.to_vec().unwrap(), from).unwrap();
+                let last = name.to_ascii().as_bytes()[0] - b'a';
+                let rec = Record::from_rdata(name.clone(), 60, RData::A(A::new(192, 0, 2, last)));
+                let a = answer(q.metadata.id, &name, RecordType::A, ResponseCode::NoError, false, vec![rec]);
+                server.send_to(&a, from).unwrap();
+            }
+            got.iter().map(|(_, f)| *f).collect::<Vec<_>>()
+        });
+        let r = Resolver::new(&[addr]);
+        let ask = |h: &'static str| {
+            let r = &r;
+            async move {
+                let recs = r.query(&n(h), RecordType::A).await.unwrap();
+                recs.iter().map(|x| x.data.clone()).collect::<Vec<_>>()
+            }
+        };
+        let ((a, b), c) = smol::block_on(smol::future::zip(
+            smol::future::zip(ask("a.example"), ask("b.example")),
+            ask("c.example"),
+        ));
+        let froms = t.join().unwrap();
+        // Each got its own answer, not the spoofed one or another's.
+        assert_eq!(a, vec![RData::A(A::new(192, 0, 2, 0))]);
+        assert_eq!(b, vec![RData::A(A::new(192, 0, 2, 1))]);
+        assert_eq!(c, vec![RData::A(A::new(192, 0, 2, 2))]);
+        assert!(froms.iter().all(|f| *f == froms[0]), "one socket: {froms:?}");
     }
 
     #[test]
