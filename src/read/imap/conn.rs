@@ -379,10 +379,18 @@ where
                 }
                 session.write_done(done, &mut out);
             }
-            Action::Body(b) => {
-                out.extend_from_slice(&b);
-                if out.len() >= WRITE_AT {
-                    send(stream, &mut out, shared, conn).await?;
+            Action::Body(mut b) => {
+                // Streamed in pieces: a message is never held whole.
+                loop {
+                    let done = b.fill(&mut out).map_err(|e| {
+                        std::io::Error::other(format!("cannot finish a FETCH literal: {e:?}"))
+                    })?;
+                    if out.len() >= WRITE_AT {
+                        send(stream, &mut out, shared, conn).await?;
+                    }
+                    if done {
+                        break;
+                    }
                 }
             }
             Action::Idle => {
@@ -660,6 +668,7 @@ async fn expunge(ctx: &ImapContext, folder: &str, uids: &[u32]) -> WriteDone {
             .collect()
     };
     let dir = ctx.rewrite_dir(folder);
+    state.borrow().rewritten();
     let r = writer
         .exclusive(move |l| Ok(crate::store::maildrop::expunge(l, &plan, &dir)))
         .await;

@@ -78,6 +78,9 @@ pub struct FolderState {
     known: HashMap<String, (Uid, u64, Vec<Flag>)>,
     /// Changes in order, with the handle that made them (0: others).
     log: Vec<(u64, Change)>,
+    /// Counts rewrites (ours and, once seen, others'): a [`Body`] being
+    /// streamed stops when it changes, as its offsets are then stale.
+    generation: Rc<std::cell::Cell<u64>>,
 }
 
 fn io(context: &str, e: std::io::Error) -> StoreError {
@@ -97,6 +100,7 @@ impl FolderState {
             len: 0,
             known: HashMap::new(),
             log: Vec::new(),
+            generation: Rc::new(std::cell::Cell::new(0)),
         };
         if let Ok(text) = std::fs::read_to_string(&st.index) {
             let mut lines = text.lines();
@@ -181,6 +185,7 @@ impl FolderState {
             }
             if let Some(mut e) = old.remove(&m.uid) {
                 if e.msg.offset != m.offset {
+                    self.generation.set(self.generation.get() + 1);
                     e.structure = None;
                 }
                 e.body_start = e.body_start - e.msg.start + m.start;
@@ -218,6 +223,9 @@ impl FolderState {
             let u = self.entries.last().map_or(0, |e| e.uid);
             self.log.push((0, Change::Added(u)));
             dirty = true;
+        }
+        if !old.is_empty() {
+            self.rewritten();
         }
         let mut gone: Vec<Uid> = old.values().map(|e| e.uid).collect();
         gone.sort_unstable();
@@ -263,6 +271,12 @@ impl FolderState {
             seal_id: seal.map(|s| s.id),
             structure: None,
         });
+    }
+
+    /// Called before the folder is rewritten in place (EXPUNGE, MOVE):
+    /// bodies being streamed from it stop rather than send moved bytes.
+    pub fn rewritten(&self) {
+        self.generation.set(self.generation.get() + 1);
     }
 
     fn pos(&self, uid: Uid) -> Option<usize> {
@@ -611,6 +625,100 @@ impl StoreFolder {
     }
 }
 
+/// The octets of one FETCH literal, produced in bounded pieces by
+/// [`Body::fill`]: a range of the folder file turned into its wire form
+/// (mboxrd quoting undone, CRLF) as it is read, cut to the partial range,
+/// or a few bytes made in memory (HEADER.FIELDS). At most [`CHUNK`] bytes
+/// of the file are held at a time, whatever the message's size.
+pub struct Body {
+    bytes: Option<Vec<u8>>,
+    file: Option<File>,
+    /// The next stored offset to read, and the end of the range.
+    at: u64,
+    end: u64,
+    /// The range ends the message (an open last line gets its CRLF).
+    message_end: bool,
+    /// Wire octets still to drop (the partial's start) and to send.
+    skip: u64,
+    left: u64,
+    wire: WireWriter,
+    /// The folder's rewrite count when the length was computed: a rewrite
+    /// moves the bytes under us.
+    generation: (u64, Rc<std::cell::Cell<u64>>),
+}
+
+impl Body {
+    fn bytes(b: Vec<u8>) -> Body {
+        Body {
+            left: b.len() as u64,
+            bytes: Some(b),
+            file: None,
+            at: 0,
+            end: 0,
+            message_end: false,
+            skip: 0,
+            wire: WireWriter::new(),
+            generation: (0, Rc::new(std::cell::Cell::new(0))),
+        }
+    }
+
+    /// Octets still to come.
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+
+    /// Appends the next piece (at most about 2 × [`CHUNK`] octets) to
+    /// `out`; `Ok(true)` once the literal is complete. An error means the
+    /// literal cannot be completed (the folder was rewritten while being
+    /// read, or a read failed): the connection must be closed, since the
+    /// client expects exactly the announced number of octets.
+    pub fn fill(&mut self, out: &mut Vec<u8>) -> Result<bool, StoreError> {
+        if self.left == 0 {
+            return Ok(true);
+        }
+        if let Some(b) = self.bytes.take() {
+            out.extend_from_slice(&b);
+            self.left = 0;
+            return Ok(true);
+        }
+        let Some(file) = &self.file else {
+            return Ok(true);
+        };
+        if self.generation.0 != self.generation.1.get() {
+            return Err(StoreError::Unavailable(
+                "the folder was rewritten while a message was being sent".into(),
+            ));
+        }
+        if self.at >= self.end {
+            // The file ended before the announced length (changed by
+            // another program): nothing sensible to send.
+            return Err(StoreError::Unavailable(
+                "the message is shorter than its index says".into(),
+            ));
+        }
+        let n = ((self.end - self.at) as usize).min(CHUNK);
+        let mut buf = vec![0u8; n];
+        file.read_exact_at(&mut buf, self.at)
+            .map_err(|e| io("cannot read folder", e))?;
+        self.at += n as u64;
+        let mut piece = Vec::with_capacity(n + n / 8 + 2);
+        self.wire.write(&buf, &mut piece);
+        if self.at >= self.end {
+            if self.message_end {
+                self.wire.end_message(&mut piece);
+            } else {
+                self.wire.finish(&mut piece);
+            }
+        }
+        let drop = (self.skip.min(piece.len() as u64)) as usize;
+        self.skip -= drop as u64;
+        let take = ((piece.len() - drop) as u64).min(self.left) as usize;
+        out.extend_from_slice(&piece[drop..drop + take]);
+        self.left -= take as u64;
+        Ok(self.left == 0)
+    }
+}
+
 fn header_filter(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut keep = false;
@@ -642,9 +750,8 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 impl Folder for StoreFolder {
-    /// The section's octets (wire form). Held in memory for now; the
-    /// driver writes them.
-    type Body = Vec<u8>;
+    /// Streamed from the file in bounded chunks (see [`Body`]).
+    type Body = Body;
 
     fn summary(&self) -> Summary {
         self.state.borrow().summary()
@@ -693,7 +800,7 @@ impl Folder for StoreFolder {
         section: &Section,
         _binary: bool,
         partial: Option<(u32, u32)>,
-    ) -> Result<(u64, Vec<u8>), StoreError> {
+    ) -> Result<(u64, Body), StoreError> {
         let (s, file, m) = self.structure(uid)?;
         let path = &section.part[..];
         let spec = match &section.text {
@@ -704,21 +811,54 @@ impl Folder for StoreFolder {
             SectionText::Text => Spec::Text,
             SectionText::Mime => Spec::Mime,
         };
-        let mut bytes = Vec::new();
-        if let Some(r) = s.section(path, spec) {
-            Self::wire(&file, &m, r, &mut bytes)?;
+        let Some(r) = s.section(path, spec) else {
+            return Ok((0, Body::bytes(Vec::new())));
+        };
+        let names = match &section.text {
+            SectionText::HeaderFields(n) => Some((n, false)),
+            SectionText::HeaderFieldsNot(n) => Some((n, true)),
+            _ => None,
+        };
+        let cut = |len: u64| match partial {
+            Some((start, n)) => {
+                let start = u64::from(start).min(len);
+                (start, u64::from(n).min(len - start))
+            }
+            None => (0, len),
+        };
+        if let Some((names, not)) = names {
+            // A header is small (the parser sees at most MAX_HEADER of
+            // it, and so does HEADER.FIELDS): filtered in memory.
+            let r = mime::Range {
+                start: r.start,
+                end: mime::Pos {
+                    stored: r.end.stored.min(r.start.stored + mime::MAX_HEADER as u64),
+                    wire: r.end.wire,
+                },
+            };
+            let mut head = Vec::new();
+            Self::wire(&file, &m, r, &mut head)?;
+            let bytes = header_filter(&head, names, not);
+            let (start, len) = cut(bytes.len() as u64);
+            let bytes = bytes[start as usize..(start + len) as usize].to_vec();
+            return Ok((len, Body::bytes(bytes)));
         }
-        match &section.text {
-            SectionText::HeaderFields(n) => bytes = header_filter(&bytes, n, false),
-            SectionText::HeaderFieldsNot(n) => bytes = header_filter(&bytes, n, true),
-            _ => {}
-        }
-        if let Some((start, len)) = partial {
-            let start = (start as usize).min(bytes.len());
-            let end = start.saturating_add(len as usize).min(bytes.len());
-            bytes = bytes[start..end].to_vec();
-        }
-        Ok((bytes.len() as u64, bytes))
+        // Everything else is streamed from the file: the literal's length
+        // comes from the structure (the wire positions), not from reading.
+        let (skip, len) = cut(r.wire_len());
+        let generation = self.state.borrow().generation.clone();
+        let body = Body {
+            bytes: None,
+            file: Some(file),
+            at: m.start + r.start.stored,
+            end: (m.start + r.end.stored).min(m.end),
+            message_end: m.start + r.end.stored >= m.end,
+            skip,
+            left: len,
+            wire: WireWriter::new(),
+            generation: (generation.get(), generation),
+        };
+        Ok((len, body))
     }
 
     fn matches(
