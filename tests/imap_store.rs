@@ -161,3 +161,129 @@ M.logout()
     eprintln!("{out}");
     eprintln!("server VmRSS after: {} KiB", vm(srv.pid(), "VmRSS:"));
 }
+
+fn rchar(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rchar in /proc/{pid}/io"))
+}
+
+const STRUCTURE_FETCH: &str = r#"
+typ, data = M.select('INBOX')
+assert typ == 'OK', data
+sys.stdout.write('READY\n'); sys.stdout.flush()
+sys.stdin.readline()
+typ, data = M.fetch('1:*', '(ENVELOPE BODYSTRUCTURE)')
+assert typ == 'OK', data
+for d in data:
+    sys.stdout.write('ANSWER %r\n' % (d,))
+sys.stdout.flush()
+sys.stdin.readline()
+M.logout()
+"#;
+
+/// Runs STRUCTURE_FETCH and returns the answer and the octets the server
+/// read (rchar) while it answered the FETCH.
+fn structure_fetch(srv: &Server) -> (String, u64) {
+    use std::io::{BufRead, BufReader};
+    let a = srv.addr("imap");
+    let prelude = "import imaplib, sys\n\
+                   M = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]), timeout=120)\n\
+                   typ, caps = M.login('alice', 'secret')\n\
+                   assert typ == 'OK', caps\n";
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!("{prelude}{STRUCTURE_FETCH}"))
+        .arg(a.ip().to_string())
+        .arg(a.port().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "READY");
+    let before = rchar(srv.pid());
+    stdin.write_all(b"go\n").unwrap();
+    let mut answer = String::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        answer += &l;
+        answer.push('\n');
+        if answer.matches("ANSWER").count() == 4 {
+            break;
+        }
+    }
+    let read = rchar(srv.pid()) - before;
+    stdin.write_all(b"done\n").unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success(), "{answer}");
+    (answer, read)
+}
+
+/// ENVELOPE and BODYSTRUCTURE are computed once, when pimail first
+/// indexes a message, and kept in the sidecar index: `FETCH 1:*
+/// (ENVELOPE BODYSTRUCTURE)` reads the index, not the mbox (the server
+/// reads far fewer octets than the 6 MiB message holds), and after a
+/// restart the answer is the same, still without reading the mbox.
+#[test]
+fn envelope_and_bodystructure_come_from_the_index_and_survive_a_restart() {
+    if skip_under_emulator() {
+        return; // reads the server's /proc/<pid>/io
+    }
+    let mut srv = imap_server();
+    srv.deliver(&smtp_stuff(
+        b"From: =?UTF-8?Q?J=C3=B6rg?= <jorg@example.com>\r\nTo: alice@example.org, \
+          Team: a@example.net, b@example.net;\r\nSubject: =?UTF-8?B?w6l0w6k=?=\r\n\
+          Message-ID: <one@example.com>\r\nDate: Sat, 3 Jan 2026 01:05:34 +0000\r\n\r\nplain\r\n",
+    ));
+    srv.deliver(&smtp_stuff(
+        b"From: bob@example.com\r\nSubject: mixed\r\nMIME-Version: 1.0\r\n\
+          Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\npreamble\r\n--b1\r\n\
+          Content-Type: multipart/alternative; boundary=b2\r\n\r\n--b2\r\n\
+          Content-Type: text/plain; charset=utf-8\r\n\r\nhi\r\n--b2\r\n\
+          Content-Type: text/html\r\n\r\n<p>hi</p>\r\n--b2--\r\n--b1\r\n\
+          Content-Type: message/rfc822\r\n\r\nFrom: carol@example.com\r\nSubject: inner\r\n\r\n\
+          inner body\r\n--b1\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\n\
+          Content-Disposition: attachment; filename=\"a.pdf\"\r\n\
+          Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b1--\r\n",
+    ));
+    srv.deliver(&smtp_stuff(b"Subject: third\r\n\r\nthree\r\n"));
+    // A big foreign message: parsing it again would read its 6 MiB.
+    let mut big = b"From: dave@example.com\nSubject: big\n\n".to_vec();
+    while big.len() < 6 << 20 {
+        big.extend_from_slice(b"a line of a big message, nothing to see here\n");
+    }
+    append_foreign(&srv.mbox_path(), &big);
+
+    let (first, _) = structure_fetch(&srv);
+    assert!(
+        first.contains("multipart") || first.contains("\"mixed\""),
+        "{first}"
+    );
+    assert!(first.contains("\"rfc822\""), "{first}");
+    assert!(first.contains("=?UTF-8?B?w6l0w6k=?="), "{first}");
+    assert!(first.contains("\"big\""), "{first}");
+    // Again in the same run: from the index.
+    let (again, read) = structure_fetch(&srv);
+    assert_eq!(again, first);
+    assert!(read < 1 << 20, "FETCH read {read} octets");
+
+    srv.terminate();
+    srv.spawn();
+    let (after, read) = structure_fetch(&srv);
+    assert_eq!(after, first, "the answer after a restart");
+    assert!(
+        read < 1 << 20,
+        "FETCH (ENVELOPE BODYSTRUCTURE) after a restart read {read} octets: not the index"
+    );
+    assert!(
+        !srv.log().iter().any(|l| l.contains("MIME record")),
+        "records rebuilt: {:?}",
+        srv.log()
+    );
+    let mime = srv.data_dir().join("imap").join("INBOX.mime");
+    assert!(std::fs::metadata(&mime).unwrap().len() > 0, "{mime:?}");
+}

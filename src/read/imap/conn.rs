@@ -606,6 +606,7 @@ async fn perform(ctx: &ImapContext, w: &Write, spooled: Option<PathBuf>) -> Writ
                     ctx.store.forget(name);
                     ctx.writers.borrow_mut().remove(name.as_str());
                     let _ = std::fs::remove_file(ctx.store.index_path(name));
+                    let _ = std::fs::remove_file(ctx.store.index_path(name).with_extension("mime"));
                     WriteDone::Done
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => fail(StoreError::NonExistent),
@@ -634,6 +635,8 @@ async fn perform(ctx: &ImapContext, w: &Write, spooled: Option<PathBuf>) -> Writ
                     ctx.store.forget(to);
                     ctx.writers.borrow_mut().remove(from.as_str());
                     let _ = std::fs::rename(ctx.store.index_path(from), ctx.store.index_path(to));
+                    let mime = |n: &str| ctx.store.index_path(n).with_extension("mime");
+                    let _ = std::fs::rename(mime(from), mime(to));
                     WriteDone::Done
                 }
                 Err(e) => fail(StoreError::Cannot(e.to_string())),

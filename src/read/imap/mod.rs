@@ -14,6 +14,7 @@ pub mod conn;
 pub mod folder;
 pub mod input;
 pub mod memory;
+pub mod mimedb;
 pub mod mutf7;
 pub mod response;
 pub mod session;

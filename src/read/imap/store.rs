@@ -21,6 +21,7 @@
 
 use super::command::{DateTime, Flag, Section, SectionText, StoreMode, TextField};
 use super::folder::{Account, Change, Folder, FolderInfo, Meta, StoreError, Stored, Summary, Uid};
+use super::mimedb::{MimeDb, Ptr};
 use crate::store::maildrop::{self, Message};
 use crate::store::mbox::Seal;
 use crate::store::mime::{self, Spec, Structure, WireWriter};
@@ -59,7 +60,9 @@ pub struct Entry {
     pub body_start: u64,
     /// RFC822.SIZE (the wire size from `body_start`).
     pub size: u64,
-    structure: Option<Rc<Structure>>,
+    /// Its MIME record in the folder's `.mime` file (ENVELOPE,
+    /// BODYSTRUCTURE, section positions), written when first indexed.
+    mime: Option<Ptr>,
 }
 
 /// One folder's shared state.
@@ -75,7 +78,9 @@ pub struct FolderState {
     len: u64,
     /// UIDL -> (uid, modseq, flags) remembered from the sidecar for
     /// messages not yet seen in this run.
-    known: HashMap<String, (Uid, u64, Vec<Flag>)>,
+    known: HashMap<String, (Uid, u64, Vec<Flag>, Option<Ptr>)>,
+    /// The MIME records (see `mimedb`).
+    db: MimeDb,
     /// Changes in order, with the handle that made them (0: others).
     log: Vec<(u64, Change)>,
     /// Counts rewrites (ours and, once seen, others'): a [`Body`] being
@@ -89,6 +94,7 @@ fn io(context: &str, e: std::io::Error) -> StoreError {
 
 impl FolderState {
     fn load(path: PathBuf, index: PathBuf) -> Self {
+        let mime_path = index.with_extension("mime");
         let mut st = FolderState {
             path,
             index,
@@ -99,6 +105,7 @@ impl FolderState {
             ino: 0,
             len: 0,
             known: HashMap::new(),
+            db: MimeDb::open(mime_path),
             log: Vec::new(),
             generation: Rc::new(std::cell::Cell::new(0)),
         };
@@ -106,7 +113,7 @@ impl FolderState {
             let mut lines = text.lines();
             if let Some(head) = lines.next() {
                 let w: Vec<&str> = head.split(' ').collect();
-                if let ["v1", v, n, m] = w[..] {
+                if let ["v1" | "v2", v, n, m] = w[..] {
                     st.uid_validity = v.parse().unwrap_or(0);
                     st.uid_next = n.parse().unwrap_or(1);
                     st.modseq = m.parse().unwrap_or(1);
@@ -120,26 +127,47 @@ impl FolderState {
                 let (Ok(uid), Ok(ms)) = (uid.parse(), ms.parse()) else {
                     continue;
                 };
-                let flags = w.filter(|f| !f.is_empty()).map(String::from).collect();
-                st.known.insert(uidl.to_string(), (uid, ms, flags));
+                // `%at:len` (v2) points into the .mime file; `%` is in
+                // no flag (RFC 9051 atom-specials).
+                let (mut flags, mut ptr) = (Vec::new(), None);
+                for f in w.filter(|f| !f.is_empty()) {
+                    match Ptr::parse(f) {
+                        Some(p) => ptr = Some(p),
+                        None if f.starts_with('%') => {}
+                        None => flags.push(f.to_string()),
+                    }
+                }
+                st.known.insert(uidl.to_string(), (uid, ms, flags, ptr));
             }
         }
         if st.uid_validity == 0 {
             // Seconds since the epoch: a new value after a lost sidecar.
             st.uid_validity = (crate::util::timefmt::unix_now() as u32).max(1);
             st.known.clear();
+            st.db.clear();
         }
         st
     }
 
     /// Writes the sidecar (a cache: no fsync; a torn one is rebuilt).
-    pub fn save(&self) {
+    pub fn save(&mut self) {
+        self.db
+            .set_live(self.entries.iter().filter_map(|e| e.mime).map(|p| p.len));
+        self.db.compact(
+            self.entries
+                .iter_mut()
+                .map(|e| (e.msg.uid.as_str(), &mut e.mime)),
+        );
         let mut out = format!(
-            "v1 {} {} {}\n",
+            "v2 {} {} {}\n",
             self.uid_validity, self.uid_next, self.modseq
         );
         for e in &self.entries {
             out += &format!("{} {} {}", e.msg.uid, e.uid, e.modseq);
+            if let Some(p) = e.mime {
+                out.push(' ');
+                out += &p.token();
+            }
             for f in &e.flags {
                 out.push(' ');
                 out += f;
@@ -186,7 +214,12 @@ impl FolderState {
             if let Some(mut e) = old.remove(&m.uid) {
                 if e.msg.offset != m.offset {
                     self.generation.set(self.generation.get() + 1);
-                    e.structure = None;
+                }
+                // Positions in the record are from the message's start:
+                // still right after a move, not after an edit (a reader
+                // or our rewrite changing `Status:`).
+                if e.msg.end - e.msg.start != m.end - m.start {
+                    e.mime = None;
                 }
                 e.body_start = e.body_start - e.msg.start + m.start;
                 e.msg = m;
@@ -194,8 +227,8 @@ impl FolderState {
                 continue;
             }
             let (seal, date, skip) = read_head(&file, &m);
-            let (uid, modseq, flags) = match self.known.remove(&m.uid) {
-                Some((u, ms, f)) if u < self.uid_next => (u, ms, f),
+            let (uid, modseq, flags, ptr) = match self.known.remove(&m.uid) {
+                Some((u, ms, f, p)) if u < self.uid_next => (u, ms, f, p),
                 _ => {
                     let floor = self.entries.last().map_or(0, |e| e.uid);
                     let uid = match &seal {
@@ -209,7 +242,7 @@ impl FolderState {
                     };
                     self.uid_next = uid + 1;
                     self.modseq += 1;
-                    (uid, self.modseq, Vec::new())
+                    (uid, self.modseq, Vec::new(), None)
                 }
             };
             // UIDs ascend in file order (RFC 9051 2.3.1.1).
@@ -219,6 +252,9 @@ impl FolderState {
                 self.push_new(m, uid, modseq, flags, seal, date, skip);
             } else {
                 self.push_new(m, uid, modseq, flags, seal, date, skip);
+            }
+            if let Some(e) = self.entries.last_mut() {
+                e.mime = ptr;
             }
             let u = self.entries.last().map_or(0, |e| e.uid);
             self.log.push((0, Change::Added(u)));
@@ -232,6 +268,17 @@ impl FolderState {
         for u in gone {
             self.log.push((0, Change::Expunged(u)));
             dirty = true;
+        }
+        // ENVELOPE and BODYSTRUCTURE are computed once, when a message is
+        // first indexed (or after it changed), so FETCHes read the index.
+        for i in 0..self.entries.len() {
+            if self.entries[i].mime.is_none() {
+                let e = &self.entries[i];
+                let rec = parse_record(&file, e.body_start, e.msg.end)?;
+                let p = self.db.put(&e.msg.uid, &rec);
+                self.entries[i].mime = p;
+                dirty = true;
+            }
         }
         self.ino = ino;
         self.len = len;
@@ -269,7 +316,7 @@ impl FolderState {
             modseq,
             date,
             seal_id: seal.map(|s| s.id),
-            structure: None,
+            mime: None,
         });
     }
 
@@ -342,6 +389,24 @@ impl FolderState {
             stamp,
         })
     }
+}
+
+/// Parses the stored message `[start, end)` in bounded pieces into its
+/// MIME index record.
+fn parse_record(file: &File, start: u64, end: u64) -> Result<Vec<u8>, StoreError> {
+    let mut p = mime::Parser::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = start;
+    while at < end {
+        let n = ((end - at) as usize).min(CHUNK);
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(|e| io("cannot read folder", e))?;
+        p.feed(&buf[..n]);
+        at += n as u64;
+    }
+    let mut rec = Vec::new();
+    mime::index::encode(&p.finish(), &mut rec);
+    Ok(rec)
 }
 
 fn has(flags: &[Flag], f: &str) -> bool {
@@ -575,30 +640,70 @@ pub struct StoreFolder {
 }
 
 impl StoreFolder {
-    /// The structure of a message (parsed once, then kept).
-    fn structure(&self, uid: Uid) -> Result<(Rc<Structure>, File, Message), StoreError> {
+    /// A message's MIME record (from the `.mime` file; parsed again
+    /// if that is missing or wrong), the folder file and the message as
+    /// IMAP sees it (from after a leading seal).
+    fn record(&self, uid: Uid) -> Result<(Vec<u8>, File, Message), StoreError> {
+        self.record_or_rebuild(uid, false)
+    }
+
+    /// `rebuild`: the record read before was refused by its reader.
+    fn record_or_rebuild(
+        &self,
+        uid: Uid,
+        rebuild: bool,
+    ) -> Result<(Vec<u8>, File, Message), StoreError> {
         let mut st = self.state.borrow_mut();
-        let path = st.path.clone();
         let i = st.pos(uid).ok_or(StoreError::NonExistent)?;
-        let file = File::open(&path).map_err(|e| io("cannot open folder", e))?;
+        let file = File::open(&st.path).map_err(|e| io("cannot open folder", e))?;
         let mut m = st.entries[i].msg.clone();
         m.start = st.entries[i].body_start;
-        if let Some(s) = &st.entries[i].structure {
-            return Ok((s.clone(), file, m));
+        let cached = st.entries[i]
+            .mime
+            .filter(|_| !rebuild)
+            .and_then(|p| st.db.get(p, &st.entries[i].msg.uid));
+        if let Some(rec) = cached {
+            return Ok((rec, file, m));
         }
-        let mut p = mime::Parser::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut at = m.start;
-        while at < m.end {
-            let n = ((m.end - at) as usize).min(CHUNK);
-            file.read_exact_at(&mut buf[..n], at)
-                .map_err(|e| io("cannot read folder", e))?;
-            p.feed(&buf[..n]);
-            at += n as u64;
+        log::info!("{}: MIME record of UID {uid} rebuilt", st.path.display());
+        let rec = parse_record(&file, m.start, m.end)?;
+        let uidl = st.entries[i].msg.uid.clone();
+        st.entries[i].mime = st.db.put(&uidl, &rec);
+        st.save();
+        Ok((rec, file, m))
+    }
+
+    /// The structure of a message, from its record.
+    fn structure(&self, uid: Uid) -> Result<(Structure, File, Message), StoreError> {
+        let (rec, file, m) = self.record(uid)?;
+        if let Ok(s) = mime::index::decode(&rec) {
+            return Ok((s, file, m));
         }
-        let s = Rc::new(p.finish());
-        st.entries[i].structure = Some(s.clone());
+        let (rec, file, m) = self.record_or_rebuild(uid, true)?;
+        let s = mime::index::decode(&rec)
+            .map_err(|e| StoreError::Unavailable(format!("MIME record: {e}")))?;
         Ok((s, file, m))
+    }
+
+    /// Writes from a message's record with `w`; a record `w` refuses
+    /// (a torn or stale cache) is rebuilt from the message once.
+    fn from_record(
+        &self,
+        uid: Uid,
+        out: &mut Vec<u8>,
+        w: impl Fn(&[u8], &mut Vec<u8>) -> Result<(), mime::index::IndexError>,
+    ) -> Result<(), StoreError> {
+        let mark = out.len();
+        let (rec, _, _) = self.record(uid)?;
+        if w(&rec, out).is_ok() {
+            return Ok(());
+        }
+        out.truncate(mark);
+        let (rec, _, _) = self.record_or_rebuild(uid, true)?;
+        w(&rec, out).map_err(|e| {
+            out.truncate(mark);
+            StoreError::Unavailable(format!("MIME record: {e}"))
+        })
     }
 
     /// The wire form of a range of a message.
@@ -778,9 +883,8 @@ impl Folder for StoreFolder {
     }
 
     fn envelope(&self, uid: Uid, out: &mut Vec<u8>) -> Result<(), StoreError> {
-        let (s, _, _) = self.structure(uid)?;
-        mime::imap::envelope(&s.envelope, out);
-        Ok(())
+        // Straight from the index record (docs/imap.md "MIME structure").
+        self.from_record(uid, out, mime::index::write_envelope)
     }
 
     fn body_structure(
@@ -789,9 +893,7 @@ impl Folder for StoreFolder {
         extended: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), StoreError> {
-        let (s, _, _) = self.structure(uid)?;
-        mime::imap::body(&s.root, extended, out);
-        Ok(())
+        self.from_record(uid, out, |r, o| mime::index::write_body(r, extended, o))
     }
 
     fn section(
