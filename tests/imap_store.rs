@@ -287,3 +287,61 @@ fn envelope_and_bodystructure_come_from_the_index_and_survive_a_restart() {
     let mime = srv.data_dir().join("imap").join("INBOX.mime");
     assert!(std::fs::metadata(&mime).unwrap().len() > 0, "{mime:?}");
 }
+
+/// EXPUNGE rewrites the folder, and the rewrite writes IMAP's flags into
+/// the kept messages' `Status:`/`X-Status:` lines (mutt's convention), so
+/// an mbox reader sees them: Python's `mailbox` reads `\Seen \Answered`
+/// as "ROA", `\Flagged \Draft` as "FT", no flags as none. Sizes and
+/// bodies served afterwards agree with the rewritten file.
+#[test]
+fn expunge_writes_flags_into_status_headers() {
+    let srv = imap_server();
+    for s in ["one", "two", "three", "four"] {
+        srv.deliver(&smtp_stuff(
+            format!("Subject: {s}\r\nStatus: O\r\n\r\nThis is {s}.\r\n").as_bytes(),
+        ));
+    }
+    let out = imaplib(
+        &srv,
+        r#"
+M.select('INBOX')
+M.store('1', '+FLAGS', '(\\Seen \\Answered)')
+M.store('2', '+FLAGS', '(\\Flagged \\Draft $Label1)')
+M.store('3', '+FLAGS', '(\\Deleted)')
+typ, data = M.expunge()
+print('EXPUNGE', typ, data)
+typ, data = M.fetch('1:*', '(FLAGS RFC822.SIZE BODY.PEEK[])')
+for d in data:
+    if isinstance(d, tuple):
+        size = int(d[0].split(b'RFC822.SIZE ')[1].split()[0])
+        print('MSG', d[0].decode(), size == len(d[1]), d[1].count(b'Status:'))
+M.logout()
+"#,
+        &[],
+    );
+    assert!(out.contains("EXPUNGE OK [b'3']"), "{out}");
+    assert_eq!(out.matches("MSG").count(), 3, "{out}");
+    assert!(
+        !out.contains(" False "),
+        "RFC822.SIZE is the body's size: {out}"
+    );
+    let flags = python(
+        r#"
+import mailbox, sys
+box = mailbox.mbox(sys.argv[1], create=False)
+for key in box.keys():
+    m = box[key]
+    print(m['Subject'], repr(m.get_flags()))
+"#,
+        &[&srv.mbox_path()],
+    );
+    let lines: Vec<&str> = flags.lines().collect();
+    assert_eq!(
+        lines,
+        ["one 'ROA'", "two 'FT'", "four ''"],
+        "{flags}\n{}",
+        String::from_utf8_lossy(&srv.mbox())
+    );
+    // Every message still parses, and its UIDL-keyed flags survived.
+    assert!(out.contains("\\Seen") && out.contains("$Label1"), "{out}");
+}

@@ -659,7 +659,7 @@ async fn expunge(ctx: &ImapContext, folder: &str, uids: &[u32]) -> WriteDone {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let plan = match state.borrow().expunge_plan(uids) {
+    let (plan, status) = match state.borrow().expunge_plan(uids) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -673,7 +673,11 @@ async fn expunge(ctx: &ImapContext, folder: &str, uids: &[u32]) -> WriteDone {
     let dir = ctx.rewrite_dir(folder);
     state.borrow().rewritten();
     let r = writer
-        .exclusive(move |l| Ok(crate::store::maildrop::expunge(l, &plan, &dir)))
+        .exclusive(move |l| {
+            Ok(crate::store::maildrop::expunge_with_status(
+                l, &plan, &status, &dir,
+            ))
+        })
         .await;
     match r {
         Ok(Ok(_)) => {

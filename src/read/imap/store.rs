@@ -221,7 +221,14 @@ impl FolderState {
                 if e.msg.end - e.msg.start != m.end - m.start {
                     e.mime = None;
                 }
-                e.body_start = e.body_start - e.msg.start + m.start;
+                let skip = e.body_start - e.msg.start;
+                e.body_start = skip + m.start;
+                // Its size changes when `Status:` lines were rewritten.
+                e.size = if skip > 0 {
+                    m.size.saturating_sub(skip + 1)
+                } else {
+                    m.size
+                };
                 e.msg = m;
                 self.entries.push(e);
                 continue;
@@ -379,15 +386,38 @@ impl FolderState {
         self.pos(uid).map(|i| &self.entries[i])
     }
 
-    /// The maildrop view for a rewrite: messages and the file's stamp.
-    pub fn expunge_plan(&self, uids: &[Uid]) -> Result<maildrop::Expunge, StoreError> {
+    /// The maildrop view for a rewrite: messages and the file's stamp,
+    /// and each message's flags as `Status:`/`X-Status:` lines, which the
+    /// rewrite writes into the kept messages (issue 16: mutt and other
+    /// mbox readers see what was read, answered, flagged in IMAP).
+    pub fn expunge_plan(
+        &self,
+        uids: &[Uid],
+    ) -> Result<(maildrop::Expunge, Vec<Option<Vec<u8>>>), StoreError> {
         let file = File::open(&self.path).map_err(|e| io("cannot open folder", e))?;
         let stamp = maildrop::stamp(&file, self.len).map_err(|e| io("cannot read folder", e))?;
-        Ok(maildrop::Expunge {
-            messages: self.entries.iter().map(|e| e.msg.clone()).collect(),
-            deleted: self.entries.iter().map(|e| uids.contains(&e.uid)).collect(),
-            stamp,
-        })
+        let status = self
+            .entries
+            .iter()
+            .map(|e| {
+                let f = |name: &str| has(&e.flags, name);
+                Some(maildrop::status_lines(
+                    f("\\Seen"),
+                    f("\\Answered"),
+                    f("\\Flagged"),
+                    f("\\Deleted"),
+                    f("\\Draft"),
+                ))
+            })
+            .collect();
+        Ok((
+            maildrop::Expunge {
+                messages: self.entries.iter().map(|e| e.msg.clone()).collect(),
+                deleted: self.entries.iter().map(|e| uids.contains(&e.uid)).collect(),
+                stamp,
+            },
+            status,
+        ))
     }
 }
 
