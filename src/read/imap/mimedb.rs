@@ -25,20 +25,25 @@ use std::path::{Path, PathBuf};
 pub struct Ptr {
     pub at: u64,
     pub len: u32,
+    /// The message's RFC822.SIZE as the record computed it (kept beside
+    /// the pointer, so that SELECT needs no record).
+    pub wire: u64,
 }
 
 impl Ptr {
-    /// `%at:len` in the text index.
+    /// `%at:len:wire` in the text index.
     pub fn token(&self) -> String {
-        format!("%{}:{}", self.at, self.len)
+        format!("%{}:{}:{}", self.at, self.len, self.wire)
     }
 
     pub fn parse(t: &str) -> Option<Ptr> {
-        let (a, l) = t.strip_prefix('%')?.split_once(':')?;
-        Some(Ptr {
-            at: a.parse().ok()?,
-            len: l.parse().ok()?,
-        })
+        let mut f = t.strip_prefix('%')?.split(':');
+        let p = Ptr {
+            at: f.next()?.parse().ok()?,
+            len: f.next()?.parse().ok()?,
+            wire: f.next()?.parse().ok()?,
+        };
+        f.next().is_none().then_some(p)
     }
 }
 
@@ -111,9 +116,10 @@ impl MimeDb {
         self.live = self.live.saturating_sub(u64::from(p.len));
     }
 
-    /// Appends a record; `None` if the file cannot be written (the
-    /// message is then parsed again when asked for).
-    pub fn put(&mut self, uidl: &str, rec: &[u8]) -> Option<Ptr> {
+    /// Appends a record of a message of `wire` octets; `None` if the
+    /// file cannot be written (the message is then parsed again when
+    /// asked for).
+    pub fn put(&mut self, uidl: &str, rec: &[u8], wire: u64) -> Option<Ptr> {
         let file = self.file.as_ref()?;
         let framed = frame(uidl, rec)?;
         let at = self.len;
@@ -125,6 +131,7 @@ impl MimeDb {
         let p = Ptr {
             at,
             len: framed.len() as u32,
+            wire,
         };
         self.keep(p);
         Some(p)
@@ -196,6 +203,7 @@ impl MimeDb {
                 Ptr {
                     at,
                     len: framed.len() as u32,
+                    wire: p.wire,
                 },
             ));
             at += framed.len() as u64;
@@ -258,41 +266,24 @@ mod tests {
         let path = dir.join("INBOX.mime");
         let _ = std::fs::remove_file(&path);
         let mut db = MimeDb::open(path.clone());
-        let a = db.put("uidl-a", b"record a").unwrap();
-        let b = db.put("uidl-b", b"record b, longer").unwrap();
+        let a = db.put("uidl-a", b"record a", 8).unwrap();
+        let b = db.put("uidl-b", b"record b, longer", 16).unwrap();
         assert_eq!(db.get(a, "uidl-a").unwrap(), b"record a");
         assert_eq!(db.get(b, "uidl-b").unwrap(), b"record b, longer");
         // Someone else's record, a pointer off by one, past the end.
         assert_eq!(db.get(a, "uidl-b"), None);
-        assert_eq!(
-            db.get(
-                Ptr {
-                    at: a.at + 1,
-                    len: a.len
-                },
-                "uidl-a"
-            ),
-            None
-        );
-        assert_eq!(
-            db.get(
-                Ptr {
-                    at: 1 << 40,
-                    len: 9
-                },
-                "uidl-a"
-            ),
-            None
-        );
+        assert_eq!(db.get(Ptr { at: a.at + 1, ..a }, "uidl-a"), None);
+        assert_eq!(db.get(Ptr { at: 1 << 40, ..a }, "uidl-a"), None);
         assert_eq!(Ptr::parse(&b.token()), Some(b));
-        assert_eq!(Ptr::parse("%x:1"), None);
+        assert_eq!(Ptr::parse("%x:1:2"), None);
+        assert_eq!(Ptr::parse("%1:2"), None);
         // Reopened (a restart): the same records.
         let mut db = MimeDb::open(path.clone());
         assert_eq!(db.get(b, "uidl-b").unwrap(), b"record b, longer");
         // Compaction keeps the live one and moves it.
         db.keep(b);
         for i in 0..3000 {
-            let p = db.put(&format!("junk{i}"), &[7u8; 40]).unwrap();
+            let p = db.put(&format!("junk{i}"), &[7u8; 40], 40).unwrap();
             db.drop_record(p);
         }
         let mut pb = Some(b);

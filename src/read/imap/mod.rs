@@ -12,6 +12,7 @@
 pub mod command;
 pub mod conn;
 pub mod folder;
+pub mod hidden;
 pub mod input;
 pub mod memory;
 pub mod mimedb;

@@ -21,6 +21,7 @@
 
 use super::command::{DateTime, Flag, Section, SectionText, StoreMode, TextField};
 use super::folder::{Account, Change, Folder, FolderInfo, Meta, StoreError, Stored, Summary, Uid};
+use super::hidden::HideFilter;
 use super::mimedb::{MimeDb, Ptr};
 use crate::store::maildrop::{self, Message};
 use crate::store::mbox::Seal;
@@ -281,10 +282,17 @@ impl FolderState {
         for i in 0..self.entries.len() {
             if self.entries[i].mime.is_none() {
                 let e = &self.entries[i];
-                let rec = parse_record(&file, e.body_start, e.msg.end)?;
-                let p = self.db.put(&e.msg.uid, &rec);
+                let (rec, wire) = parse_record(&file, e.body_start, e.msg.end)?;
+                let p = self.db.put(&e.msg.uid, &rec, wire);
                 self.entries[i].mime = p;
+                self.entries[i].size = wire;
                 dirty = true;
+            }
+        }
+        // RFC822.SIZE is the record's: the message as IMAP serves it.
+        for e in &mut self.entries {
+            if let Some(p) = e.mime {
+                e.size = p.wire;
             }
         }
         self.ino = ino;
@@ -422,21 +430,54 @@ impl FolderState {
 }
 
 /// Parses the stored message `[start, end)` in bounded pieces into its
-/// MIME index record.
-fn parse_record(file: &File, start: u64, end: u64) -> Result<Vec<u8>, StoreError> {
+/// MIME index record and its size as IMAP serves it. The parser sees the
+/// message without its hidden fields ([`HideFilter`]), so the wire
+/// positions are those of what is served; the stored positions are then
+/// put back into the file's terms (every position past the header moves
+/// by what was hidden in it).
+fn parse_record(file: &File, start: u64, end: u64) -> Result<(Vec<u8>, u64), StoreError> {
     let mut p = mime::Parser::new();
+    let mut hide = HideFilter::new();
     let mut buf = vec![0u8; CHUNK];
+    let mut shown = Vec::with_capacity(CHUNK);
     let mut at = start;
     while at < end {
         let n = ((end - at) as usize).min(CHUNK);
         file.read_exact_at(&mut buf[..n], at)
             .map_err(|e| io("cannot read folder", e))?;
-        p.feed(&buf[..n]);
+        shown.clear();
+        hide.feed(&buf[..n], &mut shown);
+        p.feed(&shown);
         at += n as u64;
     }
+    shown.clear();
+    hide.finish(&mut shown);
+    p.feed(&shown);
+    let mut s = p.finish();
+    if hide.removed > 0 {
+        shift_stored(&mut s.root, hide.removed, true);
+    }
     let mut rec = Vec::new();
-    mime::index::encode(&p.finish(), &mut rec);
-    Ok(rec)
+    mime::index::encode(&s, &mut rec);
+    Ok((rec, s.size()))
+}
+
+/// Moves every stored position of `part` but the message's own start.
+fn shift_stored(part: &mut mime::Part, by: u64, root: bool) {
+    if !root || part.header.stored > 0 {
+        part.header.stored += by;
+    }
+    part.body.stored += by;
+    part.end.stored += by;
+    match &mut part.kind {
+        mime::Kind::Single => {}
+        mime::Kind::Multi(children) => {
+            for c in children {
+                shift_stored(c, by, false);
+            }
+        }
+        mime::Kind::Message(_, inner) => shift_stored(inner, by, false),
+    }
 }
 
 fn has(flags: &[Flag], f: &str) -> bool {
@@ -696,9 +737,10 @@ impl StoreFolder {
             return Ok((rec, file, m));
         }
         log::info!("{}: MIME record of UID {uid} rebuilt", st.path.display());
-        let rec = parse_record(&file, m.start, m.end)?;
+        let (rec, wire) = parse_record(&file, m.start, m.end)?;
         let uidl = st.entries[i].msg.uid.clone();
-        st.entries[i].mime = st.db.put(&uidl, &rec);
+        st.entries[i].mime = st.db.put(&uidl, &rec, wire);
+        st.entries[i].size = wire;
         st.save();
         Ok((rec, file, m))
     }
@@ -739,7 +781,9 @@ impl StoreFolder {
     /// The wire form of a range of a message.
     fn wire(file: &File, m: &Message, r: mime::Range, out: &mut Vec<u8>) -> Result<(), StoreError> {
         let mut w = WireWriter::new();
+        let mut hide = (r.start.stored == 0).then(HideFilter::new);
         let mut buf = vec![0u8; CHUNK];
+        let mut shown = Vec::new();
         let (mut at, end) = (
             m.start + r.start.stored,
             (m.start + r.end.stored).min(m.end),
@@ -748,8 +792,20 @@ impl StoreFolder {
             let n = ((end - at) as usize).min(CHUNK);
             file.read_exact_at(&mut buf[..n], at)
                 .map_err(|e| io("cannot read folder", e))?;
-            w.write(&buf[..n], out);
+            match &mut hide {
+                Some(h) => {
+                    shown.clear();
+                    h.feed(&buf[..n], &mut shown);
+                    w.write(&shown, out);
+                }
+                None => w.write(&buf[..n], out),
+            }
             at += n as u64;
+        }
+        if let Some(h) = &mut hide {
+            shown.clear();
+            h.finish(&mut shown);
+            w.write(&shown, out);
         }
         if end >= m.end {
             w.end_message(out);
@@ -777,6 +833,8 @@ pub struct Body {
     skip: u64,
     left: u64,
     wire: WireWriter,
+    /// For a range from the message's start: the hidden fields go.
+    hide: Option<HideFilter>,
     /// The folder's rewrite count when the length was computed: a rewrite
     /// moves the bytes under us.
     generation: (u64, Rc<std::cell::Cell<u64>>),
@@ -793,6 +851,7 @@ impl Body {
             message_end: false,
             skip: 0,
             wire: WireWriter::new(),
+            hide: None,
             generation: (0, Rc::new(std::cell::Cell::new(0))),
         }
     }
@@ -837,7 +896,17 @@ impl Body {
             .map_err(|e| io("cannot read folder", e))?;
         self.at += n as u64;
         let mut piece = Vec::with_capacity(n + n / 8 + 2);
-        self.wire.write(&buf, &mut piece);
+        match &mut self.hide {
+            Some(h) => {
+                let mut shown = Vec::with_capacity(n);
+                h.feed(&buf, &mut shown);
+                if self.at >= self.end {
+                    h.finish(&mut shown);
+                }
+                self.wire.write(&shown, &mut piece);
+            }
+            None => self.wire.write(&buf, &mut piece),
+        }
         if self.at >= self.end {
             if self.message_end {
                 self.wire.end_message(&mut piece);
@@ -988,6 +1057,7 @@ impl Folder for StoreFolder {
             skip,
             left: len,
             wire: WireWriter::new(),
+            hide: (r.start.stored == 0).then(HideFilter::new),
             generation: (generation.get(), generation),
         };
         Ok((len, body))
