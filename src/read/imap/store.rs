@@ -401,7 +401,7 @@ impl FolderState {
     pub fn expunge_plan(
         &self,
         uids: &[Uid],
-    ) -> Result<(maildrop::Expunge, Vec<Option<Vec<u8>>>), StoreError> {
+    ) -> Result<(maildrop::Expunge, StatusLines), StoreError> {
         let file = File::open(&self.path).map_err(|e| io("cannot open folder", e))?;
         let stamp = maildrop::stamp(&file, self.len).map_err(|e| io("cannot read folder", e))?;
         let status = self
@@ -479,6 +479,9 @@ fn shift_stored(part: &mut mime::Part, by: u64, root: bool) {
         mime::Kind::Message(_, inner) => shift_stored(inner, by, false),
     }
 }
+
+/// Per message, the `Status:`/`X-Status:` lines a rewrite gives it.
+pub type StatusLines = Vec<Option<Vec<u8>>>;
 
 fn has(flags: &[Flag], f: &str) -> bool {
     flags.iter().any(|x| x.eq_ignore_ascii_case(f))
@@ -759,7 +762,7 @@ impl StoreFolder {
 
     /// Writes from a message's record with `w`; a record `w` refuses
     /// (a torn or stale cache) is rebuilt from the message once.
-    fn from_record(
+    fn write_record(
         &self,
         uid: Uid,
         out: &mut Vec<u8>,
@@ -983,7 +986,7 @@ impl Folder for StoreFolder {
 
     fn envelope(&self, uid: Uid, out: &mut Vec<u8>) -> Result<(), StoreError> {
         // Straight from the index record (docs/imap.md "MIME structure").
-        self.from_record(uid, out, mime::index::write_envelope)
+        self.write_record(uid, out, mime::index::write_envelope)
     }
 
     fn body_structure(
@@ -992,7 +995,7 @@ impl Folder for StoreFolder {
         extended: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), StoreError> {
-        self.from_record(uid, out, |r, o| mime::index::write_body(r, extended, o))
+        self.write_record(uid, out, |r, o| mime::index::write_body(r, extended, o))
     }
 
     fn section(
