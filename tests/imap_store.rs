@@ -359,3 +359,47 @@ for key in box.keys():
     // The flags themselves survived the rewrite (keyed by UIDL).
     assert!(out.contains("\\Seen") && out.contains("$Label1"), "{out}");
 }
+
+/// POP3's deletion at QUIT rewrites the INBOX too, and writes the flags
+/// IMAP keeps for the messages it keeps: an mbox reader sees a message
+/// read in IMAP as read (`Status: RO`), one flagged as flagged.
+#[test]
+fn pop3_deletion_writes_imap_flags_into_status_headers() {
+    let srv = Server::with(Options {
+        listen_imap: true,
+        listen_pop3: true,
+        ..Options::default()
+    });
+    for s in ["one", "two", "three"] {
+        srv.deliver(&smtp_stuff(
+            format!("Subject: {s}\r\n\r\nThis is {s}.\r\n").as_bytes(),
+        ));
+    }
+    let out = imaplib(
+        &srv,
+        r#"
+M.select('INBOX')
+M.store('2', '+FLAGS', '(\\Seen)')
+M.store('3', '+FLAGS', '(\\Flagged \\Answered)')
+M.logout()
+print('STORED')
+"#,
+        &[],
+    );
+    assert!(out.contains("STORED"), "{out}");
+    let mut p = Pop3::login(srv.addr("pop3"));
+    p.ok("DELE 1");
+    p.ok("QUIT");
+    let flags = python(
+        r#"
+import mailbox, sys
+box = mailbox.mbox(sys.argv[1], create=False)
+for key in box.keys():
+    m = box[key]
+    print(m['Subject'], repr(m.get_flags()))
+"#,
+        &[&srv.mbox_path()],
+    );
+    let lines: Vec<&str> = flags.lines().collect();
+    assert_eq!(lines, ["two 'RO'", "three 'AF'"], "{flags}");
+}

@@ -480,6 +480,38 @@ fn shift_stored(part: &mut mime::Part, by: u64, root: bool) {
     }
 }
 
+/// For POP3's deletion at QUIT (the INBOX): the flags IMAP keeps for
+/// these messages (the sidecar `<data_dir>/imap/INBOX.index`, keyed by
+/// the same UIDLs) as `Status:`/`X-Status:` lines, so that this rewrite
+/// too writes them (issue 16). A message IMAP never saw: left as it is.
+pub fn inbox_status_lines(data_dir: &Path, messages: &[Message]) -> StatusLines {
+    let Ok(text) = std::fs::read_to_string(data_dir.join("imap").join("INBOX.index")) else {
+        return Vec::new();
+    };
+    let mut flags: HashMap<&str, Vec<&str>> = HashMap::new();
+    for line in text.lines().skip(1) {
+        let mut w = line.split(' ');
+        let Some(uidl) = w.next() else { continue };
+        // UID and MODSEQ, then the record pointer and the flags.
+        let f = w.skip(2).filter(|f| !f.starts_with('%')).collect();
+        flags.insert(uidl, f);
+    }
+    messages
+        .iter()
+        .map(|m| {
+            let f = flags.get(m.uid.as_str())?;
+            let has = |n: &str| f.iter().any(|x| x.eq_ignore_ascii_case(n));
+            Some(maildrop::status_lines(
+                has("\\Seen"),
+                has("\\Answered"),
+                has("\\Flagged"),
+                has("\\Deleted"),
+                has("\\Draft"),
+            ))
+        })
+        .collect()
+}
+
 /// Per message, the `Status:`/`X-Status:` lines a rewrite gives it.
 pub type StatusLines = Vec<Option<Vec<u8>>>;
 
