@@ -81,7 +81,8 @@ fn vm(pid: u32, key: &str) -> u64 {
 }
 
 /// Frugal (developers' guide, issue 16): fetching a 25 MiB message in
-/// every whole-message form streams it from the mbox; the server's peak
+/// every whole-message form, and searching its text, streams it from the
+/// mbox; the server's peak
 /// RSS grows by less than 1 MiB, and the octets are the mailbox's, as
 /// Python's `mailbox` reads them (mboxrd quoting undone, CRLF).
 #[test]
@@ -136,6 +137,13 @@ for item in ['BODY.PEEK[]', 'RFC822', 'BODY.PEEK[TEXT]', 'BINARY.PEEK[]', 'BODY.
     assert got == want, (item, len(got), len(want))
     print('ITEM', item, len(got), hwm())
     del got, data
+# SEARCH in the text streams too: a line near the end, and nothing.
+last = expected.rstrip(b'\r\n').rsplit(b'\r\n', 1)[1][:8].decode()
+typ, data = M.search(None, 'BODY', last)
+print('SEARCH', last, data, hwm())
+assert data == [b'2'], data
+typ, data = M.search(None, 'TEXT', 'no-such-words-anywhere')
+assert data == [b''], data
 print('SIZE', size, len(expected))
 print('PEAK', hwm() - base)
 M.logout()

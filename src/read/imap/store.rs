@@ -891,6 +891,30 @@ impl Body {
         }
     }
 
+    /// The wire form of range `r` of message `m`, from wire octet `skip`
+    /// on, `len` octets.
+    fn range(
+        file: File,
+        m: &Message,
+        r: mime::Range,
+        skip: u64,
+        len: u64,
+        generation: Rc<std::cell::Cell<u64>>,
+    ) -> Body {
+        Body {
+            bytes: None,
+            file: Some(file),
+            at: m.start + r.start.stored,
+            end: (m.start + r.end.stored).min(m.end),
+            message_end: m.start + r.end.stored >= m.end,
+            skip,
+            left: len,
+            wire: WireWriter::new(),
+            hide: (r.start.stored == 0).then(HideFilter::new),
+            generation: (generation.get(), generation),
+        }
+    }
+
     /// Octets still to come.
     pub fn left(&self) -> u64 {
         self.left
@@ -1083,19 +1107,7 @@ impl Folder for StoreFolder {
         // comes from the structure (the wire positions), not from reading.
         let (skip, len) = cut(r.wire_len());
         let generation = self.state.borrow().generation.clone();
-        let body = Body {
-            bytes: None,
-            file: Some(file),
-            at: m.start + r.start.stored,
-            end: (m.start + r.end.stored).min(m.end),
-            message_end: m.start + r.end.stored >= m.end,
-            skip,
-            left: len,
-            wire: WireWriter::new(),
-            hide: (r.start.stored == 0).then(HideFilter::new),
-            generation: (generation.get(), generation),
-        };
-        Ok((len, body))
+        Ok((len, Body::range(file, &m, r, skip, len, generation)))
     }
 
     fn matches(
@@ -1108,25 +1120,46 @@ impl Folder for StoreFolder {
         let (s, file, m) = self.structure(uid)?;
         let mut head = Vec::new();
         if let Some(r) = s.section(&[], Spec::Header) {
+            // As for HEADER.FIELDS: at most MAX_HEADER of the header.
+            let r = mime::Range {
+                start: r.start,
+                end: mime::Pos {
+                    stored: r.end.stored.min(r.start.stored + mime::MAX_HEADER as u64),
+                    wire: r.end.wire,
+                },
+            };
             Self::wire(&file, &m, r, &mut head)?;
         }
         let value = |name: &str| header_filter(&head, &[name.to_string()], false);
-        let body = |s: &Structure| -> Result<Vec<u8>, StoreError> {
-            let mut b = Vec::new();
-            if let Some(r) = s.section(&[], Spec::Text) {
-                Self::wire(&file, &m, r, &mut b)?;
+        // The text is searched as it streams (never held whole).
+        let body = |s: &Structure| -> Result<bool, StoreError> {
+            let Some(r) = s.section(&[], Spec::Text) else {
+                return Ok(false);
+            };
+            let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
+            let mut b = Body::range(f, &m, r, 0, r.wire_len(), Rc::default());
+            let keep = needle.len().saturating_sub(1);
+            let mut window = Vec::with_capacity(2 * CHUNK + needle.len());
+            loop {
+                let done = b.fill(&mut window)?;
+                if contains_ci(&window, needle) {
+                    return Ok(true);
+                }
+                if done {
+                    return Ok(false);
+                }
+                // Keep the tail a match may start in.
+                let cut = window.len().saturating_sub(keep);
+                window.drain(..cut);
             }
-            Ok(b)
         };
         Ok(match (field, header) {
             (_, Some(h)) => {
                 let v = value(h);
                 v.len() > 2 && contains_ci(&v[h.len().min(v.len())..], needle)
             }
-            (Some(TextField::Body), _) => contains_ci(&body(&s)?, needle),
-            (Some(TextField::Text), _) => {
-                contains_ci(&head, needle) || contains_ci(&body(&s)?, needle)
-            }
+            (Some(TextField::Body), _) => body(&s)?,
+            (Some(TextField::Text), _) => contains_ci(&head, needle) || body(&s)?,
             (Some(TextField::From), _) => contains_ci(&value("From"), needle),
             (Some(TextField::To), _) => contains_ci(&value("To"), needle),
             (Some(TextField::Cc), _) => contains_ci(&value("Cc"), needle),
