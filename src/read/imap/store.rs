@@ -573,6 +573,24 @@ fn from_line_date(line: &[u8]) -> i64 {
     d.days() * 86400 + h * 3600 + mi * 60 + se
 }
 
+/// The text/* parts of a message that are no multipart or message, in
+/// order (for SEARCH BODY and TEXT).
+fn text_leaves<'a>(p: &'a mime::Part, out: &mut Vec<&'a mime::Part>) {
+    match &p.kind {
+        mime::Kind::Multi(children) => {
+            for c in children {
+                text_leaves(c, out);
+            }
+        }
+        mime::Kind::Message(_, inner) => text_leaves(inner, out),
+        mime::Kind::Single => {
+            if p.ctype.eq_ignore_ascii_case(b"text") {
+                out.push(p);
+            }
+        }
+    }
+}
+
 /// The account: every folder's state, shared by all sessions.
 pub struct Store {
     pub inbox: PathBuf,
@@ -650,6 +668,17 @@ impl Store {
         Ok(st)
     }
 
+    /// The folders the user unsubscribed from (UNSUBSCRIBE); every other
+    /// folder is subscribed.
+    fn unsubscribed(&self) -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(self.state_dir.join("unsubscribed"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
     /// Forgets a folder's state (after DELETE or RENAME).
     pub fn forget(&self, name: &str) {
         self.open.borrow_mut().remove(&Self::canonical(name));
@@ -711,6 +740,10 @@ impl Account for StoreAccount {
             subscribed: true,
         }];
         self.0.walk(&self.0.folders, "", &mut out);
+        let unsub = self.0.unsubscribed();
+        for f in &mut out {
+            f.subscribed = !unsub.contains(&f.name);
+        }
         Ok(out)
     }
 
@@ -732,9 +765,26 @@ impl Account for StoreAccount {
         })
     }
 
-    fn subscribe(&mut self, _name: &str, _subscribed: bool) -> Result<(), StoreError> {
-        // Every folder is subscribed (a single user's own folders).
-        Ok(())
+    fn subscribe(&mut self, name: &str, subscribed: bool) -> Result<(), StoreError> {
+        // Folders are subscribed unless unsubscribed (a single user's own
+        // folders, new ones included); the exceptions are kept in a small
+        // file, replaced by rename.
+        let name = Store::canonical(name);
+        let mut unsub = self.0.unsubscribed();
+        let changed = if subscribed {
+            unsub.remove(&name)
+        } else {
+            unsub.insert(name)
+        };
+        if !changed {
+            return Ok(());
+        }
+        let path = self.0.state_dir.join("unsubscribed");
+        let tmp = self.0.state_dir.join("unsubscribed.tmp");
+        let text: String = unsub.iter().map(|n| format!("{n}\n")).collect();
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| StoreError::Unavailable(format!("cannot save subscriptions: {e}")))
     }
 }
 
@@ -870,6 +920,8 @@ pub struct Body {
     wire: WireWriter,
     /// For a range from the message's start: the hidden fields go.
     hide: Option<HideFilter>,
+    /// BINARY and SEARCH: the transfer encoding undone as it streams.
+    decode: Option<mime::decode::Decoder>,
     /// The folder's rewrite count when the length was computed: a rewrite
     /// moves the bytes under us.
     generation: (u64, Rc<std::cell::Cell<u64>>),
@@ -887,6 +939,7 @@ impl Body {
             skip: 0,
             wire: WireWriter::new(),
             hide: None,
+            decode: None,
             generation: (0, Rc::new(std::cell::Cell::new(0))),
         }
     }
@@ -911,7 +964,47 @@ impl Body {
             left: len,
             wire: WireWriter::new(),
             hide: (r.start.stored == 0).then(HideFilter::new),
+            decode: None,
             generation: (generation.get(), generation),
+        }
+    }
+
+    /// The same octets with `enc` undone.
+    fn decoded(mut self, enc: mime::decode::Encoding) -> Body {
+        self.decode = Some(mime::decode::Decoder::new(enc));
+        self
+    }
+
+    /// Octets the range gives (for a decoded one, by decoding it all;
+    /// held a piece at a time).
+    fn count(mut self) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        let mut piece = Vec::new();
+        while self.at < self.end {
+            piece.clear();
+            self.fill(&mut piece)?;
+            n += piece.len() as u64;
+        }
+        Ok(n)
+    }
+
+    /// Whether `needle` is in the octets (case-insensitive, as SEARCH),
+    /// looked for piece by piece with a needle-long overlap.
+    fn contains(mut self, needle: &[u8]) -> Result<bool, StoreError> {
+        let keep = needle.len().saturating_sub(1);
+        let mut window = Vec::with_capacity(2 * CHUNK + needle.len());
+        loop {
+            let more = self.at < self.end && self.left > 0;
+            if !more {
+                return Ok(contains_ci(&window, needle));
+            }
+            self.fill(&mut window)?;
+            if contains_ci(&window, needle) {
+                return Ok(true);
+            }
+            // Keep the tail a match may start in.
+            let cut = window.len().saturating_sub(keep);
+            window.drain(..cut);
         }
     }
 
@@ -972,6 +1065,14 @@ impl Body {
             } else {
                 self.wire.finish(&mut piece);
             }
+        }
+        if let Some(d) = &mut self.decode {
+            let mut plain = Vec::with_capacity(piece.len());
+            d.feed(&piece, &mut plain);
+            if self.at >= self.end {
+                d.finish(&mut plain);
+            }
+            piece = plain;
         }
         let drop = (self.skip.min(piece.len() as u64)) as usize;
         self.skip -= drop as u64;
@@ -1040,6 +1141,12 @@ impl Folder for StoreFolder {
         })
     }
 
+    fn sent(&self, uid: Uid) -> Option<i64> {
+        let (s, _, _) = self.structure(uid).ok()?;
+        let d = super::command::Date::from_rfc5322(s.envelope.date.as_deref()?)?;
+        Some(d.days() * 86400)
+    }
+
     fn envelope(&self, uid: Uid, out: &mut Vec<u8>) -> Result<(), StoreError> {
         // Straight from the index record (docs/imap.md "MIME structure").
         self.write_record(uid, out, mime::index::write_envelope)
@@ -1058,7 +1165,7 @@ impl Folder for StoreFolder {
         &self,
         uid: Uid,
         section: &Section,
-        _binary: bool,
+        binary: bool,
         partial: Option<(u32, u32)>,
     ) -> Result<(u64, Body), StoreError> {
         let (s, file, m) = self.structure(uid)?;
@@ -1105,8 +1212,31 @@ impl Folder for StoreFolder {
         }
         // Everything else is streamed from the file: the literal's length
         // comes from the structure (the wire positions), not from reading.
-        let (skip, len) = cut(r.wire_len());
         let generation = self.state.borrow().generation.clone();
+        // BINARY: the content with its transfer encoding undone (RFC
+        // 3516 4.2), for a part that is not a multipart or a message. Its
+        // length is only known by decoding: a first pass counts (bounded
+        // memory), the second sends.
+        let enc = s
+            .part(path)
+            .filter(|p| binary && !path.is_empty() && matches!(p.kind, mime::Kind::Single))
+            .map(|p| mime::decode::Encoding::of(p.encoding.as_deref()))
+            .filter(|e| {
+                matches!(
+                    e,
+                    mime::decode::Encoding::Base64 | mime::decode::Encoding::QuotedPrintable
+                )
+            });
+        if let Some(enc) = enc {
+            let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
+            let total = Body::range(f, &m, r, 0, u64::MAX, Rc::default())
+                .decoded(enc)
+                .count()?;
+            let (skip, len) = cut(total);
+            let body = Body::range(file, &m, r, skip, len, generation).decoded(enc);
+            return Ok((len, body));
+        }
+        let (skip, len) = cut(r.wire_len());
         Ok((len, Body::range(file, &m, r, skip, len, generation)))
     }
 
@@ -1137,34 +1267,60 @@ impl Folder for StoreFolder {
                 return Ok(false);
             };
             let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
-            let mut b = Body::range(f, &m, r, 0, r.wire_len(), Rc::default());
-            let keep = needle.len().saturating_sub(1);
-            let mut window = Vec::with_capacity(2 * CHUNK + needle.len());
-            loop {
-                let done = b.fill(&mut window)?;
-                if contains_ci(&window, needle) {
+            Body::range(f, &m, r, 0, r.wire_len(), Rc::default()).contains(needle)
+        };
+        // Text parts in base64 or quoted-printable are also searched
+        // decoded (RFC 9051 6.4.4 searches the text, as Dovecot does).
+        let decoded_text_has = |s: &Structure| -> Result<bool, StoreError> {
+            let mut leaves = Vec::new();
+            text_leaves(&s.root, &mut leaves);
+            for p in leaves {
+                let enc = mime::decode::Encoding::of(p.encoding.as_deref());
+                if !matches!(
+                    enc,
+                    mime::decode::Encoding::Base64 | mime::decode::Encoding::QuotedPrintable
+                ) {
+                    continue;
+                }
+                let r = mime::Range {
+                    start: p.body,
+                    end: p.end,
+                };
+                // Decoded as it streams, like the plain text.
+                let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
+                let b = Body::range(f, &m, r, 0, u64::MAX, Rc::default()).decoded(enc);
+                if b.contains(needle)? {
                     return Ok(true);
                 }
-                if done {
-                    return Ok(false);
-                }
-                // Keep the tail a match may start in.
-                let cut = window.len().saturating_sub(keep);
-                window.drain(..cut);
             }
+            Ok(false)
+        };
+        // A header field matches as written or with its encoded words
+        // (RFC 2047) decoded: SEARCH CHARSET UTF-8 SUBJECT "Grüße" finds
+        // `=?utf-8?q?Gr=C3=BC=C3=9Fe?=` (RFC 9051 6.4.4).
+        // The value after `Name:`, so that SUBJECT "subject" does not
+        // find every message.
+        let field_value = |v: &[u8]| -> Vec<u8> {
+            let at = v.iter().position(|&b| b == b':').map_or(v.len(), |i| i + 1);
+            v[at..].to_vec()
+        };
+        let field_has = |v: Vec<u8>| {
+            contains_ci(&v, needle) || contains_ci(mime::header::decode_2047(&v).as_bytes(), needle)
         };
         Ok(match (field, header) {
             (_, Some(h)) => {
                 let v = value(h);
-                v.len() > 2 && contains_ci(&v[h.len().min(v.len())..], needle)
+                v.len() > 2 && field_has(v[h.len().min(v.len())..].to_vec())
             }
-            (Some(TextField::Body), _) => body(&s)?,
-            (Some(TextField::Text), _) => contains_ci(&head, needle) || body(&s)?,
-            (Some(TextField::From), _) => contains_ci(&value("From"), needle),
-            (Some(TextField::To), _) => contains_ci(&value("To"), needle),
-            (Some(TextField::Cc), _) => contains_ci(&value("Cc"), needle),
-            (Some(TextField::Bcc), _) => contains_ci(&value("Bcc"), needle),
-            (Some(TextField::Subject), _) => contains_ci(&value("Subject"), needle),
+            (Some(TextField::Body), _) => body(&s)? || decoded_text_has(&s)?,
+            (Some(TextField::Text), _) => {
+                contains_ci(&head, needle) || body(&s)? || decoded_text_has(&s)?
+            }
+            (Some(TextField::From), _) => field_has(field_value(&value("From"))),
+            (Some(TextField::To), _) => field_has(field_value(&value("To"))),
+            (Some(TextField::Cc), _) => field_has(field_value(&value("Cc"))),
+            (Some(TextField::Bcc), _) => field_has(field_value(&value("Bcc"))),
+            (Some(TextField::Subject), _) => field_has(field_value(&value("Subject"))),
             (None, None) => false,
         })
     }
