@@ -9,8 +9,11 @@ the machine. A section is a module `bench/<name>.py` with
     markdown(result) -> str   # its part of latest.md
 
 Sections: smtp.py (SMTP acceptance vs Postfix, disk limit, memory, start-up,
-binary size); pop3.py (POP3 vs Dovecot) when present. `--quick` is a
-seconds-long smoke run for CI: pimail only, no peers.
+binary size); spam.py (the spam checks' cost: acceptance with them on and
+off, greylist lookup at 1k..100k entries); pop3.py (POP3 vs Dovecot) when
+present. `--quick` is a seconds-long smoke run for CI: pimail only, no
+peers. `--only spam` runs one section and writes latest-spam.* (or
+quick-spam.*), leaving the full report alone.
 """
 
 import argparse
@@ -26,7 +29,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-SECTIONS = ["smtp", "pop3"]
+SECTIONS = ["smtp", "spam", "pop3"]
 
 
 class Context:
@@ -147,7 +150,7 @@ def build_loadgen(ctx, client):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run, pimail only")
-    p.add_argument("--only", help="comma-separated sections (default: all present)")
+    p.add_argument("--only", help="comma-separated sections: " + ", ".join(SECTIONS) + " (default: all present)")
     p.add_argument("--no-build", action="store_true", help="use target/release/pimail as is")
     p.add_argument("--no-peers", action="store_true", help="skip Postfix/Dovecot")
     p.add_argument("--no-static", action="store_true", help="skip the static (cross/build.sh) builds")
@@ -221,6 +224,9 @@ def main():
     md = head + "\n" + "\n".join(md_parts)
     os.makedirs(args.out, exist_ok=True)
     base = "quick" if ctx.quick else "latest"
+    if args.only:
+        # One section's figures must not replace the full report.
+        base += "-" + "-".join(wanted)
     with open(os.path.join(args.out, base + ".json"), "w") as f:
         json.dump(report, f, indent=1)
         f.write("\n")

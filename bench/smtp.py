@@ -232,9 +232,10 @@ def make_head(bench_id):
     ).encode()
 
 
-def load(addr, size, concurrency, seconds, tag):
+def load(addr, size, concurrency, seconds, tag, per_connection=None):
     """Each of `concurrency` connections sends messages back to back until
-    `seconds` are up. Returns acknowledged ids, latencies, elapsed, errors."""
+    `seconds` are up (a new connection after each `per_connection`
+    messages). Returns acknowledged ids, latencies, elapsed, errors."""
     body = make_body(size)
     acked, lat, errors = [], [], []
     lock = threading.Lock()
@@ -249,6 +250,10 @@ def load(addr, size, concurrency, seconds, tag):
             c.hello()
             barrier.wait(timeout=60)
             while time.monotonic() < deadline:
+                if per_connection and n and n % per_connection == 0:
+                    c.close()
+                    c = Conn(addr)
+                    c.hello()
                 bid = f"{tag}-{w}-{n}"
                 n += 1
                 t = time.monotonic()
@@ -281,11 +286,11 @@ def self_cpu_seconds():
     return ru.ru_utime + ru.ru_stime
 
 
-def load_python(addr, size, concurrency, seconds, tag):
+def load_python(addr, size, concurrency, seconds, tag, per_connection=None):
     """The threaded Python client, as a `client_load` result; its CPU is
     this process's (all threads) during the run."""
     cpu0 = self_cpu_seconds()
-    acked, lat, elapsed, errors = load(addr, size, concurrency, seconds, tag)
+    acked, lat, elapsed, errors = load(addr, size, concurrency, seconds, tag, per_connection)
     cpu = self_cpu_seconds() - cpu0
     return {
         "client": "python",
@@ -301,14 +306,14 @@ def load_python(addr, size, concurrency, seconds, tag):
     }
 
 
-def load_rust(loadgen, scratch, addr, size, concurrency, seconds, tag):
+def load_rust(loadgen, scratch, addr, size, concurrency, seconds, tag, per_connection=None):
     """bench/loadgen: one JSON line; the acknowledged ids in a file."""
     ids_path = os.path.join(scratch, "loadgen-ids")
     cmd = [
         loadgen, "--addr", f"{addr[0]}:{addr[1]}", "--connections", str(concurrency),
         "--seconds", str(seconds), "--size", str(size), "--tag", tag, "--ids", ids_path,
         "--from", SENDER, "--to", RCPT,
-    ]
+    ] + (["--per-connection", str(per_connection)] if per_connection else [])
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 600)
     except subprocess.TimeoutExpired:
@@ -349,12 +354,12 @@ def load_rust(loadgen, scratch, addr, size, concurrency, seconds, tag):
     }
 
 
-def client_load(ctx, addr, size, concurrency, seconds, tag):
+def client_load(ctx, addr, size, concurrency, seconds, tag, per_connection=None):
     """The Rust load client when bench/run.py built it, else the Python one."""
     loadgen = getattr(ctx, "loadgen", None)
     if loadgen:
-        return load_rust(loadgen, ctx.work, addr, size, concurrency, seconds, tag)
-    return load_python(addr, size, concurrency, seconds, tag)
+        return load_rust(loadgen, ctx.work, addr, size, concurrency, seconds, tag, per_connection)
+    return load_python(addr, size, concurrency, seconds, tag, per_connection)
 
 
 ID_RE = re.compile(rb"^X-Bench-Id: (\S+)$", re.M)
@@ -495,91 +500,6 @@ MASTER_SERVICES = {
     "flush", "proxymap", "proxywrite", "smtp", "relay", "showq", "error", "retry",
     "discard", "local", "virtual", "anvil", "scache", "postlog",
 }
-
-
-class SlowDns:
-    """A DNS server on loopback that answers every question NXDOMAIN after
-    `delay` seconds (a local resolver with the answer cached: ~1 ms), so
-    that the spam checks' lookups cost what they cost on a real Pi."""
-
-    def __init__(self, delay=0.001):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.delay = delay
-        self.queries = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                q, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            if len(q) < 12:
-                continue
-            # The question: labels up to the root, then type and class.
-            i = 12
-            while i < len(q) and q[i] != 0:
-                i += 1 + q[i]
-            question = q[12:i + 5]
-            flags = 0x8183 | (q[2] & 0x01) << 8  # QR, RD as asked, RA, NXDOMAIN
-            reply = q[:2] + flags.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x00\x00\x00" + question
-            self.queries += 1
-            time.sleep(self.delay)
-            self.sock.sendto(reply, peer)
-
-    def close(self):
-        self.sock.close()
-
-
-def spam_checks_cell(ctx, seconds, repeats, conc=8, size=2 << 10):
-    """Acceptance rate of 2 KiB messages at concurrency `conc` with the
-    spam checks off and on (best of `repeats` trials each, taking turns).
-    The bench sender fails the trust signals (no reverse DNS), so every
-    RCPT reads and writes the greylist table: the triplet is passed once
-    before the trials. Budget: within 10 % of the rate with checks off."""
-    dns = SlowDns()
-    off = Pimail(ctx, ctx.workdir("pimail-spam-off"))
-    on = Pimail(ctx, ctx.workdir("pimail-spam-on"), spam_dns=dns.port)
-    on.name = "pimail+checks"
-    off.start()
-    on.start()
-    try:
-        # Pass the one triplet: a first attempt (451), the delay, a retry.
-        for _ in range(2):
-            try:
-                c = Conn(on.addr)
-                c.hello()
-                c.s.sendall(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RCPT}>\r\n".encode())
-                c.reply()
-                c.reply()
-                c.close()
-            except (OSError, SmtpError):
-                pass
-            time.sleep(1.2)
-        trials = {"off": [], "on": []}
-        for _ in range(repeats):
-            trials["off"].append(throughput(ctx, off, "2 KiB", size, conc, seconds, 10))
-            trials["on"].append(throughput(ctx, on, "2 KiB", size, conc, seconds, 10))
-    finally:
-        off.stop()
-        on.stop()
-        dns.close()
-    best = {k: max(v, key=lambda r: r["msgs_per_s"]) for k, v in trials.items()}
-    ratio = best["on"]["msgs_per_s"] / best["off"]["msgs_per_s"] if best["off"]["msgs_per_s"] else None
-    r = {
-        "concurrency": conc,
-        "off_msgs_per_s": best["off"]["msgs_per_s"],
-        "on_msgs_per_s": best["on"]["msgs_per_s"],
-        "on_over_off": None if ratio is None else round(ratio, 3),
-        "on_temp_failed": best["on"]["temp_failed"],
-        "lost": sum(t["lost"] for v in trials.values() for t in v),
-        "dns_queries": dns.queries,
-        "note": "greylist lookup: one bucket read + one slot write, O(1) (docs/spam.md)",
-    }
-    ctx.log(f"  spam checks: {r}")
-    return r
 
 
 def free_port():
@@ -728,11 +648,11 @@ smtputf8_enable = no
 # ---- the benchmark -----------------------------------------------------------
 
 
-def throughput(ctx, server, size_name, size, conc, seconds, drain_timeout):
+def throughput(ctx, server, size_name, size, conc, seconds, drain_timeout, per_connection=None):
     offset = mbox_size(server.mbox)
     tag = f"{server.name}-{size}-{conc}-{time.time_ns()}"
     cpu0 = server.cpu_seconds()
-    c = client_load(ctx, server.addr, size, conc, seconds, tag)
+    c = client_load(ctx, server.addr, size, conc, seconds, tag, per_connection)
     acked, elapsed, errors = c["ids"], c["seconds"], c["errors"]
     # Messages still on their way to the mbox (Postfix): the time until its
     # queue is empty, polled cheaply (scanning the mbox takes a while for
@@ -1014,11 +934,6 @@ def limits_paragraph(r, by):
         if cpu > 0:
             limits.append((f"CPU ({os.cpu_count()} cores at {cpu:.2f} ms/msg, server and client)",
                            os.cpu_count() * 1000 / cpu))
-        if conc == 1 and sink.get("1") and disk and pm.get("server_cpu_ms_per_msg"):
-            # One message at a time: nothing overlaps, the costs add up.
-            serial_ms = 1000 / sink["1"] + 1000 / disk + pm["server_cpu_ms_per_msg"]
-            limits.append(("one at a time (a null round trip + one fsync + the server's CPU)",
-                           1000 / serial_ms))
         name, lowest = min(limits, key=lambda x: x[1])
         got = pm["msgs_per_s"] / pf["msgs_per_s"]
         verdict = "met" if got >= times else (
@@ -1128,13 +1043,6 @@ def run(ctx):
         for s in servers:
             s.stop()
     result["throughput"] = rows
-    try:
-        result["spam_checks"] = spam_checks_cell(ctx, seconds, repeats)
-        sc = result["spam_checks"]
-        if sc["lost"] or (sc["on_over_off"] is not None and sc["on_over_off"] < 0.9):
-            result["notes"].append(f"spam checks cost more than 10 %: {sc}")
-    except (OSError, RuntimeError, SmtpError) as e:
-        result["notes"].append(f"spam checks cell failed: {e}")
     for r in rows:
         if r["lost"] or r["in_mbox"] == 0:
             result["failed"] = True
@@ -1315,15 +1223,6 @@ def markdown(r):
            if have_pf else "."),
         "",
     ]
-    sc = r.get("spam_checks")
-    if sc:
-        out += [
-            f"Spam checks (issue 17; 2 KiB, c={sc['concurrency']}, fake DNS answering in ~1 ms, "
-            f"two blocklists, greylist lookup at every RCPT, one header rule): "
-            f"{sc['on_msgs_per_s']} msg/s with them on, {sc['off_msgs_per_s']} off "
-            f"({sc['on_over_off']} of the rate; budget ≥ 0.9). Lost: {sc['lost']}.",
-            "",
-        ]
     for n in r["notes"]:
         out.append(f"- {n}")
     if r["notes"]:

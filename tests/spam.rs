@@ -2,8 +2,9 @@
 //! against the real binary and the fake DNS: pregreet, DNS blocklists
 //! (IPv4, IPv6 through a PROXY header, slow lists, lists refusing the
 //! resolver), greylisting and who is never greylisted, the Junk folder
-//! (DMARC quarantine, SPF fail, header rules, the not-junk list), and the
-//! doctor's blocklist check. The checks run from loopback because these
+//! (DMARC quarantine, SPF fail, header rules, the not-junk list; Junk read
+//! with Python's imaplib and mailbox, the user's "not junk" given over
+//! IMAP), and the doctor's blocklist check. The checks run from loopback because these
 //! servers set `trusted = []`.
 
 mod common;
@@ -425,4 +426,187 @@ fn doctor_reports_a_blocklist_that_refuses_the_resolver() {
         "{out}"
     );
     assert!(out.contains("apt install unbound"), "{out}");
+}
+
+/// A server as [`server`], with IMAP on.
+fn imap_server(dns: &FakeDns, inbound: &str) -> Server {
+    Server::with(Options {
+        listen_imap: true,
+        ..options(dns, inbound)
+    })
+}
+
+/// Runs a Python `imaplib` script logged in as the user; its output.
+fn imaplib(srv: &Server, script: &str) -> String {
+    let a = srv.addr("imap");
+    let (host, port) = (a.ip().to_string(), a.port().to_string());
+    let prelude = "import imaplib, sys\n\
+                   M = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]), timeout=60)\n\
+                   typ, caps = M.login('alice', 'secret')\n\
+                   assert typ == 'OK', caps\n";
+    python(&format!("{prelude}{script}"), &[&host, &port])
+}
+
+const LOTTERY_RULE: &str =
+    "[[inbound.rule]]\nheader = \"Subject\"\ncontains = \"lottery\"\naction = \"junk\"\n";
+
+/// Sends a message with `subject` from `from` (envelope and From:) by swaks.
+fn swaks_subject(srv: &Server, from: &str, subject: &str) {
+    let header = format!("Subject: {subject}");
+    let (ok, out) = swaks(srv, from, &["--header", &header]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn junk_is_readable_over_imap_and_with_python_mailbox() {
+    let dns = FakeDns::start();
+    dns.txt("_dmarc.shop.test", &["v=DMARC1; p=quarantine"]);
+    dns.txt("shop.test", &["v=spf1 ip4:192.0.2.1 -all"]);
+    let srv = imap_server(&dns, &format!("auth_checks = true\n{LOTTERY_RULE}"));
+    // A DMARC quarantine failure and a rule match, by swaks.
+    let (ok, out) = swaks(
+        &srv,
+        "deals@shop.test",
+        &[
+            "--header",
+            "Subject: deals",
+            "--header",
+            "From: Shop <deals@shop.test>",
+        ],
+    );
+    assert!(ok, "{out}");
+    swaks_subject(&srv, "win@lotto.test", "You won the Lottery");
+    assert!(python_mbox_messages(&srv.mbox_path()).is_empty());
+    let out = imaplib(
+        &srv,
+        r#"
+typ, data = M.list()
+print('LIST', [l.decode() for l in data])
+typ, data = M.select('Junk', readonly=True)
+assert typ == 'OK', data
+print('EXISTS', data[0].decode())
+typ, data = M.fetch('1:*', '(FLAGS BODY.PEEK[HEADER.FIELDS (X-SPAM-REASON SUBJECT)])')
+assert typ == 'OK', data
+for d in data:
+    if isinstance(d, tuple):
+        sys.stdout.write('FETCH ' + d[1].decode().replace('\r\n', ' | ') + '\n')
+typ, data = M.fetch('2', '(BODY.PEEK[])')
+sys.stdout.write('WHOLE ' + repr(data[0][1]) + '\n')
+M.logout()
+"#,
+    );
+    assert!(out.contains("\\\\Junk) \"/\" \"Junk\""), "{out}");
+    assert!(out.contains("EXISTS 2"), "{out}");
+    assert!(
+        out.contains("X-Spam-Reason: dmarc: shop.test asks to quarantine mail that fails DMARC")
+            && out.contains("Subject: deals"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "X-Spam-Reason: rule: subject contains \"lottery\" | Subject: You won the Lottery"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("WHOLE b'X-Spam-Reason: rule:"), "{out}");
+    // The same file through Python's mailbox module, as any mbox reader.
+    let out = python(
+        r#"
+import mailbox, sys
+box = mailbox.mbox(sys.argv[1], create=False)
+for m in box:
+    print('MSG', m['Subject'], '|', m['X-Spam-Reason'], '|', m.get_payload().strip()[:20])
+"#,
+        &[&junk_path(&srv)],
+    );
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("MSG ")).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with("MSG deals | dmarc: shop.test"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(
+            "MSG You won the Lottery | rule: subject contains \"lottery\" | This is a test"
+        ),
+        "{out}"
+    );
+}
+
+/// The user's verdict over IMAP reaches the rules: a message moved out of
+/// Junk (or flagged `$NotJunk`) records its sender in `notjunk`, and that
+/// sender's next message that the rule matches lands in the INBOX; one
+/// moved to Trash is deleted spam, not a verdict.
+#[test]
+fn mail_moved_out_of_junk_or_marked_not_junk_over_imap_is_not_junked_again() {
+    let dns = FakeDns::start();
+    let srv = imap_server(&dns, LOTTERY_RULE);
+    swaks_subject(&srv, "win@lotto.test", "Lottery club minutes");
+    swaks_subject(&srv, "club@raffle.test", "Lottery results");
+    swaks_subject(&srv, "bot@spam.test", "Lottery winner");
+    assert_eq!(python_mbox_messages(&junk_path(&srv)).len(), 3);
+    let out = imaplib(
+        &srv,
+        r#"
+M.select('Junk')
+typ, data = M.uid('MOVE', '1', 'INBOX')
+print('MOVE', typ, data)
+typ, data = M.uid('STORE', '2', '+FLAGS', '($NotJunk)')
+print('STORE', typ, data)
+typ, data = M.uid('MOVE', '3', 'Trash')
+print('TRASH', typ, data)
+M.select('INBOX')
+typ, data = M.fetch('1', '(FLAGS)')
+print('INBOX', data)
+M.logout()
+"#,
+    );
+    assert!(out.contains("MOVE OK"), "{out}");
+    assert!(
+        out.contains("STORE OK") && out.contains("$NotJunk"),
+        "{out}"
+    );
+    assert!(out.contains("INBOX [b'1 (FLAGS ($NotJunk"), "{out}");
+    let notjunk = std::fs::read_to_string(srv.data_dir().join("notjunk")).unwrap();
+    assert!(
+        notjunk.contains("sender win@lotto.test\n")
+            && notjunk.contains("sender club@raffle.test\n"),
+        "{notjunk}"
+    );
+    assert!(
+        !notjunk.contains("spam.test"),
+        "Trash is no verdict: {notjunk}"
+    );
+    assert!(srv.wait_log("spam notjunk recorded=\"sender win@lotto.test", WAIT));
+    // The same kind of message again, from each of them.
+    swaks_subject(&srv, "win@lotto.test", "Lottery club minutes, March");
+    swaks_subject(&srv, "club@raffle.test", "Lottery results, March");
+    swaks_subject(&srv, "bot@spam.test", "Lottery winner again");
+    let inbox = python_mbox_messages(&srv.mbox_path());
+    let subjects: Vec<String> = inbox
+        .iter()
+        .filter_map(|m| {
+            String::from_utf8_lossy(m)
+                .lines()
+                .find(|l| l.starts_with("Subject: "))
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            "Subject: Lottery club minutes",
+            "Subject: Lottery club minutes, March",
+            "Subject: Lottery results, March"
+        ],
+        "{subjects:?}"
+    );
+    let junk = python_mbox_messages(&junk_path(&srv));
+    assert_eq!(
+        junk.len(),
+        2,
+        "the flagged one stays, the bot's new one comes"
+    );
+    assert!(String::from_utf8_lossy(&junk[1]).contains("Subject: Lottery winner again"));
+    assert!(srv.log_line("result=exempt-not-junk").is_some());
 }

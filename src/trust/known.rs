@@ -7,8 +7,9 @@
 //! - `notjunk`: what the user said is not junk: lines `sender <address>`
 //!   or `message-id <id>`. Header rules never junk or refuse a message
 //!   whose envelope sender, From address or Message-ID is listed. The IMAP
-//!   side will append here when the user marks a message `$NotJunk` or
-//!   moves it out of Junk; until then a person may add lines by hand.
+//!   side appends here ([`record_not_junk`]) when the user marks a message
+//!   `$NotJunk` or moves or copies it out of Junk; a person may add lines
+//!   by hand.
 //!
 //! Appends use `O_APPEND`, so the server and a `sendmail` process can
 //! write at once. The server holds the set in memory and reads only what
@@ -173,6 +174,24 @@ pub fn record_correspondents(data_dir: &Path, rcpts: &[String]) {
             "cannot record correspondents in {}: {e} (their replies may be greylisted)",
             data_dir.join(CORRESPONDENTS).display()
         );
+    }
+}
+
+/// Records what the user said is not junk (entries from
+/// `rules::not_junk_entries`); `why` names the user's act, for the log.
+pub fn record_not_junk(data_dir: &Path, entries: &[String], why: &str) {
+    if entries.is_empty() {
+        return;
+    }
+    match append(data_dir, NOT_JUNK, entries) {
+        Ok(()) => log::info!(
+            "spam notjunk recorded={} by={why}",
+            crate::util::logging::quoted(&entries.join(", "))
+        ),
+        Err(e) => log::warn!(
+            "cannot record not-junk mail in {}: {e} (the rules may junk its sender again)",
+            data_dir.join(NOT_JUNK).display()
+        ),
     }
 }
 

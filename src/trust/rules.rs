@@ -43,7 +43,13 @@ pub struct HeaderScan {
 impl HeaderScan {
     /// Keeps the fields named in `rules`, and From and Message-ID.
     pub fn new(rules: &[HeaderRule]) -> HeaderScan {
-        let mut wanted: Vec<String> = rules.iter().map(|r| r.header.clone()).collect();
+        let names: Vec<&str> = rules.iter().map(|r| r.header.as_str()).collect();
+        HeaderScan::for_fields(&names)
+    }
+
+    /// Keeps the fields `names` (lower case), and From and Message-ID.
+    pub fn for_fields(names: &[&str]) -> HeaderScan {
+        let mut wanted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         wanted.push("from".into());
         wanted.push("message-id".into());
         wanted.sort();
@@ -229,6 +235,35 @@ pub fn not_junk_keys(sender: &str, scan: &HeaderScan) -> Vec<String> {
     keys
 }
 
+/// What goes into the not-junk list when the user says a stored message
+/// is not junk (IMAP: `$NotJunk`, or moved out of Junk), given the top of
+/// the message (its header; more is ignored): `sender` with its From
+/// address (the `Return-Path:` address when it has no From) and
+/// `message-id`, the forms [`not_junk_keys`] looks up. The From address
+/// rather than the envelope sender, because that is the sender the user
+/// saw, and because list and bulk mail change their envelope sender
+/// (VERP) with each message.
+pub fn not_junk_entries(header: &[u8]) -> Vec<String> {
+    let mut scan = HeaderScan::for_fields(&["return-path"]);
+    let mut sink = Vec::new();
+    scan.feed(header, &mut sink);
+    scan.finish(&mut sink);
+    let mut out = Vec::new();
+    let from = scan
+        .value("from")
+        .and_then(from_address)
+        .or_else(|| scan.value("return-path").and_then(from_address));
+    if let Some(f) = from {
+        out.push(format!("sender {f}"));
+    }
+    if let Some(id) = scan.value("message-id").map(str::trim) {
+        if !id.is_empty() {
+            out.push(format!("message-id {}", id.to_lowercase()));
+        }
+    }
+    out
+}
+
 /// An `X-Spam-Reason:` field for the stored message (LF, as in the mbox):
 /// one line, printable ASCII.
 pub fn reason_header(reason: &str) -> String {
@@ -298,6 +333,23 @@ mod tests {
                 ]
             );
         }
+    }
+
+    #[test]
+    fn not_junk_entries_name_the_from_address_and_the_message_id() {
+        let head = b"X-Spam-Reason: rule: subject contains \"lottery\"\nReturn-Path: <bounce-77@lists.test>\nFrom: Winner\n <Win@Lotto.test>\nMessage-ID: <A1@lotto.test>\n\nbody From: x@y.test\n";
+        let e = not_junk_entries(head);
+        assert_eq!(
+            e,
+            vec!["sender win@lotto.test", "message-id <a1@lotto.test>"]
+        );
+        // The keys an incoming message from that sender is looked up by.
+        let (s, _) = scan_all(&[], b"From: <win@lotto.test>\n\n", 3);
+        assert!(not_junk_keys("other@x.test", &s).contains(&e[0]));
+        // No From: the envelope sender; a null sender is nobody.
+        let e = not_junk_entries(b"Return-Path: <Bob@B.test>\nSubject: x\n\n");
+        assert_eq!(e, vec!["sender bob@b.test"]);
+        assert!(not_junk_entries(b"Return-Path: <>\n\n").is_empty());
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! `bench/smtp.py` makes (`make_head` / `make_body`), with a unique
 //! `X-Bench-Id: <tag>-<connection>-<n>` header; `--ids FILE` writes the
 //! ids of the acknowledged messages, one a line, so the benchmark can look
-//! for every one of them in the mbox.
+//! for every one of them in the mbox. `--per-connection N` closes each
+//! connection (QUIT) after N messages and opens a new one in its place,
+//! as remote servers on port 25 do (one message, or a few, per
+//! connection): then connection set-up and the checks made per
+//! connection count in the rate.
 //!
 //! Output: one JSON line on stdout (counts, rate, latency percentiles and
 //! the client's own CPU time from getrusage(RUSAGE_SELF)).
@@ -25,7 +29,8 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: loadgen --addr 127.0.0.1:PORT [--connections N] \
 (--seconds S | --messages N) [--size BYTES] [--tag TAG] [--ids FILE] \
-[--from ADDR] [--to ADDR] [--timeout S] [--no-pipelining] [--dump-message]";
+[--from ADDR] [--to ADDR] [--timeout S] [--no-pipelining] [--per-connection N] \
+[--dump-message]";
 
 /// Longest reply line accepted (RFC 5321 says 512; EHLO lines are short).
 const MAX_LINE: usize = 64 << 10;
@@ -46,6 +51,8 @@ struct Args {
     to: String,
     timeout: Duration,
     pipelining: bool,
+    /// Messages per connection before it is replaced by a new one.
+    per_connection: Option<u64>,
     dump: bool,
 }
 
@@ -63,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
         to: "alice@example.org".into(),
         timeout: Duration::from_secs(120),
         pipelining: true,
+        per_connection: None,
         dump: false,
     };
     let mut it = std::env::args().skip(1);
@@ -80,6 +88,7 @@ fn parse_args() -> Result<Args, String> {
             "--to" => a.to = value()?,
             "--timeout" => a.timeout = Duration::from_secs_f64(num(&flag, &value()?)?),
             "--no-pipelining" => a.pipelining = false,
+            "--per-connection" => a.per_connection = Some(num(&flag, &value()?)?),
             "--dump-message" => a.dump = true,
             "--help" | "-h" => return Err(USAGE.into()),
             _ => return Err(format!("unknown argument {flag:?}\n{USAGE}")),
@@ -112,6 +121,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.timeout.is_zero() {
         return Err("--timeout must be > 0".into());
+    }
+    if a.per_connection == Some(0) {
+        return Err("--per-connection must be > 0".into());
     }
     if [&a.from, &a.to, &a.tag].iter().any(|s| {
         s.bytes()
@@ -205,6 +217,12 @@ struct Conn {
     /// Registered with epoll, and for EPOLLOUT too.
     registered: bool,
     watching_out: bool,
+    /// Messages begun on this socket (`--per-connection`).
+    on_socket: u64,
+    /// Said QUIT to make room for a new connection.
+    reopen: bool,
+    /// A replacement connection: starts sending at once after EHLO.
+    again: bool,
 }
 
 /// What the whole run counts.
@@ -271,7 +289,19 @@ impl Conn {
             error: None,
             registered: false,
             watching_out: false,
+            on_socket: 0,
+            reopen: false,
+            again: false,
         }
+    }
+
+    /// The connection that takes this one's place (same id; message
+    /// numbers go on, so ids stay unique).
+    fn replacement(&self, sock: TcpStream) -> Conn {
+        let mut c = Conn::new(self.id, sock, self.pipelining || !self.advertised);
+        c.n = self.n;
+        c.again = true;
+        c
     }
 
     fn active(&self) -> bool {
@@ -418,12 +448,21 @@ impl Conn {
     }
 
     fn begin(&mut self, job: &mut Job, tot: &mut Totals, now: Instant) {
+        if job.args.per_connection.is_some_and(|p| self.on_socket >= p)
+            && job.deadline.is_none_or(|d| now < d)
+        {
+            self.queue(b"QUIT\r\n");
+            self.state = State::Quit;
+            self.reopen = true;
+            return;
+        }
         if !job.more(now) {
             self.queue(b"QUIT\r\n");
             self.state = State::Quit;
             return;
         }
         self.n += 1;
+        self.on_socket += 1;
         tot.started += 1;
         self.t_mail = now;
         self.t_data_end = None;
@@ -470,6 +509,9 @@ impl Conn {
                 }
                 self.pipelining &= self.advertised;
                 self.state = State::Ready;
+                if self.again {
+                    self.begin(job, tot, now);
+                }
             }
             State::Envelope => {
                 let step = self.step;
@@ -803,6 +845,22 @@ fn run(args: &Args) -> Result<bool, String> {
                 c.on_readable(&mut job, &mut tot, &mut chunk);
             }
             active -= ep.sync(c)?;
+            if c.state == State::Done && c.reopen {
+                // `--per-connection`: a new connection in its place.
+                let s = TcpStream::connect_timeout(&args.addr, connect_timeout).and_then(|s| {
+                    s.set_nodelay(true)
+                        .and_then(|()| s.set_nonblocking(true))
+                        .map(|()| s)
+                });
+                match s {
+                    Ok(s) => {
+                        *c = c.replacement(s);
+                        ep.sync(c)?;
+                        active += 1;
+                    }
+                    Err(e) => c.error = Some(format!("connection {}: reconnect: {e}", c.id)),
+                }
+            }
         }
     }
     let t_end = Instant::now();

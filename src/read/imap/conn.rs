@@ -447,7 +447,7 @@ async fn append_spool(
         .append(Delivery {
             id: id.clone(),
             prefix,
-            spool: spool.clone(),
+            body: crate::store::mbox::Body::Spool(spool.clone()),
         })
         .await;
     let _ = std::fs::remove_file(&spool);
@@ -526,12 +526,28 @@ async fn perform(ctx: &ImapContext, w: &Write, spooled: Option<PathBuf>) -> Writ
                         let mut flags = entry.flags.clone();
                         // Moving into or out of Junk says what the user
                         // thinks of it (SPEC, issue 16).
+                        // Out of Junk into Trash is deleting spam, not
+                        // saying it is good (Dovecot's antispam plugin
+                        // reads it the same way). A copy out of Junk
+                        // counts too: clients without MOVE copy, then
+                        // delete.
+                        let rescued = from == "Junk" && to != "Junk" && to != "Trash";
                         if *is_move && to == "Junk" {
                             flags.retain(|f| f != "$NotJunk");
                             flags.push("$Junk".into());
-                        } else if *is_move && from == "Junk" {
+                        } else if *is_move && rescued {
                             flags.retain(|f| f != "$Junk");
                             flags.push("$NotJunk".into());
+                        }
+                        if rescued {
+                            // The header rules leave its sender alone
+                            // from now on (SPEC "Keeping spam out").
+                            super::store::record_not_junk(
+                                &ctx.data_dir,
+                                &path,
+                                &entry,
+                                if *is_move { "imap-move" } else { "imap-copy" },
+                            );
                         }
                         if let Ok(st) = ctx.store.folder(to) {
                             st.borrow_mut().set_flags(nu, &flags, 0);

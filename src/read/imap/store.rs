@@ -595,6 +595,8 @@ fn text_leaves<'a>(p: &'a mime::Part, out: &mut Vec<&'a mime::Part>) {
 pub struct Store {
     pub inbox: PathBuf,
     pub folders: PathBuf,
+    /// Where the spam checks' not-junk list lives.
+    pub data_dir: PathBuf,
     state_dir: PathBuf,
     open: RefCell<BTreeMap<String, Rc<RefCell<FolderState>>>>,
     next_handle: std::cell::Cell<u64>,
@@ -618,6 +620,7 @@ impl Store {
         Ok(Rc::new(Store {
             inbox: inbox.to_path_buf(),
             folders: folders.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
             state_dir,
             open: RefCell::new(BTreeMap::new()),
             next_handle: std::cell::Cell::new(1),
@@ -762,6 +765,7 @@ impl Account for StoreAccount {
             state,
             handle,
             seen,
+            data_dir: self.0.data_dir.clone(),
         })
     }
 
@@ -793,6 +797,7 @@ pub struct StoreFolder {
     pub state: Rc<RefCell<FolderState>>,
     pub handle: u64,
     seen: usize,
+    data_dir: PathBuf,
 }
 
 impl StoreFolder {
@@ -1357,6 +1362,11 @@ impl Folder for StoreFolder {
             .into_iter()
             .filter(|f| !f.eq_ignore_ascii_case("\\Recent") && !f.contains(' '))
             .collect();
+        if has(&new, "$NotJunk") && !has(&old, "$NotJunk") {
+            // The user says this is not junk (RFC 5788 `$NotJunk`): the
+            // header rules leave its sender alone from now on.
+            record_not_junk(&self.data_dir, &st.path, &st.entries[i], "imap-store");
+        }
         if new != old {
             st.modseq += 1;
             let ms = st.modseq;
@@ -1394,6 +1404,26 @@ impl Folder for StoreFolder {
         self.seen = st.log.len();
         out
     }
+}
+
+/// The most of a message's header read for the not-junk list.
+const MAX_HEADER: u64 = 64 * 1024;
+
+/// Adds what identifies a stored message's sender to the not-junk list
+/// (`trust::known`, docs/spam.md): its From address and Message-ID.
+pub fn record_not_junk(data_dir: &Path, path: &Path, e: &Entry, why: &str) {
+    let end = e.msg.end.min(e.body_start + MAX_HEADER);
+    let mut head = vec![0u8; end.saturating_sub(e.body_start) as usize];
+    let read = File::open(path).and_then(|f| f.read_exact_at(&mut head, e.body_start));
+    if let Err(err) = read {
+        log::warn!(
+            "imap: cannot read {} to record a not-junk sender: {err}",
+            path.display()
+        );
+        return;
+    }
+    let entries = crate::trust::rules::not_junk_entries(&head);
+    crate::trust::known::record_not_junk(data_dir, &entries, why);
 }
 
 /// Copies the stored content of a message (without its seal) to `spool`,

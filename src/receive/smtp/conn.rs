@@ -590,11 +590,7 @@ where
     let mut unmarked = 0usize;
     let id = crate::util::rt::new_id();
     let spool_path = ctx.spool_dir.join(format!("{id}.msg"));
-    let mut spool = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&spool_path);
+    let mut spool = BodySink::new(spool_path.clone());
     // Bare LF only after AUTH on submission; port 25 stays strict for
     // everyone (SMTP smuggling), see `data`.
     let mut decoder =
@@ -671,11 +667,7 @@ where
             quoter.finish(&mut quoted);
         }
         if decoder.error().is_none() && write_error.is_none() {
-            let r = match &mut spool {
-                Ok(f) => f.write_all(&quoted),
-                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-            };
-            if let Err(e) = r {
+            if let Err(e) = spool.write_all(&quoted) {
                 write_error = Some(e);
             }
         }
@@ -721,7 +713,7 @@ where
             }
         }
     }
-    drop(spool);
+    let body = spool.finish();
     let size = decoder.size();
     let envelope = match session.data_finished(decoder.error()) {
         DataOutcome::Refused(reply) => {
@@ -873,6 +865,7 @@ where
             store(
                 &envelope,
                 &id,
+                body,
                 &spool_path,
                 ctx,
                 shared,
@@ -954,6 +947,58 @@ fn rcpt_list(env: &Envelope) -> String {
     v.join(",")
 }
 
+/// A message's quoted body as it arrives: in memory while it fits in
+/// [`mbox::SMALL_BODY`], then in its spool file (created only then). The
+/// memory a session holds stays bounded whatever the message's size.
+struct BodySink {
+    path: PathBuf,
+    memory: Vec<u8>,
+    file: Option<std::fs::File>,
+}
+
+impl BodySink {
+    fn new(path: PathBuf) -> BodySink {
+        BodySink {
+            path,
+            memory: Vec::new(),
+            file: None,
+        }
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if let Some(f) = &mut self.file {
+            return f.write_all(data);
+        }
+        let len = self.memory.len() + data.len();
+        if len <= mbox::SMALL_BODY {
+            // Grow in steps but never past the bound.
+            if len > self.memory.capacity() {
+                let want = (len * 2).clamp(4096, mbox::SMALL_BODY);
+                self.memory.reserve_exact(want - self.memory.len());
+            }
+            self.memory.extend_from_slice(data);
+            return Ok(());
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        f.write_all(&self.memory)?;
+        f.write_all(data)?;
+        self.memory = Vec::new();
+        self.file = Some(f);
+        Ok(())
+    }
+
+    fn finish(self) -> mbox::Body {
+        match self.file {
+            Some(_) => mbox::Body::Spool(self.path),
+            None => mbox::Body::Memory(self.memory),
+        }
+    }
+}
+
 /// Removes the spool file however `receive` ends.
 struct SpoolGuard(PathBuf);
 
@@ -963,16 +1008,39 @@ impl Drop for SpoolGuard {
     }
 }
 
-/// Stores an accepted message: one copy in the mbox for local recipients.
+/// Stores an accepted message: one copy in the mbox for local recipients,
+/// one in the queue for remote ones (which takes a spool file: a body
+/// kept in memory is written to `spool` first).
 async fn store(
     env: &Envelope,
     id: &str,
+    body: mbox::Body,
     spool: &std::path::Path,
     ctx: &SmtpContext,
     shared: &Shared,
     auth_header: Option<&str>,
     junk: Option<&str>,
 ) -> Result<(), StoreError> {
+    let body = match body {
+        mbox::Body::Memory(bytes) if env.remote_rcpts().next().is_some() => {
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(spool)
+                .and_then(|mut f| f.write_all(&bytes));
+            if let Err(e) = written {
+                log::error!("spool {}: {e}", spool.display());
+                return Err(if mbox::is_disk_full(&e) {
+                    StoreError::DiskFull
+                } else {
+                    StoreError::Local
+                });
+            }
+            mbox::Body::Spool(spool.to_path_buf())
+        }
+        other => other,
+    };
     if env.has_local() {
         let now = crate::util::timefmt::unix_now();
         let mut prefix = mbox::from_line(&env.sender(), now);
@@ -994,7 +1062,7 @@ async fn store(
         let d = Delivery {
             id: id.to_string(),
             prefix: prefix.into_bytes(),
-            spool: spool.to_path_buf(),
+            body,
         };
         writer.append(d).await.map_err(|e| {
             log::error!("id={id}: cannot store in {}: {e}", writer.path().display());

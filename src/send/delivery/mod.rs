@@ -849,7 +849,7 @@ impl Worker {
         let d = Delivery {
             id: e.id.clone(),
             prefix: p,
-            spool: self.queue.msg_path(&e.id),
+            body: crate::store::mbox::Body::Spool(self.queue.msg_path(&e.id)),
         };
         match self.mbox.append(d).await {
             Ok(()) => Outcome::Delivered(format!("delivered to {}", self.mbox.path().display())),
@@ -1318,7 +1318,7 @@ impl Worker {
                             .append(Delivery {
                                 id: id.clone(),
                                 prefix: prefix.into_bytes(),
-                                spool: spool.clone(),
+                                body: crate::store::mbox::Body::Spool(spool.clone()),
                             })
                             .await
                             .map_err(|e| e.to_string())
