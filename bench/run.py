@@ -9,8 +9,10 @@ the machine. A section is a module `bench/<name>.py` with
     markdown(result) -> str   # its part of latest.md
 
 Sections: smtp.py (SMTP acceptance vs Postfix, disk limit, memory, start-up,
-binary size); pop3.py (POP3 vs Dovecot) when present. `--quick` is a
-seconds-long smoke run for CI: pimail only, no peers.
+binary size); pop3.py (POP3 vs Dovecot) when present; imap.py (IMAP vs
+Dovecot's IMAP on a generated 20,000-message ~1 GiB INBOX, cached under
+target/bench-cache/). `--quick` is a seconds-long smoke run for CI: pimail
+only, no peers (imap.py: a 300-message INBOX).
 """
 
 import argparse
@@ -26,7 +28,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-SECTIONS = ["smtp", "pop3"]
+SECTIONS = ["smtp", "pop3", "imap"]
 
 
 class Context:

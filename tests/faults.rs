@@ -618,7 +618,15 @@ fn imap_kill9_during_append_move_expunge_loses_nothing() {
     let work = TempDir::new("imapkill9");
     let o = std::process::Command::new("python3")
         .arg(script)
-        .args(["--cycles", "10", "--max-seconds", "20", "--binary", bin(), "--work"])
+        .args([
+            "--cycles",
+            "10",
+            "--max-seconds",
+            "20",
+            "--binary",
+            bin(),
+            "--work",
+        ])
         .arg(work.path().join("w"))
         .output()
         .expect("python3 runs");

@@ -115,6 +115,9 @@ class Flood:
         self.uid_conflicts = []
         self.expunged_ok = set()
         self.expunge_sent = set()
+        self.unnamed = 0
+        self.history = collections.defaultdict(list)  # id -> events, for a post-mortem
+        self.expunge_log = []  # (UIDVALIDITY, {uid: id or None}) per UID EXPUNGE sent
         self.moves_ok = 0
         self.moves_sent = 0
         self.expunges_ok = 0
@@ -188,6 +191,8 @@ class Flood:
             m = re.search(rb"\[APPENDUID (\d+) (\d+)\]", resp)
             if m:
                 self.note_uid(folder, int(m.group(1)), int(m.group(2)), mid)
+                with self.lock:
+                    self.history[mid].append(f"APPEND OK {folder} UIDVALIDITY {m.group(1).decode()} UID {m.group(2).decode()}")
 
         self.session(f"a{w}", body)
 
@@ -236,8 +241,9 @@ class Flood:
             pick = sorted(rng.sample(uids, min(len(uids), rng.randint(1, 5))))
             ids = self.ids_by_uid(c, pick)
             with self.lock:
-                for mid in ids.values():
+                for u, mid in ids.items():
                     self.places[mid].add(dst)  # before the MOVE: it may land
+                    self.history[mid].append(f"MOVE sent {src} UID {u} -> {dst}")
                 self.moves_sent += 1
             self.in_flight["mover"] = list(ids.values())
             resp, untagged, _ = c.cmd("UID MOVE %s %s" % (",".join(map(str, pick)), dst))
@@ -256,13 +262,27 @@ class Flood:
 
     def expunger(self):
         def body(c):
-            c.cmd("SELECT INBOX")
+            _, untagged, _ = c.cmd("SELECT INBOX")
+            uv = None
+            for u in untagged:
+                m = re.search(rb"\[UIDVALIDITY (\d+)\]", u)
+                if m:
+                    uv = int(m.group(1))
             uids = self.search(c, "d")
             if not uids:
                 time.sleep(0.01)
                 return
-            uids = uids[:20]
-            ids = self.ids_by_uid(c, uids)
+            found = uids[:20]
+            ids = self.ids_by_uid(c, found)
+            with self.lock:
+                self.expunge_log.append((uv, {u: ids.get(u) for u in found}))
+                # SEARCH found it but FETCH did not name it: not expunged,
+                # and counted (the server's FETCH and SEARCH disagree).
+                self.unnamed += len([u for u in found if u not in ids])
+            uids = [u for u in found if ids.get(u, "").startswith("d")]
+            if not uids:
+                time.sleep(0.01)
+                return
             s = ",".join(map(str, uids))
             self.in_flight["expunger"] = list(ids.values())
             with self.lock:
@@ -468,12 +488,21 @@ def main():
     print(f"  duplicated               {len(dup)}")
     print(f"  UID faults               {len(uid_faults)}")
     print(f"  resurrected (warning)    {len(resurrected)}")
+    print(f"  SEARCH hits FETCH did not name (warning) {flood.unnamed}")
     print(f"  unacknowledged present   {len(unacked_present)}")
     print(f"  UIDVALIDITY at the end   {validities}; seen in the run {dict((k, sorted(v)) for k, v in uv_seen.items())}")
     print(f"  clean stop exit code {rc}; beside the INBOX: dot-lock {'present' if dotlock else 'absent'}, "
           f"{lock_tmp} temporary dot-lock files")
     for m in (lost + lost_d)[:20]:
         print(f"  LOST {m} (appended to {flood.acked[m]}, may be in {sorted(flood.places[m])})")
+        for h in flood.history[m]:
+            print(f"    {h}")
+            mm = re.match(r"APPEND OK INBOX UIDVALIDITY (\d+) UID (\d+)", h)
+            if mm:
+                uv, uid = int(mm.group(1)), int(mm.group(2))
+                for euv, umap in flood.expunge_log:
+                    if euv == uv and uid in umap:
+                        print(f"    UID EXPUNGE sent for UID {uid}, which the expunger's FETCH named {umap[uid]}")
     for p in problems[:20]:
         print(f"  {p}")
     for m, n in misplaced[:20]:
