@@ -1015,6 +1015,62 @@ def measure(servers, meta, quick, idle_rounds):
     return res
 
 
+def delivered_select(binary, work, src, count):
+    """SPEC: "mail that pimail delivered needs no scan at first SELECT".
+    A fresh pimail (empty INBOX, no IMAP index) gets the first `count`
+    messages of the generated mbox by SMTP (one connection, pipelined
+    MAIL/RCPT/DATA), is restarted, and the first SELECT is timed; also the
+    time to read that mbox once, to see whether SELECT read it."""
+    d = os.path.join(work, "delivered")
+    os.makedirs(d)
+    mbox = os.path.join(d, "inbox.mbox")
+    srv = Pimail(binary, d, mbox)
+    srv.start()
+    box = mailbox.mbox(src, create=False)
+    s = socket.create_connection(("127.0.0.1", srv.smtp_port), timeout=120)
+    f = s.makefile("rb")
+
+    def reply():
+        while True:
+            line = f.readline()
+            if not line:
+                raise RuntimeError("SMTP connection closed")
+            if line[3:4] != b"-":
+                return line
+
+    try:
+        reply()
+        s.sendall(b"EHLO bench.example\r\n")
+        reply()
+        sent = 0
+        t = time.perf_counter()
+        for k in box.keys()[:count]:
+            data = box.get_bytes(k)
+            data = re.sub(rb"(?m)^>(>*From )", rb"\1", data)  # as the sender had it
+            data = re.sub(rb"(?m)^\.", b"..", data).replace(b"\n", b"\r\n")
+            s.sendall(b"MAIL FROM:<bench@example.com>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
+            for _ in range(3):
+                reply()
+            s.sendall(data + (b"" if data.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+            r = reply()
+            if not r.startswith(b"250"):
+                raise RuntimeError(f"SMTP: {r!r}")
+            sent += 1
+        t_smtp = time.perf_counter() - t
+        s.sendall(b"QUIT\r\n")
+    finally:
+        s.close()
+        box.close()
+    srv.restart()
+    warm(mbox)
+    c = Imap(srv.port).login()
+    t_sel, exists = select(c)
+    c.close()
+    srv.stop()
+    return {"messages": sent, "bytes": os.path.getsize(mbox), "select_first": t_sel, "exists": exists,
+            "read_once": read_once(mbox), "smtp_s": t_smtp}
+
+
 # ---- the table ---------------------------------------------------------------------
 
 
@@ -1042,27 +1098,33 @@ def summarize(res, meta, read_s):
     dr = d and med(d["select_restart"])
     row("SELECT after a restart", sr * 1e3, d and dr * 1e3, "ms", "%.1f",
         "< 10 ms and ≤ Dovecot's", sr < 0.010 and (not d or sr <= dr), d and dr / sr)
+    dv = p.get("delivered")
+    if dv:
+        row(f"SELECT first, {dv['messages']} messages pimail delivered ({dv['bytes'] / MIB:.0f} MiB)",
+            dv["select_first"] * 1e3, None, "ms", "%.1f",
+            f"no scan: < 10 ms and < reading the file once ({dv['read_once'] * 1e3:.0f} ms)",
+            dv["select_first"] < min(0.010, dv["read_once"]) and dv["exists"] == dv["messages"])
     sl = med(p["select_later"])
     row("SELECT, later sessions", sl * 1e3, d and med(d["select_later"]) * 1e3, "ms", "%.1f",
         "(no budget)", None, d and med(d["select_later"]) / sl)
     fp = med(p["flags"])
     fd = d and med(d["flags"])
     row("UID FETCH 1:* (UID FLAGS RFC822.SIZE)", fp * 1e3, d and fd * 1e3, "ms", "%.1f",
-        "≥ 5× faster than Dovecot", (not d) or fd / fp >= 5, d and fd / fp)
+        "≥ 5× faster than Dovecot", (None if not d else fd / fp >= 5), d and fd / fp)
     ep, ec = p["env_first"], med(p["env"])
     dc = d and med(d["env"])
     row("FETCH 1:* (ENVELOPE BODYSTRUCTURE), first", ep * 1e3, d and d["env_first"] * 1e3, "ms", "%.0f",
-        "≥ 3× faster than Dovecot's cached run", (not d) or dc / ep >= 3, d and d["env_first"] / ep)
+        "≥ 3× faster than Dovecot's cached run", (None if not d else dc / ep >= 3), d and d["env_first"] / ep)
     row("FETCH 1:* (ENVELOPE BODYSTRUCTURE), cached", ec * 1e3, d and dc * 1e3, "ms", "%.0f",
-        "≥ 3× faster than Dovecot's cached run", (not d) or dc / ec >= 3, d and dc / ec)
+        "≥ 3× faster than Dovecot's cached run", (None if not d else dc / ec >= 3), d and dc / ec)
     bp, cpu_p = body_mbs(p)
     bd, cpu_d = body_mbs(d) if d else (None, None)
     row("BODY[] of every message", bp, bd, "MB/s", "%.0f", "≥ 2× Dovecot's MB/s",
-        (not d) or bp / bd >= 2, d and bp / bd)
+        (None if not d else bp / bd >= 2), d and bp / bd)
     sp_ = med(p["search"])
     sd = d and med(d["search"])
     row(f"SEARCH TEXT {SEARCH_WORD}", sp_ * 1e3, d and sd * 1e3, "ms", "%.0f", "≥ 2× faster than Dovecot",
-        (not d) or sd / sp_ >= 2, d and sd / sp_)
+        (None if not d else sd / sp_ >= 2), d and sd / sp_)
     for key, label in (("idle_new", "new mail (SMTP 250 / MTA append) -> EXISTS in IDLE"),
                        ("idle_append", "APPEND OK on another session -> EXISTS in IDLE")):
         pm = p[key][0]
@@ -1082,7 +1144,7 @@ def table_text(rows, meta, res, read_s):
     out.append(f"INBOX: {meta['messages']} messages, {meta['bytes'] / MIB:.0f} MiB "
                f"({', '.join(f'{k} {v}' for k, v in sorted(meta['kinds'].items()))}); "
                f"reading it once from the page cache: {read_s * 1e3:.0f} ms")
-    w = 52
+    w = 60
     out.append(f"{'':{w}}{'pimail':>10}{'Dovecot':>10}{'ratio':>8}  budget (SPEC)")
     for r in rows:
         pv = (r["fmt"] % r["pimail"]) if r["pimail"] is not None else "-"
@@ -1140,6 +1202,10 @@ def bench(binary, work, count, mib, peers, quick, cache_dir, idle_rounds=20):
             s.start()
         read_s = read_once(ours)
         res = measure(servers, meta, quick, idle_rounds)
+        for s in servers:
+            s.stop()
+        log("imap: SELECT on mail pimail delivered")
+        res["pimail"]["delivered"] = delivered_select(binary, work, src, 100 if quick else 2000)
     finally:
         for s in servers:
             s.stop()
