@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the programs the test suite talks to (real clients and peers:
-# swaks, curl, openssl, prlimit, msmtp, fetchmail, ...), with apt, only those missing.
+# swaks, curl, openssl, prlimit, msmtp, fetchmail, mbsync, ...), with apt, only those missing.
 # Safe to run again; does nothing when everything is there.
 set -euo pipefail
 
@@ -17,6 +17,7 @@ have fail2ban-regex || need+=(fail2ban)   # the shipped filter, tests/auth_harde
 have msmtp     || need+=(msmtp)
 have fetchmail || need+=(fetchmail)
 have systemd-analyze || need+=(systemd)   # unit file checks
+have mbsync    || need+=(isync)     # the IMAP sync client of tests/imap.rs
 # The receiving MX of the outbound interop test (a private instance on a
 # loopback high port; the system's own Postfix is not configured or started).
 [ -x /usr/sbin/postfix ] || need+=(postfix)

@@ -714,6 +714,31 @@ fn serve(cli: &cli::Cli) -> ExitCode {
     if let Some(c) = certificate.clone() {
         ex.spawn(watch_certificate(c)).detach();
     }
+    // Start-up is over once the listeners are up and the first checks
+    // (outbound source addresses, the status file) have run: the code it
+    // ran need not stay resident (SPEC "Budgets", idle memory).
+    // The same after a busy spell, once a quiet minute has passed: a
+    // server that took a burst of mail at noon idles slim again at night.
+    ex.spawn(async {
+        smol::Timer::after(STARTUP_SETTLE).await;
+        let release = || match pimail::util::sys::release_startup_pages() {
+            Ok(kib) => log::debug!("idle: code pages released ({kib} KiB were resident)"),
+            Err(e) => log::debug!("idle: code pages kept: {e}"),
+        };
+        release();
+        let mut released_at = pimail::net::listen::attempts();
+        let mut seen = released_at;
+        loop {
+            smol::Timer::after(QUIET_SPELL).await;
+            let now = pimail::net::listen::attempts();
+            if now == seen && now != released_at {
+                release();
+                released_at = now;
+            }
+            seen = now;
+        }
+    })
+    .detach();
     let ex2 = ex.clone();
     smol::block_on(ex.run(async move {
         let stop = async {
@@ -763,6 +788,10 @@ fn reload_dkim(keys: Option<&pimail::send::delivery::DkimKeys>) {
 
 /// How often the certificate files are looked at: a renewal is in use
 /// within a minute, without `reload`.
+/// How long after the listeners are up start-up counts as over.
+const STARTUP_SETTLE: Duration = Duration::from_secs(2);
+/// How long without a new connection makes the server idle again.
+const QUIET_SPELL: Duration = Duration::from_secs(60);
 const CERT_POLL: Duration = Duration::from_secs(30);
 
 /// Reloads the certificate when its files change on disk (certbot's

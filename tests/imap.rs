@@ -286,6 +286,38 @@ fn curl_lists_and_fetches() {
     let body = String::from_utf8_lossy(&body);
     assert!(body.contains("Subject: one"), "{body}");
     assert!(body.contains("This is one."), "{body}");
+    // SEARCH in the URL (RFC 5092) and an upload (APPEND) with -T.
+    let found = curl(&[&format!("imap://{a}/INBOX?SUBJECT%20one")]);
+    assert!(
+        String::from_utf8_lossy(&found).contains("SEARCH 1"),
+        "{found:?}"
+    );
+    let file = srv.dir.path().join("upload.eml");
+    std::fs::write(
+        &file,
+        b"Subject: up
+From: alice@example.org
+
+Uploaded.
+",
+    )
+    .unwrap();
+    curl(&[
+        "-T",
+        &file.display().to_string(),
+        &format!("imap://{a}/Drafts"),
+    ]);
+    let body = curl(&[&format!("imap://{a}/Drafts;UID=1")]);
+    assert!(
+        String::from_utf8_lossy(&body).contains("Uploaded."),
+        "{body:?}"
+    );
+    // A custom command (-X), answered as IMAP sends it.
+    let st = curl(&["-X", "STATUS Drafts (MESSAGES)", &format!("imap://{a}/")]);
+    assert!(
+        String::from_utf8_lossy(&st).contains("(MESSAGES 1)"),
+        "{st:?}"
+    );
 }
 
 #[test]
@@ -450,4 +482,199 @@ for f in ('INBOX', 'Trash'):
         .filter_map(|l| l.split(' ').nth(1)?.parse::<usize>().ok())
         .sum();
     assert!(n >= 20, "{out}");
+}
+
+/// The Maildir files of `dir` (cur and new), as (file name, content).
+fn maildir(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    for sub in ["cur", "new"] {
+        let Ok(rd) = std::fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = format!("{sub}/{}", e.file_name().to_string_lossy());
+            v.push((name, std::fs::read(e.path()).unwrap_or_default()));
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn mbsync_syncs_to_a_maildir_and_back_with_flags() {
+    if !Command::new("mbsync")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("skipped: mbsync not installed (apt-get install isync; scripts/install-test-tools.sh does)");
+        return;
+    }
+    let srv = imap_server();
+    deliver(&srv, &simple("one"));
+    deliver(&srv, &simple("two"));
+    let a = srv.addr("imap");
+    let home = srv.dir.path().join("home");
+    let mail = home.join("mail");
+    std::fs::create_dir_all(&mail).unwrap();
+    let rc = home.join("mbsyncrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "IMAPAccount pimail\nHost {}\nPort {}\nUser alice\nPass secret\nSSLType None\n\
+             AuthMechs LOGIN\nTimeout 60\n\n\
+             IMAPStore remote\nAccount pimail\n\n\
+             MaildirStore local\nPath {}/\nInbox {}/INBOX\nSubFolders Verbatim\n\n\
+             Channel sync\nFar :remote:\nNear :local:\nPatterns *\nCreate Both\n\
+             Expunge Both\nSyncState *\nSync All\n",
+            a.ip(),
+            a.port(),
+            mail.display(),
+            mail.display()
+        ),
+    )
+    .unwrap();
+    let sync = || {
+        let o = Command::new("mbsync")
+            .arg("-c")
+            .arg(&rc)
+            .arg("-a")
+            .env("HOME", &home)
+            .output()
+            .expect("mbsync");
+        assert!(
+            o.status.success(),
+            "mbsync: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    sync();
+    let inbox = maildir(&mail.join("INBOX"));
+    assert_eq!(
+        inbox.len(),
+        2,
+        "{:?}",
+        inbox.iter().map(|m| &m.0).collect::<Vec<_>>()
+    );
+    let has = |m: &[(String, Vec<u8>)], s: &str| {
+        m.iter()
+            .find(|(_, c)| {
+                String::from_utf8_lossy(c).contains(&format!("Subject: {s}\r\n"))
+                    || String::from_utf8_lossy(c).contains(&format!("Subject: {s}\n"))
+            })
+            .map(|(n, _)| n.clone())
+    };
+    let one = has(&inbox, "one").expect("one in the Maildir");
+    let two = has(&inbox, "two").expect("two in the Maildir");
+    // The special-use folders came along as Maildirs.
+    for f in ["Sent", "Drafts", "Trash", "Junk", "Archive"] {
+        assert!(mail.join(f).join("cur").is_dir(), "{f}");
+    }
+    // Mark one seen and two flagged locally (Maildir info ":2,S", ":2,F").
+    let mark = |name: &str, flag: &str| {
+        let from = mail.join("INBOX").join(name);
+        let base = name
+            .split_once('/')
+            .map(|(_, b)| b)
+            .unwrap_or(name)
+            .split(":2,")
+            .next()
+            .unwrap()
+            .to_string();
+        let old: String = name.split(":2,").nth(1).unwrap_or("").to_string();
+        let mut flags: Vec<char> = old.chars().chain(flag.chars()).collect();
+        flags.sort();
+        flags.dedup();
+        let to = mail
+            .join("INBOX/cur")
+            .join(format!("{base}:2,{}", flags.iter().collect::<String>()));
+        std::fs::rename(from, to).unwrap();
+    };
+    mark(&one, "S");
+    mark(&two, "F");
+    // Meanwhile a message is appended on the server side.
+    imaplib(
+        &srv,
+        r#"
+M.append('INBOX', None, None, b'Subject: three\r\nFrom: carol@example.net\r\n\r\nThird.\r\n')
+"#,
+        &[],
+    );
+    sync();
+    let out = imaplib(
+        &srv,
+        r#"
+M.select('INBOX')
+typ, data = M.fetch('1:*', '(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])')
+for d in data:
+    if isinstance(d, tuple): print(d[0].decode(), d[1].decode().strip())
+"#,
+        &[],
+    );
+    let line = |s: &str| {
+        out.lines()
+            .find(|l| l.ends_with(&format!("Subject: {s}")))
+            .unwrap_or_else(|| panic!("{s}: {out}"))
+            .to_string()
+    };
+    assert!(line("one").contains("\\Seen"), "{out}");
+    assert!(!line("one").contains("\\Flagged"), "{out}");
+    assert!(line("two").contains("\\Flagged"), "{out}");
+    assert!(!line("two").contains("\\Seen"), "{out}");
+    let inbox = maildir(&mail.join("INBOX"));
+    assert_eq!(
+        inbox.len(),
+        3,
+        "{:?}",
+        inbox.iter().map(|m| &m.0).collect::<Vec<_>>()
+    );
+    assert!(has(&inbox, "three").is_some());
+    // A message deleted on the server disappears locally; one written
+    // locally into Archive reaches the server.
+    let arch = mail.join("Archive/new");
+    std::fs::write(
+        arch.join("1700000000.local.test"),
+        b"Subject: four\nFrom: alice@example.org\n\nWritten locally.\n",
+    )
+    .unwrap();
+    imaplib(
+        &srv,
+        r#"
+M.select('INBOX')
+typ, data = M.search(None, 'SUBJECT', 'three')
+M.store(data[0], '+FLAGS', '(\\Deleted)')
+M.expunge()
+"#,
+        &[],
+    );
+    sync();
+    let inbox = maildir(&mail.join("INBOX"));
+    assert_eq!(
+        inbox.len(),
+        2,
+        "{:?}",
+        inbox.iter().map(|m| &m.0).collect::<Vec<_>>()
+    );
+    assert!(has(&inbox, "three").is_none());
+    let out = imaplib(
+        &srv,
+        r#"
+M.select('Archive')
+typ, data = M.fetch('1:*', '(BODY.PEEK[])')
+for d in data:
+    if isinstance(d, tuple): sys.stdout.write(d[1].decode())
+"#,
+        &[],
+    );
+    assert!(
+        out.contains("Subject: four\r\n") && out.contains("Written locally."),
+        "{out}"
+    );
+    // The server's folders stay mbox files Python reads.
+    assert_eq!(python_mbox_messages(&srv.mbox_path()).len(), 2);
+    assert_eq!(
+        python_mbox_messages(&srv.data_dir().join("folders/Archive")).len(),
+        1
+    );
 }

@@ -130,6 +130,15 @@ struct Slot {
     shed_rx: smol::channel::Receiver<()>,
 }
 
+/// Connections offered to any listener since start (admitted or not): the
+/// server's sign of activity, for dropping code pages when it is quiet.
+static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Connections offered to any listener since start.
+pub fn attempts() -> u64 {
+    ATTEMPTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// State shared by all connections of the server.
 pub struct Shared {
     pub hostname: String,
@@ -226,6 +235,7 @@ impl Shared {
         ip: IpAddr,
         now: Instant,
     ) -> Result<ConnGuard, &'static str> {
+        ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let network = client_network(ip);
         let from_ip = self.per_ip.borrow().get(&(class, network)).copied();
         if from_ip.unwrap_or(0) >= self.limits.max_connections_per_ip {

@@ -162,6 +162,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_unwritten_read_only_mappings_of_the_executable_are_dropped() {
+        let smaps = "\
+00400000-00500000 r--p 00000000 fe:00 12 /usr/bin/pimail
+Rss:                 384 kB
+Anonymous:             0 kB
+00500000-00700000 r-xp 00100000 fe:00 12 /usr/bin/pimail
+Rss:                2304 kB
+Anonymous:             0 kB
+00700000-00710000 r--p 00300000 fe:00 12 /usr/bin/pimail
+Rss:                  64 kB
+Anonymous:            64 kB
+00710000-00720000 rw-p 00310000 fe:00 12 /usr/bin/pimail
+Rss:                  84 kB
+Anonymous:            84 kB
+7f000000-7f100000 rw-p 00000000 00:00 0
+Rss:                 292 kB
+Anonymous:           292 kB
+";
+        let e = smaps_entries(smaps);
+        assert_eq!(e.len(), 5);
+        assert_eq!(
+            e[1],
+            ("00500000-00700000", "r-xp", "/usr/bin/pimail", 2304, 0)
+        );
+        assert_eq!(e[2].4, 64, "relocated read-only data is written: kept");
+        assert_eq!(e[4].2, "", "anonymous mapping has no path");
+    }
+
+    #[test]
+    fn code_runs_on_after_its_pages_are_dropped() {
+        let released = release_startup_pages().unwrap();
+        assert!(released > 0, "the test binary's own code was resident");
+        // Code and read-only data come back from the file on demand.
+        let v: Vec<String> = (0..100).map(|i| format!("{i:x}")).collect();
+        assert_eq!(v[99], "63");
+    }
+
+    #[test]
     fn locks_conflict_between_descriptors() {
         let dir = std::env::temp_dir().join(format!("pimail-sys-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -428,4 +466,77 @@ pub fn may_write_dir(dir: &std::path::Path) -> bool {
         io::Error::last_os_error().raw_os_error(),
         Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)
     )
+}
+
+/// Unmaps the pages of pimail's own code and read-only data that start-up
+/// touched (config parsing, TLS and key set-up, listener binding), so the
+/// idle server's resident set is what it uses while it waits, not what it
+/// ran once. On a Pi's kernel a static binary's text is mapped in whole
+/// (fault-around and large page-cache folios map far more than the pages
+/// run), so without this the idle RSS is the binary's size (SPEC "Budgets":
+/// idle ≤ 2 MiB).
+///
+/// `MADV_DONTNEED` on a private file mapping drops our mapping only: the
+/// pages stay in the page cache (reclaimable), and the next instruction
+/// that needs one maps it back with a minor fault, no disk read. It would
+/// discard data from a page that was written (a copy-on-write copy, e.g.
+/// relocated read-only data), so only mappings of our executable that are
+/// not writable and hold no anonymous page are dropped (proc(5) smaps).
+/// Returns the KiB that were resident in the dropped mappings.
+pub fn release_startup_pages() -> io::Result<u64> {
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let exe = exe.to_string_lossy();
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let mut released = 0;
+    for (range, perms, path, rss, anon) in smaps_entries(&smaps) {
+        if path != exe || perms.as_bytes().get(1) != Some(&b'-') || anon != 0 || rss == 0 {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: the range is one whole mapping of our executable, read-only
+        // and without anonymous (written) pages: dropping it loses nothing,
+        // the kernel maps the file's pages back on the next access.
+        let r =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        if r == 0 {
+            released += rss;
+        }
+    }
+    Ok(released)
+}
+
+/// The mappings in a `/proc/<pid>/smaps` text: (address range, permissions,
+/// path, Rss KiB, Anonymous KiB).
+fn smaps_entries(smaps: &str) -> Vec<(&str, &str, &str, u64, u64)> {
+    let mut out: Vec<(&str, &str, &str, u64, u64)> = Vec::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if let Some(field) = first.strip_suffix(':') {
+            let kib = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            if let Some(last) = out.last_mut() {
+                match field {
+                    "Rss" => last.3 = kib,
+                    "Anonymous" => last.4 = kib,
+                    _ => {}
+                }
+            }
+        } else if first.contains('-') {
+            // "start-end perms offset dev inode [path]"
+            let perms = words.next().unwrap_or("");
+            let path = words.nth(3).unwrap_or("");
+            // A mapping starts with a header line; one without Anonymous
+            // (an old kernel) counts as written, so it is kept.
+            out.push((first, perms, path, 0, u64::MAX));
+        }
+    }
+    out
 }

@@ -6,6 +6,7 @@
 
 pub mod dkimpy;
 pub mod fakes;
+pub mod imap;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -98,6 +98,30 @@ impl Date {
         let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
         era * 146_097 + doe - 719_468
     }
+
+    /// The day of an RFC 5322 `Date:` value (`[Tue, ]31 Dec 2019
+    /// 23:00:00 +0000`, obsolete two-digit years too, RFC 5322 4.3), as
+    /// written: SENTBEFORE and friends disregard time and zone (RFC 9051
+    /// 6.4.4). `None` when it cannot be read.
+    pub fn from_rfc5322(value: &[u8]) -> Option<Date> {
+        let text = std::str::from_utf8(value).ok()?;
+        let text = text.split_once(',').map_or(text, |(_, rest)| rest);
+        let mut w = text.split_ascii_whitespace();
+        let day: u8 = w.next()?.parse().ok()?;
+        let month = w.next()?.get(..3)?;
+        let month = MONTHS
+            .iter()
+            .position(|m| m.eq_ignore_ascii_case(month.as_bytes()))? as u8
+            + 1;
+        let y = w.next()?;
+        let year: u16 = y.parse().ok()?;
+        let year = match (y.len(), year) {
+            (2, y) if y < 50 => 2000 + y,
+            (2 | 3, y) => 1900 + y,
+            (_, y) => y,
+        };
+        (1..=31).contains(&day).then_some(Date { year, month, day })
+    }
 }
 
 /// APPEND's `date-time` (RFC 9051 9): a moment and the zone it was given
@@ -1568,6 +1592,19 @@ mod tests {
         }
         .seq_set()
         .unwrap()
+    }
+
+    #[test]
+    fn date_header_day() {
+        let d = |s: &str| Date::from_rfc5322(s.as_bytes()).map(|d| (d.year, d.month, d.day));
+        // RFC 5322 3.3 and its appendix A.1.1 example.
+        assert_eq!(d("Fri, 21 Nov 1997 09:55:06 -0600"), Some((1997, 11, 21)));
+        assert_eq!(d("1 Jan 2020 00:00 +0000"), Some((2020, 1, 1)));
+        // Obsolete forms (RFC 5322 4.3): two-digit years, odd spacing.
+        assert_eq!(d("Thu,13 Feb 69 23:32:54 -0330"), Some((1969, 2, 13)));
+        assert_eq!(d("Mon, 3 Mar 05 1:02:03 GMT"), Some((2005, 3, 3)));
+        assert_eq!(d("garbage"), None);
+        assert_eq!(d("Mon, 32 Jan 2020 00:00 +0000"), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! every [`IDLE_POLL`]: mail SMTP delivered reaches an idling client within
 //! that time, whatever program wrote it.
 
-use super::folder::{StoreError, Write, WriteDone};
+use super::folder::{StoreError, Uid, Write, WriteDone};
 use super::session::{Action, LoginResult, Session, Settings};
 use super::store::{copy_to_spool, Store, StoreAccount};
 use crate::net::listen::{self, ConnGuard, Shared};
@@ -645,7 +645,28 @@ async fn perform(ctx: &ImapContext, w: &Write, spooled: Option<PathBuf>) -> Writ
         }
         Write::Rename(from, to) => {
             if from.eq_ignore_ascii_case("INBOX") {
-                return fail(StoreError::Cannot("renaming INBOX is not supported".into()));
+                // RFC 9051 6.3.6: renaming INBOX moves all its messages
+                // into a new folder of that name; INBOX stays, empty.
+                // The MOVE path gives the same crash safety (copies
+                // fsynced before the INBOX is rewritten).
+                let create = Write::Create(to.clone());
+                if let WriteDone::Failed(e) = Box::pin(perform(ctx, &create, None)).await {
+                    return fail(e);
+                }
+                let uids: Vec<Uid> = match ctx.store.folder("INBOX") {
+                    Ok(st) => st.borrow().entries.iter().map(|e| e.uid).collect(),
+                    Err(e) => return fail(e),
+                };
+                let mv = Write::Copy {
+                    from: "INBOX".into(),
+                    uids,
+                    to: to.clone(),
+                    is_move: true,
+                };
+                return match Box::pin(perform(ctx, &mv, None)).await {
+                    WriteDone::Failed(e) => fail(e),
+                    _ => WriteDone::Done,
+                };
             }
             let (Ok(a), Ok(b)) = (ctx.store.path_of(from), ctx.store.path_of(to)) else {
                 return fail(StoreError::Cannot("invalid folder name".into()));

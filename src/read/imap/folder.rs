@@ -141,6 +141,13 @@ pub trait Folder {
         partial: Option<(u32, u32)>,
     ) -> Result<(u64, Self::Body), StoreError>;
 
+    /// The day of the Date: header (seconds since the epoch at its
+    /// start), for SENTBEFORE, SENTON and SENTSINCE when [`Meta::sent`]
+    /// is not known; may read the message.
+    fn sent(&self, uid: Uid) -> Option<i64> {
+        self.meta(uid).and_then(|m| m.sent)
+    }
+
     /// SEARCH on what must be read from the message (RFC 9051 6.4.4:
     /// substring, case-insensitive). `header` names a field for HEADER.
     fn matches(

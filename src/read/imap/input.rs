@@ -34,6 +34,9 @@ pub const MAX_LINE: usize = 64 * 1024;
 pub const MAX_LITERAL: u64 = 64 * 1024;
 /// A whole command: its lines and literals.
 pub const MAX_COMMAND: usize = 256 * 1024;
+/// The rest of a line over [`MAX_LINE`] is dropped up to this many octets
+/// more; a client still without a line end then gets BAD and BYE.
+pub const MAX_DISCARD: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -79,8 +82,8 @@ enum State {
     Line,
     /// Copying a literal's octets into `cmd`.
     Literal(u64),
-    /// Dropping the rest of a bad line.
-    Discard,
+    /// Dropping the rest of a bad line; the octets dropped so far.
+    Discard(u64),
     /// Dropping a literal that was sent without asking, then its line.
     Skip(u64),
     /// Waiting for the session's decision on an APPEND literal.
@@ -224,18 +227,29 @@ impl Reader {
                     self.start += n;
                     let left = left - n as u64;
                     self.state = if left == 0 {
-                        State::Discard
+                        State::Discard(0)
                     } else {
                         State::Skip(left)
                     };
                 }
-                State::Discard => match memchr::memchr(b'\n', avail) {
+                State::Discard(dropped) => match memchr::memchr(b'\n', avail) {
                     Some(i) => {
                         self.start += i + 1;
                         self.reset();
                     }
                     None => {
                         self.start = self.end;
+                        let dropped = dropped + avail.len() as u64;
+                        // A line that never ends is no client's command:
+                        // close rather than read it forever.
+                        if dropped > MAX_DISCARD {
+                            self.reset();
+                            return Some(Event::Fatal {
+                                tag: None,
+                                why: "line too long, no line end in sight",
+                            });
+                        }
+                        self.state = State::Discard(dropped);
                         return None;
                     }
                 },
@@ -254,7 +268,7 @@ impl Reader {
                         self.state = if nl.is_some() {
                             State::Line
                         } else {
-                            State::Discard
+                            State::Discard(0)
                         };
                         self.line_start = 0;
                         return Some(Event::Bad {
@@ -365,7 +379,7 @@ impl Reader {
         if !sync {
             self.state = State::Skip(size);
             if size == 0 {
-                self.state = State::Discard;
+                self.state = State::Discard(0);
             }
         }
     }
@@ -605,5 +619,26 @@ mod tests {
             ]
         );
         assert!(tag_of(b"+x NOOP").is_none());
+    }
+
+    #[test]
+    fn a_line_without_end_is_cut_off() {
+        let mut input = b"t1 NOOP ".to_vec();
+        input.resize(2 * MAX_LINE + MAX_DISCARD as usize, b'x');
+        let ev = run(&input, 4096, true);
+        assert_eq!(
+            ev,
+            vec![
+                Event::Bad {
+                    tag: Some("t1".into()),
+                    why: "line too long",
+                    too_big: false
+                },
+                Event::Fatal {
+                    tag: None,
+                    why: "line too long, no line end in sight"
+                }
+            ]
+        );
     }
 }

@@ -234,7 +234,7 @@ fn add(
             }),
             size: data.len() as u64,
             modseq: f.modseq,
-            sent: None,
+            sent: sent_day(&data),
         },
         data,
     });
@@ -279,6 +279,16 @@ impl MemHandle {
         })
         .flatten()
     }
+}
+
+/// The Date: header's day, as the store reads it (SENTON and friends).
+fn sent_day(data: &[u8]) -> Option<i64> {
+    let head = &data[..split_header(data)];
+    let line = head
+        .split(|&b| b == b'\n')
+        .find(|l| l.len() > 5 && l[..5].eq_ignore_ascii_case(b"date:"))?;
+    let d = super::command::Date::from_rfc5322(&line[5..])?;
+    Some(d.days() * 86400)
 }
 
 fn split_header(data: &[u8]) -> usize {

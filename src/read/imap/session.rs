@@ -248,6 +248,15 @@ fn map_err(e: &StoreError) -> (Status, Option<Code>, String) {
     }
 }
 
+/// A name below INBOX (`INBOX/x`, any case): INBOX is the user's mbox, a
+/// file, so it has no children (SPEC "Folders", `\NoInferiors`).
+fn below_inbox(name: &str) -> bool {
+    name.split('/')
+        .next()
+        .is_some_and(|first| first.eq_ignore_ascii_case("INBOX"))
+        && name.contains('/')
+}
+
 /// A mailbox name from the wire (modified UTF-7) to the store's UTF-8.
 fn folder_name(wire: &[u8]) -> Result<String, &'static str> {
     if wire.eq_ignore_ascii_case(b"INBOX") {
@@ -339,9 +348,12 @@ impl<A: Account> Session<A> {
             } else {
                 c += " LOGINDISABLED";
             }
-            c += " SASL-IR LITERAL+ ID ENABLE IDLE";
+            c += " SASL-IR LITERAL+ LITERAL- ID ENABLE IDLE";
         } else {
-            c += " LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE SPECIAL-USE \
+            // LITERAL- by name too: IMAP4rev2 requires it (RFC 9051
+            // appendix E) and SPEC lists it; LITERAL+ is its superset
+            // (RFC 7888 5), so a client that knows both uses LITERAL+.
+            c += " LITERAL+ LITERAL- ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE SPECIAL-USE \
                   CHILDREN CONDSTORE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY";
         }
         c
@@ -708,6 +720,16 @@ impl<A: Account> Session<A> {
                     );
                     return None;
                 }
+                if below_inbox(&name) {
+                    r::tagged(
+                        out,
+                        &tag,
+                        Status::No,
+                        Some(&Code::Cannot),
+                        "INBOX holds mail, not folders (\\NoInferiors)",
+                    );
+                    return None;
+                }
                 self.write(tag, WriteKind::Plain, Write::Create(name))
             }
             Command::Delete(m) => {
@@ -745,6 +767,16 @@ impl<A: Account> Session<A> {
                             Status::No,
                             Some(&Code::AlreadyExists),
                             "INBOX always exists",
+                        );
+                        return None;
+                    }
+                    if below_inbox(&to) {
+                        r::tagged(
+                            out,
+                            &tag,
+                            Status::No,
+                            Some(&Code::Cannot),
+                            "INBOX holds mail, not folders (\\NoInferiors)",
                         );
                         return None;
                     }
@@ -1836,6 +1868,11 @@ fn fetch_item<F: Folder>(
                 None
             }
             Ok((len, b)) => {
+                // BINARY content may hold NUL: a literal8 (RFC 3516 4.3,
+                // RFC 9051 7.5.2 `literal8`).
+                if binary {
+                    out.push(b'~');
+                }
                 r::literal_header(out, len);
                 Some(b)
             }
@@ -2007,7 +2044,12 @@ fn eval<F: Folder>(k: &SearchKey, c: &Ctx<F>) -> bool {
     let m = c.meta;
     let day =
         (m.internal_date.unix + i64::from(m.internal_date.zone_minutes) * 60).div_euclid(86400);
-    let sent = m.sent.map(|s| s.div_euclid(86400));
+    // Read only for the SENT* keys: it may parse the message.
+    let sent = || {
+        m.sent
+            .or_else(|| c.folder.sent(m.uid))
+            .map(|s| s.div_euclid(86400))
+    };
     match k {
         SearchKey::All => true,
         SearchKey::Flag(f, set) => m.has(f) == *set,
@@ -2025,9 +2067,9 @@ fn eval<F: Folder>(k: &SearchKey, c: &Ctx<F>) -> bool {
         SearchKey::Before(d) => day < d.days(),
         SearchKey::On(d) => day == d.days(),
         SearchKey::Since(d) => day >= d.days(),
-        SearchKey::SentBefore(d) => sent.is_some_and(|s| s < d.days()),
-        SearchKey::SentOn(d) => sent.is_some_and(|s| s == d.days()),
-        SearchKey::SentSince(d) => sent.is_some_and(|s| s >= d.days()),
+        SearchKey::SentBefore(d) => sent().is_some_and(|s| s < d.days()),
+        SearchKey::SentOn(d) => sent().is_some_and(|s| s == d.days()),
+        SearchKey::SentSince(d) => sent().is_some_and(|s| s >= d.days()),
         SearchKey::Larger(n) => m.size > *n,
         SearchKey::Smaller(n) => m.size < *n,
         SearchKey::Uid(set) => set.contains(m.uid, c.largest_uid),
@@ -2163,7 +2205,7 @@ mod tests {
         let mut g = Vec::new();
         t.s.greeting(&mut g);
         let g = String::from_utf8(g).unwrap();
-        assert!(g.starts_with("* OK [CAPABILITY IMAP4rev1 IMAP4rev2 STARTTLS LOGINDISABLED SASL-IR LITERAL+ ID ENABLE IDLE]"), "{g}");
+        assert!(g.starts_with("* OK [CAPABILITY IMAP4rev1 IMAP4rev2 STARTTLS LOGINDISABLED SASL-IR LITERAL+ LITERAL- ID ENABLE IDLE]"), "{g}");
         let r = t.send("a LOGIN alice secret\r\n");
         assert_eq!(
             r,
@@ -2178,7 +2220,7 @@ mod tests {
             "{r}"
         );
         let r = t.send("d LOGIN alice@example.org secret\r\n");
-        assert!(r.starts_with("d OK [CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY]"), "{r}");
+        assert!(r.starts_with("d OK [CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ LITERAL- ID ENABLE IDLE NAMESPACE UNSELECT UIDPLUS MOVE SPECIAL-USE CHILDREN CONDSTORE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY]"), "{r}");
         let r = t.send("e STARTTLS\r\n");
         assert!(r.starts_with("e BAD"), "{r}");
     }
@@ -2301,6 +2343,29 @@ mod tests {
         t.send("s SELECT INBOX\r\n");
         let r = t.send("a APPEND INBOX {3+}\r\nabc\r\n");
         assert!(r.starts_with("* 2 EXISTS\r\na OK [APPENDUID"), "{r}");
+    }
+
+    #[test]
+    fn binary_answers_in_literal8_and_sent_keys_read_the_date() {
+        let acct = inbox_with(2);
+        let mut t = T::logged_in(&acct);
+        t.send("s SELECT INBOX\r\n");
+        // RFC 3516 4.3: BINARY data in a literal8 (it may hold NUL).
+        let r = t.send("a FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1])\r\n");
+        assert_eq!(
+            r,
+            "* 1 FETCH (BINARY[1] ~{10}\r\nHello m1\r\n BINARY.SIZE[1] 10)\r\na OK FETCH completed\r\n"
+        );
+        // RFC 9051 6.4.4: SENTON compares the Date: header's day
+        // (17 Jul 1996 in its own zone), not INTERNALDATE.
+        assert_eq!(
+            t.send("b SEARCH SENTON 17-Jul-1996\r\n"),
+            "* SEARCH 1 2\r\nb OK SEARCH completed\r\n"
+        );
+        assert_eq!(
+            t.send("c SEARCH SENTBEFORE 17-Jul-1996\r\nd SEARCH SENTSINCE 18-Jul-1996\r\n"),
+            "* SEARCH\r\nc OK SEARCH completed\r\n* SEARCH\r\nd OK SEARCH completed\r\n"
+        );
     }
 
     #[test]
@@ -2517,6 +2582,12 @@ mod tests {
         assert_eq!(
             t.send("f CREATE INBOX\r\n"),
             "f NO [ALREADYEXISTS] INBOX always exists\r\n"
+        );
+        // INBOX is the mbox, a file: nothing below it, in any case.
+        assert_eq!(
+            t.send("f CREATE inbox/sub\r\nf2 RENAME Lists/rust INBOX/rust\r\n"),
+            "f NO [CANNOT] INBOX holds mail, not folders (\\NoInferiors)\r\n\
+             f2 NO [CANNOT] INBOX holds mail, not folders (\\NoInferiors)\r\n"
         );
         assert_eq!(
             t.send("f CREATE Drafts\r\n"),

@@ -388,6 +388,24 @@ fn from_line_date(line: &[u8]) -> i64 {
     d.days() * 86400 + h * 3600 + mi * 60 + se
 }
 
+/// The text/* parts of a message that are no multipart or message, in
+/// order (for SEARCH BODY and TEXT).
+fn text_leaves<'a>(p: &'a mime::Part, out: &mut Vec<&'a mime::Part>) {
+    match &p.kind {
+        mime::Kind::Multi(children) => {
+            for c in children {
+                text_leaves(c, out);
+            }
+        }
+        mime::Kind::Message(_, inner) => text_leaves(inner, out),
+        mime::Kind::Single => {
+            if p.ctype.eq_ignore_ascii_case(b"text") {
+                out.push(p);
+            }
+        }
+    }
+}
+
 /// The account: every folder's state, shared by all sessions.
 pub struct Store {
     pub inbox: PathBuf,
@@ -465,6 +483,17 @@ impl Store {
         Ok(st)
     }
 
+    /// The folders the user unsubscribed from (UNSUBSCRIBE); every other
+    /// folder is subscribed.
+    fn unsubscribed(&self) -> std::collections::BTreeSet<String> {
+        std::fs::read_to_string(self.state_dir.join("unsubscribed"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
     /// Forgets a folder's state (after DELETE or RENAME).
     pub fn forget(&self, name: &str) {
         self.open.borrow_mut().remove(&Self::canonical(name));
@@ -526,6 +555,10 @@ impl Account for StoreAccount {
             subscribed: true,
         }];
         self.0.walk(&self.0.folders, "", &mut out);
+        let unsub = self.0.unsubscribed();
+        for f in &mut out {
+            f.subscribed = !unsub.contains(&f.name);
+        }
         Ok(out)
     }
 
@@ -547,9 +580,26 @@ impl Account for StoreAccount {
         })
     }
 
-    fn subscribe(&mut self, _name: &str, _subscribed: bool) -> Result<(), StoreError> {
-        // Every folder is subscribed (a single user's own folders).
-        Ok(())
+    fn subscribe(&mut self, name: &str, subscribed: bool) -> Result<(), StoreError> {
+        // Folders are subscribed unless unsubscribed (a single user's own
+        // folders, new ones included); the exceptions are kept in a small
+        // file, replaced by rename.
+        let name = Store::canonical(name);
+        let mut unsub = self.0.unsubscribed();
+        let changed = if subscribed {
+            unsub.remove(&name)
+        } else {
+            unsub.insert(name)
+        };
+        if !changed {
+            return Ok(());
+        }
+        let path = self.0.state_dir.join("unsubscribed");
+        let tmp = self.0.state_dir.join("unsubscribed.tmp");
+        let text: String = unsub.iter().map(|n| format!("{n}\n")).collect();
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| StoreError::Unavailable(format!("cannot save subscriptions: {e}")))
     }
 }
 
@@ -670,6 +720,12 @@ impl Folder for StoreFolder {
         })
     }
 
+    fn sent(&self, uid: Uid) -> Option<i64> {
+        let (s, _, _) = self.structure(uid).ok()?;
+        let d = super::command::Date::from_rfc5322(s.envelope.date.as_deref()?)?;
+        Some(d.days() * 86400)
+    }
+
     fn envelope(&self, uid: Uid, out: &mut Vec<u8>) -> Result<(), StoreError> {
         let (s, _, _) = self.structure(uid)?;
         mime::imap::envelope(&s.envelope, out);
@@ -691,7 +747,7 @@ impl Folder for StoreFolder {
         &self,
         uid: Uid,
         section: &Section,
-        _binary: bool,
+        binary: bool,
         partial: Option<(u32, u32)>,
     ) -> Result<(u64, Vec<u8>), StoreError> {
         let (s, file, m) = self.structure(uid)?;
@@ -712,6 +768,17 @@ impl Folder for StoreFolder {
             SectionText::HeaderFields(n) => bytes = header_filter(&bytes, n, false),
             SectionText::HeaderFieldsNot(n) => bytes = header_filter(&bytes, n, true),
             _ => {}
+        }
+        // BINARY: the content with its transfer encoding undone (RFC
+        // 3516 4.2), for a part that is not a multipart or a message.
+        if binary && !path.is_empty() {
+            if let Some(p) = s
+                .part(path)
+                .filter(|p| matches!(p.kind, mime::Kind::Single))
+            {
+                let enc = mime::decode::Encoding::of(p.encoding.as_deref());
+                bytes = mime::decode::decode(enc, &bytes);
+            }
         }
         if let Some((start, len)) = partial {
             let start = (start as usize).min(bytes.len());
@@ -741,20 +808,59 @@ impl Folder for StoreFolder {
             }
             Ok(b)
         };
+        // Text parts in base64 or quoted-printable are also searched
+        // decoded (RFC 9051 6.4.4 searches the text, as Dovecot does).
+        let decoded_text_has = |s: &Structure| -> Result<bool, StoreError> {
+            let mut leaves = Vec::new();
+            text_leaves(&s.root, &mut leaves);
+            for p in leaves {
+                let enc = mime::decode::Encoding::of(p.encoding.as_deref());
+                if !matches!(
+                    enc,
+                    mime::decode::Encoding::Base64 | mime::decode::Encoding::QuotedPrintable
+                ) {
+                    continue;
+                }
+                let mut raw = Vec::new();
+                let r = mime::Range {
+                    start: p.body,
+                    end: p.end,
+                };
+                Self::wire(&file, &m, r, &mut raw)?;
+                if contains_ci(&mime::decode::decode(enc, &raw), needle) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        };
+        // A header field matches as written or with its encoded words
+        // (RFC 2047) decoded: SEARCH CHARSET UTF-8 SUBJECT "Grüße" finds
+        // `=?utf-8?q?Gr=C3=BC=C3=9Fe?=` (RFC 9051 6.4.4).
+        // The value after `Name:`, so that SUBJECT "subject" does not
+        // find every message.
+        let field_value = |v: &[u8]| -> Vec<u8> {
+            let at = v.iter().position(|&b| b == b':').map_or(v.len(), |i| i + 1);
+            v[at..].to_vec()
+        };
+        let field_has = |v: Vec<u8>| {
+            contains_ci(&v, needle) || contains_ci(mime::header::decode_2047(&v).as_bytes(), needle)
+        };
         Ok(match (field, header) {
             (_, Some(h)) => {
                 let v = value(h);
-                v.len() > 2 && contains_ci(&v[h.len().min(v.len())..], needle)
+                v.len() > 2 && field_has(v[h.len().min(v.len())..].to_vec())
             }
-            (Some(TextField::Body), _) => contains_ci(&body(&s)?, needle),
+            (Some(TextField::Body), _) => contains_ci(&body(&s)?, needle) || decoded_text_has(&s)?,
             (Some(TextField::Text), _) => {
-                contains_ci(&head, needle) || contains_ci(&body(&s)?, needle)
+                contains_ci(&head, needle)
+                    || contains_ci(&body(&s)?, needle)
+                    || decoded_text_has(&s)?
             }
-            (Some(TextField::From), _) => contains_ci(&value("From"), needle),
-            (Some(TextField::To), _) => contains_ci(&value("To"), needle),
-            (Some(TextField::Cc), _) => contains_ci(&value("Cc"), needle),
-            (Some(TextField::Bcc), _) => contains_ci(&value("Bcc"), needle),
-            (Some(TextField::Subject), _) => contains_ci(&value("Subject"), needle),
+            (Some(TextField::From), _) => field_has(field_value(&value("From"))),
+            (Some(TextField::To), _) => field_has(field_value(&value("To"))),
+            (Some(TextField::Cc), _) => field_has(field_value(&value("Cc"))),
+            (Some(TextField::Bcc), _) => field_has(field_value(&value("Bcc"))),
+            (Some(TextField::Subject), _) => field_has(field_value(&value("Subject"))),
             (None, None) => false,
         })
     }

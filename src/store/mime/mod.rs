@@ -18,6 +18,7 @@
 //! `--boundary` of any open multipart, the innermost first; the line end
 //! before it belongs to the delimiter (RFC 2046 5.1.1).
 
+pub mod decode;
 pub mod header;
 pub mod imap;
 pub mod index;
