@@ -505,6 +505,18 @@ def rss_kib(pid):
     return 0
 
 
+def anon_kib(pid):
+    """RssAnon: the process's own memory, without mapped file pages."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def tree_pids(root):
     """root and all its descendants (from /proc's ppid fields)."""
     kids = {}
@@ -572,6 +584,9 @@ class Pimail:
 
     def rss_kib(self):
         return rss_kib(self.proc.pid)
+
+    def anon_kib(self):
+        return anon_kib(self.proc.pid)
 
     def cpu_ticks(self):
         with open(f"/proc/{self.proc.pid}/stat") as f:
@@ -724,6 +739,9 @@ service auth-worker {{
 
     def rss_kib(self):
         return sum(rss_kib(p) for p in tree_pids(self.proc.pid))
+
+    def anon_kib(self):
+        return sum(anon_kib(p) for p in tree_pids(self.proc.pid))
 
     def new_mail(self, i):
         """An MTA's mbox delivery (Postfix local(8)): fcntl lock, append the
@@ -905,14 +923,19 @@ def idle_rss(server, n=10):
     the folder's index is loaded: that is the folder's memory, not the
     sessions')."""
     server.restart()
+    # pimail drops the code pages start-up touched 2 s after listening
+    # (issue 15): the baseline is taken after that.
+    time.sleep(3.0)
     c = Imap(server.port).login()
     select(c)
     c.close()
     time.sleep(1.0)
     before = server.rss_kib()
+    anon0 = server.anon_kib()
     idlers = [Idler(server.port) for _ in range(n)]
     time.sleep(1.5)
     during = server.rss_kib()
+    server.anon_during = server.anon_kib() - anon0
     for x in idlers:
         x.close()
     return before, during
@@ -1012,6 +1035,7 @@ def measure(servers, meta, quick, idle_rounds):
     # Phase 5: memory of 10 IDLE sessions.
     for s in servers:
         res[s.name]["rss_before"], res[s.name]["rss_idle10"] = idle_rss(s)
+        res[s.name]["anon_added"] = s.anon_during
     return res
 
 
@@ -1177,7 +1201,7 @@ def table_text(rows, meta, res, read_s):
             out.append(f"{name}: IDLE {label} -> EXISTS: median {med * 1e3 if med is not None else float('nan'):.0f} ms, "
                        f"max {mx * 1e3 if mx is not None else float('nan'):.0f} ms, {missed} not seen within 10 s")
         out.append(f"{name}: RSS before the 10 IDLE sessions {r['rss_before'] / 1024:.1f} MiB, "
-                   f"with them {r['rss_idle10'] / 1024:.1f} MiB; first LOGIN {r['login_first'] * 1e3:.0f} ms")
+                   f"with them {r['rss_idle10'] / 1024:.1f} MiB (RssAnon {r['anon_added'] / 1024:+.2f} MiB); first LOGIN {r['login_first'] * 1e3:.0f} ms")
     out.append(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return "\n".join(out)
 
