@@ -958,6 +958,78 @@ def startup(ctx, runs, binary):
     }
 
 
+def sink_rates(ctx, concs, seconds, repeats):
+    """2 KiB messages/s the load client gets from bench/loadgen's `sink`, an
+    SMTP server that stores nothing: the ceiling this machine's loopback,
+    scheduler and client put on any server, in this run. {conc: msg/s}."""
+    loadgen = getattr(ctx, "loadgen", None)
+    sink = loadgen and os.path.join(os.path.dirname(loadgen), "sink")
+    if not sink or not os.access(sink, os.X_OK):
+        return {}
+    proc = subprocess.Popen([sink], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline().split()
+        if len(line) != 2 or line[0] != "listening":
+            return {}
+        host, port = line[1].rsplit(":", 1)
+        out = {}
+        for conc in concs:
+            best = 0.0
+            for _ in range(repeats):
+                r = load_rust(loadgen, ctx.work, (host, int(port)), 2 << 10, conc, seconds, "sink")
+                if r["seconds"]:
+                    best = max(best, len(r["ids"]) / r["seconds"])
+            out[str(conc)] = round(best, 0)
+        return out
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# What SPEC asks of acceptance against Postfix at 2 KiB (SPEC "Budgets").
+RATIO_BUDGETS = {1: 5, 32: 10}
+
+
+def limits_paragraph(r, by):
+    """For each budgeted 2 KiB cell: the rate the budget needs, and the
+    physical limits measured in this run, the lowest of which binds."""
+    sink = r.get("sink") or {}
+    lines = []
+    for conc, times in RATIO_BUDGETS.items():
+        pm = by.get(("pimail", "2 KiB", conc))
+        pf = by.get(("Postfix", "2 KiB", conc))
+        if not pm or not pf or not pf["msgs_per_s"]:
+            continue
+        need = times * pf["msgs_per_s"]
+        limits = []
+        if sink.get(str(conc)):
+            limits.append(("loopback and load client (a server that stores nothing)", sink[str(conc)]))
+        disk = r["disk"]["fsync_1_writer_per_s" if conc == 1 else "fsync_8_writers_per_s"]
+        # One flush per commit: at concurrency 1 each message waits for its
+        # own; above, group commit shares one among those that finish together.
+        limits.append(("the disk's fsyncs" + (" (1 writer)" if conc == 1 else " (8 writers)"), disk))
+        cpu = (pm.get("server_cpu_ms_per_msg") or 0) + (
+            (pm.get("client_cpu_pct") or 0) * 10 / pm["msgs_per_s"] if pm["msgs_per_s"] else 0
+        )
+        if cpu > 0:
+            limits.append((f"CPU ({os.cpu_count()} cores at {cpu:.2f} ms/msg, server and client)",
+                           os.cpu_count() * 1000 / cpu))
+        name, lowest = min(limits, key=lambda x: x[1])
+        got = pm["msgs_per_s"] / pf["msgs_per_s"]
+        verdict = "met" if got >= times else (
+            "out of reach on this machine" if need > lowest else "short")
+        lines.append(
+            f"- concurrency {conc}: the budget ({times}× Postfix's {pf['msgs_per_s']:.0f}/s) "
+            f"needs {need:.0f}/s; pimail did {pm['msgs_per_s']:.0f}/s ({got:.1f}×), {verdict}. "
+            "Limits measured in this run: "
+            + "; ".join(f"{n} {v:.0f}/s" for n, v in limits)
+            + f". The lowest is {name}; pimail reached {pm['msgs_per_s'] / lowest:.2f} of it."
+        )
+    if not lines:
+        return []
+    return ["", "Physical limits against the acceptance budgets (2 KiB):", ""] + lines
+
+
 def run(ctx):
     quick = ctx.quick
     seconds = 1.0 if quick else 1.5
@@ -990,6 +1062,9 @@ def run(ctx):
         ),
     }
     ctx.log(f"  disk: {result['disk']}")
+    result["sink"] = sink_rates(ctx, concs, seconds, repeats)
+    if result["sink"]:
+        ctx.log(f"  null sink (2 KiB): {result['sink']}")
 
     servers = []
     p = Pimail(ctx, ctx.workdir("pimail"))
@@ -1166,6 +1241,7 @@ def markdown(r):
                 cells += ["-"] * 6
         cells.append(disk)
         out.append("| " + " | ".join(cells) + " |")
+    out += limits_paragraph(r, by)
     idle = r.get("idle_rss_kib", {})
     builds = r["builds"]
     names = list(builds)
