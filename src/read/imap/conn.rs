@@ -573,6 +573,7 @@ async fn perform(ctx: &ImapContext, w: &Write, spooled: Option<PathBuf>) -> Writ
                         if rescued {
                             // The header rules leave its sender alone
                             // from now on (SPEC "Keeping spam out").
+                            let path = src.borrow().path.clone();
                             super::store::record_not_junk(
                                 &ctx.data_dir,
                                 &path,
