@@ -11,9 +11,11 @@ the machine. A section is a module `bench/<name>.py` with
 Sections: smtp.py (SMTP acceptance vs Postfix, disk limit, memory, start-up,
 binary size); spam.py (the spam checks' cost: acceptance with them on and
 off, greylist lookup at 1k..100k entries); pop3.py (POP3 vs Dovecot) when
-present. `--quick` is a seconds-long smoke run for CI: pimail only, no
-peers. `--only spam` runs one section and writes latest-spam.* (or
-quick-spam.*), leaving the full report alone.
+present; imap.py (IMAP vs Dovecot's IMAP on a generated 20,000-message
+~1 GiB INBOX, cached under target/bench-cache/). `--quick` is a
+seconds-long smoke run for CI: pimail only, no peers (imap.py: a
+300-message INBOX). `--only spam` runs one section and writes
+latest-spam.* (or quick-spam.*), leaving the full report alone.
 """
 
 import argparse
@@ -29,7 +31,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-SECTIONS = ["smtp", "spam", "pop3"]
+SECTIONS = ["smtp", "spam", "pop3", "imap"]
 
 
 class Context:

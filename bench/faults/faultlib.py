@@ -77,7 +77,7 @@ UNUSED_HASH = "$argon2id$v=19$m=64,t=1,p=1$d7bEe5+PDtR+c+lWi896vw$glblWHgdtnS/rm
 
 class Pimail:
     def __init__(self, binary, work, pop3=False, password_hash=UNUSED_HASH,
-                 mbox=None, data_dir=None, logpath=None):
+                 mbox=None, data_dir=None, logpath=None, imap=False):
         self.binary = binary
         self.work = work
         self.mbox = mbox or os.path.join(work, "mbox")
@@ -86,15 +86,20 @@ class Pimail:
         self.config = os.path.join(work, "pimail.toml")
         self.smtp_port = free_port()
         self.pop3_port = free_port() if pop3 else None
+        self.imap_port = free_port() if imap else None
+        self.folders = os.path.join(work, "folders")
         listen = f'smtp = ["127.0.0.1:{self.smtp_port}"]\n'
         if pop3:
             listen += f'pop3 = ["127.0.0.1:{self.pop3_port}"]\n'
+        if imap:
+            listen += f'imap = ["127.0.0.1:{self.imap_port}"]\n'
+        listen += f'local_submit = "{os.path.join(work, "submit.sock")}"\n'
         with open(self.config, "w") as f:
             f.write(
                 f'hostname = "mail.example.org"\ndomains = ["example.org"]\n'
                 f'data_dir = "{self.data_dir}"\n\n'
                 f'[user]\nname = "alice"\npassword = "{password_hash}"\n'
-                f'addresses = ["alice"]\nmbox = "{self.mbox}"\n\n'
+                f'addresses = ["alice"]\nmbox = "{self.mbox}"\nfolders = "{self.folders}"\n\n'
                 f"[listen]\n{listen}\n"
                 f'[limits]\nmax_message_size = "8M"\nmax_connections = 1000\n'
                 f"max_connections_per_ip = 1000\n\n"
@@ -111,6 +116,10 @@ class Pimail:
     @property
     def pop3(self):
         return ("127.0.0.1", self.pop3_port)
+
+    @property
+    def imap(self):
+        return ("127.0.0.1", self.imap_port)
 
     def start(self, timeout=20.0):
         """Starts `pimail serve` and waits for its `listening:` log line.

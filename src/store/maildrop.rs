@@ -142,7 +142,7 @@ pub(crate) fn stamp(file: &File, len: u64) -> io::Result<Stamp> {
 
 /// Does `file` still hold, unchanged, the part that `s` describes (perhaps
 /// followed by appended mail)?
-fn still_holds(file: &File, s: &Stamp) -> io::Result<bool> {
+pub(crate) fn still_holds(file: &File, s: &Stamp) -> io::Result<bool> {
     let meta = file.metadata()?;
     let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
     if meta.dev() != s.dev || meta.ino() != s.ino || meta.len() < s.len {
@@ -723,6 +723,21 @@ pub struct Expunge {
 /// At worst deleted messages come back; a message that was not deleted is
 /// never lost.
 pub fn expunge(locked: &mut Locked, x: &Expunge, data_dir: &Path) -> Result<usize, MaildropError> {
+    expunge_with_status(locked, x, &[], data_dir)
+}
+
+/// [`expunge`], also giving the kept messages the `Status:`/`X-Status:`
+/// lines `status` names (per message of `x`; `None` or missing: left as
+/// they are), so that mbox readers see IMAP's flags (issue 16, mutt's
+/// convention; [`status_lines`]). The rewrite then starts at the first
+/// message that is deleted or edited. Edits need the copy way; on a full
+/// disk the move way deletes without them.
+pub fn expunge_with_status(
+    locked: &mut Locked,
+    x: &Expunge,
+    status: &[Option<Vec<u8>>],
+    data_dir: &Path,
+) -> Result<usize, MaildropError> {
     let count = x.deleted.iter().filter(|&&d| d).count();
     if count == 0 {
         return Ok(0);
@@ -737,24 +752,31 @@ pub fn expunge(locked: &mut Locked, x: &Expunge, data_dir: &Path) -> Result<usiz
     if !still_holds(&locked.file, &x.stamp).map_err(rd)? {
         return Err(MaildropError::Changed);
     }
-    let plan = plan(x, locked.file.metadata().map_err(rd)?.len());
-    rewrite(&RealFs, &locked.file, &path, &plan, data_dir)?;
+    let edits = status_edits(&locked.file, x, status).map_err(rd)?;
+    let plan = plan_edits(x, locked.file.metadata().map_err(rd)?.len(), edits);
+    let edited = rewrite(&RealFs, &locked.file, &path, &plan, data_dir)?;
     // The index for the rewritten mbox; mail after the kept part is
-    // indexed at the next login.
-    if let Ok(st) = stamp(&locked.file, plan.kept_len) {
-        save_index(&index_path(data_dir), &st, &plan.kept);
+    // indexed at the next login. Without the planned edits (full disk)
+    // the offsets are not the plan's: the next login scans again.
+    if edited || plan.edits.is_empty() {
+        if let Ok(st) = stamp(&locked.file, plan.kept_len) {
+            save_index(&index_path(data_dir), &st, &plan.kept);
+        }
+    } else {
+        let _ = std::fs::remove_file(index_path(data_dir));
     }
     Ok(count)
 }
 
 /// The rewrite itself, on any [`Fs`] (the crash explorer's too).
+/// Returns whether the plan's edits were made (not on a full disk).
 pub(crate) fn rewrite(
     fs: &dyn Fs,
     mbox: &dyn disk::Disk,
     path: &Path,
     plan: &Plan,
     data_dir: &Path,
-) -> Result<(), MaildropError> {
+) -> Result<bool, MaildropError> {
     let mut journal = Journal::open(fs, data_dir)?.0;
     let v = mbox
         .version()
@@ -776,6 +798,8 @@ pub(crate) fn rewrite(
                 log::error!("{e}; trying again");
                 apply(fs, mbox, &job, data_dir, path)?;
             }
+            finish(fs, &mut journal, data_dir)?;
+            Ok(true)
         }
         Err(e) if e.is_disk_full() => {
             log::warn!(
@@ -785,17 +809,18 @@ pub(crate) fn rewrite(
             let mut job = Job::Move {
                 dev: v.dev,
                 ino: v.ino,
-                from: plan.from,
+                from: plan.plain.from,
                 old_len: plan.old_len,
                 done: 0,
-                ranges: plan.ranges.clone(),
+                ranges: plan.plain.ranges.clone(),
             };
             journal.write(fs, Some(&job))?;
             step_moves(fs, mbox, &mut journal, &mut job, path)?;
+            finish(fs, &mut journal, data_dir)?;
+            Ok(false)
         }
-        Err(e) => return Err(e),
+        Err(e) => Err(e),
     }
-    finish(fs, &mut journal, data_dir)
 }
 
 /// What the rewrite does: the new content from `from` on is `ranges` of
@@ -804,16 +829,53 @@ pub(crate) struct Plan {
     pub from: u64,
     pub old_len: u64,
     pub ranges: Vec<(u64, u64)>,
+    /// Replacements inside `ranges`, ascending: `(start, end, bytes)`
+    /// puts `bytes` where `start..end` was (the copy way only).
+    pub edits: Vec<Edit>,
     pub kept: Vec<Message>,
     pub kept_len: u64,
+    /// The same deletion without edits, for the move way (a full disk).
+    pub plain: Box<PlainPlan>,
 }
 
+/// What the move way needs.
+#[derive(Debug, Clone)]
+pub(crate) struct PlainPlan {
+    pub from: u64,
+    pub ranges: Vec<(u64, u64)>,
+}
+
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn plan(x: &Expunge, len: u64) -> Plan {
+    plan_edits(x, len, Vec::new())
+}
+
+/// `edits`: per message of `x` (or fewer), its replacements, ascending
+/// and inside its content (see [`status_edits`]).
+pub(crate) fn plan_edits(x: &Expunge, len: u64, edits: Vec<Vec<Edit>>) -> Plan {
+    let plain = if edits.iter().any(|e| !e.is_empty()) {
+        let p = plan_edits(x, len, Vec::new());
+        PlainPlan {
+            from: p.from,
+            ranges: p.ranges,
+        }
+    } else {
+        PlainPlan {
+            from: 0,
+            ranges: Vec::new(),
+        }
+    };
     let first_deleted = x.deleted.iter().position(|&d| d).unwrap_or(0);
+    let first_edited = edits
+        .iter()
+        .enumerate()
+        .position(|(i, e)| !e.is_empty() && !x.deleted.get(i).copied().unwrap_or(false))
+        .unwrap_or(usize::MAX);
     let from = x
         .messages
-        .get(first_deleted)
+        .get(first_deleted.min(first_edited))
         .map_or(x.stamp.len, |m| m.offset);
+    let mut all_edits = Vec::new();
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     let mut push = |a: u64, b: u64| match ranges.last_mut() {
         Some(last) if last.1 == a => last.1 = b,
@@ -831,27 +893,176 @@ pub(crate) fn plan(x: &Expunge, len: u64) -> Plan {
         if x.deleted[i] {
             continue;
         }
-        let shift = m.offset - new_pos;
+        let shift = m.offset as i64 - new_pos as i64;
+        let mine = edits.get(i).map(Vec::as_slice).unwrap_or(&[]);
+        // Octets the edits add, stored and as RETR sends them (CRLF).
+        let (mut grow, mut grow_wire) = (0i64, 0i64);
+        for e in mine {
+            grow += e.bytes.len() as i64 - (e.end - e.start) as i64;
+            grow_wire += wire_len(&e.bytes) as i64 - e.old_wire as i64;
+        }
         kept.push(Message {
-            offset: m.offset - shift,
-            start: m.start - shift,
-            end: m.end - shift,
-            size: m.size,
+            offset: (m.offset as i64 - shift) as u64,
+            start: (m.start as i64 - shift) as u64,
+            end: (m.end as i64 - shift + grow) as u64,
+            size: (m.size as i64 + grow_wire).max(0) as u64,
             uid: m.uid.clone(),
         });
-        new_pos += next - m.offset;
+        all_edits.extend(mine.iter().cloned());
+        new_pos = (new_pos as i64 + (next - m.offset) as i64 + grow) as u64;
         push(m.offset, next);
     }
     let kept_len = new_pos;
     // Mail that arrived during the session.
     push(x.stamp.len, len);
+    let plain = if all_edits.is_empty() {
+        PlainPlan {
+            from,
+            ranges: ranges.clone(),
+        }
+    } else {
+        plain
+    };
     Plan {
         from,
         old_len: len,
         ranges,
+        edits: all_edits,
         kept,
         kept_len,
+        plain: Box::new(plain),
     }
+}
+
+/// Octets of lines once every line ends in CRLF (RETR's size).
+fn wire_len(lines: &[u8]) -> u64 {
+    let lf = memchr::memchr_iter(b'\n', lines).count() as u64;
+    let crlf = memchr::memmem::find_iter(lines, b"\r\n").count() as u64;
+    lines.len() as u64 + lf - crlf
+}
+
+/// One replacement in a rewrite: `bytes` where `start..end` was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Edit {
+    pub start: u64,
+    pub end: u64,
+    pub bytes: Vec<u8>,
+    /// The replaced octets' size as RETR sends them.
+    pub old_wire: u64,
+}
+
+/// The `Status:`/`X-Status:` lines mbox readers (mutt, mailx, pine)
+/// read flags from, for IMAP's system flags: `\Seen` is `Status: RO`
+/// (read, old); `\Answered`, `\Flagged`, `\Deleted`, `\Draft` are the
+/// letters A, F, D, T of `X-Status:`. An unseen message gets no
+/// `Status:` (mutt shows it as new); no letters, no `X-Status:`.
+pub fn status_lines(
+    seen: bool,
+    answered: bool,
+    flagged: bool,
+    deleted: bool,
+    draft: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    if seen {
+        out.extend_from_slice(b"Status: RO\n");
+    }
+    let letters: String = [
+        (answered, 'A'),
+        (flagged, 'F'),
+        (deleted, 'D'),
+        (draft, 'T'),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, c)| *c)
+    .collect();
+    if !letters.is_empty() {
+        out.extend_from_slice(format!("X-Status: {letters}\n").as_bytes());
+    }
+    out
+}
+
+/// The most of a header looked at for `Status:` lines.
+const STATUS_HEADER: usize = 64 * 1024;
+
+/// For each kept message whose `Status:`/`X-Status:` lines differ from
+/// `status[i]`: remove them (with their continuation lines) and put the
+/// new ones last in the header. A message whose header does not end
+/// within [`STATUS_HEADER`] is left as it is.
+pub(crate) fn status_edits(
+    file: &dyn disk::Disk,
+    x: &Expunge,
+    status: &[Option<Vec<u8>>],
+) -> io::Result<Vec<Vec<Edit>>> {
+    let mut out = Vec::new();
+    for (i, m) in x.messages.iter().enumerate() {
+        let want = match status.get(i) {
+            Some(Some(w)) if !x.deleted.get(i).copied().unwrap_or(false) => w,
+            _ => {
+                out.push(Vec::new());
+                continue;
+            }
+        };
+        let n = ((m.end - m.start) as usize).min(STATUS_HEADER);
+        let mut head = vec![0u8; n];
+        file.read_exact_at(&mut head, m.start)?;
+        out.push(edits_for(&head, m, want));
+    }
+    Ok(out)
+}
+
+fn edits_for(head: &[u8], m: &Message, want: &[u8]) -> Vec<Edit> {
+    let mut removed = Vec::new();
+    let mut have = Vec::new();
+    let mut end = None;
+    let mut at = 0usize;
+    let mut in_status = false;
+    for line in head.split_inclusive(|&b| b == b'\n') {
+        if !line.ends_with(b"\n") {
+            break;
+        }
+        if line == b"\n" || line == b"\r\n" {
+            end = Some(at);
+            break;
+        }
+        let cont = line[0] == b' ' || line[0] == b'\t';
+        if !cont {
+            let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+            in_status = line.contains(&b':')
+                && (name.eq_ignore_ascii_case(b"Status") || name.eq_ignore_ascii_case(b"X-Status"));
+        }
+        if in_status {
+            removed.push((at, at + line.len()));
+            have.extend_from_slice(line);
+        }
+        at += line.len();
+    }
+    // A message that is only a header ends with it.
+    let end = match end {
+        Some(e) => e,
+        None if (m.end - m.start) as usize == head.len() && head.ends_with(b"\n") => head.len(),
+        None => return Vec::new(),
+    };
+    if have == want {
+        return Vec::new();
+    }
+    let mut edits: Vec<Edit> = removed
+        .into_iter()
+        .map(|(a, b)| Edit {
+            start: m.start + a as u64,
+            end: m.start + b as u64,
+            bytes: Vec::new(),
+            old_wire: wire_len(&head[a..b]),
+        })
+        .collect();
+    edits.push(Edit {
+        start: m.start + end as u64,
+        end: m.start + end as u64,
+        bytes: want.to_vec(),
+        old_wire: 0,
+    });
+    edits
 }
 
 /// The journal of the rewrite (see [`expunge`]).
@@ -1097,10 +1308,36 @@ fn prepare(
         let out = fs.create(&data_path, false)?;
         let total: u64 = plan.ranges.iter().map(|(a, b)| b - a).sum();
         let mut buf = vec![0u8; CHUNK.min(total as usize)];
+        let mut edits = plan.edits.iter().peekable();
         for &(a, b) in &plan.ranges {
             let mut at = a;
-            while at < b {
-                let n = ((b - at) as usize).min(CHUNK);
+            loop {
+                // Edits that start here (an insertion, then nothing, or
+                // a replacement), then the bytes up to the next edit.
+                while let Some(e) = edits.next_if(|e| e.start == at && e.start < b) {
+                    out.write_all_at(&e.bytes, len)?;
+                    hash.feed(&e.bytes);
+                    len += e.bytes.len() as u64;
+                    at = e.end;
+                }
+                // An insertion at the range's very end (a header-only
+                // message) belongs to it too.
+                while let Some(e) = edits.next_if(|e| e.start == b && e.end == b && at == b) {
+                    out.write_all_at(&e.bytes, len)?;
+                    hash.feed(&e.bytes);
+                    len += e.bytes.len() as u64;
+                }
+                if at >= b {
+                    break;
+                }
+                let stop = edits.peek().map_or(b, |e| e.start.clamp(at, b));
+                let n = ((stop - at) as usize).min(CHUNK);
+                if n == 0 {
+                    // An edit inside a range that was already passed
+                    // (not made by status_edits): skip it.
+                    edits.next();
+                    continue;
+                }
                 mbox.read_exact_at(&mut buf[..n], at)?;
                 out.write_all_at(&buf[..n], len)?;
                 hash.feed(&buf[..n]);
@@ -1521,6 +1758,56 @@ mod tests {
         let all: String = (0..5).map(m).collect();
         let kept: String = [0, 2, 4].into_iter().map(m).collect();
         (all, kept)
+    }
+
+    #[test]
+    fn expunge_writes_status_lines_and_an_index_that_fits() {
+        let d = tmpdir("status");
+        let mbox = d.join("mbox");
+        let all = "From a Thu Jan  1 00:00:00 1970\nSubject: 0\n\nbody 0\n\n\
+                   From a Thu Jan  1 00:00:00 1970\nSubject: 1\nStatus: O\nX-Status: F\n\n\
+                   body 1\n\n\
+                   From a Thu Jan  1 00:00:00 1970\nSubject: 2\n\nbody 2\n\n\
+                   From a Thu Jan  1 00:00:00 1970\nStatus: RO\nSubject: 3\n \
+                   folded\n\nbody 3\n\n\
+                   From a Thu Jan  1 00:00:00 1970\nSubject: 4 header only\n";
+        std::fs::write(&mbox, all).unwrap();
+        let mut l = crate::store::mbox::lock(&mbox).unwrap();
+        let snap = open(&mut l, &d).unwrap();
+        assert_eq!(snap.messages.len(), 5);
+        let x = Expunge {
+            messages: snap.messages.clone(),
+            stamp: snap.stamp,
+            deleted: vec![false, false, true, false, false],
+        };
+        let status = vec![
+            Some(status_lines(true, true, false, false, false)),
+            Some(status_lines(false, false, false, false, false)),
+            None,
+            Some(status_lines(true, false, false, false, false)),
+            Some(status_lines(false, false, true, false, true)),
+        ];
+        assert_eq!(expunge_with_status(&mut l, &x, &status, &d).unwrap(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&mbox).unwrap(),
+            "From a Thu Jan  1 00:00:00 1970\nSubject: 0\nStatus: RO\nX-Status: A\n\nbody 0\n\n\
+             From a Thu Jan  1 00:00:00 1970\nSubject: 1\n\nbody 1\n\n\
+             From a Thu Jan  1 00:00:00 1970\nStatus: RO\nSubject: 3\n folded\n\nbody 3\n\n\
+             From a Thu Jan  1 00:00:00 1970\nSubject: 4 header only\nX-Status: FT\n"
+        );
+        // The saved index is what a fresh scan finds; UIDLs are kept.
+        let saved = std::fs::read_to_string(index_path(&d)).unwrap();
+        let (_, msgs) = parse_index(&saved).unwrap();
+        let file = std::fs::File::open(&mbox).unwrap();
+        let len = file.metadata().unwrap().len();
+        assert_eq!(msgs, scan(&file, 0, len).unwrap());
+        let uidls: Vec<&str> = msgs.iter().map(|m| m.uid.as_str()).collect();
+        let want: Vec<&str> = [0, 1, 3, 4]
+            .iter()
+            .map(|&i| x.messages[i].uid.as_str())
+            .collect();
+        assert_eq!(uidls, want);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -9,6 +9,8 @@ mod crash;
 pub mod disk;
 #[cfg(test)]
 pub(crate) mod explore;
+#[cfg(test)]
+mod imap_crash;
 pub mod maildrop;
 pub mod mbox;
 pub mod mime;

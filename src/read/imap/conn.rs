@@ -379,10 +379,18 @@ where
                 }
                 session.write_done(done, &mut out);
             }
-            Action::Body(b) => {
-                out.extend_from_slice(&b);
-                if out.len() >= WRITE_AT {
-                    send(stream, &mut out, shared, conn).await?;
+            Action::Body(mut b) => {
+                // Streamed in pieces: a message is never held whole.
+                loop {
+                    let done = b.fill(&mut out).map_err(|e| {
+                        std::io::Error::other(format!("cannot finish a FETCH literal: {e:?}"))
+                    })?;
+                    if out.len() >= WRITE_AT {
+                        send(stream, &mut out, shared, conn).await?;
+                    }
+                    if done {
+                        break;
+                    }
                 }
             }
             Action::Idle => {
@@ -452,6 +460,47 @@ async fn append_spool(
     Ok((st.uid_validity, uid))
 }
 
+/// Copies message `u` of a folder to `spool` (COPY/MOVE): its entry and
+/// `From ` line, or None once it is gone. A rewrite of the folder
+/// (EXPUNGE, MOVE, POP3's QUIT, a redo journal finished at start) moves
+/// messages in place, so the copy is read under the folder's writer lock,
+/// and kept only if the offsets it was read at are still the message's
+/// once the state is brought up to date; else it is read again (bounded).
+/// Reading without the lock copied spliced bytes into the target folder
+/// (bench/faults/imap_kill9.py, issue 16).
+async fn copy_locked(
+    src: &Rc<RefCell<super::store::FolderState>>,
+    writer: &MboxWriter,
+    u: u32,
+    spool: &Path,
+) -> Result<Option<(super::store::Entry, Vec<u8>)>, StoreError> {
+    for _ in 0..5 {
+        let (path, entry) = {
+            let s = src.borrow();
+            match s.entry(u) {
+                Some(e) => (s.path.clone(), e.clone()),
+                None => return Ok(None),
+            }
+        };
+        let (m, to) = (entry.msg.clone(), spool.to_path_buf());
+        let prefix = writer
+            .exclusive(move |_| Ok(copy_to_spool(&path, &m, &to)))
+            .await
+            .map_err(unavailable)??;
+        src.borrow_mut().refresh()?;
+        let still = src
+            .borrow()
+            .entry(u)
+            .is_some_and(|e| e.msg.offset == entry.msg.offset && e.msg.end == entry.msg.end);
+        if still {
+            return Ok(Some((entry, prefix)));
+        }
+    }
+    Err(StoreError::Unavailable(
+        "the folder kept changing while a message was copied".into(),
+    ))
+}
+
 /// Carries out a durable change.
 async fn perform(ctx: &ImapContext, w: &Write, spooled: Option<PathBuf>) -> WriteDone {
     match w {
@@ -492,21 +541,19 @@ async fn perform(ctx: &ImapContext, w: &Write, spooled: Option<PathBuf>) -> Writ
             if let Err(e) = ctx.store.folder(to) {
                 return fail(e);
             }
+            let src_writer = match ctx.writer(from) {
+                Ok(w) => w,
+                Err(e) => return fail(e),
+            };
             let mut pairs = (Vec::new(), Vec::new());
             let mut validity = 0;
             for &u in uids {
-                let (path, entry) = {
-                    let s = src.borrow();
-                    match s.entry(u) {
-                        Some(e) => (s.path.clone(), e.clone()),
-                        None => continue,
-                    }
-                };
                 let spool = ctx
                     .spool_dir
                     .join(format!("imap-copy-{}", crate::util::rt::new_id()));
-                let prefix = match copy_to_spool(&path, &entry.msg, &spool) {
-                    Ok(p) => p,
+                let (entry, prefix) = match copy_locked(&src, &src_writer, u, &spool).await {
+                    Ok(Some(x)) => x,
+                    Ok(None) => continue,
                     Err(e) => {
                         let _ = std::fs::remove_file(&spool);
                         return fail(e);
@@ -534,6 +581,7 @@ async fn perform(ctx: &ImapContext, w: &Write, spooled: Option<PathBuf>) -> Writ
                         if rescued {
                             // The header rules leave its sender alone
                             // from now on (SPEC "Keeping spam out").
+                            let path = src.borrow().path.clone();
                             super::store::record_not_junk(
                                 &ctx.data_dir,
                                 &path,
@@ -614,6 +662,7 @@ async fn perform(ctx: &ImapContext, w: &Write, spooled: Option<PathBuf>) -> Writ
                     ctx.store.forget(name);
                     ctx.writers.borrow_mut().remove(name.as_str());
                     let _ = std::fs::remove_file(ctx.store.index_path(name));
+                    let _ = std::fs::remove_file(ctx.store.index_path(name).with_extension("mime"));
                     WriteDone::Done
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => fail(StoreError::NonExistent),
@@ -663,6 +712,8 @@ async fn perform(ctx: &ImapContext, w: &Write, spooled: Option<PathBuf>) -> Writ
                     ctx.store.forget(to);
                     ctx.writers.borrow_mut().remove(from.as_str());
                     let _ = std::fs::rename(ctx.store.index_path(from), ctx.store.index_path(to));
+                    let mime = |n: &str| ctx.store.index_path(n).with_extension("mime");
+                    let _ = std::fs::rename(mime(from), mime(to));
                     WriteDone::Done
                 }
                 Err(e) => fail(StoreError::Cannot(e.to_string())),
@@ -685,7 +736,7 @@ async fn expunge(ctx: &ImapContext, folder: &str, uids: &[u32]) -> WriteDone {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let plan = match state.borrow().expunge_plan(uids) {
+    let (plan, status) = match state.borrow().expunge_plan(uids) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -697,8 +748,13 @@ async fn expunge(ctx: &ImapContext, folder: &str, uids: &[u32]) -> WriteDone {
             .collect()
     };
     let dir = ctx.rewrite_dir(folder);
+    state.borrow().rewritten();
     let r = writer
-        .exclusive(move |l| Ok(crate::store::maildrop::expunge(l, &plan, &dir)))
+        .exclusive(move |l| {
+            Ok(crate::store::maildrop::expunge_with_status(
+                l, &plan, &status, &dir,
+            ))
+        })
         .await;
     match r {
         Ok(Ok(_)) => {

@@ -120,11 +120,11 @@ pub trait Folder {
 
     fn meta(&self, uid: Uid) -> Option<Meta>;
 
-    /// Writes the ENVELOPE list (see `response::envelope`).
+    /// Writes the ENVELOPE list (`store::mime` writes it).
     fn envelope(&self, uid: Uid, out: &mut Vec<u8>) -> Result<(), StoreError>;
 
     /// Writes BODYSTRUCTURE (`extended`) or BODY (see
-    /// `response::body_structure`).
+    /// `store::mime`).
     fn body_structure(&self, uid: Uid, extended: bool, out: &mut Vec<u8>)
         -> Result<(), StoreError>;
 

@@ -12,7 +12,7 @@ use super::command::{DateTime, Flag, Section, SectionText, StoreMode, TextField}
 use super::folder::{
     Account, Change, Folder, FolderInfo, Meta, StoreError, Stored, Summary, Uid, Write, WriteDone,
 };
-use super::response;
+use crate::store::mime;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -350,13 +350,7 @@ impl Folder for MemHandle {
 
     fn envelope(&self, uid: Uid, out: &mut Vec<u8>) -> Result<(), StoreError> {
         let data = self.data(uid).ok_or(StoreError::NonExistent)?;
-        let e = response::Envelope {
-            date: header_value(&data, "Date"),
-            subject: header_value(&data, "Subject"),
-            message_id: header_value(&data, "Message-ID"),
-            ..Default::default()
-        };
-        response::envelope(out, &e);
+        mime::imap::envelope(&mime::Structure::parse(&data).envelope, out);
         Ok(())
     }
 
@@ -367,21 +361,7 @@ impl Folder for MemHandle {
         out: &mut Vec<u8>,
     ) -> Result<(), StoreError> {
         let data = self.data(uid).ok_or(StoreError::NonExistent)?;
-        let body = &data[split_header(&data)..];
-        let b = response::BodyStructure::Single {
-            media_type: b"TEXT".to_vec(),
-            subtype: b"PLAIN".to_vec(),
-            params: vec![(b"CHARSET".to_vec(), b"US-ASCII".to_vec())],
-            id: None,
-            description: None,
-            encoding: b"7BIT".to_vec(),
-            size: body.len() as u64,
-            kind: response::PartKind::Text {
-                lines: body.iter().filter(|&&b| b == b'\n').count() as u64,
-            },
-            ext: Default::default(),
-        };
-        response::body_structure(out, &b, extended);
+        mime::imap::body(&mime::Structure::parse(&data).root, extended, out);
         Ok(())
     }
 

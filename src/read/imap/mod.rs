@@ -12,8 +12,10 @@
 pub mod command;
 pub mod conn;
 pub mod folder;
+pub mod hidden;
 pub mod input;
 pub mod memory;
+pub mod mimedb;
 pub mod mutf7;
 pub mod response;
 pub mod session;

@@ -466,273 +466,8 @@ pub fn date_time(out: &mut Vec<u8>, unix: i64, zone_minutes: i16) {
     );
 }
 
-/// An address of an ENVELOPE (RFC 9051 7.5.2): `(name adl mailbox host)`;
-/// groups are written as a start (`host` NIL, `mailbox` the group name) and
-/// an end (all NIL), as RFC 9051 9 says.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Address {
-    pub name: Option<Vec<u8>>,
-    pub adl: Option<Vec<u8>>,
-    pub mailbox: Option<Vec<u8>>,
-    pub host: Option<Vec<u8>>,
-}
-
-/// ENVELOPE (RFC 9051 7.5.2): header values as they are in the message
-/// (encoded words are not decoded, RFC 9051 says so).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Envelope {
-    pub date: Option<Vec<u8>>,
-    pub subject: Option<Vec<u8>>,
-    pub from: Vec<Address>,
-    pub sender: Vec<Address>,
-    pub reply_to: Vec<Address>,
-    pub to: Vec<Address>,
-    pub cc: Vec<Address>,
-    pub bcc: Vec<Address>,
-    pub in_reply_to: Option<Vec<u8>>,
-    pub message_id: Option<Vec<u8>>,
-}
-
-fn addresses(out: &mut Vec<u8>, list: &[Address]) {
-    if list.is_empty() {
-        out.extend_from_slice(b"NIL");
-        return;
-    }
-    out.push(b'(');
-    for a in list {
-        out.push(b'(');
-        nstring(out, a.name.as_deref());
-        out.push(b' ');
-        nstring(out, a.adl.as_deref());
-        out.push(b' ');
-        nstring(out, a.mailbox.as_deref());
-        out.push(b' ');
-        nstring(out, a.host.as_deref());
-        out.push(b')');
-    }
-    out.push(b')');
-}
-
-/// Writes an ENVELOPE's parenthesised list. RFC 9051 7.5.2: an empty
-/// Sender or Reply-To is filled from From by the server.
-pub fn envelope(out: &mut Vec<u8>, e: &Envelope) {
-    out.push(b'(');
-    nstring(out, e.date.as_deref());
-    out.push(b' ');
-    nstring(out, e.subject.as_deref());
-    out.push(b' ');
-    addresses(out, &e.from);
-    out.push(b' ');
-    addresses(
-        out,
-        if e.sender.is_empty() {
-            &e.from
-        } else {
-            &e.sender
-        },
-    );
-    out.push(b' ');
-    addresses(
-        out,
-        if e.reply_to.is_empty() {
-            &e.from
-        } else {
-            &e.reply_to
-        },
-    );
-    for list in [&e.to, &e.cc, &e.bcc] {
-        out.push(b' ');
-        addresses(out, list);
-    }
-    out.push(b' ');
-    nstring(out, e.in_reply_to.as_deref());
-    out.push(b' ');
-    nstring(out, e.message_id.as_deref());
-    out.push(b')');
-}
-
-/// `body-fld-dsp`: `("attachment" ("filename" "a.pdf"))` or NIL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Disposition {
-    pub kind: Vec<u8>,
-    pub params: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-/// The extension data that BODYSTRUCTURE (not BODY) carries (RFC 9051
-/// 7.5.2): MD5 (single parts only), disposition, language, location.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Extension {
-    pub md5: Option<Vec<u8>>,
-    pub disposition: Option<Disposition>,
-    pub language: Vec<Vec<u8>>,
-    pub location: Option<Vec<u8>>,
-}
-
-/// What a single part is beyond its fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PartKind {
-    Basic,
-    /// `text/*`: its size in lines.
-    Text {
-        lines: u64,
-    },
-    /// `message/rfc822` (and `message/global`): the enclosed message.
-    Message {
-        envelope: Box<Envelope>,
-        body: Box<BodyStructure>,
-        lines: u64,
-    },
-}
-
-/// BODYSTRUCTURE (RFC 9051 7.5.2), built by the MIME parser and kept in
-/// the folder index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BodyStructure {
-    Single {
-        /// `TEXT`, `IMAGE`, ... and the subtype, as in the message.
-        media_type: Vec<u8>,
-        subtype: Vec<u8>,
-        params: Vec<(Vec<u8>, Vec<u8>)>,
-        id: Option<Vec<u8>>,
-        description: Option<Vec<u8>>,
-        encoding: Vec<u8>,
-        /// Octets of the body as sent (CRLF line ends).
-        size: u64,
-        kind: PartKind,
-        ext: Extension,
-    },
-    Multi {
-        parts: Vec<BodyStructure>,
-        subtype: Vec<u8>,
-        params: Vec<(Vec<u8>, Vec<u8>)>,
-        ext: Extension,
-    },
-}
-
-fn params(out: &mut Vec<u8>, p: &[(Vec<u8>, Vec<u8>)]) {
-    if p.is_empty() {
-        out.extend_from_slice(b"NIL");
-        return;
-    }
-    out.push(b'(');
-    for (i, (k, v)) in p.iter().enumerate() {
-        if i > 0 {
-            out.push(b' ');
-        }
-        string(out, k);
-        out.push(b' ');
-        string(out, v);
-    }
-    out.push(b')');
-}
-
-fn extension(out: &mut Vec<u8>, e: &Extension, md5: bool) {
-    if md5 {
-        out.push(b' ');
-        nstring(out, e.md5.as_deref());
-    }
-    out.push(b' ');
-    match &e.disposition {
-        Some(d) => {
-            out.push(b'(');
-            string(out, &d.kind);
-            out.push(b' ');
-            params(out, &d.params);
-            out.push(b')');
-        }
-        None => out.extend_from_slice(b"NIL"),
-    }
-    out.push(b' ');
-    match e.language.as_slice() {
-        [] => out.extend_from_slice(b"NIL"),
-        [one] => string(out, one),
-        many => {
-            out.push(b'(');
-            for (i, l) in many.iter().enumerate() {
-                if i > 0 {
-                    out.push(b' ');
-                }
-                string(out, l);
-            }
-            out.push(b')');
-        }
-    }
-    out.push(b' ');
-    nstring(out, e.location.as_deref());
-}
-
-/// Writes BODYSTRUCTURE (`extended`) or BODY (without extension data).
-/// Nesting is as deep as the structure, which the MIME parser bounds.
-pub fn body_structure(out: &mut Vec<u8>, b: &BodyStructure, extended: bool) {
-    out.push(b'(');
-    match b {
-        BodyStructure::Single {
-            media_type,
-            subtype,
-            params: p,
-            id,
-            description,
-            encoding,
-            size,
-            kind,
-            ext,
-        } => {
-            string(out, media_type);
-            out.push(b' ');
-            string(out, subtype);
-            out.push(b' ');
-            params(out, p);
-            out.push(b' ');
-            nstring(out, id.as_deref());
-            out.push(b' ');
-            nstring(out, description.as_deref());
-            out.push(b' ');
-            string(out, encoding);
-            push(out, format_args!(" {size}"));
-            match kind {
-                PartKind::Basic => {}
-                PartKind::Text { lines } => push(out, format_args!(" {lines}")),
-                PartKind::Message {
-                    envelope: e,
-                    body,
-                    lines,
-                } => {
-                    out.push(b' ');
-                    envelope(out, e);
-                    out.push(b' ');
-                    body_structure(out, body, extended);
-                    push(out, format_args!(" {lines}"));
-                }
-            }
-            if extended {
-                extension(out, ext, true);
-            }
-        }
-        BodyStructure::Multi {
-            parts,
-            subtype,
-            params: p,
-            ext,
-        } => {
-            for part in parts {
-                body_structure(out, part, extended);
-            }
-            if parts.is_empty() {
-                // RFC 9051 9 needs one part at least; an empty multipart
-                // is shown as an empty text part (as Dovecot does).
-                out.extend_from_slice(b"(\"text\" \"plain\" NIL NIL NIL \"7bit\" 0 0)");
-            }
-            out.push(b' ');
-            string(out, subtype);
-            if extended {
-                out.push(b' ');
-                params(out, p);
-                extension(out, ext, false);
-            }
-        }
-    }
-    out.push(b')');
-}
+// ENVELOPE and BODYSTRUCTURE are written by `crate::store::mime::imap`
+// (from a parsed message) and `mime::index` (from the folder index).
 
 /// Builds one `* n FETCH (...)` response item by item.
 pub struct Fetch<'a> {
@@ -990,23 +725,21 @@ mod tests {
     #[test]
     fn fetch_with_envelope_and_bodystructure() {
         // After the RFC 9051 6.4.5 / 7.5.2 examples.
-        let e = Envelope {
-            date: Some(b"Wed, 17 Jul 1996 02:23:25 -0700 (PDT)".to_vec()),
-            subject: Some(b"IMAP4rev2 WG mtg summary and minutes".to_vec()),
-            from: vec![Address {
-                name: Some(b"Terry Gray".to_vec()),
-                adl: None,
-                mailbox: Some(b"gray".to_vec()),
-                host: Some(b"cac.washington.edu".to_vec()),
-            }],
-            message_id: Some(b"<B27397-0100000@cac.washington.edu>".to_vec()),
-            ..Default::default()
-        };
+        // After the RFC 9051 6.4.5 / 7.5.2 examples; the ENVELOPE and
+        // BODYSTRUCTURE come from the store's MIME writers.
+        let msg = b"Date: Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\n\
+From: Terry Gray <gray@cac.washington.edu>\n\
+Subject: IMAP4rev2 WG mtg summary and minutes\n\
+Message-ID: <B27397-0100000@cac.washington.edu>\n\
+\n\
+minutes\n";
+        let s = crate::store::mime::Structure::parse(msg);
         let mut out = Vec::new();
         let mut f = Fetch::begin(&mut out, 12);
         f.flags(&["\\Seen".into()]);
         f.number("RFC822.SIZE", 4286);
-        envelope(f.item("ENVELOPE"), &e);
+        crate::store::mime::imap::envelope(&s.envelope, f.item("ENVELOPE"));
+        crate::store::mime::imap::body(&s.root, false, f.item("BODY"));
         f.end();
         let s = String::from_utf8(out).unwrap();
         assert_eq!(
@@ -1014,35 +747,8 @@ mod tests {
             "* 12 FETCH (FLAGS (\\Seen) RFC822.SIZE 4286 ENVELOPE (\"Wed, 17 Jul 1996 02:23:25 -0700 (PDT)\" \
 \"IMAP4rev2 WG mtg summary and minutes\" ((\"Terry Gray\" NIL \"gray\" \"cac.washington.edu\")) \
 ((\"Terry Gray\" NIL \"gray\" \"cac.washington.edu\")) ((\"Terry Gray\" NIL \"gray\" \"cac.washington.edu\")) \
-NIL NIL NIL NIL \"<B27397-0100000@cac.washington.edu>\"))\r\n"
-        );
-        let text_part = |sub: &[u8], size, lines| BodyStructure::Single {
-            media_type: b"TEXT".to_vec(),
-            subtype: sub.to_vec(),
-            params: vec![(b"CHARSET".to_vec(), b"US-ASCII".to_vec())],
-            id: None,
-            description: None,
-            encoding: b"7BIT".to_vec(),
-            size,
-            kind: PartKind::Text { lines },
-            ext: Extension::default(),
-        };
-        let b = BodyStructure::Multi {
-            parts: vec![text_part(b"PLAIN", 1152, 23), text_part(b"PLAIN", 4554, 73)],
-            subtype: b"MIXED".to_vec(),
-            params: vec![(b"BOUNDARY".to_vec(), b"x".to_vec())],
-            ext: Extension::default(),
-        };
-        assert_eq!(
-            text(|o| body_structure(o, &b, false)),
-            "((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 1152 23)\
-(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 4554 73) \"MIXED\")"
-        );
-        assert_eq!(
-            text(|o| body_structure(o, &b, true)),
-            "((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 1152 23 NIL NIL NIL NIL)\
-(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 4554 73 NIL NIL NIL NIL) \"MIXED\" \
-(\"BOUNDARY\" \"x\") NIL NIL NIL)"
+NIL NIL NIL NIL \"<B27397-0100000@cac.washington.edu>\") \
+BODY (\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 9 1))\r\n"
         );
         use crate::read::imap::command::SectionText;
         assert_eq!(

@@ -2385,7 +2385,8 @@ mod tests {
             "* 1 FETCH (BODY[]<0> {7}\r\nSubject FLAGS (\\Seen))\r\nc OK FETCH completed\r\n"
         );
         let r = t.send("d UID FETCH 2 (BODY[TEXT] ENVELOPE BODYSTRUCTURE)\r\n");
-        assert!(r.starts_with("* 2 FETCH (UID 2 BODY[TEXT] {10}\r\nHello m2\r\n ENVELOPE (\"Wed, 17 Jul 1996 02:23:25 -0700\" \"m2\" NIL NIL NIL NIL NIL NIL NIL NIL) BODYSTRUCTURE (\"TEXT\" \"PLAIN\""), "{r}");
+        assert!(r.starts_with("* 2 FETCH (UID 2 BODY[TEXT] {10}\r\nHello m2\r\n ENVELOPE (\"Wed, 17 Jul 1996 02:23:25 -0700\" \"m2\" ((NIL NIL \"bob\" \"example.net\"))"), "{r}");
+        assert!(r.contains(" BODYSTRUCTURE (\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 10 1 NIL NIL NIL NIL)"), "{r}");
         assert!(t
             .send("e FETCH 3 FLAGS\r\n")
             .starts_with("e BAD message sequence number out of range"));

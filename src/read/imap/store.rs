@@ -21,6 +21,8 @@
 
 use super::command::{DateTime, Flag, Section, SectionText, StoreMode, TextField};
 use super::folder::{Account, Change, Folder, FolderInfo, Meta, StoreError, Stored, Summary, Uid};
+use super::hidden::HideFilter;
+use super::mimedb::{MimeDb, Ptr};
 use crate::store::maildrop::{self, Message};
 use crate::store::mbox::Seal;
 use crate::store::mime::{self, Spec, Structure, WireWriter};
@@ -59,7 +61,9 @@ pub struct Entry {
     pub body_start: u64,
     /// RFC822.SIZE (the wire size from `body_start`).
     pub size: u64,
-    structure: Option<Rc<Structure>>,
+    /// Its MIME record in the folder's `.mime` file (ENVELOPE,
+    /// BODYSTRUCTURE, section positions), written when first indexed.
+    mime: Option<Ptr>,
 }
 
 /// One folder's shared state.
@@ -73,11 +77,22 @@ pub struct FolderState {
     /// What was scanned: inode and length.
     ino: u64,
     len: u64,
+    /// The identity of what was scanned (head and tail hashes), so mail
+    /// appended since is found by scanning the tail alone.
+    stamp: Option<maildrop::Stamp>,
+    /// Entries of the last run, from the sidecar (v3): used without a
+    /// scan when the file still holds what they describe.
+    cached: Option<(maildrop::Stamp, Vec<Entry>)>,
     /// UIDL -> (uid, modseq, flags) remembered from the sidecar for
     /// messages not yet seen in this run.
-    known: HashMap<String, (Uid, u64, Vec<Flag>)>,
+    known: HashMap<String, (Uid, u64, Vec<Flag>, Option<Ptr>)>,
+    /// The MIME records (see `mimedb`).
+    db: MimeDb,
     /// Changes in order, with the handle that made them (0: others).
     log: Vec<(u64, Change)>,
+    /// Counts rewrites (ours and, once seen, others'): a [`Body`] being
+    /// streamed stops when it changes, as its offsets are then stale.
+    generation: Rc<std::cell::Cell<u64>>,
 }
 
 fn io(context: &str, e: std::io::Error) -> StoreError {
@@ -86,6 +101,7 @@ fn io(context: &str, e: std::io::Error) -> StoreError {
 
 impl FolderState {
     fn load(path: PathBuf, index: PathBuf) -> Self {
+        let mime_path = index.with_extension("mime");
         let mut st = FolderState {
             path,
             index,
@@ -95,19 +111,31 @@ impl FolderState {
             entries: Vec::new(),
             ino: 0,
             len: 0,
+            stamp: None,
+            cached: None,
             known: HashMap::new(),
+            db: MimeDb::open(mime_path),
             log: Vec::new(),
+            generation: Rc::new(std::cell::Cell::new(0)),
         };
         if let Ok(text) = std::fs::read_to_string(&st.index) {
             let mut lines = text.lines();
+            let mut stamp = None;
             if let Some(head) = lines.next() {
                 let w: Vec<&str> = head.split(' ').collect();
-                if let ["v1", v, n, m] = w[..] {
-                    st.uid_validity = v.parse().unwrap_or(0);
-                    st.uid_next = n.parse().unwrap_or(1);
-                    st.modseq = m.parse().unwrap_or(1);
+                match w[..] {
+                    ["v1" | "v2", v, n, m] | ["v3", v, n, m, _] => {
+                        st.uid_validity = v.parse().unwrap_or(0);
+                        st.uid_next = n.parse().unwrap_or(1);
+                        st.modseq = m.parse().unwrap_or(1);
+                    }
+                    _ => {}
+                }
+                if let ["v3", _, _, _, s] = w[..] {
+                    stamp = parse_stamp(s);
                 }
             }
+            let mut cached = stamp.map(|s| (s, Vec::new()));
             for line in lines {
                 let mut w = line.split(' ');
                 let (Some(uidl), Some(uid), Some(ms)) = (w.next(), w.next(), w.next()) else {
@@ -116,26 +144,79 @@ impl FolderState {
                 let (Ok(uid), Ok(ms)) = (uid.parse(), ms.parse()) else {
                     continue;
                 };
-                let flags = w.filter(|f| !f.is_empty()).map(String::from).collect();
-                st.known.insert(uidl.to_string(), (uid, ms, flags));
+                // `%at:len` (v2) points into the .mime file; `%` is in
+                // no flag (RFC 9051 atom-specials).
+                let (mut flags, mut ptr, mut geo) = (Vec::new(), None, None);
+                for f in w.filter(|f| !f.is_empty()) {
+                    match Ptr::parse(f) {
+                        Some(p) => ptr = Some(p),
+                        None if f.starts_with('%') => {}
+                        None if f.starts_with('@') => geo = parse_geometry(f),
+                        None => flags.push(f.to_string()),
+                    }
+                }
+                // A line without its place (v2, or torn) makes the cached
+                // view unusable: the folder is scanned as before.
+                match (geo, cached.as_mut()) {
+                    (Some((msg, body_start, size, date, seal_id)), Some((_, list)))
+                        if list.last().map_or(true, |l: &Entry| l.uid < uid) =>
+                    {
+                        let mut msg = msg;
+                        msg.uid = uidl.to_string();
+                        list.push(Entry {
+                            msg,
+                            uid,
+                            flags: flags.clone(),
+                            modseq: ms,
+                            date,
+                            seal_id,
+                            body_start,
+                            size,
+                            mime: ptr,
+                        });
+                    }
+                    _ => cached = None,
+                }
+                st.known.insert(uidl.to_string(), (uid, ms, flags, ptr));
             }
+            st.cached = cached;
         }
         if st.uid_validity == 0 {
             // Seconds since the epoch: a new value after a lost sidecar.
             st.uid_validity = (crate::util::timefmt::unix_now() as u32).max(1);
             st.known.clear();
+            st.cached = None;
+            st.db.clear();
         }
         st
     }
 
     /// Writes the sidecar (a cache: no fsync; a torn one is rebuilt).
-    pub fn save(&self) {
+    pub fn save(&mut self) {
+        self.db
+            .set_live(self.entries.iter().filter_map(|e| e.mime).map(|p| p.len));
+        self.db.compact(
+            self.entries
+                .iter_mut()
+                .map(|e| (e.msg.uid.as_str(), &mut e.mime)),
+        );
         let mut out = format!(
-            "v1 {} {} {}\n",
-            self.uid_validity, self.uid_next, self.modseq
+            "v3 {} {} {} {}\n",
+            self.uid_validity,
+            self.uid_next,
+            self.modseq,
+            self.stamp.as_ref().map_or("-".to_string(), stamp_token)
         );
         for e in &self.entries {
             out += &format!("{} {} {}", e.msg.uid, e.uid, e.modseq);
+            if let Some(p) = e.mime {
+                out.push(' ');
+                out += &p.token();
+            }
+            if self.stamp.is_some() {
+                out.push(' ');
+                out += &geometry_token(e);
+            }
             for f in &e.flags {
                 out.push(' ');
                 out += f;
@@ -166,6 +247,37 @@ impl FolderState {
         if ino == self.ino && len == self.len {
             return Ok(());
         }
+        // The last run's view, kept in the sidecar: used as it is when the
+        // file still holds what it describes (SELECT after a restart
+        // reads the sidecar, not the folder).
+        if let Some((stamp, list)) = self.cached.take() {
+            if self.entries.is_empty()
+                && len >= stamp.len
+                && maildrop::still_holds(&file, &stamp).unwrap_or(false)
+            {
+                for e in &list {
+                    self.known.remove(&e.msg.uid);
+                }
+                self.entries = list;
+                self.ino = ino;
+                self.len = stamp.len;
+                self.stamp = Some(stamp);
+                if len == self.len {
+                    return Ok(());
+                }
+            }
+        }
+        // Mail appended since the last scan (a delivery, an APPEND, another
+        // program's append): the file still holds what was scanned (same
+        // file, its first and last 4 KiB unchanged, as POP3 checks), so
+        // only what follows the last known message is read.
+        if ino == self.ino && len > self.len && self.tail_scan(&file, len)? {
+            self.ino = ino;
+            self.len = len;
+            self.stamp = maildrop::stamp(&file, len).ok();
+            self.save();
+            return Ok(());
+        }
         let d: &dyn crate::store::disk::Disk = &file;
         let all = maildrop::scan_with(d, 0, len, CHUNK).map_err(|e| io("cannot read folder", e))?;
         let mut old: HashMap<String, Entry> = self
@@ -181,43 +293,31 @@ impl FolderState {
             }
             if let Some(mut e) = old.remove(&m.uid) {
                 if e.msg.offset != m.offset {
-                    e.structure = None;
+                    self.generation.set(self.generation.get() + 1);
                 }
-                e.body_start = e.body_start - e.msg.start + m.start;
+                // Positions in the record are from the message's start:
+                // still right after a move, not after an edit (a reader
+                // or our rewrite changing `Status:`).
+                if e.msg.end - e.msg.start != m.end - m.start {
+                    e.mime = None;
+                }
+                let skip = e.body_start - e.msg.start;
+                e.body_start = skip + m.start;
+                // Its size changes when `Status:` lines were rewritten.
+                e.size = if skip > 0 {
+                    m.size.saturating_sub(skip + 1)
+                } else {
+                    m.size
+                };
                 e.msg = m;
                 self.entries.push(e);
                 continue;
             }
-            let (seal, date, skip) = read_head(&file, &m);
-            let (uid, modseq, flags) = match self.known.remove(&m.uid) {
-                Some((u, ms, f)) if u < self.uid_next => (u, ms, f),
-                _ => {
-                    let floor = self.entries.last().map_or(0, |e| e.uid);
-                    let uid = match &seal {
-                        Some(s)
-                            if s.uid > u64::from(floor.max(self.uid_next - 1))
-                                && s.uid < u64::from(u32::MAX) =>
-                        {
-                            s.uid as Uid
-                        }
-                        _ => self.uid_next.max(floor + 1),
-                    };
-                    self.uid_next = uid + 1;
-                    self.modseq += 1;
-                    (uid, self.modseq, Vec::new())
-                }
-            };
-            // UIDs ascend in file order (RFC 9051 2.3.1.1).
-            if self.entries.last().is_some_and(|l| l.uid >= uid) {
-                let uid = self.uid_next;
-                self.uid_next += 1;
-                self.push_new(m, uid, modseq, flags, seal, date, skip);
-            } else {
-                self.push_new(m, uid, modseq, flags, seal, date, skip);
-            }
-            let u = self.entries.last().map_or(0, |e| e.uid);
-            self.log.push((0, Change::Added(u)));
+            self.index_new(&file, m)?;
             dirty = true;
+        }
+        if !old.is_empty() {
+            self.rewritten();
         }
         let mut gone: Vec<Uid> = old.values().map(|e| e.uid).collect();
         gone.sort_unstable();
@@ -225,10 +325,118 @@ impl FolderState {
             self.log.push((0, Change::Expunged(u)));
             dirty = true;
         }
+        // ENVELOPE and BODYSTRUCTURE are computed once, when a message is
+        // first indexed (or after it changed), so FETCHes read the index.
+        for i in 0..self.entries.len() {
+            if self.entries[i].mime.is_none() {
+                let e = &self.entries[i];
+                let (rec, wire) = parse_record(&file, e.body_start, e.msg.end)?;
+                let p = self.db.put(&e.msg.uid, &rec, wire);
+                self.entries[i].mime = p;
+                self.entries[i].size = wire;
+                dirty = true;
+            }
+        }
+        // RFC822.SIZE is the record's: the message as IMAP serves it.
+        for e in &mut self.entries {
+            if let Some(p) = e.mime {
+                e.size = p.wire;
+            }
+        }
         self.ino = ino;
         self.len = len;
+        let stamp = maildrop::stamp(&file, len).ok();
+        dirty |= stamp != self.stamp;
+        self.stamp = stamp;
         if dirty {
             self.save();
+        }
+        Ok(())
+    }
+
+    /// Indexes the messages after the last known one; `false` when the
+    /// file no longer holds what was scanned (then the caller scans it
+    /// whole).
+    fn tail_scan(&mut self, file: &File, len: u64) -> Result<bool, StoreError> {
+        let Some(stamp) = &self.stamp else {
+            return Ok(false);
+        };
+        if stamp.len != self.len || !maildrop::still_holds(file, stamp).unwrap_or(false) {
+            return Ok(false);
+        }
+        let from = self.entries.last().map_or(0, |e| e.msg.offset);
+        let d: &dyn crate::store::disk::Disk = file;
+        let tail =
+            maildrop::scan_with(d, from, len, CHUNK).map_err(|e| io("cannot read folder", e))?;
+        let mut tail = tail.into_iter();
+        if let Some(last) = self.entries.last() {
+            // The last known message must come first, where it was and as
+            // long as it was (its end was the old end of the file).
+            match tail.next() {
+                Some(m)
+                    if m.uid == last.msg.uid
+                        && m.offset == last.msg.offset
+                        && m.end == last.msg.end => {}
+                _ => return Ok(false),
+            }
+        }
+        for m in tail {
+            if self
+                .entries
+                .iter()
+                .rev()
+                .take(64)
+                .any(|e| e.msg.uid == m.uid)
+            {
+                // A duplicate UIDL (the scanner adds `-N` to real
+                // duplicates, so this is a re-read): a full scan decides.
+                return Ok(false);
+            }
+            self.index_new(file, m)?;
+        }
+        Ok(true)
+    }
+
+    /// Gives a message seen for the first time its UID (its seal's, the
+    /// sidecar's, or UIDNEXT), and its MIME record.
+    fn index_new(&mut self, file: &File, m: Message) -> Result<(), StoreError> {
+        let (seal, date, skip) = read_head(file, &m);
+        let (uid, modseq, flags, ptr) = match self.known.remove(&m.uid) {
+            Some((u, ms, f, p))
+                if u < self.uid_next && self.entries.last().map_or(true, |l| l.uid < u) =>
+            {
+                (u, ms, f, p)
+            }
+            _ => {
+                let floor = self.entries.last().map_or(0, |e| e.uid);
+                let uid = match &seal {
+                    Some(s)
+                        if s.uid > u64::from(floor.max(self.uid_next - 1))
+                            && s.uid < u64::from(u32::MAX) =>
+                    {
+                        s.uid as Uid
+                    }
+                    _ => self.uid_next.max(floor + 1),
+                };
+                self.uid_next = uid + 1;
+                self.modseq += 1;
+                (uid, self.modseq, Vec::new(), None)
+            }
+        };
+        self.push_new(m, uid, modseq, flags, seal, date, skip);
+        let u = self.entries.last().map_or(0, |e| e.uid);
+        self.log.push((0, Change::Added(u)));
+        if let Some(e) = self.entries.last_mut() {
+            e.mime = ptr;
+            if e.mime.is_none() {
+                let (rec, wire) = parse_record(file, e.body_start, e.msg.end)?;
+                let p = self.db.put(&e.msg.uid, &rec, wire);
+                e.mime = p;
+                e.size = wire;
+            }
+            if let Some(p) = e.mime {
+                e.size = p.wire;
+            }
         }
         Ok(())
     }
@@ -261,8 +469,14 @@ impl FolderState {
             modseq,
             date,
             seal_id: seal.map(|s| s.id),
-            structure: None,
+            mime: None,
         });
+    }
+
+    /// Called before the folder is rewritten in place (EXPUNGE, MOVE):
+    /// bodies being streamed from it stop rather than send moved bytes.
+    pub fn rewritten(&self) {
+        self.generation.set(self.generation.get() + 1);
     }
 
     fn pos(&self, uid: Uid) -> Option<usize> {
@@ -318,16 +532,193 @@ impl FolderState {
         self.pos(uid).map(|i| &self.entries[i])
     }
 
-    /// The maildrop view for a rewrite: messages and the file's stamp.
-    pub fn expunge_plan(&self, uids: &[Uid]) -> Result<maildrop::Expunge, StoreError> {
+    /// The maildrop view for a rewrite: messages and the file's stamp,
+    /// and each message's flags as `Status:`/`X-Status:` lines, which the
+    /// rewrite writes into the kept messages (issue 16: mutt and other
+    /// mbox readers see what was read, answered, flagged in IMAP).
+    pub fn expunge_plan(
+        &self,
+        uids: &[Uid],
+    ) -> Result<(maildrop::Expunge, StatusLines), StoreError> {
         let file = File::open(&self.path).map_err(|e| io("cannot open folder", e))?;
         let stamp = maildrop::stamp(&file, self.len).map_err(|e| io("cannot read folder", e))?;
-        Ok(maildrop::Expunge {
-            messages: self.entries.iter().map(|e| e.msg.clone()).collect(),
-            deleted: self.entries.iter().map(|e| uids.contains(&e.uid)).collect(),
-            stamp,
-        })
+        let status = self
+            .entries
+            .iter()
+            .map(|e| {
+                let f = |name: &str| has(&e.flags, name);
+                Some(maildrop::status_lines(
+                    f("\\Seen"),
+                    f("\\Answered"),
+                    f("\\Flagged"),
+                    f("\\Deleted"),
+                    f("\\Draft"),
+                ))
+            })
+            .collect();
+        Ok((
+            maildrop::Expunge {
+                messages: self.entries.iter().map(|e| e.msg.clone()).collect(),
+                deleted: self.entries.iter().map(|e| uids.contains(&e.uid)).collect(),
+                stamp,
+            },
+            status,
+        ))
     }
+}
+
+/// Parses the stored message `[start, end)` in bounded pieces into its
+/// MIME index record and its size as IMAP serves it. The parser sees the
+/// message without its hidden fields ([`HideFilter`]), so the wire
+/// positions are those of what is served; the stored positions are then
+/// put back into the file's terms (every position past the header moves
+/// by what was hidden in it).
+fn parse_record(file: &File, start: u64, end: u64) -> Result<(Vec<u8>, u64), StoreError> {
+    let mut p = mime::Parser::new();
+    let mut hide = HideFilter::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut shown = Vec::with_capacity(CHUNK);
+    let mut at = start;
+    while at < end {
+        let n = ((end - at) as usize).min(CHUNK);
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(|e| io("cannot read folder", e))?;
+        shown.clear();
+        hide.feed(&buf[..n], &mut shown);
+        p.feed(&shown);
+        at += n as u64;
+    }
+    shown.clear();
+    hide.finish(&mut shown);
+    p.feed(&shown);
+    let mut s = p.finish();
+    if hide.removed > 0 {
+        shift_stored(&mut s.root, hide.removed, true);
+    }
+    let mut rec = Vec::new();
+    mime::index::encode(&s, &mut rec);
+    Ok((rec, s.size()))
+}
+
+/// Moves every stored position of `part` but the message's own start.
+fn shift_stored(part: &mut mime::Part, by: u64, root: bool) {
+    if !root || part.header.stored > 0 {
+        part.header.stored += by;
+    }
+    part.body.stored += by;
+    part.end.stored += by;
+    match &mut part.kind {
+        mime::Kind::Single => {}
+        mime::Kind::Multi(children) => {
+            for c in children {
+                shift_stored(c, by, false);
+            }
+        }
+        mime::Kind::Message(_, inner) => shift_stored(inner, by, false),
+    }
+}
+
+/// For POP3's deletion at QUIT (the INBOX): the flags IMAP keeps for
+/// these messages (the sidecar `<data_dir>/imap/INBOX.index`, keyed by
+/// the same UIDLs) as `Status:`/`X-Status:` lines, so that this rewrite
+/// too writes them (issue 16). A message IMAP never saw: left as it is.
+pub fn inbox_status_lines(data_dir: &Path, messages: &[Message]) -> StatusLines {
+    let Ok(text) = std::fs::read_to_string(data_dir.join("imap").join("INBOX.index")) else {
+        return Vec::new();
+    };
+    let mut flags: HashMap<&str, Vec<&str>> = HashMap::new();
+    for line in text.lines().skip(1) {
+        let mut w = line.split(' ');
+        let Some(uidl) = w.next() else { continue };
+        // UID and MODSEQ, then the record pointer and the flags.
+        let f = w.skip(2).filter(|f| !f.starts_with('%')).collect();
+        flags.insert(uidl, f);
+    }
+    messages
+        .iter()
+        .map(|m| {
+            let f = flags.get(m.uid.as_str())?;
+            let has = |n: &str| f.iter().any(|x| x.eq_ignore_ascii_case(n));
+            Some(maildrop::status_lines(
+                has("\\Seen"),
+                has("\\Answered"),
+                has("\\Flagged"),
+                has("\\Deleted"),
+                has("\\Draft"),
+            ))
+        })
+        .collect()
+}
+
+/// Per message, the `Status:`/`X-Status:` lines a rewrite gives it.
+pub type StatusLines = Vec<Option<Vec<u8>>>;
+
+/// `dev,ino,len,mtime_ns,head,tail` of a stamp, in the sidecar's head line.
+fn stamp_token(s: &maildrop::Stamp) -> String {
+    format!(
+        "{},{},{},{},{},{}",
+        s.dev, s.ino, s.len, s.mtime_ns, s.head, s.tail
+    )
+}
+
+fn parse_stamp(t: &str) -> Option<maildrop::Stamp> {
+    let mut w = t.split(',');
+    let mut n = || w.next().and_then(|x| x.parse::<u64>().ok());
+    let (dev, ino, len) = (n()?, n()?, n()?);
+    let mtime_ns = t.split(',').nth(3)?.parse::<i128>().ok()?;
+    let mut w = t.split(',').skip(4);
+    let mut n = || w.next().and_then(|x| x.parse::<u64>().ok());
+    Some(maildrop::Stamp {
+        dev,
+        ino,
+        len,
+        mtime_ns,
+        head: n()?,
+        tail: n()?,
+    })
+}
+
+/// `@offset,start,end,size,body_start,wire_size,date[,seal]`: where an
+/// entry's message lies, so a restart needs no scan.
+fn geometry_token(e: &Entry) -> String {
+    let mut t = format!(
+        "@{},{},{},{},{},{},{}",
+        e.msg.offset, e.msg.start, e.msg.end, e.msg.size, e.body_start, e.size, e.date
+    );
+    if let Some(id) = &e.seal_id {
+        t.push(',');
+        t += id;
+    }
+    t
+}
+
+#[allow(clippy::type_complexity)]
+fn parse_geometry(t: &str) -> Option<(Message, u64, u64, i64, Option<String>)> {
+    let mut w = t.strip_prefix('@')?.split(',');
+    let mut n = || w.next().and_then(|x| x.parse::<u64>().ok());
+    let (offset, start, end, size, body_start, wire) = (n()?, n()?, n()?, n()?, n()?, n()?);
+    let mut w = t.split(',').skip(6);
+    let date = w.next()?.parse::<i64>().ok()?;
+    let seal_id = w
+        .next()
+        .filter(|s| crate::store::mbox::valid_seal_id(s))
+        .map(String::from);
+    if !(offset <= start && start <= end && body_start >= start && body_start <= end) {
+        return None;
+    }
+    Some((
+        Message {
+            offset,
+            start,
+            end,
+            size,
+            uid: String::new(),
+        },
+        body_start,
+        wire,
+        date,
+        seal_id,
+    ))
 }
 
 fn has(flags: &[Flag], f: &str) -> bool {
@@ -616,36 +1007,79 @@ pub struct StoreFolder {
 }
 
 impl StoreFolder {
-    /// The structure of a message (parsed once, then kept).
-    fn structure(&self, uid: Uid) -> Result<(Rc<Structure>, File, Message), StoreError> {
+    /// A message's MIME record (from the `.mime` file; parsed again
+    /// if that is missing or wrong), the folder file and the message as
+    /// IMAP sees it (from after a leading seal).
+    fn record(&self, uid: Uid) -> Result<(Vec<u8>, File, Message), StoreError> {
+        self.record_or_rebuild(uid, false)
+    }
+
+    /// `rebuild`: the record read before was refused by its reader.
+    fn record_or_rebuild(
+        &self,
+        uid: Uid,
+        rebuild: bool,
+    ) -> Result<(Vec<u8>, File, Message), StoreError> {
         let mut st = self.state.borrow_mut();
-        let path = st.path.clone();
         let i = st.pos(uid).ok_or(StoreError::NonExistent)?;
-        let file = File::open(&path).map_err(|e| io("cannot open folder", e))?;
+        let file = File::open(&st.path).map_err(|e| io("cannot open folder", e))?;
         let mut m = st.entries[i].msg.clone();
         m.start = st.entries[i].body_start;
-        if let Some(s) = &st.entries[i].structure {
-            return Ok((s.clone(), file, m));
+        let cached = st.entries[i]
+            .mime
+            .filter(|_| !rebuild)
+            .and_then(|p| st.db.get(p, &st.entries[i].msg.uid));
+        if let Some(rec) = cached {
+            return Ok((rec, file, m));
         }
-        let mut p = mime::Parser::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut at = m.start;
-        while at < m.end {
-            let n = ((m.end - at) as usize).min(CHUNK);
-            file.read_exact_at(&mut buf[..n], at)
-                .map_err(|e| io("cannot read folder", e))?;
-            p.feed(&buf[..n]);
-            at += n as u64;
+        log::info!("{}: MIME record of UID {uid} rebuilt", st.path.display());
+        let (rec, wire) = parse_record(&file, m.start, m.end)?;
+        let uidl = st.entries[i].msg.uid.clone();
+        st.entries[i].mime = st.db.put(&uidl, &rec, wire);
+        st.entries[i].size = wire;
+        st.save();
+        Ok((rec, file, m))
+    }
+
+    /// The structure of a message, from its record.
+    fn structure(&self, uid: Uid) -> Result<(Structure, File, Message), StoreError> {
+        let (rec, file, m) = self.record(uid)?;
+        if let Ok(s) = mime::index::decode(&rec) {
+            return Ok((s, file, m));
         }
-        let s = Rc::new(p.finish());
-        st.entries[i].structure = Some(s.clone());
+        let (rec, file, m) = self.record_or_rebuild(uid, true)?;
+        let s = mime::index::decode(&rec)
+            .map_err(|e| StoreError::Unavailable(format!("MIME record: {e}")))?;
         Ok((s, file, m))
+    }
+
+    /// Writes from a message's record with `w`; a record `w` refuses
+    /// (a torn or stale cache) is rebuilt from the message once.
+    fn write_record(
+        &self,
+        uid: Uid,
+        out: &mut Vec<u8>,
+        w: impl Fn(&[u8], &mut Vec<u8>) -> Result<(), mime::index::IndexError>,
+    ) -> Result<(), StoreError> {
+        let mark = out.len();
+        let (rec, _, _) = self.record(uid)?;
+        if w(&rec, out).is_ok() {
+            return Ok(());
+        }
+        out.truncate(mark);
+        let (rec, _, _) = self.record_or_rebuild(uid, true)?;
+        w(&rec, out).map_err(|e| {
+            out.truncate(mark);
+            StoreError::Unavailable(format!("MIME record: {e}"))
+        })
     }
 
     /// The wire form of a range of a message.
     fn wire(file: &File, m: &Message, r: mime::Range, out: &mut Vec<u8>) -> Result<(), StoreError> {
         let mut w = WireWriter::new();
+        let mut hide = (r.start.stored == 0).then(HideFilter::new);
         let mut buf = vec![0u8; CHUNK];
+        let mut shown = Vec::new();
         let (mut at, end) = (
             m.start + r.start.stored,
             (m.start + r.end.stored).min(m.end),
@@ -654,8 +1088,20 @@ impl StoreFolder {
             let n = ((end - at) as usize).min(CHUNK);
             file.read_exact_at(&mut buf[..n], at)
                 .map_err(|e| io("cannot read folder", e))?;
-            w.write(&buf[..n], out);
+            match &mut hide {
+                Some(h) => {
+                    shown.clear();
+                    h.feed(&buf[..n], &mut shown);
+                    w.write(&shown, out);
+                }
+                None => w.write(&buf[..n], out),
+            }
             at += n as u64;
+        }
+        if let Some(h) = &mut hide {
+            shown.clear();
+            h.finish(&mut shown);
+            w.write(&shown, out);
         }
         if end >= m.end {
             w.end_message(out);
@@ -663,6 +1109,188 @@ impl StoreFolder {
             w.finish(out);
         }
         Ok(())
+    }
+}
+
+/// The octets of one FETCH literal, produced in bounded pieces by
+/// [`Body::fill`]: a range of the folder file turned into its wire form
+/// (mboxrd quoting undone, CRLF) as it is read, cut to the partial range,
+/// or a few bytes made in memory (HEADER.FIELDS). At most [`CHUNK`] bytes
+/// of the file are held at a time, whatever the message's size.
+pub struct Body {
+    bytes: Option<Vec<u8>>,
+    file: Option<File>,
+    /// The next stored offset to read, and the end of the range.
+    at: u64,
+    end: u64,
+    /// The range ends the message (an open last line gets its CRLF).
+    message_end: bool,
+    /// Wire octets still to drop (the partial's start) and to send.
+    skip: u64,
+    left: u64,
+    wire: WireWriter,
+    /// For a range from the message's start: the hidden fields go.
+    hide: Option<HideFilter>,
+    /// BINARY and SEARCH: the transfer encoding undone as it streams.
+    decode: Option<mime::decode::Decoder>,
+    /// The folder's rewrite count when the length was computed: a rewrite
+    /// moves the bytes under us.
+    generation: (u64, Rc<std::cell::Cell<u64>>),
+}
+
+impl Body {
+    fn bytes(b: Vec<u8>) -> Body {
+        Body {
+            left: b.len() as u64,
+            bytes: Some(b),
+            file: None,
+            at: 0,
+            end: 0,
+            message_end: false,
+            skip: 0,
+            wire: WireWriter::new(),
+            hide: None,
+            decode: None,
+            generation: (0, Rc::new(std::cell::Cell::new(0))),
+        }
+    }
+
+    /// The wire form of range `r` of message `m`, from wire octet `skip`
+    /// on, `len` octets.
+    fn range(
+        file: File,
+        m: &Message,
+        r: mime::Range,
+        skip: u64,
+        len: u64,
+        generation: Rc<std::cell::Cell<u64>>,
+    ) -> Body {
+        Body {
+            bytes: None,
+            file: Some(file),
+            at: m.start + r.start.stored,
+            end: (m.start + r.end.stored).min(m.end),
+            message_end: m.start + r.end.stored >= m.end,
+            skip,
+            left: len,
+            wire: WireWriter::new(),
+            hide: (r.start.stored == 0).then(HideFilter::new),
+            decode: None,
+            generation: (generation.get(), generation),
+        }
+    }
+
+    /// The same octets with `enc` undone.
+    fn decoded(mut self, enc: mime::decode::Encoding) -> Body {
+        self.decode = Some(mime::decode::Decoder::new(enc));
+        self
+    }
+
+    /// Octets the range gives (for a decoded one, by decoding it all;
+    /// held a piece at a time).
+    fn count(mut self) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        let mut piece = Vec::new();
+        while self.at < self.end {
+            piece.clear();
+            self.fill(&mut piece)?;
+            n += piece.len() as u64;
+        }
+        Ok(n)
+    }
+
+    /// Whether `needle` is in the octets (case-insensitive, as SEARCH),
+    /// looked for piece by piece with a needle-long overlap.
+    fn contains(mut self, needle: &[u8]) -> Result<bool, StoreError> {
+        let keep = needle.len().saturating_sub(1);
+        let mut window = Vec::with_capacity(2 * CHUNK + needle.len());
+        loop {
+            let more = self.at < self.end && self.left > 0;
+            if !more {
+                return Ok(contains_ci(&window, needle));
+            }
+            self.fill(&mut window)?;
+            if contains_ci(&window, needle) {
+                return Ok(true);
+            }
+            // Keep the tail a match may start in.
+            let cut = window.len().saturating_sub(keep);
+            window.drain(..cut);
+        }
+    }
+
+    /// Octets still to come.
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+
+    /// Appends the next piece (at most about 2 × [`CHUNK`] octets) to
+    /// `out`; `Ok(true)` once the literal is complete. An error means the
+    /// literal cannot be completed (the folder was rewritten while being
+    /// read, or a read failed): the connection must be closed, since the
+    /// client expects exactly the announced number of octets.
+    pub fn fill(&mut self, out: &mut Vec<u8>) -> Result<bool, StoreError> {
+        if self.left == 0 {
+            return Ok(true);
+        }
+        if let Some(b) = self.bytes.take() {
+            out.extend_from_slice(&b);
+            self.left = 0;
+            return Ok(true);
+        }
+        let Some(file) = &self.file else {
+            return Ok(true);
+        };
+        if self.generation.0 != self.generation.1.get() {
+            return Err(StoreError::Unavailable(
+                "the folder was rewritten while a message was being sent".into(),
+            ));
+        }
+        if self.at >= self.end {
+            // The file ended before the announced length (changed by
+            // another program): nothing sensible to send.
+            return Err(StoreError::Unavailable(
+                "the message is shorter than its index says".into(),
+            ));
+        }
+        let n = ((self.end - self.at) as usize).min(CHUNK);
+        let mut buf = vec![0u8; n];
+        file.read_exact_at(&mut buf, self.at)
+            .map_err(|e| io("cannot read folder", e))?;
+        self.at += n as u64;
+        let mut piece = Vec::with_capacity(n + n / 8 + 2);
+        match &mut self.hide {
+            Some(h) => {
+                let mut shown = Vec::with_capacity(n);
+                h.feed(&buf, &mut shown);
+                if self.at >= self.end {
+                    h.finish(&mut shown);
+                }
+                self.wire.write(&shown, &mut piece);
+            }
+            None => self.wire.write(&buf, &mut piece),
+        }
+        if self.at >= self.end {
+            if self.message_end {
+                self.wire.end_message(&mut piece);
+            } else {
+                self.wire.finish(&mut piece);
+            }
+        }
+        if let Some(d) = &mut self.decode {
+            let mut plain = Vec::with_capacity(piece.len());
+            d.feed(&piece, &mut plain);
+            if self.at >= self.end {
+                d.finish(&mut plain);
+            }
+            piece = plain;
+        }
+        let drop = (self.skip.min(piece.len() as u64)) as usize;
+        self.skip -= drop as u64;
+        let take = ((piece.len() - drop) as u64).min(self.left) as usize;
+        out.extend_from_slice(&piece[drop..drop + take]);
+        self.left -= take as u64;
+        Ok(self.left == 0)
     }
 }
 
@@ -697,9 +1325,8 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 impl Folder for StoreFolder {
-    /// The section's octets (wire form). Held in memory for now; the
-    /// driver writes them.
-    type Body = Vec<u8>;
+    /// Streamed from the file in bounded chunks (see [`Body`]).
+    type Body = Body;
 
     fn summary(&self) -> Summary {
         self.state.borrow().summary()
@@ -732,9 +1359,8 @@ impl Folder for StoreFolder {
     }
 
     fn envelope(&self, uid: Uid, out: &mut Vec<u8>) -> Result<(), StoreError> {
-        let (s, _, _) = self.structure(uid)?;
-        mime::imap::envelope(&s.envelope, out);
-        Ok(())
+        // Straight from the index record (docs/imap.md "MIME structure").
+        self.write_record(uid, out, mime::index::write_envelope)
     }
 
     fn body_structure(
@@ -743,9 +1369,7 @@ impl Folder for StoreFolder {
         extended: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), StoreError> {
-        let (s, _, _) = self.structure(uid)?;
-        mime::imap::body(&s.root, extended, out);
-        Ok(())
+        self.write_record(uid, out, |r, o| mime::index::write_body(r, extended, o))
     }
 
     fn section(
@@ -754,7 +1378,7 @@ impl Folder for StoreFolder {
         section: &Section,
         binary: bool,
         partial: Option<(u32, u32)>,
-    ) -> Result<(u64, Vec<u8>), StoreError> {
+    ) -> Result<(u64, Body), StoreError> {
         let (s, file, m) = self.structure(uid)?;
         let path = &section.part[..];
         let spec = match &section.text {
@@ -765,32 +1389,66 @@ impl Folder for StoreFolder {
             SectionText::Text => Spec::Text,
             SectionText::Mime => Spec::Mime,
         };
-        let mut bytes = Vec::new();
-        if let Some(r) = s.section(path, spec) {
-            Self::wire(&file, &m, r, &mut bytes)?;
-        }
-        match &section.text {
-            SectionText::HeaderFields(n) => bytes = header_filter(&bytes, n, false),
-            SectionText::HeaderFieldsNot(n) => bytes = header_filter(&bytes, n, true),
-            _ => {}
-        }
-        // BINARY: the content with its transfer encoding undone (RFC
-        // 3516 4.2), for a part that is not a multipart or a message.
-        if binary && !path.is_empty() {
-            if let Some(p) = s
-                .part(path)
-                .filter(|p| matches!(p.kind, mime::Kind::Single))
-            {
-                let enc = mime::decode::Encoding::of(p.encoding.as_deref());
-                bytes = mime::decode::decode(enc, &bytes);
+        let Some(r) = s.section(path, spec) else {
+            return Ok((0, Body::bytes(Vec::new())));
+        };
+        let names = match &section.text {
+            SectionText::HeaderFields(n) => Some((n, false)),
+            SectionText::HeaderFieldsNot(n) => Some((n, true)),
+            _ => None,
+        };
+        let cut = |len: u64| match partial {
+            Some((start, n)) => {
+                let start = u64::from(start).min(len);
+                (start, u64::from(n).min(len - start))
             }
+            None => (0, len),
+        };
+        if let Some((names, not)) = names {
+            // A header is small (the parser sees at most MAX_HEADER of
+            // it, and so does HEADER.FIELDS): filtered in memory.
+            let r = mime::Range {
+                start: r.start,
+                end: mime::Pos {
+                    stored: r.end.stored.min(r.start.stored + mime::MAX_HEADER as u64),
+                    wire: r.end.wire,
+                },
+            };
+            let mut head = Vec::new();
+            Self::wire(&file, &m, r, &mut head)?;
+            let bytes = header_filter(&head, names, not);
+            let (start, len) = cut(bytes.len() as u64);
+            let bytes = bytes[start as usize..(start + len) as usize].to_vec();
+            return Ok((len, Body::bytes(bytes)));
         }
-        if let Some((start, len)) = partial {
-            let start = (start as usize).min(bytes.len());
-            let end = start.saturating_add(len as usize).min(bytes.len());
-            bytes = bytes[start..end].to_vec();
+        // Everything else is streamed from the file: the literal's length
+        // comes from the structure (the wire positions), not from reading.
+        let generation = self.state.borrow().generation.clone();
+        // BINARY: the content with its transfer encoding undone (RFC
+        // 3516 4.2), for a part that is not a multipart or a message. Its
+        // length is only known by decoding: a first pass counts (bounded
+        // memory), the second sends.
+        let enc = s
+            .part(path)
+            .filter(|p| binary && !path.is_empty() && matches!(p.kind, mime::Kind::Single))
+            .map(|p| mime::decode::Encoding::of(p.encoding.as_deref()))
+            .filter(|e| {
+                matches!(
+                    e,
+                    mime::decode::Encoding::Base64 | mime::decode::Encoding::QuotedPrintable
+                )
+            });
+        if let Some(enc) = enc {
+            let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
+            let total = Body::range(f, &m, r, 0, u64::MAX, Rc::default())
+                .decoded(enc)
+                .count()?;
+            let (skip, len) = cut(total);
+            let body = Body::range(file, &m, r, skip, len, generation).decoded(enc);
+            return Ok((len, body));
         }
-        Ok((bytes.len() as u64, bytes))
+        let (skip, len) = cut(r.wire_len());
+        Ok((len, Body::range(file, &m, r, skip, len, generation)))
     }
 
     fn matches(
@@ -803,15 +1461,24 @@ impl Folder for StoreFolder {
         let (s, file, m) = self.structure(uid)?;
         let mut head = Vec::new();
         if let Some(r) = s.section(&[], Spec::Header) {
+            // As for HEADER.FIELDS: at most MAX_HEADER of the header.
+            let r = mime::Range {
+                start: r.start,
+                end: mime::Pos {
+                    stored: r.end.stored.min(r.start.stored + mime::MAX_HEADER as u64),
+                    wire: r.end.wire,
+                },
+            };
             Self::wire(&file, &m, r, &mut head)?;
         }
         let value = |name: &str| header_filter(&head, &[name.to_string()], false);
-        let body = |s: &Structure| -> Result<Vec<u8>, StoreError> {
-            let mut b = Vec::new();
-            if let Some(r) = s.section(&[], Spec::Text) {
-                Self::wire(&file, &m, r, &mut b)?;
-            }
-            Ok(b)
+        // The text is searched as it streams (never held whole).
+        let body = |s: &Structure| -> Result<bool, StoreError> {
+            let Some(r) = s.section(&[], Spec::Text) else {
+                return Ok(false);
+            };
+            let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
+            Body::range(f, &m, r, 0, r.wire_len(), Rc::default()).contains(needle)
         };
         // Text parts in base64 or quoted-printable are also searched
         // decoded (RFC 9051 6.4.4 searches the text, as Dovecot does).
@@ -826,13 +1493,14 @@ impl Folder for StoreFolder {
                 ) {
                     continue;
                 }
-                let mut raw = Vec::new();
                 let r = mime::Range {
                     start: p.body,
                     end: p.end,
                 };
-                Self::wire(&file, &m, r, &mut raw)?;
-                if contains_ci(&mime::decode::decode(enc, &raw), needle) {
+                // Decoded as it streams, like the plain text.
+                let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
+                let b = Body::range(f, &m, r, 0, u64::MAX, Rc::default()).decoded(enc);
+                if b.contains(needle)? {
                     return Ok(true);
                 }
             }
@@ -855,11 +1523,9 @@ impl Folder for StoreFolder {
                 let v = value(h);
                 v.len() > 2 && field_has(v[h.len().min(v.len())..].to_vec())
             }
-            (Some(TextField::Body), _) => contains_ci(&body(&s)?, needle) || decoded_text_has(&s)?,
+            (Some(TextField::Body), _) => body(&s)? || decoded_text_has(&s)?,
             (Some(TextField::Text), _) => {
-                contains_ci(&head, needle)
-                    || contains_ci(&body(&s)?, needle)
-                    || decoded_text_has(&s)?
+                contains_ci(&head, needle) || body(&s)? || decoded_text_has(&s)?
             }
             (Some(TextField::From), _) => field_has(field_value(&value("From"))),
             (Some(TextField::To), _) => field_has(field_value(&value("To"))),

@@ -208,7 +208,14 @@ where
                         let deleting = x.deleted.iter().filter(|&&d| d).count();
                         let r = ctx
                             .mbox
-                            .exclusive(move |l| Ok(maildrop::expunge(l, &x, &data_dir)))
+                            .exclusive(move |l| {
+                                // IMAP's flags go into Status: too (issue 16).
+                                let status = crate::read::imap::store::inbox_status_lines(
+                                    &data_dir,
+                                    &x.messages,
+                                );
+                                Ok(maildrop::expunge_with_status(l, &x, &status, &data_dir))
+                            })
                             .await;
                         let r = match r {
                             Ok(Ok(n)) => {

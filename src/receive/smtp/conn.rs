@@ -1011,6 +1011,7 @@ impl Drop for SpoolGuard {
 /// Stores an accepted message: one copy in the mbox for local recipients,
 /// one in the queue for remote ones (which takes a spool file: a body
 /// kept in memory is written to `spool` first).
+#[allow(clippy::too_many_arguments)]
 async fn store(
     env: &Envelope,
     id: &str,
@@ -1192,7 +1193,8 @@ mod tests {
             auth: Some("alice".into()),
             smtputf8: false,
         };
-        smol::block_on(store(&env, "ID1", &spool, &ctx, &shared, None, None)).unwrap();
+        let body = crate::store::mbox::Body::Spool(spool.clone());
+        smol::block_on(store(&env, "ID1", body, &spool, &ctx, &shared, None, None)).unwrap();
         // The caller removes the spool file; the queue keeps its own link.
         std::fs::remove_file(&spool).unwrap();
         let q = &outbox.queue;
