@@ -231,7 +231,12 @@ impl Pending {
     /// Registers a question under a fresh id (`random` gives 16 random
     /// bits; ids in flight are not reused). `None`: 64 tries all hit ids
     /// in flight (cannot happen below thousands of questions in flight).
-    pub fn add(&mut self, name: &Name, rtype: RecordType, mut random: impl FnMut() -> u16) -> Option<u16> {
+    pub fn add(
+        &mut self,
+        name: &Name,
+        rtype: RecordType,
+        mut random: impl FnMut() -> u16,
+    ) -> Option<u16> {
         for _ in 0..64 {
             let id = random();
             if let std::collections::hash_map::Entry::Vacant(v) = self.slots.entry(id) {
@@ -442,7 +447,11 @@ impl Resolver {
         struct Done<'a>(&'a Channel, u16);
         impl Drop for Done<'_> {
             fn drop(&mut self) {
-                self.0.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(self.1);
+                self.0
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(self.1);
             }
         }
         let _done = Done(&ch, id);
@@ -656,7 +665,9 @@ mod tests {
         assert!(p.deliver(&ok(8, &a, RecordType::A)).is_none());
         assert!(p.deliver(&ok(7, &b, RecordType::A)).is_none());
         assert!(p.deliver(&ok(7, &a, RecordType::AAAA)).is_none());
-        assert!(p.deliver(&build_query(7, &a, RecordType::A).unwrap()).is_none());
+        assert!(p
+            .deliver(&build_query(7, &a, RecordType::A).unwrap())
+            .is_none());
         assert!(p.deliver(b"\x00\x07junk").is_none());
         assert_eq!(p.take(ia, w), None);
         // The right answer wakes its question, once.
@@ -665,7 +676,10 @@ mod tests {
         assert!(p.deliver(&real).is_none(), "a second answer is dropped");
         assert_eq!(p.take(ia, w), Some(real));
         p.remove(ia);
-        assert!(p.deliver(&ok(7, &a, RecordType::A)).is_none(), "done: late answers dropped");
+        assert!(
+            p.deliver(&ok(7, &a, RecordType::A)).is_none(),
+            "done: late answers dropped"
+        );
         assert_eq!(p.len(), 1);
         // All 64 tries on ids in flight: no id rather than a reused one.
         assert_eq!(p.add(&a, RecordType::A, || 9), None);
@@ -691,11 +705,22 @@ mod tests {
                 let name = q.queries[0].name().clone();
                 let mut spoof = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
                 spoof.add_query(Query::query(n("evil.example"), RecordType::A));
-                spoof.add_answer(Record::from_rdata(n("evil.example"), 60, RData::A(A::new(6, 6, 6, 6))));
+                spoof.add_answer(Record::from_rdata(
+                    n("evil.example"),
+                    60,
+                    RData::A(A::new(6, 6, 6, 6)),
+                ));
                 server.send_to(&spoof.to_vec().unwrap(), from).unwrap();
                 let last = name.to_ascii().as_bytes()[0] - b'a';
                 let rec = Record::from_rdata(name.clone(), 60, RData::A(A::new(192, 0, 2, last)));
-                let a = answer(q.metadata.id, &name, RecordType::A, ResponseCode::NoError, false, vec![rec]);
+                let a = answer(
+                    q.metadata.id,
+                    &name,
+                    RecordType::A,
+                    ResponseCode::NoError,
+                    false,
+                    vec![rec],
+                );
                 server.send_to(&a, from).unwrap();
             }
             got.iter().map(|(_, f)| *f).collect::<Vec<_>>()
@@ -717,7 +742,10 @@ mod tests {
         assert_eq!(a, vec![RData::A(A::new(192, 0, 2, 0))]);
         assert_eq!(b, vec![RData::A(A::new(192, 0, 2, 1))]);
         assert_eq!(c, vec![RData::A(A::new(192, 0, 2, 2))]);
-        assert!(froms.iter().all(|f| *f == froms[0]), "one socket: {froms:?}");
+        assert!(
+            froms.iter().all(|f| *f == froms[0]),
+            "one socket: {froms:?}"
+        );
     }
 
     #[test]

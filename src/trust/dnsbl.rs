@@ -13,6 +13,10 @@
 //! list that does not answer in time counts as not listed: a dead list
 //! must never block mail.
 //!
+//! A spam bot reconnects many times a minute: answers (listed or not)
+//! are kept for [`CACHE_TTL`] in a small [`Cache`], so its reconnections
+//! ask the lists no more questions. Errors and timeouts are not kept.
+//!
 //! The lookups go through [`Dns`], so the decisions are tested against a
 //! table; [`Checker`] holds the "warned once" memory of the process.
 
@@ -23,7 +27,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What one list says about one client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +172,62 @@ pub async fn fcrdns<D: Dns>(dns: &D, ip: IpAddr) -> Option<String> {
     None
 }
 
+/// How long an answer of a list is kept. Postfix's postscreen keeps them
+/// for the DNS TTL but at least `postscreen_dnsbl_min_ttl` = 60 s; our
+/// resolver's answers carry no TTL to us, so this is the floor alone:
+/// never longer than postscreen would keep it. (Spamhaus ZEN's TTLs are
+/// 60 s for listings and more for NXDOMAIN.)
+pub const CACHE_TTL: Duration = Duration::from_secs(60);
+/// At most this many (list, client) answers are kept (~100 bytes each).
+pub const CACHE_SIZE: usize = 4096;
+
+/// Answers of the lists by (zone, client), each until it expires.
+#[derive(Default)]
+pub struct Cache {
+    map: std::collections::HashMap<(String, IpAddr), (Answer, Instant)>,
+}
+
+impl Cache {
+    /// The kept answer, if it has not expired at `now`.
+    pub fn get(&mut self, zone: &str, ip: IpAddr, now: Instant) -> Option<Answer> {
+        let key = (zone.to_string(), ip);
+        match self.map.get(&key) {
+            Some((a, until)) if now < *until => Some(a.clone()),
+            Some(_) => {
+                self.map.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps `answer` for [`CACHE_TTL`] if it is an answer of the list
+    /// (listed or not); a full cache first drops what expired, and if
+    /// that is not enough, everything (a flood of new clients: the next
+    /// minute asks again, as without a cache).
+    pub fn put(&mut self, zone: &str, ip: IpAddr, answer: &Answer, now: Instant) {
+        if !matches!(answer, Answer::Listed(_) | Answer::NotListed) {
+            return;
+        }
+        if self.map.len() >= CACHE_SIZE {
+            self.map.retain(|_, (_, until)| now < *until);
+            if self.map.len() >= CACHE_SIZE {
+                self.map.clear();
+            }
+        }
+        self.map
+            .insert((zone.to_string(), ip), (answer.clone(), now + CACHE_TTL));
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
 /// The configured lists and what the process has warned about.
 pub struct Checker {
     pub zones: Vec<String>,
@@ -175,6 +235,7 @@ pub struct Checker {
     /// "not listed".
     pub timeout: Duration,
     warned: RefCell<HashSet<String>>,
+    cache: RefCell<Cache>,
 }
 
 /// Default for [`Checker::timeout`]: a local resolver answers a cached
@@ -187,6 +248,7 @@ impl Checker {
             zones,
             timeout,
             warned: RefCell::new(HashSet::new()),
+            cache: RefCell::new(Cache::default()),
         }
     }
 
@@ -197,9 +259,14 @@ impl Checker {
             return None;
         }
         let asks = self.zones.iter().map(|z| async move {
-            crate::util::rt::timeout(self.timeout, ask(dns, ip, z))
+            if let Some(a) = self.cache.borrow_mut().get(z, ip, Instant::now()) {
+                return a;
+            }
+            let a = crate::util::rt::timeout(self.timeout, ask(dns, ip, z))
                 .await
-                .unwrap_or_else(|| Answer::Failed("no answer in time".into()))
+                .unwrap_or_else(|| Answer::Failed("no answer in time".into()));
+            self.cache.borrow_mut().put(z, ip, &a, Instant::now());
+            a
         });
         let answers = join_all(asks.collect()).await;
         let mut found = None;
@@ -309,6 +376,62 @@ mod tests {
             query_name(ip("::1"), "bl.example"),
             format!("1{}.bl.example", ".0".repeat(31))
         );
+    }
+
+    #[test]
+    fn cache_keeps_answers_until_they_expire() {
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        let listed = Answer::Listed(Ipv4Addr::new(127, 0, 0, 2));
+        let mut c = Cache::default();
+        c.put("bl.example", a, &listed, t0);
+        c.put("other.example", a, &Answer::NotListed, t0);
+        // Errors and timeouts are asked again next time.
+        c.put("x.example", a, &Answer::Failed("timeout".into()), t0);
+        c.put(
+            "y.example",
+            a,
+            &Answer::ListError(Ipv4Addr::new(127, 255, 255, 254)),
+            t0,
+        );
+        assert_eq!(c.len(), 2);
+        let later = t0 + CACHE_TTL - Duration::from_secs(1);
+        assert_eq!(c.get("bl.example", a, later), Some(listed.clone()));
+        assert_eq!(c.get("other.example", a, later), Some(Answer::NotListed));
+        assert_eq!(c.get("bl.example", ip("192.0.2.2"), later), None);
+        assert_eq!(c.get("x.example", a, later), None);
+        // Expired: gone.
+        assert_eq!(c.get("bl.example", a, t0 + CACHE_TTL), None);
+        assert_eq!(c.len(), 1);
+        // Bounded: a flood of clients never grows it past CACHE_SIZE.
+        for i in 0..(CACHE_SIZE as u32 + 10) {
+            c.put(
+                "bl.example",
+                IpAddr::V4(Ipv4Addr::from(i)),
+                &Answer::NotListed,
+                t0,
+            );
+        }
+        assert!(c.len() <= CACHE_SIZE);
+    }
+
+    #[test]
+    fn a_reconnecting_client_is_not_asked_about_again() {
+        use std::cell::Cell;
+        struct Counting(Cell<u32>);
+        impl Dns for Counting {
+            async fn query(&self, _: &str, _: QType) -> Result<Vec<Rr>, DnsError> {
+                self.0.set(self.0.get() + 1);
+                Ok(vec![Rr::A(Ipv4Addr::new(127, 0, 0, 4))])
+            }
+        }
+        let dns = Counting(Cell::new(0));
+        let c = Checker::new(vec!["bl.example".into()], Duration::from_secs(2));
+        for _ in 0..5 {
+            let r = smol::block_on(c.check(&dns, ip("192.0.2.7")));
+            assert_eq!(r.map(|l| l.code), Some(Ipv4Addr::new(127, 0, 0, 4)));
+        }
+        assert_eq!(dns.0.get(), 1);
     }
 
     #[test]
