@@ -7,6 +7,7 @@ script or by bench/run); bench/faults/faultlib.py adds bench/ to sys.path.
 """
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -34,6 +35,18 @@ def wait_port(port, proc, within=60, pause=0.02):
         except OSError:
             time.sleep(pause)
     raise RuntimeError("port %d not listening" % port)
+
+
+def stop_process(proc):
+    """SIGTERM, up to 30 s to exit, then SIGKILL; nothing if proc is None
+    or already gone."""
+    if proc and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _status_kib(pid, field):

@@ -72,7 +72,7 @@ import tempfile
 import threading
 import time
 
-from common import anon_kib, dovecot_conf, dovecot_users, free_port, rss_kib, start_dovecot, tree_pids, wait_port
+from common import anon_kib, dovecot_conf, dovecot_users, free_port, rss_kib, start_dovecot, stop_process, tree_pids, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -507,13 +507,7 @@ class Pimail:
         wait_port(self.port, self.proc)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def restart(self):
@@ -596,13 +590,7 @@ class Dovecot:
         self.proc = start_dovecot(self.cfg, self.port, self.dir)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def restart(self):
