@@ -142,7 +142,7 @@ pub(crate) fn stamp(file: &File, len: u64) -> io::Result<Stamp> {
 
 /// Does `file` still hold, unchanged, the part that `s` describes (perhaps
 /// followed by appended mail)?
-fn still_holds(file: &File, s: &Stamp) -> io::Result<bool> {
+pub(crate) fn still_holds(file: &File, s: &Stamp) -> io::Result<bool> {
     let meta = file.metadata()?;
     let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
     if meta.dev() != s.dev || meta.ino() != s.ino || meta.len() < s.len {

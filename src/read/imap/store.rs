@@ -77,6 +77,12 @@ pub struct FolderState {
     /// What was scanned: inode and length.
     ino: u64,
     len: u64,
+    /// The identity of what was scanned (head and tail hashes), so mail
+    /// appended since is found by scanning the tail alone.
+    stamp: Option<maildrop::Stamp>,
+    /// Entries of the last run, from the sidecar (v3): used without a
+    /// scan when the file still holds what they describe.
+    cached: Option<(maildrop::Stamp, Vec<Entry>)>,
     /// UIDL -> (uid, modseq, flags) remembered from the sidecar for
     /// messages not yet seen in this run.
     known: HashMap<String, (Uid, u64, Vec<Flag>, Option<Ptr>)>,
@@ -105,6 +111,8 @@ impl FolderState {
             entries: Vec::new(),
             ino: 0,
             len: 0,
+            stamp: None,
+            cached: None,
             known: HashMap::new(),
             db: MimeDb::open(mime_path),
             log: Vec::new(),
@@ -112,14 +120,22 @@ impl FolderState {
         };
         if let Ok(text) = std::fs::read_to_string(&st.index) {
             let mut lines = text.lines();
+            let mut stamp = None;
             if let Some(head) = lines.next() {
                 let w: Vec<&str> = head.split(' ').collect();
-                if let ["v1" | "v2", v, n, m] = w[..] {
-                    st.uid_validity = v.parse().unwrap_or(0);
-                    st.uid_next = n.parse().unwrap_or(1);
-                    st.modseq = m.parse().unwrap_or(1);
+                match w[..] {
+                    ["v1" | "v2", v, n, m] | ["v3", v, n, m, _] => {
+                        st.uid_validity = v.parse().unwrap_or(0);
+                        st.uid_next = n.parse().unwrap_or(1);
+                        st.modseq = m.parse().unwrap_or(1);
+                    }
+                    _ => {}
+                }
+                if let ["v3", _, _, _, s] = w[..] {
+                    stamp = parse_stamp(s);
                 }
             }
+            let mut cached = stamp.map(|s| (s, Vec::new()));
             for line in lines {
                 let mut w = line.split(' ');
                 let (Some(uidl), Some(uid), Some(ms)) = (w.next(), w.next(), w.next()) else {
@@ -130,21 +146,46 @@ impl FolderState {
                 };
                 // `%at:len` (v2) points into the .mime file; `%` is in
                 // no flag (RFC 9051 atom-specials).
-                let (mut flags, mut ptr) = (Vec::new(), None);
+                let (mut flags, mut ptr, mut geo) = (Vec::new(), None, None);
                 for f in w.filter(|f| !f.is_empty()) {
                     match Ptr::parse(f) {
                         Some(p) => ptr = Some(p),
                         None if f.starts_with('%') => {}
+                        None if f.starts_with('@') => geo = parse_geometry(f),
                         None => flags.push(f.to_string()),
                     }
                 }
+                // A line without its place (v2, or torn) makes the cached
+                // view unusable: the folder is scanned as before.
+                match (geo, cached.as_mut()) {
+                    (Some((msg, body_start, size, date, seal_id)), Some((_, list)))
+                        if list.last().map_or(true, |l: &Entry| l.uid < uid) =>
+                    {
+                        let mut msg = msg;
+                        msg.uid = uidl.to_string();
+                        list.push(Entry {
+                            msg,
+                            uid,
+                            flags: flags.clone(),
+                            modseq: ms,
+                            date,
+                            seal_id,
+                            body_start,
+                            size,
+                            mime: ptr,
+                        });
+                    }
+                    _ => cached = None,
+                }
                 st.known.insert(uidl.to_string(), (uid, ms, flags, ptr));
             }
+            st.cached = cached;
         }
         if st.uid_validity == 0 {
             // Seconds since the epoch: a new value after a lost sidecar.
             st.uid_validity = (crate::util::timefmt::unix_now() as u32).max(1);
             st.known.clear();
+            st.cached = None;
             st.db.clear();
         }
         st
@@ -160,14 +201,21 @@ impl FolderState {
                 .map(|e| (e.msg.uid.as_str(), &mut e.mime)),
         );
         let mut out = format!(
-            "v2 {} {} {}\n",
-            self.uid_validity, self.uid_next, self.modseq
+            "v3 {} {} {} {}\n",
+            self.uid_validity,
+            self.uid_next,
+            self.modseq,
+            self.stamp.as_ref().map_or("-".to_string(), stamp_token)
         );
         for e in &self.entries {
             out += &format!("{} {} {}", e.msg.uid, e.uid, e.modseq);
             if let Some(p) = e.mime {
                 out.push(' ');
                 out += &p.token();
+            }
+            if self.stamp.is_some() {
+                out.push(' ');
+                out += &geometry_token(e);
             }
             for f in &e.flags {
                 out.push(' ');
@@ -197,6 +245,37 @@ impl FolderState {
         }
         let (ino, len) = (meta.ino(), meta.len());
         if ino == self.ino && len == self.len {
+            return Ok(());
+        }
+        // The last run's view, kept in the sidecar: used as it is when the
+        // file still holds what it describes (SELECT after a restart
+        // reads the sidecar, not the folder).
+        if let Some((stamp, list)) = self.cached.take() {
+            if self.entries.is_empty()
+                && len >= stamp.len
+                && maildrop::still_holds(&file, &stamp).unwrap_or(false)
+            {
+                for e in &list {
+                    self.known.remove(&e.msg.uid);
+                }
+                self.entries = list;
+                self.ino = ino;
+                self.len = stamp.len;
+                self.stamp = Some(stamp);
+                if len == self.len {
+                    return Ok(());
+                }
+            }
+        }
+        // Mail appended since the last scan (a delivery, an APPEND, another
+        // program's append): the file still holds what was scanned (same
+        // file, its first and last 4 KiB unchanged, as POP3 checks), so
+        // only what follows the last known message is read.
+        if ino == self.ino && len > self.len && self.tail_scan(&file, len)? {
+            self.ino = ino;
+            self.len = len;
+            self.stamp = maildrop::stamp(&file, len).ok();
+            self.save();
             return Ok(());
         }
         let d: &dyn crate::store::disk::Disk = &file;
@@ -234,38 +313,7 @@ impl FolderState {
                 self.entries.push(e);
                 continue;
             }
-            let (seal, date, skip) = read_head(&file, &m);
-            let (uid, modseq, flags, ptr) = match self.known.remove(&m.uid) {
-                Some((u, ms, f, p)) if u < self.uid_next => (u, ms, f, p),
-                _ => {
-                    let floor = self.entries.last().map_or(0, |e| e.uid);
-                    let uid = match &seal {
-                        Some(s)
-                            if s.uid > u64::from(floor.max(self.uid_next - 1))
-                                && s.uid < u64::from(u32::MAX) =>
-                        {
-                            s.uid as Uid
-                        }
-                        _ => self.uid_next.max(floor + 1),
-                    };
-                    self.uid_next = uid + 1;
-                    self.modseq += 1;
-                    (uid, self.modseq, Vec::new(), None)
-                }
-            };
-            // UIDs ascend in file order (RFC 9051 2.3.1.1).
-            if self.entries.last().is_some_and(|l| l.uid >= uid) {
-                let uid = self.uid_next;
-                self.uid_next += 1;
-                self.push_new(m, uid, modseq, flags, seal, date, skip);
-            } else {
-                self.push_new(m, uid, modseq, flags, seal, date, skip);
-            }
-            if let Some(e) = self.entries.last_mut() {
-                e.mime = ptr;
-            }
-            let u = self.entries.last().map_or(0, |e| e.uid);
-            self.log.push((0, Change::Added(u)));
+            self.index_new(&file, m)?;
             dirty = true;
         }
         if !old.is_empty() {
@@ -297,8 +345,98 @@ impl FolderState {
         }
         self.ino = ino;
         self.len = len;
+        let stamp = maildrop::stamp(&file, len).ok();
+        dirty |= stamp != self.stamp;
+        self.stamp = stamp;
         if dirty {
             self.save();
+        }
+        Ok(())
+    }
+
+    /// Indexes the messages after the last known one; `false` when the
+    /// file no longer holds what was scanned (then the caller scans it
+    /// whole).
+    fn tail_scan(&mut self, file: &File, len: u64) -> Result<bool, StoreError> {
+        let Some(stamp) = &self.stamp else {
+            return Ok(false);
+        };
+        if stamp.len != self.len || !maildrop::still_holds(file, stamp).unwrap_or(false) {
+            return Ok(false);
+        }
+        let from = self.entries.last().map_or(0, |e| e.msg.offset);
+        let d: &dyn crate::store::disk::Disk = file;
+        let tail =
+            maildrop::scan_with(d, from, len, CHUNK).map_err(|e| io("cannot read folder", e))?;
+        let mut tail = tail.into_iter();
+        if let Some(last) = self.entries.last() {
+            // The last known message must come first, where it was and as
+            // long as it was (its end was the old end of the file).
+            match tail.next() {
+                Some(m)
+                    if m.uid == last.msg.uid
+                        && m.offset == last.msg.offset
+                        && m.end == last.msg.end => {}
+                _ => return Ok(false),
+            }
+        }
+        for m in tail {
+            if self
+                .entries
+                .iter()
+                .rev()
+                .take(64)
+                .any(|e| e.msg.uid == m.uid)
+            {
+                // A duplicate UIDL (the scanner adds `-N` to real
+                // duplicates, so this is a re-read): a full scan decides.
+                return Ok(false);
+            }
+            self.index_new(file, m)?;
+        }
+        Ok(true)
+    }
+
+    /// Gives a message seen for the first time its UID (its seal's, the
+    /// sidecar's, or UIDNEXT), and its MIME record.
+    fn index_new(&mut self, file: &File, m: Message) -> Result<(), StoreError> {
+        let (seal, date, skip) = read_head(file, &m);
+        let (uid, modseq, flags, ptr) = match self.known.remove(&m.uid) {
+            Some((u, ms, f, p))
+                if u < self.uid_next && self.entries.last().map_or(true, |l| l.uid < u) =>
+            {
+                (u, ms, f, p)
+            }
+            _ => {
+                let floor = self.entries.last().map_or(0, |e| e.uid);
+                let uid = match &seal {
+                    Some(s)
+                        if s.uid > u64::from(floor.max(self.uid_next - 1))
+                            && s.uid < u64::from(u32::MAX) =>
+                    {
+                        s.uid as Uid
+                    }
+                    _ => self.uid_next.max(floor + 1),
+                };
+                self.uid_next = uid + 1;
+                self.modseq += 1;
+                (uid, self.modseq, Vec::new(), None)
+            }
+        };
+        self.push_new(m, uid, modseq, flags, seal, date, skip);
+        let u = self.entries.last().map_or(0, |e| e.uid);
+        self.log.push((0, Change::Added(u)));
+        if let Some(e) = self.entries.last_mut() {
+            e.mime = ptr;
+            if e.mime.is_none() {
+                let (rec, wire) = parse_record(file, e.body_start, e.msg.end)?;
+                let p = self.db.put(&e.msg.uid, &rec, wire);
+                e.mime = p;
+                e.size = wire;
+            }
+            if let Some(p) = e.mime {
+                e.size = p.wire;
+            }
         }
         Ok(())
     }
@@ -514,6 +652,74 @@ pub fn inbox_status_lines(data_dir: &Path, messages: &[Message]) -> StatusLines 
 
 /// Per message, the `Status:`/`X-Status:` lines a rewrite gives it.
 pub type StatusLines = Vec<Option<Vec<u8>>>;
+
+/// `dev,ino,len,mtime_ns,head,tail` of a stamp, in the sidecar's head line.
+fn stamp_token(s: &maildrop::Stamp) -> String {
+    format!(
+        "{},{},{},{},{},{}",
+        s.dev, s.ino, s.len, s.mtime_ns, s.head, s.tail
+    )
+}
+
+fn parse_stamp(t: &str) -> Option<maildrop::Stamp> {
+    let mut w = t.split(',');
+    let mut n = || w.next().and_then(|x| x.parse::<u64>().ok());
+    let (dev, ino, len) = (n()?, n()?, n()?);
+    let mtime_ns = t.split(',').nth(3)?.parse::<i128>().ok()?;
+    let mut w = t.split(',').skip(4);
+    let mut n = || w.next().and_then(|x| x.parse::<u64>().ok());
+    Some(maildrop::Stamp {
+        dev,
+        ino,
+        len,
+        mtime_ns,
+        head: n()?,
+        tail: n()?,
+    })
+}
+
+/// `@offset,start,end,size,body_start,wire_size,date[,seal]`: where an
+/// entry's message lies, so a restart needs no scan.
+fn geometry_token(e: &Entry) -> String {
+    let mut t = format!(
+        "@{},{},{},{},{},{},{}",
+        e.msg.offset, e.msg.start, e.msg.end, e.msg.size, e.body_start, e.size, e.date
+    );
+    if let Some(id) = &e.seal_id {
+        t.push(',');
+        t += id;
+    }
+    t
+}
+
+#[allow(clippy::type_complexity)]
+fn parse_geometry(t: &str) -> Option<(Message, u64, u64, i64, Option<String>)> {
+    let mut w = t.strip_prefix('@')?.split(',');
+    let mut n = || w.next().and_then(|x| x.parse::<u64>().ok());
+    let (offset, start, end, size, body_start, wire) = (n()?, n()?, n()?, n()?, n()?, n()?);
+    let mut w = t.split(',').skip(6);
+    let date = w.next()?.parse::<i64>().ok()?;
+    let seal_id = w
+        .next()
+        .filter(|s| crate::store::mbox::valid_seal_id(s))
+        .map(String::from);
+    if !(offset <= start && start <= end && body_start >= start && body_start <= end) {
+        return None;
+    }
+    Some((
+        Message {
+            offset,
+            start,
+            end,
+            size,
+            uid: String::new(),
+        },
+        body_start,
+        wire,
+        date,
+        seal_id,
+    ))
+}
 
 fn has(flags: &[Flag], f: &str) -> bool {
     flags.iter().any(|x| x.eq_ignore_ascii_case(f))
