@@ -72,6 +72,8 @@ import tempfile
 import threading
 import time
 
+from common import anon_kib, dovecot_conf, dovecot_users, free_port, rss_kib, start_dovecot, stop_process, tree_pids, wait_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PASSWORD = "secret"
@@ -473,70 +475,6 @@ def timed(fn):
 # ---- the servers ------------------------------------------------------------------
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_port(port, proc, within=60):
-    end = time.time() + within
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited with %s" % proc.returncode)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError("port %d not listening" % port)
-
-
-def rss_kib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def anon_kib(pid):
-    """RssAnon: the process's own memory, without mapped file pages."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def tree_pids(root):
-    """root and all its descendants (from /proc's ppid fields)."""
-    kids = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    st = f.read()
-                ppid = int(st[st.rfind(")") + 2:].split()[1])
-                kids.setdefault(ppid, []).append(int(d))
-            except (OSError, ValueError, IndexError):
-                pass
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
 class Pimail:
     name = "pimail"
 
@@ -569,13 +507,7 @@ class Pimail:
         wait_port(self.port, self.proc)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def restart(self):
@@ -633,103 +565,32 @@ class Dovecot:
     name = "dovecot"
 
     def __init__(self, work, mbox):
-        import grp
-        import pwd
-
         self.work = work
         self.mbox = mbox
         d = self.dir = os.path.join(work, "dovecot")
-        for sub in ("run", "state", "home", "index"):
-            os.makedirs(os.path.join(d, sub), exist_ok=True)
         self.port = free_port()
-        uid, gid = os.getuid(), os.getgid()
-        user = pwd.getpwuid(uid).pw_name
-        group = grp.getgrgid(gid).gr_name
-        login_user = "dovenull" if uid == 0 else user
-        if uid == 0:
-            # Dovecot will not serve mail as root: its mail processes run as
-            # the `dovecot` user, which gets this scratch directory.
-            uid, gid = pwd.getpwnam("dovecot").pw_uid, pwd.getpwnam("dovecot").pw_gid
-            for dirpath, _, filenames in os.walk(d):
-                for x in [dirpath] + [os.path.join(dirpath, n) for n in filenames]:
-                    os.chown(x, uid, gid)
-            os.chown(mbox, uid, gid)
-            os.chown(os.path.dirname(mbox), uid, gid)
-            # mkdtemp's 0700 would keep it out of the directories above.
+        users = dovecot_users(d, mbox, owned=[os.path.dirname(mbox)])
+        if os.getuid() == 0:
+            # mkdtemp's 0700 would keep the `dovecot` user out of the
+            # directories above the mbox.
             p = os.path.dirname(mbox)
             while p != "/" and p.startswith(work):
                 os.chmod(p, os.stat(p).st_mode | 0o711)
                 p = os.path.dirname(p)
         self.cfg = os.path.join(d, "dovecot.conf")
+        listeners = (f"  inet_listener imap {{\n    address = 127.0.0.1\n    port = {self.port}\n  }}\n"
+                     "  inet_listener imaps {\n    port = 0\n  }\n")
         with open(self.cfg, "w") as f:
-            f.write(f"""
-base_dir = {d}/run
-state_dir = {d}/state
-instance_name = pimail-bench-imap-{os.getpid()}
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-log_path = {d}/dovecot.log
-first_valid_uid = 0
-first_valid_gid = 0
-default_login_user = {login_user}
-default_internal_user = {user}
-default_internal_group = {group}
-passdb {{
-  driver = static
-  args = password={PASSWORD}
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={d}/home
-}}
-mail_location = mbox:{d}/home:INBOX={mbox}:INDEX={d}/index
-mbox_write_locks = fcntl
-mbox_read_locks = fcntl
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {self.port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-service auth {{
-  user = {user}
-}}
-service auth-worker {{
-  user = {user}
-}}
-""")
+            f.write(dovecot_conf(d, mbox, PASSWORD, f"pimail-bench-imap-{os.getpid()}", "imap",
+                                 users, "mbox_read_locks = fcntl\n", listeners))
         self.proc = None
-        self.uid, self.gid = uid, gid
+        self.uid, self.gid = users[0], users[1]
 
     def start(self):
-        self.proc = subprocess.Popen(["/usr/sbin/dovecot", "-F", "-c", self.cfg],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_port(self.port, self.proc)
-        except RuntimeError as e:
-            lp = os.path.join(self.dir, "dovecot.log")
-            logtext = open(lp).read()[-2000:] if os.path.exists(lp) else ""
-            err = self.proc.stderr.read().decode() if self.proc.poll() is not None else ""
-            raise RuntimeError(f"dovecot: {e}\n{err}\n{logtext}")
+        self.proc = start_dovecot(self.cfg, self.port, self.dir)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def restart(self):

@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from common import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Where pimail differs on purpose (docs/imap.md "MIME structure").
@@ -37,14 +39,6 @@ KNOWN = {
     ("truncated.eml", "BODY"): "an open last line gets CRLF, as POP3 sends it",
     ("truncated.eml", "BODYSTRUCTURE"): "an open last line gets CRLF, as POP3 sends it",
 }
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def start_dovecot(tmp, mbox_bytes):

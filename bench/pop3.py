@@ -35,6 +35,9 @@ import tempfile
 import threading
 import time
 
+from common import dovecot_conf, dovecot_users, free_port
+from common import start_dovecot as start_dovecot_at
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSWORD = "secret"
 # argon2id of "secret", m=64 KiB, t=1 (same as tests/common/mod.rs).
@@ -151,27 +154,6 @@ def retr_all(port, n):
     return dt, total
 
 
-def wait_port(port, proc, within=30):
-    end = time.time() + within
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited with %s" % proc.returncode)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("port %d not listening" % port)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def start_pimail(work, mbox, pw_hash):
     data = os.path.join(work, "pimail-data")
     cfg = os.path.join(work, "pimail.toml")
@@ -201,82 +183,14 @@ def start_pimail(work, mbox, pw_hash):
 
 def start_dovecot(work, mbox):
     d = os.path.join(work, "dovecot")
-    for sub in ("run", "state", "home", "index"):
-        os.makedirs(os.path.join(d, sub), exist_ok=True)
     port = free_port()
-    uid, gid = os.getuid(), os.getgid()
-    import pwd, grp
-
-    user = pwd.getpwuid(uid).pw_name
-    group = grp.getgrgid(gid).gr_name
-    login_user = "dovenull" if uid == 0 else user
-    if uid == 0:
-        # Dovecot will not serve mail as root: as root, its mail process
-        # runs as the `dovecot` user, which gets this temporary directory.
-        uid, gid = pwd.getpwnam("dovecot").pw_uid, pwd.getpwnam("dovecot").pw_gid
-        for dirpath, dirnames, filenames in os.walk(d):
-            for x in [dirpath] + [os.path.join(dirpath, n) for n in filenames]:
-                os.chown(x, uid, gid)
-        os.chown(mbox, uid, gid)
-        os.chown(work, uid, gid)
+    users = dovecot_users(d, mbox, owned=[work])
     cfg = os.path.join(d, "dovecot.conf")
+    listeners = f"  inet_listener pop3 {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n"
     with open(cfg, "w") as f:
-        f.write(
-            f"""
-base_dir = {d}/run
-state_dir = {d}/state
-instance_name = pimail-bench-{os.getpid()}
-protocols = pop3
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-log_path = {d}/dovecot.log
-first_valid_uid = 0
-first_valid_gid = 0
-default_login_user = {login_user}
-default_internal_user = {user}
-default_internal_group = {group}
-passdb {{
-  driver = static
-  args = password={PASSWORD}
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={d}/home
-}}
-mail_location = mbox:{d}/home:INBOX={mbox}:INDEX={d}/index
-mbox_write_locks = fcntl
-pop3_uidl_format = %08Xu%08Xv
-service pop3-login {{
-  chroot =
-  inet_listener pop3 {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-service auth {{
-  user = {user}
-}}
-service auth-worker {{
-  user = {user}
-}}
-"""
-        )
-    proc = subprocess.Popen(
-        ["/usr/sbin/dovecot", "-F", "-c", cfg],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_port(port, proc)
-    except RuntimeError as e:
-        log = open(os.path.join(d, "dovecot.log")).read() if os.path.exists(os.path.join(d, "dovecot.log")) else ""
-        raise RuntimeError(f"{e}\n{proc.stderr.read().decode() if proc.poll() is not None else ''}\n{log}")
-    return proc, port
+        f.write(dovecot_conf(d, mbox, PASSWORD, f"pimail-bench-{os.getpid()}", "pop3",
+                             users, "pop3_uidl_format = %08Xu%08Xv\n", listeners))
+    return start_dovecot_at(cfg, port, d), port
 
 
 def warm(path):

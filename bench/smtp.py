@@ -41,6 +41,9 @@ import subprocess
 import threading
 import time
 
+from common import anon_kib, free_port, rss_kib
+from common import tree_pids as descendants
+
 SIZES = [("2 KiB", 2 << 10), ("64 KiB", 64 << 10), ("1 MiB", 1 << 20)]
 CONCURRENCY = [1, 8, 32]
 RCPT = "alice@example.org"
@@ -56,51 +59,6 @@ def percentile(values, p):
     v = sorted(values)
     k = min(len(v) - 1, max(0, int(round(p / 100.0 * (len(v) - 1)))))
     return v[k]
-
-
-def rss_kib(pid):
-    """VmRSS of one process in KiB (0 if gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def anon_kib(pid):
-    """RssAnon: the process's own memory, without mapped libraries and code."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def descendants(pid):
-    """pid and all its descendants (by /proc/*/stat ppid)."""
-    children = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                s = f.read()
-            ppid = int(s[s.rindex(")") + 2 :].split()[1])
-            children.setdefault(ppid, []).append(int(d))
-        except (OSError, ValueError):
-            pass
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -500,14 +458,6 @@ MASTER_SERVICES = {
     "flush", "proxymap", "proxywrite", "smtp", "relay", "showq", "error", "retry",
     "discard", "local", "virtual", "anvil", "scache", "postlog",
 }
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Postfix:

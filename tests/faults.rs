@@ -498,15 +498,6 @@ fn pop3_client_that_never_reads_releases_the_maildrop() {
     let _ = flooder.join();
 }
 
-/// A free port on 127.0.0.1 for a listener the config must name exactly.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Issue 13 hole 11: behind a proxy every client looked like loopback.
 /// With `proxy_protocol` the listener takes the client's address from the
 /// PROXY header (v1 or v2): limits, trust (AUTH without TLS only from

@@ -3,43 +3,9 @@
 //! (INBOX = the mbox, folders under `[user] folders`).
 
 mod common;
+use common::imap::{deliver, imap_server, imaplib, simple};
 use common::*;
 use std::process::Command;
-
-fn imap_server() -> Server {
-    Server::with(Options {
-        listen_imap: true,
-        ..Options::default()
-    })
-}
-
-fn simple(subject: &str) -> Vec<u8> {
-    format!(
-        "Subject: {subject}\r\nFrom: Bob <bob@example.com>\r\nTo: alice@example.org\r\n\
-         Date: Wed, 17 Jul 1996 02:23:25 -0700\r\nMessage-ID: <{subject}@example.com>\r\n\r\n\
-         This is {subject}.\r\n"
-    )
-    .into_bytes()
-}
-
-fn deliver(srv: &Server, content: &[u8]) {
-    srv.deliver(&smtp_stuff(content));
-}
-
-/// Runs an imaplib script; argv[1] host, argv[2] port, then `args`.
-fn imaplib(srv: &Server, script: &str, args: &[&str]) -> String {
-    let a = srv.addr("imap");
-    let (host, port) = (a.ip().to_string(), a.port().to_string());
-    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&host, &port];
-    for x in args {
-        all.push(x);
-    }
-    let prelude = "import imaplib, sys, time\n\
-                   M = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]), timeout=60)\n\
-                   typ, caps = M.login('alice', 'secret')\n\
-                   assert typ == 'OK', caps\n";
-    python(&format!("{prelude}{script}"), &all)
-}
 
 #[test]
 fn login_list_select_fetch_search() {
@@ -550,13 +516,18 @@ fn mbsync_syncs_to_a_maildir_and_back_with_flags() {
         );
     };
     sync();
-    let inbox = maildir(&mail.join("INBOX"));
-    assert_eq!(
-        inbox.len(),
-        2,
-        "{:?}",
-        inbox.iter().map(|m| &m.0).collect::<Vec<_>>()
-    );
+    // The local INBOX Maildir, which must hold `n` messages.
+    let inbox_of = |n: usize| {
+        let inbox = maildir(&mail.join("INBOX"));
+        assert_eq!(
+            inbox.len(),
+            n,
+            "{:?}",
+            inbox.iter().map(|m| &m.0).collect::<Vec<_>>()
+        );
+        inbox
+    };
+    let inbox = inbox_of(2);
     let has = |m: &[(String, Vec<u8>)], s: &str| {
         m.iter()
             .find(|(_, c)| {
@@ -622,13 +593,7 @@ for d in data:
     assert!(!line("one").contains("\\Flagged"), "{out}");
     assert!(line("two").contains("\\Flagged"), "{out}");
     assert!(!line("two").contains("\\Seen"), "{out}");
-    let inbox = maildir(&mail.join("INBOX"));
-    assert_eq!(
-        inbox.len(),
-        3,
-        "{:?}",
-        inbox.iter().map(|m| &m.0).collect::<Vec<_>>()
-    );
+    let inbox = inbox_of(3);
     assert!(has(&inbox, "three").is_some());
     // A message deleted on the server disappears locally; one written
     // locally into Archive reaches the server.
@@ -649,13 +614,7 @@ M.expunge()
         &[],
     );
     sync();
-    let inbox = maildir(&mail.join("INBOX"));
-    assert_eq!(
-        inbox.len(),
-        2,
-        "{:?}",
-        inbox.iter().map(|m| &m.0).collect::<Vec<_>>()
-    );
+    let inbox = inbox_of(2);
     assert!(has(&inbox, "three").is_none());
     let out = imaplib(
         &srv,

@@ -7,24 +7,8 @@
 //! Several commands share one server start to keep the suite fast.
 
 mod common;
-use common::imap::Imap;
+use common::imap::{deliver, imap_server, simple, Imap};
 use common::*;
-
-fn imap_server() -> Server {
-    Server::with(Options {
-        listen_imap: true,
-        ..Options::default()
-    })
-}
-
-fn simple(subject: &str) -> Vec<u8> {
-    format!(
-        "Subject: {subject}\r\nFrom: Bob <bob@example.com>\r\nTo: alice@example.org\r\n\
-         Date: Wed, 17 Jul 1996 02:23:25 -0700\r\nMessage-ID: <{subject}@example.com>\r\n\r\n\
-         This is {subject}.\r\n"
-    )
-    .into_bytes()
-}
 
 /// A multipart/mixed message: a UTF-8 text part and a base64 attachment
 /// whose 7 decoded octets include NUL and 0xFF.
@@ -39,10 +23,6 @@ fn multipart() -> Vec<u8> {
      Content-Transfer-Encoding: base64\r\n\r\nAAECAwQF/w==\r\n--b1--\r\n"
         .as_bytes()
         .to_vec()
-}
-
-fn deliver(srv: &Server, content: &[u8]) {
-    srv.deliver(&smtp_stuff(content));
 }
 
 /// The capability list in `text` (after `CAPABILITY `, up to `]` or the

@@ -5,29 +5,9 @@
 //! `mailbox` as the independent client and mbox reader.
 
 mod common;
+use common::imap::{imap_server, imaplib};
 use common::*;
 use std::io::Write as _;
-
-fn imap_server() -> Server {
-    Server::with(Options {
-        listen_imap: true,
-        ..Options::default()
-    })
-}
-
-/// Runs an imaplib script, logged in; argv[1] host, argv[2] port, then
-/// `args`.
-fn imaplib(srv: &Server, script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
-    let a = srv.addr("imap");
-    let (host, port) = (a.ip().to_string(), a.port().to_string());
-    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&host, &port];
-    all.extend_from_slice(args);
-    let prelude = "import imaplib, sys, time\n\
-                   M = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]), timeout=120)\n\
-                   typ, caps = M.login('alice', 'secret')\n\
-                   assert typ == 'OK', caps\n";
-    python(&format!("{prelude}{script}"), &all)
-}
 
 /// Appends a message to an mbox as another program (a foreign MDA)
 /// would: a `From ` line, mboxrd-quoted content, a blank line.

@@ -135,15 +135,6 @@ fn curl_over_imaps_and_starttls() {
     }
 }
 
-/// A free port on 127.0.0.1 for a listener the config must name exactly.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A client that is not on loopback (its address from a PROXY header):
 /// `LOGINDISABLED` and no AUTH= before TLS, LOGIN refused with
 /// `[PRIVACYREQUIRED]`; after STARTTLS the login works (RFC 9051 6.2.3,

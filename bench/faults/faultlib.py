@@ -23,11 +23,15 @@ import mailbox
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench/
+from common import free_port  # noqa: E402  (bench/common.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -52,12 +56,27 @@ def ensure_binary(path, build):
     return path
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def add_run_args(ap, work_name):
+    """The options every fault script takes: --seed, --binary, --build,
+    --work (default target/faults/<work_name>-PID) and --keep."""
+    ap.add_argument("--seed", type=int, default=None, help="seed for the kill delays and other random choices")
+    ap.add_argument("--binary", default=DEFAULT_BINARY)
+    ap.add_argument("--build", action="store_true", help="cargo build --release first")
+    ap.add_argument("--work", default=None, help=f"scratch directory (default target/faults/{work_name}-PID)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+
+
+def start_run(args, work_name):
+    """From add_run_args' options: the binary (built if asked or missing),
+    the seed (random if not given), its Random, and a fresh, empty scratch
+    directory. Returns (binary, seed, rng, work)."""
+    binary = ensure_binary(args.binary, args.build)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    rng = random.Random(seed)
+    work = args.work or os.path.join(DEFAULT_WORK, f"{work_name}-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    return binary, seed, rng, work
 
 
 def password_hash(binary, password):

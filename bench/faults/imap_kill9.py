@@ -198,25 +198,8 @@ class Flood:
 
     def ids_by_uid(self, c, uids):
         """UID -> X-Fault-Id for the given UIDs of the selected folder."""
-        out = {}
-        cur = [None]
-
-        def on_literal(n):
-            buf = bytearray()
-            cur[0] = buf
-            return buf.extend
-
-        def on_untagged(resp):
-            m = re.search(rb"UID (\d+)", resp)
-            if m and cur[0] is not None:
-                mm = re.search(rb"X-Fault-Id: (\S+)", bytes(cur[0]))
-                if mm:
-                    out[int(m.group(1))] = mm.group(1).decode()
-            cur[0] = None
-
-        c.cmd("UID FETCH %s (UID BODY.PEEK[HEADER.FIELDS (X-Fault-Id)])" % ",".join(map(str, uids)),
-              on_untagged=on_untagged, on_literal=on_literal)
-        return out
+        rows = fetch_fault_ids(c, ",".join(map(str, uids)))
+        return {uid: mid for uid, mid in rows if mid is not None}
 
     def search(self, c, what):
         _, untagged, _ = c.cmd(f"UID SEARCH HEADER X-Fault-Id {what}")
@@ -341,6 +324,29 @@ def read_folders(srv, attempted, big):
     return found, problems
 
 
+def fetch_fault_ids(c, uid_set):
+    """[(uid, X-Fault-Id or None)] for the messages of the selected folder
+    in uid_set, from their FETCH responses."""
+    rows = []
+    cur = [None]
+
+    def on_literal(n):
+        buf = bytearray()
+        cur[0] = buf
+        return buf.extend
+
+    def on_untagged(resp):
+        m = re.search(rb"UID (\d+)", resp)
+        if m and b" FETCH " in resp:
+            mm = re.search(rb"X-Fault-Id: (\S+)", bytes(cur[0] or b""))
+            rows.append((int(m.group(1)), mm.group(1).decode() if mm else None))
+        cur[0] = None
+
+    c.cmd(f"UID FETCH {uid_set} (UID BODY.PEEK[HEADER.FIELDS (X-Fault-Id)])",
+          on_untagged=on_untagged, on_literal=on_literal)
+    return rows
+
+
 def imap_listing(srv):
     """Per folder over IMAP after a restart: (UIDVALIDITY, [(uid, id)])."""
     c = Imap(srv.imap_port, timeout=120)
@@ -353,23 +359,7 @@ def imap_listing(srv):
             m = re.search(rb"\[UIDVALIDITY (\d+)\]", u)
             if m:
                 uv = int(m.group(1))
-        rows = []
-        cur = [None]
-
-        def on_literal(n):
-            buf = bytearray()
-            cur[0] = buf
-            return buf.extend
-
-        def on_untagged(resp):
-            m = re.search(rb"UID (\d+)", resp)
-            if m and b" FETCH " in resp:
-                mm = re.search(rb"X-Fault-Id: (\S+)", bytes(cur[0] or b""))
-                rows.append((int(m.group(1)), mm.group(1).decode() if mm else None))
-            cur[0] = None
-
-        c.cmd("UID FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (X-Fault-Id)])",
-              on_untagged=on_untagged, on_literal=on_literal)
+        rows = fetch_fault_ids(c, "1:*")
         out[name] = (uv, rows)
     c.close()
     return out
@@ -382,19 +372,10 @@ def main():
     ap.add_argument("--appenders", type=int, default=2, help="APPEND clients (default 2; plus a mover and an expunger)")
     ap.add_argument("--max-delay-ms", type=float, default=200, help="kill 0..this many ms after listening (default 200)")
     ap.add_argument("--big", action="store_true", help="also ~400 KiB messages (1 in 20)")
-    ap.add_argument("--seed", type=int, default=None, help="seed for the kill delays")
-    ap.add_argument("--binary", default=F.DEFAULT_BINARY)
-    ap.add_argument("--build", action="store_true", help="cargo build --release first")
-    ap.add_argument("--work", default=None, help="scratch directory (default target/faults/imap-kill9-PID)")
-    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    F.add_run_args(ap, "imap-kill9")
     args = ap.parse_args()
 
-    binary = F.ensure_binary(args.binary, args.build)
-    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
-    rng = random.Random(seed)
-    work = args.work or os.path.join(F.DEFAULT_WORK, f"imap-kill9-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
+    binary, seed, rng, work = F.start_run(args, "imap-kill9")
     F.log(f"imap_kill9: {args.cycles} cycles max, {args.max_seconds:.0f} s max, {args.appenders} appenders "
           f"+ mover + expunger, kill 0-{args.max_delay_ms:g} ms after listening, seed {seed}, work {work}")
 

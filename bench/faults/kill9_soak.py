@@ -103,19 +103,10 @@ def main():
     ap.add_argument("--clients", type=int, default=4, help="concurrent SMTP connections (default 4)")
     ap.add_argument("--max-delay-ms", type=float, default=50, help="kill 0..this many ms after listening (default 50)")
     ap.add_argument("--no-big", action="store_true", help="no ~400 KiB messages (1 in 20 otherwise)")
-    ap.add_argument("--seed", type=int, default=None, help="seed for the kill delays")
-    ap.add_argument("--binary", default=F.DEFAULT_BINARY)
-    ap.add_argument("--build", action="store_true", help="cargo build --release first")
-    ap.add_argument("--work", default=None, help="scratch directory (default target/faults/kill9-PID)")
-    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    F.add_run_args(ap, "kill9")
     args = ap.parse_args()
 
-    binary = F.ensure_binary(args.binary, args.build)
-    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
-    rng = random.Random(seed)
-    work = args.work or os.path.join(F.DEFAULT_WORK, f"kill9-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
+    binary, seed, rng, work = F.start_run(args, "kill9")
     F.log(f"kill9_soak: {args.cycles} cycles max, {args.max_seconds:.0f} s max, "
           f"{args.clients} clients, kill 0-{args.max_delay_ms:g} ms after listening, seed {seed}, work {work}")
 

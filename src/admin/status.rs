@@ -90,7 +90,7 @@ impl StatusFile {
     /// Writes the file for the running server (atomically: a reader never
     /// sees half of it).
     pub fn write(&self, data_dir: &Path) -> std::io::Result<()> {
-        crate::util::paths::write_atomic(&data_dir.join(FILE), self.to_text().as_bytes())
+        crate::util::paths::write_status(&data_dir.join(FILE), self.to_text().as_bytes())
     }
 }
 

@@ -18,7 +18,7 @@ pub fn write(data_dir: &Path, lines: &[(String, String)]) -> std::io::Result<()>
         // One line each, whatever the value holds.
         text += &format!("{k}: {}\n", v.replace(['\r', '\n'], " "));
     }
-    crate::util::paths::write_atomic(&path(data_dir), text.as_bytes())
+    crate::util::paths::write_status(&path(data_dir), text.as_bytes())
 }
 
 /// The lines, or none when the server has not written the file yet.

@@ -29,7 +29,9 @@ pub fn encode(data: &[u8]) -> String {
     out
 }
 
-fn value(c: u8) -> Option<u32> {
+/// The sextet an alphabet character stands for; `None` for any other byte
+/// (padding, white space, ...), which each caller treats its own way.
+pub fn value(c: u8) -> Option<u32> {
     Some(match c {
         b'A'..=b'Z' => c - b'A',
         b'a'..=b'z' => c - b'a' + 26,
@@ -81,22 +83,17 @@ pub fn decode_lenient(text: &str) -> Option<Vec<u8>> {
     let mut pad = 0;
     for b in text.bytes() {
         let v = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
             b'=' => {
                 pad += 1;
                 continue;
             }
             b' ' | b'\t' | b'\r' | b'\n' => continue,
-            _ => return None,
+            _ => value(b)?,
         };
         if pad > 0 {
             return None;
         }
-        acc = acc << 6 | v as u32;
+        acc = acc << 6 | v;
         bits += 6;
         if bits >= 8 {
             bits -= 8;

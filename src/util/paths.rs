@@ -28,6 +28,17 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
 /// Writes `data` to `path` atomically and durably: temp file in the same
 /// directory, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, true)
+}
+
+/// [`write_atomic`] without the flushes: for files that say how things
+/// are (the status files), which a power cut may leave old or missing at
+/// no harm, and which must not cost a server's start two disk flushes.
+pub fn write_status(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, false)
+}
+
+fn replace(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -44,6 +55,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     f.write_all(data)?;
+    if !durable {
+        return std::fs::rename(&tmp, path);
+    }
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     sync_dir(dir)

@@ -143,3 +143,44 @@ impl Imap {
         String::from_utf8_lossy(&v).into_owned()
     }
 }
+
+// ---- set-up shared by the IMAP test files --------------------------------------
+
+/// A server with IMAP on, everything else as `Options::default()`.
+pub fn imap_server() -> super::Server {
+    super::Server::with(super::Options {
+        listen_imap: true,
+        ..super::Options::default()
+    })
+}
+
+/// A small message with Subject, From, To, Date and Message-ID, whose
+/// body names `subject`.
+pub fn simple(subject: &str) -> Vec<u8> {
+    format!(
+        "Subject: {subject}\r\nFrom: Bob <bob@example.com>\r\nTo: alice@example.org\r\n\
+         Date: Wed, 17 Jul 1996 02:23:25 -0700\r\nMessage-ID: <{subject}@example.com>\r\n\r\n\
+         This is {subject}.\r\n"
+    )
+    .into_bytes()
+}
+
+/// Delivers `content` (not yet dot-stuffed) over SMTP.
+pub fn deliver(srv: &super::Server, content: &[u8]) {
+    srv.deliver(&super::smtp_stuff(content));
+}
+
+/// Runs a Python `imaplib` script, logged in as alice as `M`; argv[1]
+/// host, argv[2] port, then `args`. Its output.
+pub fn imaplib(srv: &super::Server, script: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let a = srv.addr("imap");
+    let (host, port) = (a.ip().to_string(), a.port().to_string());
+    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&host, &port];
+    all.extend_from_slice(args);
+    // 120 s: a generous deadline for a loaded machine, not a speed budget.
+    let prelude = "import imaplib, sys, time\n\
+                   M = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]), timeout=120)\n\
+                   typ, caps = M.login('alice', 'secret')\n\
+                   assert typ == 'OK', caps\n";
+    super::python(&format!("{prelude}{script}"), &all)
+}

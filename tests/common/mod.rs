@@ -865,6 +865,15 @@ pub fn pop3_unstuff(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A free port on 127.0.0.1 for a listener the config must name exactly.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Dot-stuffs message content (CRLF lines) for SMTP DATA.
 pub fn smtp_stuff(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 16);

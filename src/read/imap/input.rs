@@ -506,6 +506,15 @@ mod tests {
         Event::Command(s.to_vec())
     }
 
+    /// The BAD for an over-long line tagged `t1`.
+    fn t1_too_long() -> Event {
+        Event::Bad {
+            tag: Some("t1".into()),
+            why: "line too long",
+            too_big: false,
+        }
+    }
+
     #[test]
     fn lines_and_synchronizing_literals() {
         let ev = every_split(
@@ -607,17 +616,7 @@ mod tests {
         input.resize(MAX_LINE * 3, b'x');
         input.extend_from_slice(b"\r\nt2 NOOP\r\n");
         let ev = run(&input, 4096, true);
-        assert_eq!(
-            ev,
-            vec![
-                Event::Bad {
-                    tag: Some("t1".into()),
-                    why: "line too long",
-                    too_big: false
-                },
-                cmd(b"t2 NOOP")
-            ]
-        );
+        assert_eq!(ev, vec![t1_too_long(), cmd(b"t2 NOOP")]);
         assert!(tag_of(b"+x NOOP").is_none());
     }
 
@@ -629,11 +628,7 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                Event::Bad {
-                    tag: Some("t1".into()),
-                    why: "line too long",
-                    too_big: false
-                },
+                t1_too_long(),
                 Event::Fatal {
                     tag: None,
                     why: "line too long, no line end in sight"

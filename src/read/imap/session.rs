@@ -257,6 +257,24 @@ fn below_inbox(name: &str) -> bool {
         && name.contains('/')
 }
 
+/// CREATE's and RENAME's refusals of a new folder name: INBOX (`is_inbox`,
+/// as the caller compares it) always exists, and nothing lives below it.
+/// Writes the tagged NO and returns true when the name is refused.
+fn refuse_new_name(out: &mut Vec<u8>, tag: &str, is_inbox: bool, name: &str) -> bool {
+    let (code, text) = if is_inbox {
+        (Code::AlreadyExists, "INBOX always exists")
+    } else if below_inbox(name) {
+        (
+            Code::Cannot,
+            "INBOX holds mail, not folders (\\NoInferiors)",
+        )
+    } else {
+        return false;
+    };
+    r::tagged(out, tag, Status::No, Some(&code), text);
+    true
+}
+
 /// A mailbox name from the wire (modified UTF-7) to the store's UTF-8.
 fn folder_name(wire: &[u8]) -> Result<String, &'static str> {
     if wire.eq_ignore_ascii_case(b"INBOX") {
@@ -710,24 +728,7 @@ impl<A: Account> Session<A> {
             }
             Command::Create(m) => {
                 let name = folder_name(&m).unwrap_or_default();
-                if name.eq_ignore_ascii_case("INBOX") {
-                    r::tagged(
-                        out,
-                        &tag,
-                        Status::No,
-                        Some(&Code::AlreadyExists),
-                        "INBOX always exists",
-                    );
-                    return None;
-                }
-                if below_inbox(&name) {
-                    r::tagged(
-                        out,
-                        &tag,
-                        Status::No,
-                        Some(&Code::Cannot),
-                        "INBOX holds mail, not folders (\\NoInferiors)",
-                    );
+                if refuse_new_name(out, &tag, name.eq_ignore_ascii_case("INBOX"), &name) {
                     return None;
                 }
                 self.write(tag, WriteKind::Plain, Write::Create(name))
@@ -760,24 +761,7 @@ impl<A: Account> Session<A> {
             }
             Command::Rename(from, to) => match (folder_name(&from), folder_name(&to)) {
                 (Ok(from), Ok(to)) => {
-                    if to == "INBOX" {
-                        r::tagged(
-                            out,
-                            &tag,
-                            Status::No,
-                            Some(&Code::AlreadyExists),
-                            "INBOX always exists",
-                        );
-                        return None;
-                    }
-                    if below_inbox(&to) {
-                        r::tagged(
-                            out,
-                            &tag,
-                            Status::No,
-                            Some(&Code::Cannot),
-                            "INBOX holds mail, not folders (\\NoInferiors)",
-                        );
+                    if refuse_new_name(out, &tag, to == "INBOX", &to) {
                         return None;
                     }
                     self.write(tag, WriteKind::Plain, Write::Rename(from, to))

@@ -3,6 +3,8 @@
 //! decoder: the body is fed in pieces of any size and only a few bytes
 //! are held between them, so a large attachment is never in memory.
 
+use crate::util::base64;
+
 /// A part's transfer encoding, from its Content-Transfer-Encoding value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -62,18 +64,12 @@ impl Decoder {
             Encoding::Identity | Encoding::Unknown => out.extend_from_slice(input),
             Encoding::Base64 => {
                 for &b in input {
-                    let v = match b {
-                        b'A'..=b'Z' => b - b'A',
-                        b'a'..=b'z' => b - b'a' + 26,
-                        b'0'..=b'9' => b - b'0' + 52,
-                        b'+' => 62,
-                        b'/' => 63,
-                        // Padding, line ends and anything else are
-                        // skipped (RFC 2045 6.8: ignore what is not in
-                        // the alphabet).
-                        _ => continue,
+                    // Padding, line ends and anything else are skipped
+                    // (RFC 2045 6.8: ignore what is not in the alphabet).
+                    let Some(v) = base64::value(b) else {
+                        continue;
                     };
-                    self.acc = (self.acc << 6) | v as u32;
+                    self.acc = (self.acc << 6) | v;
                     self.bits += 6;
                     if self.bits >= 8 {
                         self.bits -= 8;
