@@ -161,54 +161,20 @@ fn rchar(pid: u32) -> u64 {
 const STRUCTURE_FETCH: &str = r#"
 typ, data = M.select('INBOX')
 assert typ == 'OK', data
-sys.stdout.write('READY\n'); sys.stdout.flush()
-sys.stdin.readline()
+step()
 typ, data = M.fetch('1:*', '(ENVELOPE BODYSTRUCTURE)')
 assert typ == 'OK', data
 for d in data:
     sys.stdout.write('ANSWER %r\n' % (d,))
 sys.stdout.flush()
-sys.stdin.readline()
-M.logout()
 "#;
 
 /// Runs STRUCTURE_FETCH and returns the answer and the octets the server
 /// read (rchar) while it answered the FETCH.
-fn structure_fetch(srv: &Server) -> (String, u64) {
-    use std::io::{BufRead, BufReader};
-    let a = srv.addr("imap");
-    let prelude = "import imaplib, sys\n\
-                   M = imaplib.IMAP4(sys.argv[1], int(sys.argv[2]), timeout=120)\n\
-                   typ, caps = M.login('alice', 'secret')\n\
-                   assert typ == 'OK', caps\n";
-    let mut child = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(format!("{prelude}{STRUCTURE_FETCH}"))
-        .arg(a.ip().to_string())
-        .arg(a.port().to_string())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "READY");
-    let before = rchar(srv.pid());
-    stdin.write_all(b"go\n").unwrap();
-    let mut answer = String::new();
-    for l in lines.by_ref() {
-        let l = l.unwrap();
-        answer += &l;
-        answer.push('\n');
-        if answer.matches("ANSWER").count() == 4 {
-            break;
-        }
-    }
-    let read = rchar(srv.pid()) - before;
-    stdin.write_all(b"done\n").unwrap();
-    drop(stdin);
-    assert!(child.wait().unwrap().success(), "{answer}");
-    (answer, read)
+fn structure_fetch(srv: &mut Server) -> (String, u64) {
+    let mut steps = stepped(srv, STRUCTURE_FETCH, |_, _| {});
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    steps.remove(0)
 }
 
 /// ENVELOPE and BODYSTRUCTURE are computed once, when pimail first
@@ -246,7 +212,7 @@ fn envelope_and_bodystructure_come_from_the_index_and_survive_a_restart() {
     }
     append_foreign(&srv.mbox_path(), &big);
 
-    let (first, _) = structure_fetch(&srv);
+    let (first, _) = structure_fetch(&mut srv);
     assert!(
         first.contains("multipart") || first.contains("\"mixed\""),
         "{first}"
@@ -255,13 +221,13 @@ fn envelope_and_bodystructure_come_from_the_index_and_survive_a_restart() {
     assert!(first.contains("=?UTF-8?B?w6l0w6k=?="), "{first}");
     assert!(first.contains("\"big\""), "{first}");
     // Again in the same run: from the index.
-    let (again, read) = structure_fetch(&srv);
+    let (again, read) = structure_fetch(&mut srv);
     assert_eq!(again, first);
     assert!(read < 1 << 20, "FETCH read {read} octets");
 
     srv.terminate();
     srv.spawn();
-    let (after, read) = structure_fetch(&srv);
+    let (after, read) = structure_fetch(&mut srv);
     assert_eq!(after, first, "the answer after a restart");
     assert!(
         read < 1 << 20,
