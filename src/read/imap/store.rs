@@ -120,20 +120,19 @@ impl FolderState {
         };
         if let Ok(text) = std::fs::read_to_string(&st.index) {
             let mut lines = text.lines();
-            let (mut stamp, mut entries) = (None, None);
+            let mut stamp = None;
             if let Some(head) = lines.next() {
                 let w: Vec<&str> = head.split(' ').collect();
                 match w[..] {
-                    ["v1" | "v2", v, n, m] | ["v3", v, n, m, _, _] => {
+                    ["v1" | "v2", v, n, m] | ["v3", v, n, m, _] => {
                         st.uid_validity = v.parse().unwrap_or(0);
                         st.uid_next = n.parse().unwrap_or(1);
                         st.modseq = m.parse().unwrap_or(1);
                     }
                     _ => {}
                 }
-                if let ["v3", _, _, _, s, count] = w[..] {
+                if let ["v3", _, _, _, s] = w[..] {
                     stamp = parse_stamp(s);
-                    entries = count.parse::<usize>().ok();
                 }
             }
             let mut cached = stamp.map(|s| (s, Vec::new()));
@@ -180,9 +179,7 @@ impl FolderState {
                 }
                 st.known.insert(uidl.to_string(), (uid, ms, flags, ptr));
             }
-            // A sidecar cut short (it is written without a flush) must not
-            // hide the messages it lost: all of them or no cached view.
-            st.cached = cached.filter(|(_, list)| Some(list.len()) == entries);
+            st.cached = cached;
         }
         if st.uid_validity == 0 {
             // Seconds since the epoch: a new value after a lost sidecar.
@@ -204,12 +201,11 @@ impl FolderState {
                 .map(|e| (e.msg.uid.as_str(), &mut e.mime)),
         );
         let mut out = format!(
-            "v3 {} {} {} {} {}\n",
+            "v3 {} {} {} {}\n",
             self.uid_validity,
             self.uid_next,
             self.modseq,
-            self.stamp.as_ref().map_or("-".to_string(), stamp_token),
-            self.entries.len()
+            self.stamp.as_ref().map_or("-".to_string(), stamp_token)
         );
         for e in &self.entries {
             out += &format!("{} {} {}", e.msg.uid, e.uid, e.modseq);
