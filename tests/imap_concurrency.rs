@@ -119,13 +119,16 @@ fn two_imap_sessions_pop3_and_an_smtp_flood_agree() {
     };
 
     // Session B: busy with FETCH, STORE, NOOP and SEARCH while it runs.
+    // It selects before POP3 starts, so that it has POP3's deletions to
+    // hear of.
     let stop = Arc::new(AtomicBool::new(false));
+    let mut b = Imap::login(imap);
+    let mut view = View::default();
+    view.apply(&b.ok("SELECT INBOX"));
+    assert_eq!(view.exists, INITIAL);
     let busy = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut b = Imap::login(imap);
-            let mut view = View::default();
-            view.apply(&b.ok("SELECT INBOX"));
             let deadline = Instant::now() + Duration::from_secs(300);
             let mut rounds = 0;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {

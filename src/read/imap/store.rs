@@ -80,7 +80,7 @@ pub struct FolderState {
     /// The identity of what was scanned (head and tail hashes), so mail
     /// appended since is found by scanning the tail alone.
     stamp: Option<maildrop::Stamp>,
-    /// Entries of the last run, from the sidecar (v3): used without a
+    /// Entries of the last run, from the sidecar (v4): used without a
     /// scan when the file still holds what they describe.
     cached: Option<(maildrop::Stamp, Vec<Entry>)>,
     /// UIDL -> (uid, modseq, flags) remembered from the sidecar for
@@ -94,6 +94,10 @@ pub struct FolderState {
     /// streamed stops when it changes, as its offsets are then stale.
     generation: Rc<std::cell::Cell<u64>>,
 }
+
+/// How long a first look at a folder waits for a writer's lock. Blocks
+/// the server's one thread: a pimail append holds it for milliseconds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn io(context: &str, e: std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("{context}: {e}"))
@@ -120,19 +124,22 @@ impl FolderState {
         };
         if let Ok(text) = std::fs::read_to_string(&st.index) {
             let mut lines = text.lines();
-            let mut stamp = None;
+            let (mut stamp, mut count) = (None, None);
             if let Some(head) = lines.next() {
                 let w: Vec<&str> = head.split(' ').collect();
                 match w[..] {
-                    ["v1" | "v2", v, n, m] | ["v3", v, n, m, _] => {
+                    ["v1" | "v2", v, n, m] | ["v3", v, n, m, _] | ["v4", v, n, m, _, _] => {
                         st.uid_validity = v.parse().unwrap_or(0);
                         st.uid_next = n.parse().unwrap_or(1);
                         st.modseq = m.parse().unwrap_or(1);
                     }
                     _ => {}
                 }
-                if let ["v3", _, _, _, s] = w[..] {
+                // v3 (no entry count) is read for its UIDs and flags only:
+                // whether it was cut short cannot be told.
+                if let ["v4", _, _, _, s, c] = w[..] {
                     stamp = parse_stamp(s);
+                    count = c.parse::<usize>().ok();
                 }
             }
             let mut cached = stamp.map(|s| (s, Vec::new()));
@@ -179,7 +186,10 @@ impl FolderState {
                 }
                 st.known.insert(uidl.to_string(), (uid, ms, flags, ptr));
             }
-            st.cached = cached;
+            // The sidecar is written without a flush: after a power cut it
+            // may be cut short, and a short cached view would hide the
+            // messages it lost. All of them, or a scan.
+            st.cached = cached.filter(|(_, list)| Some(list.len()) == count);
         }
         if st.uid_validity == 0 {
             // Seconds since the epoch: a new value after a lost sidecar.
@@ -201,11 +211,12 @@ impl FolderState {
                 .map(|e| (e.msg.uid.as_str(), &mut e.mime)),
         );
         let mut out = format!(
-            "v3 {} {} {} {}\n",
+            "v4 {} {} {} {} {}\n",
             self.uid_validity,
             self.uid_next,
             self.modseq,
-            self.stamp.as_ref().map_or("-".to_string(), stamp_token)
+            self.stamp.as_ref().map_or("-".to_string(), stamp_token),
+            self.entries.len()
         );
         for e in &self.entries {
             out += &format!("{} {} {}", e.msg.uid, e.uid, e.modseq);
@@ -239,6 +250,12 @@ impl FolderState {
             }
             Err(e) => return Err(io("cannot open folder", e)),
         };
+        if !self.read_lock(&file)? {
+            // A writer is appending: the view stays as it was, and the
+            // mail shows at the next look (IDLE's next poll, the next
+            // command).
+            return Ok(());
+        }
         let meta = file.metadata().map_err(|e| io("cannot stat folder", e))?;
         if meta.is_dir() {
             return Err(StoreError::NoSelect);
@@ -352,6 +369,32 @@ impl FolderState {
             self.save();
         }
         Ok(())
+    }
+
+    /// Takes a read lock on the folder for the scan (released when `file`
+    /// closes). Every writer (our `MboxWriter`, procmail, mutt) holds the
+    /// write lock from its first byte to its fsync, so under the read lock
+    /// the file ends at a message boundary: a message half written is
+    /// never indexed (its UIDL would be a hash of its first part, and it
+    /// would come back later as another message: a spurious EXPUNGE).
+    /// `Ok(false)` when the lock is held and a view exists (keep it);
+    /// without a view, waits up to [`LOCK_WAIT`] for a writer to finish.
+    fn read_lock(&self, file: &File) -> Result<bool, StoreError> {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match crate::util::sys::try_read_lock(file) {
+                Ok(true) => return Ok(true),
+                // No lock support (some network file systems): as before.
+                Err(_) => return Ok(true),
+                Ok(false) if self.ino != 0 => return Ok(false),
+                Ok(false) if std::time::Instant::now() >= deadline => {
+                    return Err(StoreError::Unavailable(
+                        "the folder is locked by another program; try again".into(),
+                    ))
+                }
+                Ok(false) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
     }
 
     /// Indexes the messages after the last known one; `false` when the
