@@ -508,6 +508,76 @@ impl Parser {
 
     pub fn feed(&mut self, mut chunk: &[u8]) {
         while !chunk.is_empty() {
+            if let Some(n) = self.bulk_run(chunk) {
+                self.bulk(&chunk[..n]);
+                chunk = &chunk[n..];
+                continue;
+            }
+            let (piece, rest, ends) = match memchr::memchr(b'\n', chunk) {
+                Some(i) => (&chunk[..=i], &chunk[i + 1..], true),
+                None => (chunk, &b""[..], false),
+            };
+            self.piece(piece);
+            if ends {
+                self.end_line();
+            }
+            chunk = rest;
+        }
+    }
+
+    /// At a line start in a body: how many bytes of `chunk` are whole
+    /// lines that [`Parser::end_line`] would only count (no delimiter of
+    /// an open multipart among them), so [`Parser::bulk`] can take them
+    /// at once. Most of a message is such lines (attachments, text).
+    fn bulk_run(&self, chunk: &[u8]) -> Option<usize> {
+        if self.line_len != 0 || self.in_header() {
+            return None;
+        }
+        let mut n = memchr::memrchr(b'\n', chunk)? + 1;
+        if self.stack.iter().any(|f| f.delimiter.is_some()) {
+            // A line starting with `--` may be a delimiter: line by line.
+            if chunk.starts_with(b"--") {
+                return None;
+            }
+            if let Some(j) = memchr::memmem::find(&chunk[..n], b"\n--") {
+                n = j + 1;
+            }
+        }
+        Some(n)
+    }
+
+    /// [`Parser::piece`] and [`Parser::end_line`] for each line of `run`,
+    /// whole body lines none of which is a delimiter: only the counts
+    /// move (lines, stored and wire octets, the last line end).
+    fn bulk(&mut self, run: &[u8]) {
+        let lf = memchr::memchr_iter(b'\n', run).count() as u64;
+        let crlf = memchr::memmem::find_iter(run, b"\r\n").count() as u64;
+        let quoted_at = |line: &[u8]| {
+            let n = line.iter().take_while(|&&b| b == b'>').count();
+            n > 0 && line[n..].starts_with(b"From ")
+        };
+        let mut quoted = u64::from(quoted_at(run));
+        for j in memchr::memmem::find_iter(run, b"\n>") {
+            quoted += u64::from(quoted_at(&run[j + 1..]));
+        }
+        let len = run.len() as u64;
+        self.at.stored += len;
+        self.at.wire += len + lf - crlf - quoted;
+        self.lines += lf;
+        // The last line's end: CRLF stays two octets, a bare LF one.
+        self.prev_term = if run.len() >= 2 && run[run.len() - 2] == b'\r' {
+            2
+        } else {
+            1
+        };
+        self.hdr_line = self.hdr.len();
+    }
+
+    /// [`Parser::feed`] without [`Parser::bulk`]: the reference the fast
+    /// path is checked against.
+    #[cfg(test)]
+    fn feed_lines(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
             let (piece, rest, ends) = match memchr::memchr(b'\n', chunk) {
                 Some(i) => (&chunk[..=i], &chunk[i + 1..], true),
                 None => (chunk, &b""[..], false),
@@ -1078,6 +1148,96 @@ pub(crate) mod tests {
             let mut p = Parser::new();
             msg.iter().for_each(|b| p.feed(std::slice::from_ref(b)));
             assert_eq!(p.finish(), whole, "{name} byte by byte");
+        }
+    }
+
+    /// Messages shaped like bench/imap.py's mix (text, alternative,
+    /// attachments, forwarded messages), with the lines the fast path
+    /// must not miss: mboxrd quoting, `--` lines that are no delimiter,
+    /// CRLF and bare LF, empty lines, an open last line.
+    pub(crate) fn bench_like(seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut rnd = move |n: u64| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 33) % n.max(1)
+        };
+        let mut text = |rnd: &mut dyn FnMut(u64) -> u64, lines: u64| {
+            let mut t = Vec::new();
+            for _ in 0..lines {
+                let line: &[u8] = match rnd(14) {
+                    0 => b">From the start\n",
+                    1 => b">>From deeper\n",
+                    2 => b"-- \n",
+                    3 => b"--not-a-boundary\n",
+                    4 => b"\n",
+                    5 => b"a CRLF line\r\n",
+                    6 => b">not quoted From\n",
+                    7 => b"\r\n",
+                    8 => b">From\n",
+                    _ => b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do\n",
+                };
+                t.extend_from_slice(line);
+            }
+            t
+        };
+        let mut m = Vec::new();
+        m.extend_from_slice(b"Return-Path: <a@example.com>\nFrom: A <a@example.com>\nTo: b@example.org\nSubject: test\nDate: Mon, 2 Jun 2025 11:59:58 +0200\nMIME-Version: 1.0\n");
+        let kind = rnd(4);
+        match kind {
+            0 => {
+                m.extend_from_slice(b"Content-Type: text/plain; charset=us-ascii\n\n");
+                let n = rnd(200);
+                m.extend(text(&mut rnd, n));
+            }
+            1 => {
+                m.extend_from_slice(b"Content-Type: multipart/alternative;\n\tboundary=\"=_alt_1\"\n\npreamble\n\n--=_alt_1\nContent-Type: text/plain\n\n");
+                let n = rnd(100);
+                m.extend(text(&mut rnd, n));
+                m.extend_from_slice(b"\n--=_alt_1\r\nContent-Type: text/html\n\n<p>x</p>\n");
+                let n = rnd(50);
+                m.extend(text(&mut rnd, n));
+                m.extend_from_slice(b"\n--=_alt_1--\nepilogue\n--=_alt_1\n");
+            }
+            _ => {
+                m.extend_from_slice(b"Content-Type: multipart/mixed; boundary=\"=_mixed_2\"\n\n--=_mixed_2\nContent-Type: text/plain\n\n");
+                let n = rnd(60);
+                m.extend(text(&mut rnd, n));
+                if kind == 3 {
+                    m.extend_from_slice(b"\n--=_mixed_2\nContent-Type: message/rfc822\n\nFrom: c@example.net\nSubject: inner\nContent-Type: multipart/mixed; boundary=in\n\n--in\n\n");
+                    let n = rnd(40);
+                    m.extend(text(&mut rnd, n));
+                    m.extend_from_slice(b"\n--in--\n");
+                }
+                for _ in 0..rnd(3) {
+                    m.extend_from_slice(b"\n--=_mixed_2\nContent-Type: application/pdf; name=\"a.pdf\"\nContent-Transfer-Encoding: base64\n\n");
+                    for _ in 0..rnd(400) {
+                        m.extend_from_slice(b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAx\n");
+                    }
+                }
+                m.extend_from_slice(b"\n--=_mixed_2--\n");
+            }
+        }
+        if rnd(4) == 0 {
+            m.extend_from_slice(b"an open last line");
+        }
+        m
+    }
+
+    /// The fast path for body lines gives what the line-by-line parser
+    /// gives, however the message is cut into chunks.
+    #[test]
+    fn bulk_body_lines_count_as_line_by_line() {
+        let mut msgs: Vec<Vec<u8>> = SAMPLES.iter().map(|s| s.1.to_vec()).collect();
+        msgs.extend((0..60).map(bench_like));
+        for (k, msg) in msgs.iter().enumerate() {
+            let mut slow = Parser::new();
+            slow.feed_lines(msg);
+            let want = slow.finish();
+            for chunk in [1, 2, 3, 7, 64, 1000, 65536] {
+                let mut p = Parser::new();
+                msg.chunks(chunk).for_each(|c| p.feed(c));
+                assert_eq!(p.finish(), want, "message {k} in chunks of {chunk}");
+            }
         }
     }
 
