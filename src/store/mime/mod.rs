@@ -1161,7 +1161,7 @@ pub(crate) mod tests {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (x >> 33) % n.max(1)
         };
-        let mut text = |rnd: &mut dyn FnMut(u64) -> u64, lines: u64| {
+        let text = |rnd: &mut dyn FnMut(u64) -> u64, lines: u64| {
             let mut t = Vec::new();
             for _ in 0..lines {
                 let line: &[u8] = match rnd(14) {
