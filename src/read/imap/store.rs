@@ -304,7 +304,7 @@ impl FolderState {
             let mut ix = Indexer::new(&mut self.db);
             let all = maildrop::scan_visit(d, 0, len, SCAN_CHUNK, &mut ix)
                 .map_err(|e| io("cannot read folder", e))?;
-            (all, ix.out)
+            (all, ix.finish())
         } else {
             let all =
                 maildrop::scan_with(d, 0, len, CHUNK).map_err(|e| io("cannot read folder", e))?;
@@ -717,7 +717,14 @@ struct Indexer<'a> {
     hide: HideFilter,
     parser: mime::Parser,
     shown: Vec<u8>,
+    /// Records not yet written, for `out[out.len() - batch.len()..]`;
+    /// written when they reach [`BATCH`] octets and at the end.
+    batch: Vec<(String, Vec<u8>, u64)>,
+    batched: usize,
 }
+
+/// Octets of MIME records written at once by the first scan.
+const BATCH: usize = 64 * 1024;
 
 impl<'a> Indexer<'a> {
     fn new(db: &'a mut MimeDb) -> Self {
@@ -735,7 +742,26 @@ impl<'a> Indexer<'a> {
             hide: HideFilter::new(),
             parser: mime::Parser::new(),
             shown: Vec::new(),
+            batch: Vec::new(),
+            batched: 0,
         }
+    }
+
+    /// Writes the batched records; their pointers go to their messages.
+    fn flush(&mut self) {
+        let ptrs = self.db.put_many(&self.batch);
+        let first = self.out.len() - ptrs.len();
+        for (pre, p) in self.out[first..].iter_mut().zip(ptrs) {
+            pre.ptr = p;
+        }
+        self.batch.clear();
+        self.batched = 0;
+    }
+
+    /// The pass is over: every record written.
+    fn finish(mut self) -> Vec<Pre> {
+        self.flush();
+        self.out
     }
 
     /// The head is all there (or the message ends): read it.
@@ -818,9 +844,14 @@ impl maildrop::ScanSink for Indexer<'_> {
             seal: self.seal.take(),
             date: self.date,
             skip: self.skip,
-            ptr: self.db.put(&m.uid, &rec, wire),
+            ptr: None,
             wire,
         });
+        self.batched += rec.len() + m.uid.len();
+        self.batch.push((m.uid.clone(), rec, wire));
+        if self.batched >= BATCH {
+            self.flush();
+        }
     }
 }
 
