@@ -415,15 +415,8 @@ impl Scanner {
             cur.size += 2;
         }
         let lf = memchr::memchr_iter(b'\n', r).count() as u64;
-        let crlf = memchr::memmem::find_iter(r, b"\r\n").count() as u64;
-        let quoted_at = |line: &[u8]| {
-            let n = line.iter().take_while(|&&b| b == b'>').count();
-            n > 0 && line[n..].starts_with(b"From ")
-        };
-        let mut quoted = u64::from(quoted_at(r));
-        for j in memchr::memmem::find_iter(r, b"\n>") {
-            quoted += u64::from(quoted_at(&r[j + 1..]));
-        }
+        let crlf = crate::store::mime::count_crlf(r);
+        let quoted = crate::store::mime::count_quoted(r);
         cur.size += r.len() as u64 + lf - crlf - quoted;
         // A last empty line may be the separator: pending, as in `piece`.
         if r.len() == 1 || r[r.len() - 2] == b'\n' {
