@@ -1800,7 +1800,9 @@ mod tests {
         for i in 0..30u64 {
             big.extend_from_slice(b"From x Thu Jan  1 00:00:00 1970\n");
             if i % 2 == 0 {
-                big.extend_from_slice(format!("Received: by h (pimail)\n\twith ESMTP id ID{i}\n").as_bytes());
+                big.extend_from_slice(
+                    format!("Received: by h (pimail)\n\twith ESMTP id ID{i}\n").as_bytes(),
+                );
             }
             big.extend_from_slice(b"Subject: s\n\n");
             let msg = crate::store::mime::tests::bench_like(i);

@@ -317,7 +317,10 @@ mod tests {
         assert_eq!(many[1], None);
         let (c, d) = (many[0].unwrap(), many[2].unwrap());
         assert_eq!(db.get(c, "uidl-c").unwrap(), b"record c");
-        assert_eq!((db.get(d, "uidl-d").unwrap(), d.wire), (b"record d".to_vec(), 4));
+        assert_eq!(
+            (db.get(d, "uidl-d").unwrap(), d.wire),
+            (b"record d".to_vec(), 4)
+        );
         assert_eq!(db.get(b, "uidl-b").unwrap(), b"record b, longer");
         // Reopened (a restart): the same records.
         let mut db = MimeDb::open(path.clone());

@@ -692,7 +692,7 @@ struct Pre {
 
 /// Read size of the one-pass scan: large reads cost fewer calls; still
 /// bounded.
-const SCAN_CHUNK: usize = 256 * 1024;
+const SCAN_CHUNK: usize = 128 * 1024;
 
 /// The one-pass first scan's [`maildrop::ScanSink`]: reads each message's
 /// head ([`head_of`]) and MIME structure (as [`parse_record`] does, fed
@@ -767,8 +767,8 @@ impl<'a> Indexer<'a> {
     /// The head is all there (or the message ends): read it.
     fn read_head(&mut self) {
         let (seal, date, skip) = head_of(&self.head);
-        self.body_start = memchr::memchr(b'\n', &self.head)
-            .map(|i| self.offset + i as u64 + 1 + skip);
+        self.body_start =
+            memchr::memchr(b'\n', &self.head).map(|i| self.offset + i as u64 + 1 + skip);
         (self.seal, self.date, self.skip) = (seal, date, skip);
         self.head_done = true;
         let head = std::mem::take(&mut self.head);
@@ -1996,7 +1996,12 @@ mod tests {
             assert_eq!(e.body_start, e.msg.start + skip);
             let (rec, wire) = parse_record(&file, e.body_start, e.msg.end).unwrap();
             let p = e.mime.expect("a record");
-            assert_eq!(st.db.get(p, &e.msg.uid).unwrap(), rec, "at {}", e.msg.offset);
+            assert_eq!(
+                st.db.get(p, &e.msg.uid).unwrap(),
+                rec,
+                "at {}",
+                e.msg.offset
+            );
             assert_eq!((e.size, p.wire), (wire, wire));
         }
         assert!(st.entries.iter().any(|e| e.seal_id.is_some()));

@@ -185,10 +185,10 @@ impl Part {
     /// Reads the MIME fields of a header block into the part.
     fn take_header(&mut self, block: &[u8], in_digest: bool) {
         let mut seen_type = false;
+        let mut buf = [0u8; NAME_KEEP];
         for (name, value) in header::fields(block) {
-            let lower = name.to_ascii_lowercase();
             let first = |v: &Option<Vec<u8>>| v.is_none();
-            match lower.as_slice() {
+            match lowered(name, &mut buf) {
                 b"content-type" if !seen_type => {
                     seen_type = true;
                     // RFC 2045 5.2: a type that cannot be read is text/plain.
@@ -248,14 +248,29 @@ impl Part {
     }
 }
 
+/// Longer than every field name matched here.
+const NAME_KEEP: usize = 32;
+
+/// A field name in lower case, in `buf` (no allocation per field);
+/// empty for a name too long to be one we read.
+fn lowered<'b>(name: &[u8], buf: &'b mut [u8; NAME_KEEP]) -> &'b [u8] {
+    if name.len() > NAME_KEEP {
+        return &[];
+    }
+    let out = &mut buf[..name.len()];
+    out.copy_from_slice(name);
+    out.make_ascii_lowercase();
+    out
+}
+
 /// Reads the envelope fields of a message header block.
 fn envelope(block: &[u8]) -> Envelope {
     let mut e = Envelope::default();
     let (mut from, mut sender, mut reply_to, mut to, mut cc, mut bcc) =
         (None, None, None, None, None, None);
+    let mut buf = [0u8; NAME_KEEP];
     for (name, value) in header::fields(block) {
-        let lower = name.to_ascii_lowercase();
-        let slot = match lower.as_slice() {
+        let slot = match lowered(name, &mut buf) {
             b"date" => &mut e.date,
             b"subject" => &mut e.subject,
             b"in-reply-to" => &mut e.in_reply_to,
@@ -404,7 +419,9 @@ pub fn count_crlf(run: &[u8]) -> u64 {
 /// wire). Found by their `From `, rarer than line starts.
 pub fn count_quoted(run: &[u8]) -> u64 {
     let mut n = 0;
-    for j in memchr::memmem::find_iter(run, b"From ") {
+    static FROM: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    let from = FROM.get_or_init(|| memchr::memmem::Finder::new(b"From "));
+    for j in from.find_iter(run) {
         let gts = run[..j].iter().rev().take_while(|&&b| b == b'>').count();
         let k = j - gts;
         if gts > 0 && (k == 0 || run[k - 1] == b'\n') {
@@ -562,7 +579,10 @@ impl Parser {
             if chunk.starts_with(b"--") {
                 return None;
             }
-            if let Some(j) = memchr::memmem::find(&chunk[..n], b"\n--") {
+            static DASHES: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
+                std::sync::OnceLock::new();
+            let dashes = DASHES.get_or_init(|| memchr::memmem::Finder::new(b"\n--"));
+            if let Some(j) = dashes.find(&chunk[..n]) {
                 n = j + 1;
             }
         }
@@ -1172,9 +1192,13 @@ pub(crate) mod tests {
     /// must not miss: mboxrd quoting, `--` lines that are no delimiter,
     /// CRLF and bare LF, empty lines, an open last line.
     pub(crate) fn bench_like(seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let mut rnd = move |n: u64| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (x >> 33) % n.max(1)
         };
         let text = |rnd: &mut dyn FnMut(u64) -> u64, lines: u64| {
