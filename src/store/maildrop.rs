@@ -26,6 +26,7 @@
 
 use crate::store::disk::{self, Fnv, Fs, RealFs};
 use crate::store::mbox::{seal_position, Locked, MboxError, Seal, SEAL_FIELD};
+use crate::store::mime;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -403,7 +404,8 @@ impl Scanner {
     /// whole body lines none of which starts with `From `: the size is
     /// counted with a few vectorized searches instead of line by line
     /// (the first login on a big mbox is mostly this).
-    fn bulk(&mut self, r: &[u8]) {
+    /// `quoted`: its lines with mboxrd quoting (found by the caller).
+    fn bulk(&mut self, r: &[u8], quoted: u64) {
         let Some(cur) = self.current.as_mut() else {
             return;
         };
@@ -416,7 +418,6 @@ impl Scanner {
         }
         let lf = memchr::memchr_iter(b'\n', r).count() as u64;
         let crlf = crate::store::mime::count_crlf(r);
-        let quoted = crate::store::mime::count_quoted(r);
         cur.size += r.len() as u64 + lf - crlf - quoted;
         // A last empty line may be the separator: pending, as in `piece`.
         if r.len() == 1 || r[r.len() - 2] == b'\n' {
@@ -542,7 +543,6 @@ pub(crate) fn scan_visit(
         fed: from,
         open: None,
     };
-    let from_finder = memchr::memmem::Finder::new(b"\nFrom ");
     let mut buf = vec![0u8; chunk];
     let mut pos = from; // file offset of buf[0]
     let mut filled = 0usize;
@@ -560,12 +560,26 @@ pub(crate) fn scan_visit(
                 let undecided = rest.len() < 5 && b"From ".starts_with(rest);
                 if !rest.starts_with(b"From ") && !undecided {
                     // Up to the next `From ` line, or the last whole line.
-                    let end = match from_finder.find(rest) {
-                        Some(j) => Some(j + 1),
+                    // One search for `From `: at a line start it is the
+                    // next message, after `>`s at one a quoted line.
+                    let (mut next, mut quoted) = (None, 0u64);
+                    for j in mime::from_finder().find_iter(rest) {
+                        if j == 0 || rest[j - 1] == b'\n' {
+                            next = Some(j);
+                            break;
+                        }
+                        quoted += u64::from(mime::quoted_at(rest, j));
+                    }
+                    let end = match next {
+                        Some(j) => Some(j),
                         None => memchr::memrchr(b'\n', rest).map(|k| k + 1),
                     };
                     if let Some(e) = end {
-                        sc.bulk(&rest[..e]);
+                        if next.is_none() {
+                            // Not those in the open last line.
+                            quoted -= mime::count_quoted(&rest[e..]);
+                        }
+                        sc.bulk(&rest[..e], quoted);
                         i += e;
                         continue;
                     }

@@ -418,17 +418,24 @@ pub fn count_crlf(run: &[u8]) -> u64 {
 /// quoting: `>`s, then `From ` (RFC 4155; each loses one `>` on the
 /// wire). Found by their `From `, rarer than line starts.
 pub fn count_quoted(run: &[u8]) -> u64 {
-    let mut n = 0;
+    from_finder()
+        .find_iter(run)
+        .filter(|&j| quoted_at(run, j))
+        .count() as u64
+}
+
+/// A search for `From `, built once.
+pub fn from_finder() -> &'static memchr::memmem::Finder<'static> {
     static FROM: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
-    let from = FROM.get_or_init(|| memchr::memmem::Finder::new(b"From "));
-    for j in from.find_iter(run) {
-        let gts = run[..j].iter().rev().take_while(|&&b| b == b'>').count();
-        let k = j - gts;
-        if gts > 0 && (k == 0 || run[k - 1] == b'\n') {
-            n += 1;
-        }
-    }
-    n
+    FROM.get_or_init(|| memchr::memmem::Finder::new(b"From "))
+}
+
+/// Is the `From ` at `j` in `run` (which starts at a line start) a line
+/// with mboxrd quoting: only `>`s before it on its line, at least one?
+pub fn quoted_at(run: &[u8], j: usize) -> bool {
+    let gts = run[..j].iter().rev().take_while(|&&b| b == b'>').count();
+    let k = j - gts;
+    gts > 0 && (k == 0 || run[k - 1] == b'\n')
 }
 
 // ---- the streaming parser ------------------------------------------------------
