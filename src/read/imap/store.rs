@@ -497,11 +497,9 @@ impl FolderState {
         if let Some(e) = self.entries.last_mut() {
             e.mime = ptr;
             match made {
-                Some((made, _)) if e.mime.is_some() => {
-                    if let Some(r) = made {
-                        self.db.drop_record(r); // the sidecar's record is used
-                    }
-                }
+                // The sidecar's record is used.
+                Some((Some(r), _)) if e.mime.is_some() => self.db.drop_record(r),
+                Some(_) if e.mime.is_some() => {}
                 Some((made, wire)) => {
                     e.mime = made;
                     e.size = wire;
