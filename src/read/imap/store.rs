@@ -23,6 +23,7 @@ use super::command::{DateTime, Flag, Section, SectionText, StoreMode, TextField}
 use super::folder::{Account, Change, Folder, FolderInfo, Meta, StoreError, Stored, Summary, Uid};
 use super::hidden::HideFilter;
 use super::mimedb::{MimeDb, Ptr};
+use super::textsearch::{self, contains_ci, Needle};
 use crate::store::maildrop::{self, Message};
 use crate::store::mbox::Seal;
 use crate::store::mime::{self, Spec, Structure, WireWriter};
@@ -822,24 +823,6 @@ fn from_line_date(line: &[u8]) -> i64 {
     d.days() * 86400 + h * 3600 + mi * 60 + se
 }
 
-/// The text/* parts of a message that are no multipart or message, in
-/// order (for SEARCH BODY and TEXT).
-fn text_leaves<'a>(p: &'a mime::Part, out: &mut Vec<&'a mime::Part>) {
-    match &p.kind {
-        mime::Kind::Multi(children) => {
-            for c in children {
-                text_leaves(c, out);
-            }
-        }
-        mime::Kind::Message(_, inner) => text_leaves(inner, out),
-        mime::Kind::Single => {
-            if p.ctype.eq_ignore_ascii_case(b"text") {
-                out.push(p);
-            }
-        }
-    }
-}
-
 /// The account: every folder's state, shared by all sessions.
 pub struct Store {
     pub inbox: PathBuf,
@@ -1243,17 +1226,18 @@ impl Body {
     }
 
     /// Whether `needle` is in the octets (case-insensitive, as SEARCH),
-    /// looked for piece by piece with a needle-long overlap.
-    fn contains(mut self, needle: &[u8]) -> Result<bool, StoreError> {
+    /// looked for piece by piece with a needle-long overlap; stops at the
+    /// first match.
+    fn contains(mut self, needle: &Needle) -> Result<bool, StoreError> {
         let keep = needle.len().saturating_sub(1);
         let mut window = Vec::with_capacity(2 * CHUNK + needle.len());
         loop {
             let more = self.at < self.end && self.left > 0;
             if !more {
-                return Ok(contains_ci(&window, needle));
+                return Ok(needle.found_in(&window));
             }
             self.fill(&mut window)?;
-            if contains_ci(&window, needle) {
+            if needle.found_in(&window) {
                 return Ok(true);
             }
             // Keep the tail a match may start in.
@@ -1357,14 +1341,6 @@ fn header_filter(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
     }
     out.extend_from_slice(b"\r\n");
     out
-}
-
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    if needle.is_empty() {
-        return true;
-    }
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 impl Folder for StoreFolder {
@@ -1502,6 +1478,25 @@ impl Folder for StoreFolder {
         needle: &[u8],
     ) -> Result<bool, StoreError> {
         let (s, file, m) = self.structure(uid)?;
+        if let Some(f @ (TextField::Body | TextField::Text)) = field.filter(|_| header.is_none()) {
+            // The text is searched as it streams (never held whole), the
+            // stretches docs/imap.md names: as stored, less attachments'
+            // content, then text parts in base64 or quoted-printable
+            // decoded (RFC 9051 6.4.4 searches the text, as Dovecot does).
+            let needle = Needle::new(needle);
+            for span in textsearch::spans(&s, f == TextField::Text) {
+                let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
+                let b = Body::range(f, &m, span.range, 0, u64::MAX, Rc::default());
+                let b = match span.decode {
+                    Some(enc) => b.decoded(enc),
+                    None => b,
+                };
+                if b.contains(&needle)? {
+                    return Ok(true);
+                }
+            }
+            return Ok(false);
+        }
         let mut head = Vec::new();
         if let Some(r) = s.section(&[], Spec::Header) {
             // As for HEADER.FIELDS: at most MAX_HEADER of the header.
@@ -1515,40 +1510,6 @@ impl Folder for StoreFolder {
             Self::wire(&file, &m, r, &mut head)?;
         }
         let value = |name: &str| header_filter(&head, &[name.to_string()], false);
-        // The text is searched as it streams (never held whole).
-        let body = |s: &Structure| -> Result<bool, StoreError> {
-            let Some(r) = s.section(&[], Spec::Text) else {
-                return Ok(false);
-            };
-            let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
-            Body::range(f, &m, r, 0, r.wire_len(), Rc::default()).contains(needle)
-        };
-        // Text parts in base64 or quoted-printable are also searched
-        // decoded (RFC 9051 6.4.4 searches the text, as Dovecot does).
-        let decoded_text_has = |s: &Structure| -> Result<bool, StoreError> {
-            let mut leaves = Vec::new();
-            text_leaves(&s.root, &mut leaves);
-            for p in leaves {
-                let enc = mime::decode::Encoding::of(p.encoding.as_deref());
-                if !matches!(
-                    enc,
-                    mime::decode::Encoding::Base64 | mime::decode::Encoding::QuotedPrintable
-                ) {
-                    continue;
-                }
-                let r = mime::Range {
-                    start: p.body,
-                    end: p.end,
-                };
-                // Decoded as it streams, like the plain text.
-                let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
-                let b = Body::range(f, &m, r, 0, u64::MAX, Rc::default()).decoded(enc);
-                if b.contains(needle)? {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        };
         // A header field matches as written or with its encoded words
         // (RFC 2047) decoded: SEARCH CHARSET UTF-8 SUBJECT "Grüße" finds
         // `=?utf-8?q?Gr=C3=BC=C3=9Fe?=` (RFC 9051 6.4.4).
@@ -1566,10 +1527,8 @@ impl Folder for StoreFolder {
                 let v = value(h);
                 v.len() > 2 && field_has(v[h.len().min(v.len())..].to_vec())
             }
-            (Some(TextField::Body), _) => body(&s)? || decoded_text_has(&s)?,
-            (Some(TextField::Text), _) => {
-                contains_ci(&head, needle) || body(&s)? || decoded_text_has(&s)?
-            }
+            // Searched above.
+            (Some(TextField::Body | TextField::Text), _) => false,
             (Some(TextField::From), _) => field_has(field_value(&value("From"))),
             (Some(TextField::To), _) => field_has(field_value(&value("To"))),
             (Some(TextField::Cc), _) => field_has(field_value(&value("Cc"))),
