@@ -1230,7 +1230,10 @@ impl Body {
     /// first match.
     fn contains(mut self, needle: &Needle) -> Result<bool, StoreError> {
         let keep = needle.len().saturating_sub(1);
-        let mut window = Vec::with_capacity(2 * CHUNK + needle.len());
+        // Sized for the range (most are a few KiB: a header, a text part),
+        // not for the largest piece.
+        let span = (self.end.saturating_sub(self.at) as usize).min(CHUNK);
+        let mut window = Vec::with_capacity(span + span / 8 + 2 + needle.len());
         loop {
             let more = self.at < self.end && self.left > 0;
             if !more {
@@ -1319,6 +1322,46 @@ impl Body {
         self.left -= take as u64;
         Ok(self.left == 0)
     }
+}
+
+/// Whether `needle` is in the stored octets of range `r` of message `m`,
+/// read from the file in [`CHUNK`] pieces into `buf` (a needle-long tail
+/// kept between them); stops at the first match, and with an error if the
+/// folder is rewritten meanwhile (`generation` moves).
+fn stored_has(
+    file: &File,
+    m: &Message,
+    r: mime::Range,
+    needle: &Needle,
+    buf: &mut Vec<u8>,
+    generation: &Rc<std::cell::Cell<u64>>,
+) -> Result<bool, StoreError> {
+    let keep = needle.len().saturating_sub(1);
+    let (mut at, end) = (
+        m.start + r.start.stored,
+        (m.start + r.end.stored).min(m.end),
+    );
+    let first = generation.get();
+    buf.clear();
+    while at < end {
+        if generation.get() != first {
+            return Err(StoreError::Unavailable(
+                "the folder was rewritten while it was being searched".into(),
+            ));
+        }
+        let n = ((end - at) as usize).min(CHUNK);
+        let held = buf.len();
+        buf.resize(held + n, 0);
+        file.read_exact_at(&mut buf[held..], at)
+            .map_err(|e| io("cannot read folder", e))?;
+        at += n as u64;
+        if needle.found_in(buf) {
+            return Ok(true);
+        }
+        let cut = buf.len().saturating_sub(keep);
+        buf.drain(..cut);
+    }
+    Ok(false)
 }
 
 fn header_filter(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
@@ -1484,14 +1527,25 @@ impl Folder for StoreFolder {
             // content, then text parts in base64 or quoted-printable
             // decoded (RFC 9051 6.4.4 searches the text, as Dovecot does).
             let needle = Needle::new(needle);
+            let generation = self.state.borrow().generation.clone();
+            let mut buf = Vec::new();
             for span in textsearch::spans(&s, f == TextField::Text) {
-                let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
-                let b = Body::range(f, &m, span.range, 0, u64::MAX, Rc::default());
-                let b = match span.decode {
-                    Some(enc) => b.decoded(enc),
-                    None => b,
+                // Past the header (no hidden fields), as stored when that
+                // gives the same answer: no wire form made.
+                let hit = if span.decode.is_none()
+                    && span.range.start.stored > 0
+                    && needle.same_in_stored()
+                {
+                    stored_has(&file, &m, span.range, &needle, &mut buf, &generation)?
+                } else {
+                    let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
+                    let b = Body::range(f, &m, span.range, 0, u64::MAX, generation.clone());
+                    match span.decode {
+                        Some(enc) => b.decoded(enc).contains(&needle)?,
+                        None => b.contains(&needle)?,
+                    }
                 };
-                if b.contains(&needle)? {
+                if hit {
                     return Ok(true);
                 }
             }

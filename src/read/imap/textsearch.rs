@@ -45,10 +45,16 @@ pub fn binary_type(ctype: &[u8]) -> bool {
 pub fn spans(s: &Structure, with_header: bool) -> Vec<Span> {
     let root = &s.root;
     let mut walk = Walk {
-        cursor: if with_header { root.header } else { root.body },
+        cursor: root.header,
         out: Vec::new(),
         decoded: Vec::new(),
     };
+    // The header on its own (a needle does not match across the empty
+    // line; the store reads it with the hidden fields left out).
+    if with_header {
+        walk.cut(root.body);
+    }
+    walk.cursor = root.body;
     walk.part(root);
     walk.cut(root.end);
     walk.out.append(&mut walk.decoded);
@@ -138,6 +144,16 @@ impl Needle {
 
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
+    }
+
+    /// Whether the needle is found in the octets as stored in the mbox
+    /// exactly when it is in their wire form: it holds no CR, LF or `>`,
+    /// the only octets the wire form adds or drops (CRLF line ends, the
+    /// mboxrd `>` before `From `), so it is matched within lines whose
+    /// text is the same in both. The store then searches the file's
+    /// octets as they are, without making the wire form.
+    pub fn same_in_stored(&self) -> bool {
+        !self.bytes.iter().any(|b| matches!(b, b'\r' | b'\n' | b'>'))
     }
 
     /// Whether the needle is in `hay`.
@@ -231,6 +247,14 @@ mod tests {
     }
 
     #[test]
+    fn needles_that_the_wire_form_could_change_are_not_searched_as_stored() {
+        assert!(Needle::new(b"From zanzibar").same_in_stored());
+        for n in [&b">From"[..], b"a\r\nb", b"\n"] {
+            assert!(!Needle::new(n).same_in_stored(), "{n:?}");
+        }
+    }
+
+    #[test]
     fn the_rarest_octet_is_looked_for() {
         let n = Needle::new(b"the zebra");
         assert_eq!((n.at, n.lo, n.up), (4, b'z', b'Z'));
@@ -265,15 +289,15 @@ mod tests {
         let text = at(b"aGVsbG8=");
         let total = m.len() as u64;
         let want = vec![
-            (0, png, None),
+            (0, s.root.body.stored, None),
+            (s.root.body.stored, png, None),
             (png + 12, pdf, None),
             (pdf + 8, total, None),
             (text, text + 8, Some(Encoding::Base64)),
         ];
         assert_eq!(ranges(&spans(&s, true)), want);
-        let body = spans(&s, false);
-        assert_eq!(body[0].range.start.stored, at(b"--b\r\nContent-Type: text"));
-        assert_eq!(ranges(&body)[1..], want[1..]);
+        assert_eq!(s.root.body.stored, at(b"--b\r\nContent-Type: text"));
+        assert_eq!(ranges(&spans(&s, false)), want[1..]);
     }
 
     #[test]
