@@ -1342,7 +1342,15 @@ fn stored_has(
         (m.start + r.end.stored).min(m.end),
     );
     let first = generation.get();
-    buf.clear();
+    // Zeroed once, only as large as the range needs (most are a few KiB),
+    // and reused for the next piece and range.
+    let need = ((end.saturating_sub(at)) as usize).min(CHUNK) + keep;
+    if buf.len() < need {
+        // (vec! zeroes with calloc/memset: `resize` is a slow loop at
+        // opt-level "z".)
+        *buf = vec![0; need];
+    }
+    let mut held = 0;
     while at < end {
         if generation.get() != first {
             return Err(StoreError::Unavailable(
@@ -1350,16 +1358,16 @@ fn stored_has(
             ));
         }
         let n = ((end - at) as usize).min(CHUNK);
-        let held = buf.len();
-        buf.resize(held + n, 0);
-        file.read_exact_at(&mut buf[held..], at)
+        file.read_exact_at(&mut buf[held..held + n], at)
             .map_err(|e| io("cannot read folder", e))?;
         at += n as u64;
-        if needle.found_in(buf) {
+        let len = held + n;
+        if needle.found_in(&buf[..len]) {
             return Ok(true);
         }
-        let cut = buf.len().saturating_sub(keep);
-        buf.drain(..cut);
+        // Keep the tail a match may start in.
+        held = len.min(keep);
+        buf.copy_within(len - held..len, 0);
     }
     Ok(false)
 }

@@ -185,20 +185,38 @@ pub fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 /// rarer): letters by their English frequency, then digits and
 /// punctuation; spaces and line ends are the commonest.
 fn rank(b: u8) -> u8 {
-    const LETTERS: &[u8; 26] = b"zqxjkvbpygfwmucldrhsnioate";
-    match b.to_ascii_lowercase() {
-        l @ b'a'..=b'z' => {
-            let i = LETTERS.iter().position(|&c| c == l).unwrap_or(0) as u8;
-            // 'z' 10 .. 'e' 35: most letters are more common than digits
-            // and punctuation, the rare ones less.
-            10 + i
-        }
-        b'0'..=b'9' => 16,
-        b' ' | b'\r' | b'\n' | b'\t' => 60,
-        0x80..=0xff => 20,
-        _ => 12,
-    }
+    RANK[b as usize]
 }
+
+/// [`rank`] as a table (it is asked for every octet of the needle, for
+/// every message searched).
+const RANK: [u8; 256] = {
+    // Rarest first: 'z' gets 10 .. 'e' 35, so most letters are more
+    // common than digits and punctuation, and the rare ones less.
+    const LETTERS: &[u8; 26] = b"zqxjkvbpygfwmucldrhsnioate";
+    let mut t = [12u8; 256];
+    let mut b = 0x80;
+    while b < 256 {
+        t[b] = 20;
+        b += 1;
+    }
+    let mut d = b'0';
+    while d <= b'9' {
+        t[d as usize] = 16;
+        d += 1;
+    }
+    let mut i = 0;
+    while i < 26 {
+        t[LETTERS[i] as usize] = 10 + i as u8;
+        t[LETTERS[i].to_ascii_uppercase() as usize] = 10 + i as u8;
+        i += 1;
+    }
+    t[b' ' as usize] = 60;
+    t[b'\r' as usize] = 60;
+    t[b'\n' as usize] = 60;
+    t[b'\t' as usize] = 60;
+    t
+};
 
 #[cfg(test)]
 mod tests {
