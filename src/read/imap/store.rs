@@ -1535,6 +1535,10 @@ impl Folder for StoreFolder {
             // content, then text parts in base64 or quoted-printable
             // decoded (RFC 9051 6.4.4 searches the text, as Dovecot does).
             let needle = Needle::new(needle);
+            if needle.is_empty() {
+                // In every message, even one with no text to read.
+                return Ok(true);
+            }
             let generation = self.state.borrow().generation.clone();
             let mut buf = Vec::new();
             for span in textsearch::spans(&s, f == TextField::Text) {
