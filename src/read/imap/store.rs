@@ -23,6 +23,7 @@ use super::command::{DateTime, Flag, Section, SectionText, StoreMode, TextField}
 use super::folder::{Account, Change, Folder, FolderInfo, Meta, StoreError, Stored, Summary, Uid};
 use super::hidden::HideFilter;
 use super::mimedb::{MimeDb, Ptr};
+use super::textsearch::{self, contains_ci, Needle};
 use crate::store::maildrop::{self, Message};
 use crate::store::mbox::Seal;
 use crate::store::mime::{self, Spec, Structure, WireWriter};
@@ -1041,24 +1042,6 @@ fn from_line_date(line: &[u8]) -> i64 {
     d.days() * 86400 + h * 3600 + mi * 60 + se
 }
 
-/// The text/* parts of a message that are no multipart or message, in
-/// order (for SEARCH BODY and TEXT).
-fn text_leaves<'a>(p: &'a mime::Part, out: &mut Vec<&'a mime::Part>) {
-    match &p.kind {
-        mime::Kind::Multi(children) => {
-            for c in children {
-                text_leaves(c, out);
-            }
-        }
-        mime::Kind::Message(_, inner) => text_leaves(inner, out),
-        mime::Kind::Single => {
-            if p.ctype.eq_ignore_ascii_case(b"text") {
-                out.push(p);
-            }
-        }
-    }
-}
-
 /// The account: every folder's state, shared by all sessions.
 pub struct Store {
     pub inbox: PathBuf,
@@ -1462,17 +1445,21 @@ impl Body {
     }
 
     /// Whether `needle` is in the octets (case-insensitive, as SEARCH),
-    /// looked for piece by piece with a needle-long overlap.
-    fn contains(mut self, needle: &[u8]) -> Result<bool, StoreError> {
+    /// looked for piece by piece with a needle-long overlap; stops at the
+    /// first match.
+    fn contains(mut self, needle: &Needle) -> Result<bool, StoreError> {
         let keep = needle.len().saturating_sub(1);
-        let mut window = Vec::with_capacity(2 * CHUNK + needle.len());
+        // Sized for the range (most are a few KiB: a header, a text part),
+        // not for the largest piece.
+        let span = (self.end.saturating_sub(self.at) as usize).min(CHUNK);
+        let mut window = Vec::with_capacity(span + span / 8 + 2 + needle.len());
         loop {
             let more = self.at < self.end && self.left > 0;
             if !more {
-                return Ok(contains_ci(&window, needle));
+                return Ok(needle.found_in(&window));
             }
             self.fill(&mut window)?;
-            if contains_ci(&window, needle) {
+            if needle.found_in(&window) {
                 return Ok(true);
             }
             // Keep the tail a match may start in.
@@ -1556,6 +1543,54 @@ impl Body {
     }
 }
 
+/// Whether `needle` is in the stored octets of range `r` of message `m`,
+/// read from the file in [`CHUNK`] pieces into `buf` (a needle-long tail
+/// kept between them); stops at the first match, and with an error if the
+/// folder is rewritten meanwhile (`generation` moves).
+fn stored_has(
+    file: &File,
+    m: &Message,
+    r: mime::Range,
+    needle: &Needle,
+    buf: &mut Vec<u8>,
+    generation: &Rc<std::cell::Cell<u64>>,
+) -> Result<bool, StoreError> {
+    let keep = needle.len().saturating_sub(1);
+    let (mut at, end) = (
+        m.start + r.start.stored,
+        (m.start + r.end.stored).min(m.end),
+    );
+    let first = generation.get();
+    // Zeroed once, only as large as the range needs (most are a few KiB),
+    // and reused for the next piece and range.
+    let need = ((end.saturating_sub(at)) as usize).min(CHUNK) + keep;
+    if buf.len() < need {
+        // (vec! zeroes with calloc/memset: `resize` is a slow loop at
+        // opt-level "z".)
+        *buf = vec![0; need];
+    }
+    let mut held = 0;
+    while at < end {
+        if generation.get() != first {
+            return Err(StoreError::Unavailable(
+                "the folder was rewritten while it was being searched".into(),
+            ));
+        }
+        let n = ((end - at) as usize).min(CHUNK);
+        file.read_exact_at(&mut buf[held..held + n], at)
+            .map_err(|e| io("cannot read folder", e))?;
+        at += n as u64;
+        let len = held + n;
+        if needle.found_in(&buf[..len]) {
+            return Ok(true);
+        }
+        // Keep the tail a match may start in.
+        held = len.min(keep);
+        buf.copy_within(len - held..len, 0);
+    }
+    Ok(false)
+}
+
 fn header_filter(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut keep = false;
@@ -1576,14 +1611,6 @@ fn header_filter(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
     }
     out.extend_from_slice(b"\r\n");
     out
-}
-
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    if needle.is_empty() {
-        return true;
-    }
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 impl Folder for StoreFolder {
@@ -1721,6 +1748,40 @@ impl Folder for StoreFolder {
         needle: &[u8],
     ) -> Result<bool, StoreError> {
         let (s, file, m) = self.structure(uid)?;
+        if let Some(f @ (TextField::Body | TextField::Text)) = field.filter(|_| header.is_none()) {
+            // The text is searched as it streams (never held whole), the
+            // stretches docs/imap.md names: as stored, less attachments'
+            // content, then text parts in base64 or quoted-printable
+            // decoded (RFC 9051 6.4.4 searches the text, as Dovecot does).
+            let needle = Needle::new(needle);
+            if needle.is_empty() {
+                // In every message, even one with no text to read.
+                return Ok(true);
+            }
+            let generation = self.state.borrow().generation.clone();
+            let mut buf = Vec::new();
+            for span in textsearch::spans(&s, f == TextField::Text) {
+                // Past the header (no hidden fields), as stored when that
+                // gives the same answer: no wire form made.
+                let hit = if span.decode.is_none()
+                    && span.range.start.stored > 0
+                    && needle.same_in_stored()
+                {
+                    stored_has(&file, &m, span.range, &needle, &mut buf, &generation)?
+                } else {
+                    let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
+                    let b = Body::range(f, &m, span.range, 0, u64::MAX, generation.clone());
+                    match span.decode {
+                        Some(enc) => b.decoded(enc).contains(&needle)?,
+                        None => b.contains(&needle)?,
+                    }
+                };
+                if hit {
+                    return Ok(true);
+                }
+            }
+            return Ok(false);
+        }
         let mut head = Vec::new();
         if let Some(r) = s.section(&[], Spec::Header) {
             // As for HEADER.FIELDS: at most MAX_HEADER of the header.
@@ -1734,40 +1795,6 @@ impl Folder for StoreFolder {
             Self::wire(&file, &m, r, &mut head)?;
         }
         let value = |name: &str| header_filter(&head, &[name.to_string()], false);
-        // The text is searched as it streams (never held whole).
-        let body = |s: &Structure| -> Result<bool, StoreError> {
-            let Some(r) = s.section(&[], Spec::Text) else {
-                return Ok(false);
-            };
-            let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
-            Body::range(f, &m, r, 0, r.wire_len(), Rc::default()).contains(needle)
-        };
-        // Text parts in base64 or quoted-printable are also searched
-        // decoded (RFC 9051 6.4.4 searches the text, as Dovecot does).
-        let decoded_text_has = |s: &Structure| -> Result<bool, StoreError> {
-            let mut leaves = Vec::new();
-            text_leaves(&s.root, &mut leaves);
-            for p in leaves {
-                let enc = mime::decode::Encoding::of(p.encoding.as_deref());
-                if !matches!(
-                    enc,
-                    mime::decode::Encoding::Base64 | mime::decode::Encoding::QuotedPrintable
-                ) {
-                    continue;
-                }
-                let r = mime::Range {
-                    start: p.body,
-                    end: p.end,
-                };
-                // Decoded as it streams, like the plain text.
-                let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
-                let b = Body::range(f, &m, r, 0, u64::MAX, Rc::default()).decoded(enc);
-                if b.contains(needle)? {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        };
         // A header field matches as written or with its encoded words
         // (RFC 2047) decoded: SEARCH CHARSET UTF-8 SUBJECT "Grüße" finds
         // `=?utf-8?q?Gr=C3=BC=C3=9Fe?=` (RFC 9051 6.4.4).
@@ -1785,10 +1812,8 @@ impl Folder for StoreFolder {
                 let v = value(h);
                 v.len() > 2 && field_has(v[h.len().min(v.len())..].to_vec())
             }
-            (Some(TextField::Body), _) => body(&s)? || decoded_text_has(&s)?,
-            (Some(TextField::Text), _) => {
-                contains_ci(&head, needle) || body(&s)? || decoded_text_has(&s)?
-            }
+            // Searched above.
+            (Some(TextField::Body | TextField::Text), _) => false,
             (Some(TextField::From), _) => field_has(field_value(&value("From"))),
             (Some(TextField::To), _) => field_has(field_value(&value("To"))),
             (Some(TextField::Cc), _) => field_has(field_value(&value("Cc"))),
