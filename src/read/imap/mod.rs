@@ -19,4 +19,5 @@ pub mod mimedb;
 pub mod mutf7;
 pub mod response;
 pub mod session;
+pub mod sidecar;
 pub mod store;

@@ -63,7 +63,7 @@ pub struct Entry {
     pub size: u64,
     /// Its MIME record in the folder's `.mime` file (ENVELOPE,
     /// BODYSTRUCTURE, section positions), written when first indexed.
-    mime: Option<Ptr>,
+    pub(super) mime: Option<Ptr>,
 }
 
 /// One folder's shared state.
@@ -80,9 +80,14 @@ pub struct FolderState {
     /// The identity of what was scanned (head and tail hashes), so mail
     /// appended since is found by scanning the tail alone.
     stamp: Option<maildrop::Stamp>,
-    /// Entries of the last run, from the sidecar (v4): used without a
-    /// scan when the file still holds what they describe.
-    cached: Option<(maildrop::Stamp, Vec<Entry>)>,
+    /// Entries of the last run, from the sidecar, not yet matched to the
+    /// file's messages: used whole, without a scan, when `cached` (the
+    /// sidecar is complete) still holds; else turned into `known` when a
+    /// scan needs them (not before: SELECT after a restart builds no map).
+    sidecar: Vec<Entry>,
+    cached: Option<maildrop::Stamp>,
+    /// The sidecar was of an older format: written again once read.
+    upgrade: bool,
     /// UIDL -> (uid, modseq, flags) remembered from the sidecar for
     /// messages not yet seen in this run.
     known: HashMap<String, (Uid, u64, Vec<Flag>, Option<Ptr>)>,
@@ -116,85 +121,30 @@ impl FolderState {
             ino: 0,
             len: 0,
             stamp: None,
+            sidecar: Vec::new(),
             cached: None,
+            upgrade: false,
             known: HashMap::new(),
             db: MimeDb::open(mime_path),
             log: Vec::new(),
             generation: Rc::new(std::cell::Cell::new(0)),
         };
-        if let Ok(text) = std::fs::read_to_string(&st.index) {
-            let mut lines = text.lines();
-            let (mut stamp, mut count) = (None, None);
-            if let Some(head) = lines.next() {
-                let w: Vec<&str> = head.split(' ').collect();
-                match w[..] {
-                    ["v1" | "v2", v, n, m] | ["v3", v, n, m, _] | ["v4", v, n, m, _, _] => {
-                        st.uid_validity = v.parse().unwrap_or(0);
-                        st.uid_next = n.parse().unwrap_or(1);
-                        st.modseq = m.parse().unwrap_or(1);
-                    }
-                    _ => {}
-                }
-                // v3 (no entry count) is read for its UIDs and flags only:
-                // whether it was cut short cannot be told.
-                if let ["v4", _, _, _, s, c] = w[..] {
-                    stamp = parse_stamp(s);
-                    count = c.parse::<usize>().ok();
-                }
-            }
-            let mut cached = stamp.map(|s| (s, Vec::new()));
-            for line in lines {
-                let mut w = line.split(' ');
-                let (Some(uidl), Some(uid), Some(ms)) = (w.next(), w.next(), w.next()) else {
-                    continue;
-                };
-                let (Ok(uid), Ok(ms)) = (uid.parse(), ms.parse()) else {
-                    continue;
-                };
-                // `%at:len` (v2) points into the .mime file; `%` is in
-                // no flag (RFC 9051 atom-specials).
-                let (mut flags, mut ptr, mut geo) = (Vec::new(), None, None);
-                for f in w.filter(|f| !f.is_empty()) {
-                    match Ptr::parse(f) {
-                        Some(p) => ptr = Some(p),
-                        None if f.starts_with('%') => {}
-                        None if f.starts_with('@') => geo = parse_geometry(f),
-                        None => flags.push(f.to_string()),
-                    }
-                }
-                // A line without its place (v2, or torn) makes the cached
-                // view unusable: the folder is scanned as before.
-                match (geo, cached.as_mut()) {
-                    (Some((msg, body_start, size, date, seal_id)), Some((_, list)))
-                        if list.last().map_or(true, |l: &Entry| l.uid < uid) =>
-                    {
-                        let mut msg = msg;
-                        msg.uid = uidl.to_string();
-                        list.push(Entry {
-                            msg,
-                            uid,
-                            flags: flags.clone(),
-                            modseq: ms,
-                            date,
-                            seal_id,
-                            body_start,
-                            size,
-                            mime: ptr,
-                        });
-                    }
-                    _ => cached = None,
-                }
-                st.known.insert(uidl.to_string(), (uid, ms, flags, ptr));
-            }
-            // The sidecar is written without a flush: after a power cut it
-            // may be cut short, and a short cached view would hide the
-            // messages it lost. All of them, or a scan.
-            st.cached = cached.filter(|(_, list)| Some(list.len()) == count);
+        if let Some(sc) = std::fs::read(&st.index)
+            .ok()
+            .and_then(|b| super::sidecar::decode(&b))
+        {
+            st.uid_validity = sc.uid_validity;
+            st.uid_next = sc.uid_next.max(1);
+            st.modseq = sc.modseq.max(1);
+            st.cached = sc.stamp.filter(|_| sc.complete);
+            st.sidecar = sc.entries;
+            st.upgrade = sc.old_format;
         }
         if st.uid_validity == 0 {
             // Seconds since the epoch: a new value after a lost sidecar.
             st.uid_validity = (crate::util::timefmt::unix_now() as u32).max(1);
             st.known.clear();
+            st.sidecar.clear();
             st.cached = None;
             st.db.clear();
         }
@@ -210,30 +160,14 @@ impl FolderState {
                 .iter_mut()
                 .map(|e| (e.msg.uid.as_str(), &mut e.mime)),
         );
-        let mut out = format!(
-            "v4 {} {} {} {} {}\n",
+        let out = super::sidecar::encode(
             self.uid_validity,
             self.uid_next,
             self.modseq,
-            self.stamp.as_ref().map_or("-".to_string(), stamp_token),
-            self.entries.len()
+            self.stamp.as_ref(),
+            &self.entries,
         );
-        for e in &self.entries {
-            out += &format!("{} {} {}", e.msg.uid, e.uid, e.modseq);
-            if let Some(p) = e.mime {
-                out.push(' ');
-                out += &p.token();
-            }
-            if self.stamp.is_some() {
-                out.push(' ');
-                out += &geometry_token(e);
-            }
-            for f in &e.flags {
-                out.push(' ');
-                out += f;
-            }
-            out.push('\n');
-        }
+        self.upgrade = false;
         let tmp = self.index.with_extension("tmp");
         let ok = std::fs::write(&tmp, out).and_then(|_| std::fs::rename(&tmp, &self.index));
         if let Err(e) = ok {
@@ -267,23 +201,24 @@ impl FolderState {
         // The last run's view, kept in the sidecar: used as it is when the
         // file still holds what it describes (SELECT after a restart
         // reads the sidecar, not the folder).
-        if let Some((stamp, list)) = self.cached.take() {
+        if let Some(stamp) = self.cached.take() {
             if self.entries.is_empty()
                 && len >= stamp.len
                 && maildrop::still_holds(&file, &stamp).unwrap_or(false)
             {
-                for e in &list {
-                    self.known.remove(&e.msg.uid);
-                }
-                self.entries = list;
+                self.entries = std::mem::take(&mut self.sidecar);
                 self.ino = ino;
                 self.len = stamp.len;
                 self.stamp = Some(stamp);
                 if len == self.len {
+                    if self.upgrade {
+                        self.save();
+                    }
                     return Ok(());
                 }
             }
         }
+        self.spill_known();
         // Mail appended since the last scan (a delivery, an APPEND, another
         // program's append): the file still holds what was scanned (same
         // file, its first and last 4 KiB unchanged, as POP3 checks), so
@@ -363,12 +298,21 @@ impl FolderState {
         self.ino = ino;
         self.len = len;
         let stamp = maildrop::stamp(&file, len).ok();
-        dirty |= stamp != self.stamp;
+        dirty |= stamp != self.stamp || self.upgrade;
         self.stamp = stamp;
         if dirty {
             self.save();
         }
         Ok(())
+    }
+
+    /// The sidecar's entries not used as the view: remembered by UIDL for
+    /// the scan that finds their messages.
+    fn spill_known(&mut self) {
+        for e in self.sidecar.drain(..) {
+            self.known
+                .insert(e.msg.uid, (e.uid, e.modseq, e.flags, e.mime));
+        }
     }
 
     /// Takes a read lock on the folder for the scan (released when `file`
@@ -666,17 +610,17 @@ fn shift_stored(part: &mut mime::Part, by: u64, root: bool) {
 /// the same UIDLs) as `Status:`/`X-Status:` lines, so that this rewrite
 /// too writes them (issue 16). A message IMAP never saw: left as it is.
 pub fn inbox_status_lines(data_dir: &Path, messages: &[Message]) -> StatusLines {
-    let Ok(text) = std::fs::read_to_string(data_dir.join("imap").join("INBOX.index")) else {
+    let Some(sc) = std::fs::read(data_dir.join("imap").join("INBOX.index"))
+        .ok()
+        .and_then(|b| super::sidecar::decode(&b))
+    else {
         return Vec::new();
     };
-    let mut flags: HashMap<&str, Vec<&str>> = HashMap::new();
-    for line in text.lines().skip(1) {
-        let mut w = line.split(' ');
-        let Some(uidl) = w.next() else { continue };
-        // UID and MODSEQ, then the record pointer and the flags.
-        let f = w.skip(2).filter(|f| !f.starts_with('%')).collect();
-        flags.insert(uidl, f);
-    }
+    let flags: HashMap<&str, &[Flag]> = sc
+        .entries
+        .iter()
+        .map(|e| (e.msg.uid.as_str(), &e.flags[..]))
+        .collect();
     messages
         .iter()
         .map(|m| {
@@ -695,74 +639,6 @@ pub fn inbox_status_lines(data_dir: &Path, messages: &[Message]) -> StatusLines 
 
 /// Per message, the `Status:`/`X-Status:` lines a rewrite gives it.
 pub type StatusLines = Vec<Option<Vec<u8>>>;
-
-/// `dev,ino,len,mtime_ns,head,tail` of a stamp, in the sidecar's head line.
-fn stamp_token(s: &maildrop::Stamp) -> String {
-    format!(
-        "{},{},{},{},{},{}",
-        s.dev, s.ino, s.len, s.mtime_ns, s.head, s.tail
-    )
-}
-
-fn parse_stamp(t: &str) -> Option<maildrop::Stamp> {
-    let mut w = t.split(',');
-    let mut n = || w.next().and_then(|x| x.parse::<u64>().ok());
-    let (dev, ino, len) = (n()?, n()?, n()?);
-    let mtime_ns = t.split(',').nth(3)?.parse::<i128>().ok()?;
-    let mut w = t.split(',').skip(4);
-    let mut n = || w.next().and_then(|x| x.parse::<u64>().ok());
-    Some(maildrop::Stamp {
-        dev,
-        ino,
-        len,
-        mtime_ns,
-        head: n()?,
-        tail: n()?,
-    })
-}
-
-/// `@offset,start,end,size,body_start,wire_size,date[,seal]`: where an
-/// entry's message lies, so a restart needs no scan.
-fn geometry_token(e: &Entry) -> String {
-    let mut t = format!(
-        "@{},{},{},{},{},{},{}",
-        e.msg.offset, e.msg.start, e.msg.end, e.msg.size, e.body_start, e.size, e.date
-    );
-    if let Some(id) = &e.seal_id {
-        t.push(',');
-        t += id;
-    }
-    t
-}
-
-#[allow(clippy::type_complexity)]
-fn parse_geometry(t: &str) -> Option<(Message, u64, u64, i64, Option<String>)> {
-    let mut w = t.strip_prefix('@')?.split(',');
-    let mut n = || w.next().and_then(|x| x.parse::<u64>().ok());
-    let (offset, start, end, size, body_start, wire) = (n()?, n()?, n()?, n()?, n()?, n()?);
-    let mut w = t.split(',').skip(6);
-    let date = w.next()?.parse::<i64>().ok()?;
-    let seal_id = w
-        .next()
-        .filter(|s| crate::store::mbox::valid_seal_id(s))
-        .map(String::from);
-    if !(offset <= start && start <= end && body_start >= start && body_start <= end) {
-        return None;
-    }
-    Some((
-        Message {
-            offset,
-            start,
-            end,
-            size,
-            uid: String::new(),
-        },
-        body_start,
-        wire,
-        date,
-        seal_id,
-    ))
-}
 
 fn has(flags: &[Flag], f: &str) -> bool {
     flags.iter().any(|x| x.eq_ignore_ascii_case(f))
