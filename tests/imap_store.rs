@@ -479,6 +479,80 @@ fn select_after_a_restart_and_new_mail_read_the_index_not_the_folder() {
     );
 }
 
+/// Mail pimail delivered needs no scan at the first SELECT (SPEC
+/// "Budgets"): the writer indexed it as it appended it, so a first SELECT
+/// on a folder IMAP never saw reads well under 1 MiB with a 6 MiB message
+/// in it, and shows exactly what a scan finds (UIDs, sizes, ENVELOPE,
+/// BODYSTRUCTURE; a hidden `Status:` field left out). Mail another
+/// program appended after it is scanned.
+#[test]
+fn mail_pimail_delivered_needs_no_scan_at_the_first_select() {
+    if skip_under_emulator() {
+        return; // reads the server's /proc/<pid>/io
+    }
+    let mut srv = imap_server();
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    while big.len() < 6 << 20 {
+        big.extend_from_slice(b"a line of a big message, nothing to see here\r\n");
+    }
+    srv.deliver(&smtp_stuff(b"Subject: one\r\n\r\none\r\n"));
+    srv.deliver(&smtp_stuff(&big));
+    srv.deliver(&smtp_stuff(
+        b"Subject: two\r\nStatus: RO\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n\
+          --x\r\nContent-Type: text/plain\r\n\r\npart\r\n--x--\r\n",
+    ));
+    srv.terminate();
+    srv.spawn();
+    let script = "step()\n\
+                  typ, d = M.select('INBOX'); assert typ == 'OK', d\n\
+                  typ, d = M.fetch('1:*', '(UID RFC822.SIZE ENVELOPE BODYSTRUCTURE)'); assert typ == 'OK', d\n\
+                  print(d)\n";
+    let steps = stepped(&mut srv, script, |_, _| {});
+    let (view, read) = &steps[0];
+    assert!(view.contains("UID 3 "), "{view}");
+    assert!(
+        *read < 1 << 20,
+        "the first SELECT on delivered mail read {read} octets: the folder"
+    );
+    // A scan (index, MIME records and the writer's log removed) finds
+    // the same.
+    srv.terminate();
+    let imap = srv.data_dir().join("imap");
+    for p in [
+        imap.join("INBOX.index"),
+        imap.join("INBOX.mime"),
+        srv.data_dir().join("imap.appended"),
+    ] {
+        std::fs::remove_file(&p).unwrap();
+    }
+    srv.spawn();
+    let scanned = stepped(&mut srv, script, |_, _| {});
+    assert_eq!(view, &scanned[0].0);
+    assert!(scanned[0].1 > 6 << 20, "no scan: {}", scanned[0].1);
+    // Mail from another program after ours: found by a scan of it alone.
+    srv.deliver(&smtp_stuff(b"Subject: three\r\n\r\nthree\r\n"));
+    append_foreign(
+        &srv.mbox_path(),
+        b"From: x@example.com\nSubject: four\n\nfour\n",
+    );
+    srv.deliver(&smtp_stuff(b"Subject: five\r\n\r\nfive\r\n"));
+    srv.terminate();
+    srv.spawn();
+    let script = "step()\n\
+                  typ, d = M.select('INBOX'); assert typ == 'OK', d\n\
+                  typ, d = M.fetch('1:*', '(UID ENVELOPE)'); assert typ == 'OK', d\n\
+                  print(d)\n";
+    let after = stepped(&mut srv, script, |_, _| {});
+    for s in ["big", "two", "three", "four", "five"] {
+        assert!(
+            after[0].0.contains(&format!("\"{s}\"")),
+            "{s}: {}",
+            after[0].0
+        );
+    }
+    assert_eq!(after[0].0.matches("ENVELOPE").count(), 6, "{}", after[0].0);
+}
+
 /// The sidecar is a cache written without a flush, so a power cut can
 /// leave it cut short, with records lost. SELECT after such a restart
 /// still shows every message: a short sidecar is not taken as the

@@ -949,9 +949,10 @@ impl MboxWriter {
         let (tx, rx) = mpsc::channel();
         let path = mbox.to_path_buf();
         let p = path.clone();
+        let dir = data_dir.to_path_buf();
         std::thread::Builder::new()
             .name("mbox-writer".into())
-            .spawn(move || writer_loop(rx, journal, p, state))
+            .spawn(move || writer_loop(rx, journal, p, dir, state))
             .map_err(|e| MboxError::io("cannot start mbox writer thread", e))?;
         Ok(MboxWriter { tx, path })
     }
@@ -991,7 +992,13 @@ impl MboxWriter {
     }
 }
 
-fn writer_loop(rx: mpsc::Receiver<Job>, journal: File, path: PathBuf, mut st: SealState) {
+fn writer_loop(
+    rx: mpsc::Receiver<Job>,
+    journal: File,
+    path: PathBuf,
+    dir: PathBuf,
+    mut st: SealState,
+) {
     while let Ok(first) = rx.recv() {
         // Group commit: take every append already waiting.
         let mut batch = Vec::new();
@@ -1000,7 +1007,7 @@ fn writer_loop(rx: mpsc::Receiver<Job>, journal: File, path: PathBuf, mut st: Se
             match job {
                 Job::Append(d, reply) => batch.push((d, reply)),
                 Job::Exclusive(f) => {
-                    run_batch(&journal, &path, &mut st, std::mem::take(&mut batch));
+                    run_batch(&journal, &path, &dir, &mut st, std::mem::take(&mut batch));
                     match lock(&path) {
                         Ok(locked) => {
                             // A rewrite may shrink the mbox below the
@@ -1022,13 +1029,14 @@ fn writer_loop(rx: mpsc::Receiver<Job>, journal: File, path: PathBuf, mut st: Se
             }
             next = rx.try_recv().ok();
         }
-        run_batch(&journal, &path, &mut st, batch);
+        run_batch(&journal, &path, &dir, &mut st, batch);
     }
 }
 
 fn run_batch(
     journal: &File,
     path: &Path,
+    dir: &Path,
     st: &mut SealState,
     batch: Vec<(Delivery, smol::channel::Sender<Result<(), MboxError>>)>,
 ) {
@@ -1036,7 +1044,7 @@ fn run_batch(
         return;
     }
     let items: Vec<&Delivery> = batch.iter().map(|(d, _)| d).collect();
-    let result = append_all(journal, path, st, &items);
+    let result = append_all_indexed(journal, path, st, &items, Some(dir));
     for (_, reply) in batch {
         let r = match &result {
             Ok(()) => Ok(()),
@@ -1052,12 +1060,50 @@ fn run_batch(
     }
 }
 
+/// What the writer appended in one commit, for [`set_after_append`]'s
+/// hook: the mbox (still locked) grew from `from` to `to` with our sealed
+/// messages alone; `continues`: nothing changed it since our previous
+/// commit (no other program's append or rewrite in between).
+pub struct Appended<'a> {
+    pub mbox: &'a File,
+    /// The writer's state directory (where its journal is).
+    pub dir: &'a Path,
+    pub from: u64,
+    pub to: u64,
+    pub continues: bool,
+}
+
+/// Called on the writer thread after each commit's fsync, with the locks
+/// still held: the IMAP side indexes what was appended
+/// (`read::imap::store::index_appended`), so that mail pimail delivered
+/// needs no scan at the first SELECT. A cache: it must not fail the
+/// append, and is not flushed.
+pub type AfterAppend = fn(&Appended);
+
+static AFTER_APPEND: std::sync::OnceLock<AfterAppend> = std::sync::OnceLock::new();
+
+/// Sets the hook (once, at start; later calls are ignored).
+pub fn set_after_append(f: AfterAppend) {
+    let _ = AFTER_APPEND.set(f);
+}
+
 /// Appends all `items` as one unit: all are stored and fsynced, or none.
 pub fn append_all(
     journal: &File,
     path: &Path,
     st: &mut SealState,
     items: &[&Delivery],
+) -> Result<(), MboxError> {
+    append_all_indexed(journal, path, st, items, None)
+}
+
+/// [`append_all`], then the [`AfterAppend`] hook for the writer of `dir`.
+fn append_all_indexed(
+    journal: &File,
+    path: &Path,
+    st: &mut SealState,
+    items: &[&Delivery],
+    dir: Option<&Path>,
 ) -> Result<(), MboxError> {
     let locked = lock(path)?;
     if st.dirty {
@@ -1087,7 +1133,20 @@ pub fn append_all(
             body,
         });
     }
-    append_batch(journal, &locked.file, st, &batch, path)
+    let before = Disk::version(&locked.file).ok();
+    let continues = before.is_some() && st.last == before;
+    append_batch(journal, &locked.file, st, &batch, path)?;
+    if let (Some(dir), Some(hook), Some(v)) = (dir, AFTER_APPEND.get(), before) {
+        let to = Disk::len(&locked.file).unwrap_or(v.len);
+        hook(&Appended {
+            mbox: &locked.file,
+            dir,
+            from: v.len,
+            to,
+            continues,
+        });
+    }
+    Ok(())
 }
 
 /// One message for [`append_batch`].

@@ -9,6 +9,7 @@
 //! for the async driver. `mutf7` is the modified UTF-7 of mailbox names
 //! (RFC 3501 5.1.3); `memory` is an in-memory account for tests.
 
+pub mod appended;
 pub mod command;
 pub mod conn;
 pub mod folder;

@@ -53,7 +53,7 @@ pub struct Sidecar {
 
 /// A check of `b`: FNV-1a over 8-byte words (a cache's torn write or
 /// zeroed block is what it catches, not an adversary).
-fn check(b: &[u8]) -> u64 {
+pub(super) fn check(b: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut words = b.chunks_exact(8);
     for w in &mut words {
@@ -75,11 +75,11 @@ pub fn decode(b: &[u8]) -> Option<Sidecar> {
     decode_text(std::str::from_utf8(b).ok()?)
 }
 
-fn put_u64(out: &mut Vec<u8>, v: u64) {
+pub(super) fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put_u32(out: &mut Vec<u8>, v: u32) {
+pub(super) fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
@@ -138,46 +138,51 @@ pub fn encode(
     let c = check(&out);
     put_u64(&mut out, c);
     for (e, set) in entries.iter().zip(set_of) {
-        let at = out.len();
-        for v in [
-            e.msg.offset,
-            e.msg.start,
-            e.msg.end,
-            e.msg.size,
-            e.body_start,
-            e.size,
-            e.date as u64,
-        ] {
-            put_u64(&mut out, v);
-        }
-        put_u32(&mut out, e.uid);
-        put_u64(&mut out, e.modseq);
-        let p = e.mime.unwrap_or(Ptr {
-            at: 0,
-            len: 0,
-            wire: 0,
-        });
-        put_u64(&mut out, p.at);
-        put_u32(&mut out, p.len);
-        put_u64(&mut out, p.wire);
-        put_u32(&mut out, set);
-        let uidl = &e.msg.uid.as_bytes()[..e.msg.uid.len().min(255)];
-        out.push(uidl.len() as u8);
-        out.extend_from_slice(uidl);
-        match &e.seal_id {
-            None => out.push(0),
-            Some(id) if *id == e.msg.uid => out.push(1),
-            Some(id) => {
-                let id = &id.as_bytes()[..id.len().min(255)];
-                out.push(2);
-                out.push(id.len() as u8);
-                out.extend_from_slice(id);
-            }
-        }
-        let c = check(&out[at..]) as u32;
-        put_u32(&mut out, c);
+        put_record(&mut out, e, set);
     }
     out
+}
+
+/// One record (flags as flag set `set`), checked.
+pub(super) fn put_record(out: &mut Vec<u8>, e: &Entry, set: u32) {
+    let at = out.len();
+    for v in [
+        e.msg.offset,
+        e.msg.start,
+        e.msg.end,
+        e.msg.size,
+        e.body_start,
+        e.size,
+        e.date as u64,
+    ] {
+        put_u64(out, v);
+    }
+    put_u32(out, e.uid);
+    put_u64(out, e.modseq);
+    let p = e.mime.unwrap_or(Ptr {
+        at: 0,
+        len: 0,
+        wire: 0,
+    });
+    put_u64(out, p.at);
+    put_u32(out, p.len);
+    put_u64(out, p.wire);
+    put_u32(out, set);
+    let uidl = &e.msg.uid.as_bytes()[..e.msg.uid.len().min(255)];
+    out.push(uidl.len() as u8);
+    out.extend_from_slice(uidl);
+    match &e.seal_id {
+        None => out.push(0),
+        Some(id) if *id == e.msg.uid => out.push(1),
+        Some(id) => {
+            let id = &id.as_bytes()[..id.len().min(255)];
+            out.push(2);
+            out.push(id.len() as u8);
+            out.extend_from_slice(id);
+        }
+    }
+    let c = check(&out[at..]) as u32;
+    put_u32(out, c);
 }
 
 /// A cursor over the bytes; every read is bounds-checked.
@@ -281,6 +286,14 @@ fn decode_v5(b: &[u8]) -> Option<Sidecar> {
     }
     out.complete = out.stamp.is_some() && out.entries.len() == count && r.at == b.len();
     Some(out)
+}
+
+/// The record at `*at` (moved past it), flags from `sets`.
+pub(super) fn get_record(b: &[u8], at: &mut usize, sets: &[Vec<Flag>]) -> Option<Entry> {
+    let mut r = Rd { b, at: *at };
+    let e = record(&mut r, sets)?;
+    *at = r.at;
+    Some(e)
 }
 
 /// One record, `None` if it is cut short or does not check.

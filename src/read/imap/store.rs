@@ -88,6 +88,8 @@ pub struct FolderState {
     cached: Option<maildrop::Stamp>,
     /// The sidecar was of an older format: written again once read.
     upgrade: bool,
+    /// The folder writer's index of what it appended (`appended`).
+    appended: Option<PathBuf>,
     /// UIDL -> (uid, modseq, flags) remembered from the sidecar for
     /// messages not yet seen in this run.
     known: HashMap<String, (Uid, u64, Vec<Flag>, Option<Ptr>)>,
@@ -124,6 +126,7 @@ impl FolderState {
             sidecar: Vec::new(),
             cached: None,
             upgrade: false,
+            appended: None,
             known: HashMap::new(),
             db: MimeDb::open(mime_path),
             log: Vec::new(),
@@ -219,6 +222,18 @@ impl FolderState {
             }
         }
         self.spill_known();
+        // Mail pimail appended: its writer's index says what it is, the
+        // folder is not read (see `appended`); what the index does not
+        // cover is scanned as below.
+        if (self.ino == 0 || (ino == self.ino && len > self.len))
+            && self.from_log(&file, ino, len)?
+            && (len == self.len || self.tail_scan(&file, len)?)
+        {
+            self.len = len;
+            self.stamp = maildrop::stamp(&file, len).ok();
+            self.save();
+            return Ok(());
+        }
         // Mail appended since the last scan (a delivery, an APPEND, another
         // program's append): the file still holds what was scanned (same
         // file, its first and last 4 KiB unchanged, as POP3 checks), so
@@ -339,6 +354,91 @@ impl FolderState {
                 Ok(false) => std::thread::sleep(std::time::Duration::from_millis(5)),
             }
         }
+    }
+
+    /// Takes the messages our writer appended after `self.len` from its
+    /// index (`appended`): a chain of its batches that follows on from
+    /// what is indexed, up to the last whose stamp the file still holds.
+    /// `false` when it covers nothing (the caller scans).
+    fn from_log(&mut self, file: &File, ino: u64, len: u64) -> Result<bool, StoreError> {
+        let Some(path) = &self.appended else {
+            return Ok(false);
+        };
+        let known_holds = match &self.stamp {
+            None => self.len == 0 && self.entries.is_empty(),
+            Some(s) => s.len == self.len && maildrop::still_holds(file, s).unwrap_or(false),
+        };
+        if !known_holds {
+            return Ok(false);
+        }
+        let batches = super::appended::read(path);
+        let Some(first) = batches.iter().position(|b| b.from == self.len) else {
+            return Ok(false);
+        };
+        let mut last = first;
+        while last + 1 < batches.len() && batches[last + 1].from == batches[last].stamp.len {
+            last += 1;
+        }
+        let Some(last) = (first..=last).rev().find(|&k| {
+            let s = &batches[k].stamp;
+            s.len <= len && maildrop::still_holds(file, s).unwrap_or(false)
+        }) else {
+            return Ok(false);
+        };
+        // The records go into the `.mime` file in one write.
+        let mut blob = Vec::new();
+        let mut new = Vec::new();
+        for b in &batches[first..=last] {
+            let base = blob.len() as u64;
+            blob.extend_from_slice(&b.mime);
+            for e in &b.entries {
+                let mut e = e.clone();
+                e.mime = e.mime.map(|p| Ptr {
+                    at: p.at + base,
+                    ..p
+                });
+                new.push(e);
+            }
+        }
+        let at = if blob.is_empty() {
+            None
+        } else {
+            self.db.append_framed(&blob)
+        };
+        for mut e in new {
+            let floor = self.entries.last().map_or(0, |l| l.uid);
+            let seal_uid = e.uid;
+            match self.known.remove(&e.msg.uid) {
+                Some((u, ms, f, _)) if u < self.uid_next && floor < u => {
+                    (e.uid, e.modseq, e.flags) = (u, ms, f);
+                }
+                _ => {
+                    e.uid = if seal_uid > floor.max(self.uid_next - 1) && seal_uid < u32::MAX {
+                        seal_uid
+                    } else {
+                        self.uid_next.max(floor + 1)
+                    };
+                    self.modseq += 1;
+                    e.modseq = self.modseq;
+                }
+            }
+            self.uid_next = self.uid_next.max(e.uid + 1);
+            e.mime = match (e.mime, at) {
+                (Some(p), Some(at)) => Some(Ptr { at: p.at + at, ..p }),
+                _ => None,
+            };
+            if e.mime.is_none() {
+                let (rec, wire) = parse_record(file, e.body_start, e.msg.end)?;
+                e.mime = self.db.put(&e.msg.uid, &rec, wire);
+                e.size = wire;
+            }
+            self.log.push((0, Change::Added(e.uid)));
+            self.entries.push(e);
+        }
+        self.ino = ino;
+        self.len = batches[last].stamp.len;
+        self.stamp = Some(batches[last].stamp.clone());
+        Ok(true)
     }
 
     /// Indexes the messages after the last known one; `false` when the
@@ -560,7 +660,11 @@ impl FolderState {
 /// positions are those of what is served; the stored positions are then
 /// put back into the file's terms (every position past the header moves
 /// by what was hidden in it).
-fn parse_record(file: &File, start: u64, end: u64) -> Result<(Vec<u8>, u64), StoreError> {
+pub(super) fn parse_record(
+    file: &File,
+    start: u64,
+    end: u64,
+) -> Result<(Vec<u8>, u64), StoreError> {
     let mut p = mime::Parser::new();
     let mut hide = HideFilter::new();
     let mut buf = vec![0u8; CHUNK];
@@ -646,7 +750,7 @@ fn has(flags: &[Flag], f: &str) -> bool {
 
 /// The seal (first two header lines), INTERNALDATE (the `From ` line)
 /// and the bytes to skip at the start (a seal on the first line).
-fn read_head(file: &File, m: &Message) -> (Option<Seal>, i64, u64) {
+pub(super) fn read_head(file: &File, m: &Message) -> (Option<Seal>, i64, u64) {
     let n = (m.end - m.offset).min(2048) as usize;
     let mut buf = vec![0u8; n];
     if file.read_exact_at(&mut buf, m.offset).is_err() {
@@ -787,13 +891,27 @@ impl Store {
                 let index = self
                     .state_dir
                     .join(format!("{}.index", name.replace('/', "%")));
-                let s = Rc::new(RefCell::new(FolderState::load(path, index)));
+                let mut st = FolderState::load(path, index);
+                st.appended = Some(self.writer_dir(&name).join(super::appended::LOG));
+                let s = Rc::new(RefCell::new(st));
                 self.open.borrow_mut().insert(name, s.clone());
                 s
             }
         };
         st.borrow_mut().refresh()?;
         Ok(st)
+    }
+
+    /// Where a folder's writer keeps its journal and its index of what it
+    /// appended (as `conn::ImapContext::writer` and the SMTP side start
+    /// them: INBOX in data_dir, Junk in `junk/`, others beside their
+    /// sidecar).
+    fn writer_dir(&self, name: &str) -> PathBuf {
+        match name {
+            "INBOX" => self.data_dir.clone(),
+            "Junk" => self.data_dir.join("junk"),
+            n => self.state_dir.join(format!("{}.d", n.replace('/', "%"))),
+        }
     }
 
     /// The folders the user unsubscribed from (UNSUBSCRIBE); every other

@@ -1,0 +1,230 @@
+//! The index of mail pimail appended (SPEC "Budgets": mail that pimail
+//! delivered needs no scan at the first SELECT).
+//!
+//! The mbox writer thread calls [`index_appended`] after each commit's
+//! fsync, with the mbox still locked ([`crate::store::mbox::Appended`]):
+//! it reads back what it just wrote (in the page cache), finds the
+//! messages as a scan would (`maildrop::scan_with`, `read_head`) and
+//! makes their MIME records (`parse_record`, the code a scan runs), and
+//! appends one batch to `<writer dir>/imap.appended`. At the first look
+//! at the folder, [`FolderState`](super::store::FolderState) takes the
+//! messages from these batches instead of reading the mbox.
+//!
+//! A cache, never flushed, and never believed blindly: each batch is
+//! checked (a torn or zeroed one ends the log), says from which file
+//! length it appended (a chain of batches must follow on from what the
+//! reader already indexed, octet for octet), and carries the mbox's stamp
+//! after it (`maildrop::still_holds`: same file, first and last 4 KiB
+//! unchanged), so mail another program appended, a rewrite (mutt, a POP3
+//! deletion), or a crash that lost a batch make the reader scan the part
+//! the log does not cover. The writer starts the log again whenever the
+//! mbox changed since its previous commit (another program was there)
+//! and when it grows past [`MAX_LOG`].
+//!
+//! Batch: `PIAB` len:u32, then `len` octets: from:u64, the stamp (dev ino
+//! len:u64 mtime_ns:i128 head tail:u64), count:u32, `count` records as
+//! the sidecar's (`sidecar::put_record`, the MIME pointer relative to
+//! the blob), blob_len:u32 and the blob (records framed as in the
+//! `.mime` file); then check:u64 of those octets.
+
+use super::mimedb::{self, Ptr};
+use super::sidecar;
+use super::store::{self, Entry};
+use crate::store::maildrop::{self, Stamp};
+use crate::store::mbox::Appended;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// The log's name in the writer's directory.
+pub const LOG: &str = "imap.appended";
+/// Past this the log starts again (the folder is then scanned once).
+pub const MAX_LOG: u64 = 32 << 20;
+const MAGIC: &[u8] = b"PIAB";
+const CHUNK: usize = 64 * 1024;
+
+/// One commit's messages.
+#[derive(Debug)]
+pub struct Batch {
+    /// The mbox length before it.
+    pub from: u64,
+    /// The mbox after it.
+    pub stamp: Stamp,
+    /// Its messages (UID: the seal's; MIME pointers into `mime`).
+    pub entries: Vec<Entry>,
+    pub mime: Vec<u8>,
+}
+
+/// The hook of the mbox writer (see the module doc). Costs the writer a
+/// read of what it wrote and a MIME parse per message; failures only
+/// leave the log short (the folder is then scanned).
+pub fn index_appended(a: &Appended) {
+    let path = a.dir.join(LOG);
+    let body = batch(a);
+    let f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path);
+    let f = match f {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("cannot open {}: {e}", path.display());
+            return;
+        }
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if !a.continues || len > MAX_LOG || body.is_none() {
+        // What came before no longer follows on (or cannot be told).
+        let _ = f.set_len(0);
+    }
+    let Some(body) = body else { return };
+    let mut out = Vec::with_capacity(body.len() + 16);
+    out.extend_from_slice(MAGIC);
+    sidecar::put_u32(&mut out, body.len() as u32);
+    out.extend_from_slice(&body);
+    sidecar::put_u64(&mut out, sidecar::check(&body));
+    // One write (O_APPEND): a batch is whole or torn at the end.
+    if let Err(e) = (&f).write_all(&out) {
+        log::warn!("cannot write {}: {e}", path.display());
+        let _ = f.set_len(len);
+    }
+}
+
+fn batch(a: &Appended) -> Option<Vec<u8>> {
+    let d: &dyn crate::store::disk::Disk = a.mbox;
+    let msgs = maildrop::scan_with(d, a.from, a.to, CHUNK).ok()?;
+    let s = maildrop::stamp(a.mbox, a.to).ok()?;
+    let mut out = Vec::new();
+    sidecar::put_u64(&mut out, a.from);
+    for v in [s.dev, s.ino, s.len] {
+        sidecar::put_u64(&mut out, v);
+    }
+    out.extend_from_slice(&s.mtime_ns.to_le_bytes());
+    sidecar::put_u64(&mut out, s.head);
+    sidecar::put_u64(&mut out, s.tail);
+    sidecar::put_u32(&mut out, u32::try_from(msgs.len()).ok()?);
+    let mut blob = Vec::new();
+    for m in msgs {
+        let (seal, date, skip) = store::read_head(a.mbox, &m);
+        // Only our sealed messages are in a commit of ours.
+        let seal = seal?;
+        let uid = u32::try_from(seal.uid).ok().filter(|&u| u > 0)?;
+        let body_start = m.start + skip;
+        let (rec, wire) = store::parse_record(a.mbox, body_start, m.end).ok()?;
+        let framed = mimedb::frame(&m.uid, &rec)?;
+        let mime = Ptr {
+            at: blob.len() as u64,
+            len: framed.len() as u32,
+            wire,
+        };
+        blob.extend_from_slice(&framed);
+        let e = Entry {
+            msg: m,
+            uid,
+            flags: Vec::new(),
+            modseq: 0,
+            date,
+            seal_id: Some(seal.id),
+            body_start,
+            size: wire,
+            mime: Some(mime),
+        };
+        sidecar::put_record(&mut out, &e, 0);
+    }
+    sidecar::put_u32(&mut out, u32::try_from(blob.len()).ok()?);
+    out.extend_from_slice(&blob);
+    Some(out)
+}
+
+/// The log's batches, up to the first that is cut short or does not
+/// check; nothing if there is no log.
+pub fn read(path: &Path) -> Vec<Batch> {
+    let Ok(b) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    decode(&b)
+}
+
+/// [`read`] on the log's octets (any: fuzz/fuzz_targets/imap_sidecar.rs).
+pub fn decode(b: &[u8]) -> Vec<Batch> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while let Some((batch, next)) = one(b, at) {
+        out.push(batch);
+        at = next;
+    }
+    out
+}
+
+fn u64_at(b: &[u8], at: &mut usize) -> Option<u64> {
+    let v = u64::from_le_bytes(b.get(*at..*at + 8)?.try_into().ok()?);
+    *at += 8;
+    Some(v)
+}
+
+fn u32_at(b: &[u8], at: &mut usize) -> Option<u32> {
+    let v = u32::from_le_bytes(b.get(*at..*at + 4)?.try_into().ok()?);
+    *at += 4;
+    Some(v)
+}
+
+fn one(b: &[u8], at: usize) -> Option<(Batch, usize)> {
+    if b.get(at..at + 4)? != MAGIC {
+        return None;
+    }
+    let mut p = at + 4;
+    let len = u32_at(b, &mut p)? as usize;
+    let body = b.get(p..p.checked_add(len)?)?;
+    let mut q = p + len;
+    if u64_at(b, &mut q)? != sidecar::check(body) {
+        return None;
+    }
+    let mut i = 0usize;
+    let from = u64_at(body, &mut i)?;
+    let (dev, ino, slen) = (
+        u64_at(body, &mut i)?,
+        u64_at(body, &mut i)?,
+        u64_at(body, &mut i)?,
+    );
+    let mtime_ns = i128::from_le_bytes(body.get(i..i + 16)?.try_into().ok()?);
+    i += 16;
+    let (head, tail) = (u64_at(body, &mut i)?, u64_at(body, &mut i)?);
+    let n = u32_at(body, &mut i)? as usize;
+    let sets = [Vec::new()];
+    let mut entries = Vec::with_capacity(n.min(body.len() / 64));
+    let mut end = from;
+    for _ in 0..n {
+        let e = sidecar::get_record(body, &mut i, &sets)?;
+        // In the file's order, inside what the batch appended.
+        if e.msg.offset < end || e.msg.end > slen {
+            return None;
+        }
+        end = e.msg.end;
+        entries.push(e);
+    }
+    let blob_len = u32_at(body, &mut i)? as usize;
+    let mime = body.get(i..i.checked_add(blob_len)?)?.to_vec();
+    if i + blob_len != body.len() || from > slen {
+        return None;
+    }
+    let stamp = Stamp {
+        dev,
+        ino,
+        len: slen,
+        mtime_ns,
+        head,
+        tail,
+    };
+    Some((
+        Batch {
+            from,
+            stamp,
+            entries,
+            mime,
+        },
+        q,
+    ))
+}
