@@ -1,14 +1,19 @@
-//! The IMAP folder index reader (`read::imap::sidecar::decode`): the
-//! sidecar is a cache that a power cut may leave cut short or zeroed, and
-//! older pimails wrote it as text (v1 to v4), so any bytes give a sidecar
-//! or nothing, never a panic or an allocation far beyond the input; what
-//! format 5 accepts comes back the same after a round trip.
+//! The IMAP folder index readers (`read::imap::sidecar::decode`, and
+//! `read::imap::appended::decode`, the writer's index of delivered mail):
+//! both are caches that a power cut may leave cut short or zeroed, and
+//! older pimails wrote the sidecar as text (v1 to v4), so any bytes give
+//! a result or nothing, never a panic or an allocation far beyond the
+//! input; what format 5 accepts comes back the same after a round trip.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pimail::read::imap::sidecar;
+use pimail::read::imap::{appended, sidecar};
 
 fuzz_target!(|data: &[u8]| {
+    for b in appended::decode(data) {
+        assert!(b.from <= b.stamp.len);
+        assert!(b.entries.iter().all(|e| e.msg.end <= b.stamp.len));
+    }
     let Some(s) = sidecar::decode(data) else {
         return;
     };

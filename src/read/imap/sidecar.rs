@@ -326,7 +326,7 @@ fn record(r: &mut Rd, sets: &[Vec<Flag>]) -> Option<Entry> {
         && body_start <= end
         && uid > 0
         && valid_uidl(uidl)
-        && seal.is_none_or(crate::store::mbox::valid_seal_id);
+        && seal.map_or(true, crate::store::mbox::valid_seal_id);
     if !sane {
         return None;
     }
@@ -403,7 +403,7 @@ fn decode_text(text: &str) -> Option<Sidecar> {
         }
         // A line without its place (v2, or torn) makes the view unusable:
         // the folder is scanned as before.
-        let ascending = out.entries.last().is_none_or(|l: &Entry| l.uid < uid);
+        let ascending = out.entries.last().map_or(true, |l: &Entry| l.uid < uid);
         complete &= geo.is_some() && ascending;
         let (msg, body_start, size, date, seal_id) = geo.unwrap_or((
             Message {

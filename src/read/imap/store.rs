@@ -226,7 +226,7 @@ impl FolderState {
         // folder is not read (see `appended`); what the index does not
         // cover is scanned as below.
         if (self.ino == 0 || (ino == self.ino && len > self.len))
-            && self.from_log(&file, ino, len)?
+            && self.index_from_log(&file, ino, len)?
             && (len == self.len || self.tail_scan(&file, len)?)
         {
             self.len = len;
@@ -360,7 +360,7 @@ impl FolderState {
     /// index (`appended`): a chain of its batches that follows on from
     /// what is indexed, up to the last whose stamp the file still holds.
     /// `false` when it covers nothing (the caller scans).
-    fn from_log(&mut self, file: &File, ino: u64, len: u64) -> Result<bool, StoreError> {
+    fn index_from_log(&mut self, file: &File, ino: u64, len: u64) -> Result<bool, StoreError> {
         let Some(path) = &self.appended else {
             return Ok(false);
         };
