@@ -1043,10 +1043,19 @@ fn run_batch(
     if batch.is_empty() {
         return;
     }
-    let items: Vec<&Delivery> = batch.iter().map(|(d, _)| d).collect();
-    let result = append_all_indexed(journal, path, st, &items, Some(dir));
-    for (_, reply) in batch {
-        let r = match &result {
+    let (deliveries, replies): (Vec<Delivery>, Vec<_>) = batch.into_iter().unzip();
+    let items: Vec<&Delivery> = deliveries.iter().collect();
+    let mut send = |result: &Result<(), MboxError>| reply_all(&replies, result);
+    append_all_indexed(journal, path, st, &items, Some(dir), &mut send);
+}
+
+/// Tells each sender how its append went.
+fn reply_all(
+    replies: &[smol::channel::Sender<Result<(), MboxError>>],
+    result: &Result<(), MboxError>,
+) {
+    for reply in replies {
+        let r = match result {
             Ok(()) => Ok(()),
             Err(MboxError::DiskFull) => Err(MboxError::DiskFull),
             Err(MboxError::Locked(p)) => Err(MboxError::Locked(p.clone())),
@@ -1094,17 +1103,47 @@ pub fn append_all(
     st: &mut SealState,
     items: &[&Delivery],
 ) -> Result<(), MboxError> {
-    append_all_indexed(journal, path, st, items, None)
+    append_locked(journal, path, st, items).map(|_| ())
 }
 
-/// [`append_all`], then the [`AfterAppend`] hook for the writer of `dir`.
+/// [`append_all`]; `done` gets the result as soon as it is known (the
+/// senders' replies), then, the locks still held, the [`AfterAppend`]
+/// hook runs for the writer of `dir`.
 fn append_all_indexed(
     journal: &File,
     path: &Path,
     st: &mut SealState,
     items: &[&Delivery],
     dir: Option<&Path>,
-) -> Result<(), MboxError> {
+    done: &mut dyn FnMut(&Result<(), MboxError>),
+) {
+    let r = append_locked(journal, path, st, items);
+    match r {
+        Ok((locked, before, continues)) => {
+            done(&Ok(()));
+            if let (Some(dir), Some(hook)) = (dir, AFTER_APPEND.get()) {
+                let to = Disk::len(&locked.file).unwrap_or(before);
+                hook(&Appended {
+                    mbox: &locked.file,
+                    dir,
+                    from: before,
+                    to,
+                    continues,
+                });
+            }
+        }
+        Err(e) => done(&Err(e)),
+    }
+}
+
+/// The append, the locks kept; with the mbox length before it and
+/// whether nothing changed the mbox since our previous commit.
+fn append_locked(
+    journal: &File,
+    path: &Path,
+    st: &mut SealState,
+    items: &[&Delivery],
+) -> Result<(Locked, u64, bool), MboxError> {
     let locked = lock(path)?;
     if st.dirty {
         *st = recover(journal, &locked.file, path)?;
@@ -1136,17 +1175,11 @@ fn append_all_indexed(
     let before = Disk::version(&locked.file).ok();
     let continues = before.is_some() && st.last == before;
     append_batch(journal, &locked.file, st, &batch, path)?;
-    if let (Some(dir), Some(hook), Some(v)) = (dir, AFTER_APPEND.get(), before) {
-        let to = Disk::len(&locked.file).unwrap_or(v.len);
-        hook(&Appended {
-            mbox: &locked.file,
-            dir,
-            from: v.len,
-            to,
-            continues,
-        });
-    }
-    Ok(())
+    drop(batch);
+    drop(spools);
+    let from = before.map_or(u64::MAX, |v| v.len);
+    // Unknown length before: no hook (`from` past any end covers nothing).
+    Ok((locked, from, continues && from != u64::MAX))
 }
 
 /// One message for [`append_batch`].
