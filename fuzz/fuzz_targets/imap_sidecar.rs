@@ -10,7 +10,8 @@ use libfuzzer_sys::fuzz_target;
 use pimail::read::imap::{appended, sidecar};
 
 fuzz_target!(|data: &[u8]| {
-    for b in appended::decode(data) {
+    for (b, end) in appended::decode(data) {
+        assert!(end <= data.len());
         assert!(b.from <= b.stamp.len);
         assert!(b.entries.iter().all(|e| e.msg.end <= b.stamp.len));
     }

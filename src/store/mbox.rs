@@ -1070,9 +1070,11 @@ fn reply_all(
 }
 
 /// What the writer appended in one commit, for [`set_after_append`]'s
-/// hook: the mbox (still locked) grew from `from` to `to` with our sealed
-/// messages alone; `continues`: nothing changed it since our previous
-/// commit (no other program's append or rewrite in between).
+/// hook: the mbox grew from `from` to `to` with our sealed messages
+/// alone; `continues`: nothing changed it since our previous commit (no
+/// other program's append or rewrite in between). The locks are already
+/// released: another program may change the file meanwhile (the hook
+/// checks that it did not).
 pub struct Appended<'a> {
     pub mbox: &'a File,
     /// The writer's state directory (where its journal is).
@@ -1082,8 +1084,8 @@ pub struct Appended<'a> {
     pub continues: bool,
 }
 
-/// Called on the writer thread after each commit's fsync, with the locks
-/// still held: the IMAP side indexes what was appended
+/// Called on the writer thread after each commit's fsync and replies: the
+/// IMAP side indexes what was appended
 /// (`read::imap::store::index_appended`), so that mail pimail delivered
 /// needs no scan at the first SELECT. A cache: it must not fail the
 /// append, and is not flushed.
@@ -1107,8 +1109,9 @@ pub fn append_all(
 }
 
 /// [`append_all`]; `done` gets the result as soon as it is known (the
-/// senders' replies), then, the locks still held, the [`AfterAppend`]
-/// hook runs for the writer of `dir`.
+/// senders' replies), the locks are released (an IMAP session looking
+/// at once finds the mail), then the [`AfterAppend`] hook runs for the
+/// writer of `dir`.
 fn append_all_indexed(
     journal: &File,
     path: &Path,
@@ -1121,10 +1124,12 @@ fn append_all_indexed(
     match r {
         Ok((locked, before, continues)) => {
             done(&Ok(()));
-            if let (Some(dir), Some(hook)) = (dir, AFTER_APPEND.get()) {
-                let to = Disk::len(&locked.file).unwrap_or(before);
+            let to = Disk::len(&locked.file).unwrap_or(before);
+            let file = locked.file.try_clone();
+            drop(locked);
+            if let (Some(dir), Some(hook), Ok(file)) = (dir, AFTER_APPEND.get(), file) {
                 hook(&Appended {
-                    mbox: &locked.file,
+                    mbox: &file,
                     dir,
                     from: before,
                     to,

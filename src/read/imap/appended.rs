@@ -2,8 +2,8 @@
 //! delivered needs no scan at the first SELECT).
 //!
 //! The mbox writer thread calls [`index_appended`] after each commit's
-//! fsync, with the mbox still locked ([`crate::store::mbox::Appended`]):
-//! it reads back what it just wrote (in the page cache), finds the
+//! fsync and replies ([`crate::store::mbox::Appended`]): it reads back
+//! what it just wrote (in the page cache), finds the
 //! messages as a scan would (`maildrop::scan_with`, `read_head`) and
 //! makes their MIME records (`parse_record`, the code a scan runs), and
 //! appends one batch to `<writer dir>/imap.appended`. At the first look
@@ -39,8 +39,9 @@ use std::path::Path;
 
 /// The log's name in the writer's directory.
 pub const LOG: &str = "imap.appended";
-/// Past this the log starts again (the folder is then scanned once).
-pub const MAX_LOG: u64 = 32 << 20;
+/// Past this the log starts again (the folder is then scanned once): a
+/// reader holds the log it reads in memory (about 8,000 messages).
+pub const MAX_LOG: u64 = 4 << 20;
 const MAGIC: &[u8] = b"PIAB";
 const CHUNK: usize = 64 * 1024;
 
@@ -95,8 +96,14 @@ pub fn index_appended(a: &Appended) {
 
 fn batch(a: &Appended) -> Option<Vec<u8>> {
     let d: &dyn crate::store::disk::Disk = a.mbox;
-    let msgs = maildrop::scan_with(d, a.from, a.to, CHUNK).ok()?;
+    // The locks are released: what is read must be what the stamp says,
+    // so the file must not change while it is read (`version`: ctime).
+    let v = d.version().ok()?;
     let s = maildrop::stamp(a.mbox, a.to).ok()?;
+    if v.len < a.to {
+        return None;
+    }
+    let msgs = maildrop::scan_with(d, a.from, a.to, CHUNK).ok()?;
     let mut out = Vec::new();
     sidecar::put_u64(&mut out, a.from);
     for v in [s.dev, s.ino, s.len] {
@@ -136,24 +143,37 @@ fn batch(a: &Appended) -> Option<Vec<u8>> {
     }
     sidecar::put_u32(&mut out, u32::try_from(blob.len()).ok()?);
     out.extend_from_slice(&blob);
-    Some(out)
+    (d.version().ok()? == v).then_some(out)
 }
 
-/// The log's batches, up to the first that is cut short or does not
-/// check; nothing if there is no log.
-pub fn read(path: &Path) -> Vec<Batch> {
-    let Ok(b) = std::fs::read(path) else {
+/// The log's batches from octet `from` on (where a reader stopped last
+/// time), up to the first that is cut short or does not check, each
+/// with the log offset after it; nothing if there is no log.
+pub fn read(path: &Path, from: u64) -> Vec<(Batch, u64)> {
+    use std::io::{Read as _, Seek as _};
+    let Ok(mut f) = std::fs::File::open(path) else {
         return Vec::new();
     };
+    let mut b = Vec::new();
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if from > len || f.seek(std::io::SeekFrom::Start(from)).is_err() {
+        return Vec::new();
+    }
+    if f.take(MAX_LOG + (1 << 20)).read_to_end(&mut b).is_err() {
+        return Vec::new();
+    }
     decode(&b)
+        .into_iter()
+        .map(|(batch, end)| (batch, from + end as u64))
+        .collect()
 }
 
 /// [`read`] on the log's octets (any: fuzz/fuzz_targets/imap_sidecar.rs).
-pub fn decode(b: &[u8]) -> Vec<Batch> {
+pub fn decode(b: &[u8]) -> Vec<(Batch, usize)> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while let Some((batch, next)) = one(b, at) {
-        out.push(batch);
+        out.push((batch, next));
         at = next;
     }
     out

@@ -88,8 +88,10 @@ pub struct FolderState {
     cached: Option<maildrop::Stamp>,
     /// The sidecar was of an older format: written again once read.
     upgrade: bool,
-    /// The folder writer's index of what it appended (`appended`).
+    /// The folder writer's index of what it appended (`appended`), and
+    /// where in it the batches not yet used start.
     appended: Option<PathBuf>,
+    appended_at: u64,
     /// UIDL -> (uid, modseq, flags) remembered from the sidecar for
     /// messages not yet seen in this run.
     known: HashMap<String, (Uid, u64, Vec<Flag>, Option<Ptr>)>,
@@ -127,6 +129,7 @@ impl FolderState {
             cached: None,
             upgrade: false,
             appended: None,
+            appended_at: 0,
             known: HashMap::new(),
             db: MimeDb::open(mime_path),
             log: Vec::new(),
@@ -371,7 +374,13 @@ impl FolderState {
         if !known_holds {
             return Ok(false);
         }
-        let batches = super::appended::read(path);
+        // From where the last batch used ended, else (nothing there: the
+        // log started again) from its start.
+        let mut batches = super::appended::read(path, self.appended_at);
+        if batches.is_empty() && self.appended_at > 0 {
+            batches = super::appended::read(path, 0);
+        }
+        let (batches, ends): (Vec<_>, Vec<u64>) = batches.into_iter().unzip();
         let Some(first) = batches.iter().position(|b| b.from == self.len) else {
             return Ok(false);
         };
@@ -438,6 +447,7 @@ impl FolderState {
         self.ino = ino;
         self.len = batches[last].stamp.len;
         self.stamp = Some(batches[last].stamp.clone());
+        self.appended_at = ends[last];
         Ok(true)
     }
 
