@@ -394,14 +394,14 @@ impl FolderState {
         }) else {
             return Ok(false);
         };
+        let stamp = batches[last].stamp.clone();
         // The records go into the `.mime` file in one write.
         let mut blob = Vec::new();
         let mut new = Vec::new();
-        for b in &batches[first..=last] {
+        for b in batches.into_iter().take(last + 1).skip(first) {
             let base = blob.len() as u64;
             blob.extend_from_slice(&b.mime);
-            for e in &b.entries {
-                let mut e = e.clone();
+            for mut e in b.entries {
                 e.mime = e.mime.map(|p| Ptr {
                     at: p.at + base,
                     ..p
@@ -445,8 +445,8 @@ impl FolderState {
             self.entries.push(e);
         }
         self.ino = ino;
-        self.len = batches[last].stamp.len;
-        self.stamp = Some(batches[last].stamp.clone());
+        self.len = stamp.len;
+        self.stamp = Some(stamp);
         self.appended_at = ends[last];
         Ok(true)
     }
