@@ -244,9 +244,7 @@ where
     let lookups = async {
         let fcrdns = async {
             if sp.greylist.is_some() {
-                timeout(sp.dnsbl.timeout, dnsbl::fcrdns(&sp.resolver, ip))
-                    .await
-                    .flatten()
+                sp.dnsbl.fcrdns(&sp.resolver, ip).await
             } else {
                 None
             }
