@@ -1128,10 +1128,9 @@ pub fn append_all(
     append_locked(journal, path, st, items).map(|_| ())
 }
 
-/// [`append_all`]; `done` gets the result as soon as it is known (the
-/// senders' replies), the locks are released (an IMAP session looking
-/// at once finds the mail), then the [`AfterAppend`] hook runs for the
-/// writer of `dir`.
+/// [`append_all`]; the locks are released, `done` gets the result (the
+/// senders' replies: an IMAP session looking at once finds the mail),
+/// then the [`AfterAppend`] hook runs for the writer of `dir`.
 fn append_all_indexed(
     journal: &File,
     path: &Path,
@@ -1143,10 +1142,12 @@ fn append_all_indexed(
     let r = append_locked(journal, path, st, items);
     match r {
         Ok((locked, before, continues)) => {
-            done(&Ok(()));
             let to = Disk::len(&locked.file).unwrap_or(before);
             let file = locked.file.try_clone();
+            // Unlocked before the replies: a session woken by one
+            // (`listen`) must find the file free to read.
             drop(locked);
+            done(&Ok(()));
             if let (Some(dir), Some(hook), Ok(file)) = (dir, AFTER_APPEND.get(), file) {
                 hook(&Appended {
                     mbox: &file,
