@@ -1,7 +1,7 @@
 //! The index of mail pimail appended (SPEC "Budgets": mail that pimail
 //! delivered needs no scan at the first SELECT).
 //!
-//! The mbox writer thread calls [`index_appended`] after each commit's
+//! The mbox writer thread calls `store::index_appended` after each commit's
 //! fsync and replies ([`crate::store::mbox::Appended`]): it reads back
 //! what it just wrote (in the page cache), finds the
 //! messages as a scan would (`maildrop::scan_with`, `read_head`) and
@@ -27,10 +27,9 @@
 //! the blob), blob_len:u32 and the blob (records framed as in the
 //! `.mime` file); then check:u64 of those octets.
 
-use super::mimedb::{self, Ptr};
+use super::entry::Entry;
 use super::sidecar;
-use super::store::{self, Entry};
-use crate::store::maildrop::{self, Stamp};
+use crate::store::maildrop::Stamp;
 use crate::store::mbox::Appended;
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -43,7 +42,6 @@ pub const LOG: &str = "imap.appended";
 /// reader holds the log it reads in memory (about 8,000 messages).
 pub const MAX_LOG: u64 = 4 << 20;
 const MAGIC: &[u8] = b"PIAB";
-const CHUNK: usize = 64 * 1024;
 
 /// One commit's messages.
 #[derive(Debug)]
@@ -57,12 +55,10 @@ pub struct Batch {
     pub mime: Vec<u8>,
 }
 
-/// The hook of the mbox writer (see the module doc). Costs the writer a
-/// read of what it wrote and a MIME parse per message; failures only
-/// leave the log short (the folder is then scanned).
-pub fn index_appended(a: &Appended) {
+/// Appends one batch to the log in `a.dir` (`body`: [`encode`]'s; none:
+/// what was appended could not be indexed, and the log starts again).
+pub fn write(a: &Appended, body: Option<Vec<u8>>) {
     let path = a.dir.join(LOG);
-    let body = batch(a);
     let f = OpenOptions::new()
         .append(true)
         .create(true)
@@ -94,56 +90,24 @@ pub fn index_appended(a: &Appended) {
     }
 }
 
-fn batch(a: &Appended) -> Option<Vec<u8>> {
-    let d: &dyn crate::store::disk::Disk = a.mbox;
-    // The locks are released: what is read must be what the stamp says,
-    // so the file must not change while it is read (`version`: ctime).
-    let v = d.version().ok()?;
-    let s = maildrop::stamp(a.mbox, a.to).ok()?;
-    if v.len < a.to {
-        return None;
-    }
-    let msgs = maildrop::scan_with(d, a.from, a.to, CHUNK).ok()?;
-    let mut out = Vec::new();
-    sidecar::put_u64(&mut out, a.from);
+/// A batch's octets: the mbox grew from `from` to `stamp.len` with
+/// `entries` (their MIME pointers into `blob`, framed records).
+pub fn encode(from: u64, s: &Stamp, entries: &[Entry], blob: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(128 + entries.len() * 112 + blob.len());
+    sidecar::put_u64(&mut out, from);
     for v in [s.dev, s.ino, s.len] {
         sidecar::put_u64(&mut out, v);
     }
     out.extend_from_slice(&s.mtime_ns.to_le_bytes());
     sidecar::put_u64(&mut out, s.head);
     sidecar::put_u64(&mut out, s.tail);
-    sidecar::put_u32(&mut out, u32::try_from(msgs.len()).ok()?);
-    let mut blob = Vec::new();
-    for m in msgs {
-        let (seal, date, skip) = store::read_head(a.mbox, &m);
-        // Only our sealed messages are in a commit of ours.
-        let seal = seal?;
-        let uid = u32::try_from(seal.uid).ok().filter(|&u| u > 0)?;
-        let body_start = m.start + skip;
-        let (rec, wire) = store::parse_record(a.mbox, body_start, m.end).ok()?;
-        let framed = mimedb::frame(&m.uid, &rec)?;
-        let mime = Ptr {
-            at: blob.len() as u64,
-            len: framed.len() as u32,
-            wire,
-        };
-        blob.extend_from_slice(&framed);
-        let e = Entry {
-            msg: m,
-            uid,
-            flags: Vec::new(),
-            modseq: 0,
-            date,
-            seal_id: Some(seal.id),
-            body_start,
-            size: wire,
-            mime: Some(mime),
-        };
-        sidecar::put_record(&mut out, &e, 0);
+    sidecar::put_u32(&mut out, u32::try_from(entries.len()).ok()?);
+    for e in entries {
+        sidecar::put_record(&mut out, e, 0);
     }
     sidecar::put_u32(&mut out, u32::try_from(blob.len()).ok()?);
-    out.extend_from_slice(&blob);
-    (d.version().ok()? == v).then_some(out)
+    out.extend_from_slice(blob);
+    Some(out)
 }
 
 /// The log's batches from octet `from` on (where a reader stopped last

@@ -12,6 +12,7 @@
 pub mod appended;
 pub mod command;
 pub mod conn;
+pub mod entry;
 pub mod folder;
 pub mod hidden;
 pub mod input;

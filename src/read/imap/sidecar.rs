@@ -27,9 +27,9 @@
 //! fuzz_targets/imap_sidecar.rs).
 
 use super::command::Flag;
+use super::entry::Entry;
 use super::folder::Uid;
 use super::mimedb::Ptr;
-use super::store::Entry;
 use crate::store::maildrop::{Message, Stamp};
 
 pub const MAGIC: &[u8] = b"pimail-imap-index 5\n";

@@ -45,26 +45,7 @@ pub const SPECIAL: [(&str, &str); 5] = [
 
 const CHUNK: usize = 64 * 1024;
 
-/// One message as IMAP knows it.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub msg: Message,
-    pub uid: Uid,
-    pub flags: Vec<Flag>,
-    pub modseq: u64,
-    pub date: i64,
-    /// The seal's id, when pimail wrote it.
-    pub seal_id: Option<String>,
-    /// Where the message starts for IMAP: after a seal that is its first
-    /// line (pimail's trace field is not the client's business, and an
-    /// APPENDed message must come back as it was sent).
-    pub body_start: u64,
-    /// RFC822.SIZE (the wire size from `body_start`).
-    pub size: u64,
-    /// Its MIME record in the folder's `.mime` file (ENVELOPE,
-    /// BODYSTRUCTURE, section positions), written when first indexed.
-    pub(super) mime: Option<Ptr>,
-}
+pub use super::entry::Entry;
 
 /// One folder's shared state.
 pub struct FolderState {
@@ -701,6 +682,58 @@ pub(super) fn parse_record(
     Ok((rec, s.size()))
 }
 
+/// The mbox writer's hook ([`crate::store::mbox::set_after_append`]):
+/// indexes what one commit appended into the writer's log (`appended`),
+/// with the code a scan runs, so that the first SELECT reads the log, not
+/// the folder. Costs the writer a read of what it wrote (in the page
+/// cache) and a MIME parse per message; a failure only restarts the log
+/// (the folder is then scanned).
+pub fn index_appended(a: &crate::store::mbox::Appended) {
+    super::appended::write(a, appended_batch(a));
+}
+
+fn appended_batch(a: &crate::store::mbox::Appended) -> Option<Vec<u8>> {
+    let d: &dyn crate::store::disk::Disk = a.mbox;
+    // The locks are released: what is read must be what the stamp says,
+    // so the file must not change while it is read (`version`: ctime).
+    let v = d.version().ok()?;
+    let stamp = maildrop::stamp(a.mbox, a.to).ok()?;
+    if v.len < a.to {
+        return None;
+    }
+    let msgs = maildrop::scan_with(d, a.from, a.to, CHUNK).ok()?;
+    let mut blob = Vec::new();
+    let mut entries = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        let (seal, date, skip) = read_head(a.mbox, &m);
+        // Only our sealed messages are in a commit of ours.
+        let seal = seal?;
+        let uid = u32::try_from(seal.uid).ok().filter(|&u| u > 0)?;
+        let body_start = m.start + skip;
+        let (rec, wire) = parse_record(a.mbox, body_start, m.end).ok()?;
+        let framed = super::mimedb::frame(&m.uid, &rec)?;
+        let mime = Ptr {
+            at: blob.len() as u64,
+            len: framed.len() as u32,
+            wire,
+        };
+        blob.extend_from_slice(&framed);
+        entries.push(Entry {
+            msg: m,
+            uid,
+            flags: Vec::new(),
+            modseq: 0,
+            date,
+            seal_id: Some(seal.id),
+            body_start,
+            size: wire,
+            mime: Some(mime),
+        });
+    }
+    let body = super::appended::encode(a.from, &stamp, &entries, &blob)?;
+    (d.version().ok()? == v).then_some(body)
+}
+
 /// Moves every stored position of `part` but the message's own start.
 fn shift_stored(part: &mut mime::Part, by: u64, root: bool) {
     if !root || part.header.stored > 0 {
@@ -760,7 +793,7 @@ fn has(flags: &[Flag], f: &str) -> bool {
 
 /// The seal (first two header lines), INTERNALDATE (the `From ` line)
 /// and the bytes to skip at the start (a seal on the first line).
-pub(super) fn read_head(file: &File, m: &Message) -> (Option<Seal>, i64, u64) {
+fn read_head(file: &File, m: &Message) -> (Option<Seal>, i64, u64) {
     let n = (m.end - m.offset).min(2048) as usize;
     let mut buf = vec![0u8; n];
     if file.read_exact_at(&mut buf, m.offset).is_err() {
