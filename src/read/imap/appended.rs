@@ -1,11 +1,11 @@
 //! The index of mail pimail appended (SPEC "Budgets": mail that pimail
 //! delivered needs no scan at the first SELECT).
 //!
-//! The mbox writer thread calls `store::index_appended` after each commit's
-//! fsync and replies ([`crate::store::mbox::Appended`]): it reads back
-//! what it just wrote (in the page cache), finds the
-//! messages as a scan would (`maildrop::scan_with`, `read_head`) and
-//! makes their MIME records (`parse_record`, the code a scan runs), and
+//! The mbox writer thread hands each commit (after its fsync and the
+//! replies) to the indexer thread (`store::index_appended`), which reads
+//! back what was appended (in the page cache), finds the messages as a
+//! scan would (`maildrop::scan_with`, `read_head`), makes their MIME
+//! records (`parse_record`, the code a scan runs), and
 //! appends one batch to `<writer dir>/imap.appended`. At the first look
 //! at the folder, [`FolderState`](super::store::FolderState) takes the
 //! messages from these batches instead of reading the mbox.

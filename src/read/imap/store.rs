@@ -683,28 +683,99 @@ pub(super) fn parse_record(
 }
 
 /// The mbox writer's hook ([`crate::store::mbox::set_after_append`]):
-/// indexes what one commit appended into the writer's log (`appended`),
-/// with the code a scan runs, so that the first SELECT reads the log, not
-/// the folder. Costs the writer a read of what it wrote (in the page
-/// cache) and a MIME parse per message; a failure only restarts the log
-/// (the folder is then scanned).
+/// hands what one commit appended to the indexer thread, which indexes it
+/// into the writer's log (`appended`) with the code a scan runs, so that
+/// the first SELECT reads the log, not the folder. The writer thread only
+/// sends a message (its next commit does not wait for the MIME parse);
+/// if the indexer lags too far, the batch is dropped and the log starts
+/// again (the folder is then scanned).
 pub fn index_appended(a: &crate::store::mbox::Appended) {
-    super::appended::write(a, appended_batch(a));
+    use std::sync::mpsc;
+    static INDEXER: std::sync::OnceLock<Option<std::sync::Mutex<mpsc::SyncSender<IndexJob>>>> =
+        std::sync::OnceLock::new();
+    let tx = INDEXER.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel::<IndexJob>(256);
+        std::thread::Builder::new()
+            .name("imap-indexer".into())
+            .spawn(move || {
+                while let Ok(j) = rx.recv() {
+                    let a = crate::store::mbox::Appended {
+                        mbox: &j.mbox,
+                        dir: &j.dir,
+                        from: j.from,
+                        to: j.to,
+                        continues: j.continues,
+                    };
+                    super::appended::write(&a, appended_batch(&a));
+                    INDEXING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+            .ok()
+            .map(|_| std::sync::Mutex::new(tx))
+    });
+    let job = a.mbox.try_clone().ok().map(|mbox| IndexJob {
+        mbox,
+        dir: a.dir.to_path_buf(),
+        from: a.from,
+        to: a.to,
+        continues: a.continues,
+    });
+    INDEXING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let sent = match (tx, job) {
+        (Some(tx), Some(job)) => tx.lock().is_ok_and(|tx| tx.try_send(job).is_ok()),
+        _ => false,
+    };
+    if !sent {
+        INDEXING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    if !sent {
+        // A gap in the log: what follows must not chain on.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .open(a.dir.join(super::appended::LOG))
+            .and_then(|f| f.set_len(0));
+    }
+}
+
+/// Commits handed to the indexer thread and not yet indexed.
+static INDEXING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// At shutdown: waits (at most `wait`) for the indexer to finish what the
+/// writers handed it, so that the next start finds the last deliveries
+/// indexed.
+pub fn finish_indexing(wait: std::time::Duration) {
+    let deadline = std::time::Instant::now() + wait;
+    while INDEXING.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// One commit for the indexer thread.
+struct IndexJob {
+    mbox: File,
+    dir: PathBuf,
+    from: u64,
+    to: u64,
+    continues: bool,
 }
 
 fn appended_batch(a: &crate::store::mbox::Appended) -> Option<Vec<u8>> {
     let d: &dyn crate::store::disk::Disk = a.mbox;
-    // The locks are released: what is read must be what the stamp says,
-    // so the file must not change while it is read (`version`: ctime).
-    let v = d.version().ok()?;
+    // Read without the locks, maybe after the writer appended more: what
+    // is read must be what the stamp says (checked again after), and our
+    // commit's messages follow one another from `from` on.
     let stamp = maildrop::stamp(a.mbox, a.to).ok()?;
-    if v.len < a.to {
-        return None;
-    }
     let msgs = maildrop::scan_with(d, a.from, a.to, CHUNK).ok()?;
     let mut blob = Vec::new();
-    let mut entries = Vec::with_capacity(msgs.len());
+    let mut entries: Vec<Entry> = Vec::with_capacity(msgs.len());
+    let mut next = a.from;
     for m in msgs {
+        if m.offset < next || m.offset > next + 2 {
+            return None;
+        }
+        next = m.end + 1;
         let (seal, date, skip) = read_head(a.mbox, &m);
         // Only our sealed messages are in a commit of ours.
         let seal = seal?;
@@ -731,7 +802,7 @@ fn appended_batch(a: &crate::store::mbox::Appended) -> Option<Vec<u8>> {
         });
     }
     let body = super::appended::encode(a.from, &stamp, &entries, &blob)?;
-    (d.version().ok()? == v).then_some(body)
+    maildrop::still_holds(a.mbox, &stamp).ok()?.then_some(body)
 }
 
 /// Moves every stored position of `part` but the message's own start.
