@@ -212,3 +212,70 @@ fn one(b: &[u8], at: usize) -> Option<(Batch, usize)> {
         q,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::maildrop::Message;
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        sidecar::put_u32(&mut out, body.len() as u32);
+        out.extend_from_slice(body);
+        sidecar::put_u64(&mut out, sidecar::check(body));
+        out
+    }
+
+    #[test]
+    fn batches_come_back_and_a_torn_one_ends_the_log() {
+        let stamp = |len| Stamp {
+            dev: 1,
+            ino: 2,
+            len,
+            mtime_ns: 3,
+            head: 4,
+            tail: 5,
+        };
+        let e = |offset: u64, uid| Entry {
+            msg: Message {
+                offset,
+                start: offset + 40,
+                end: offset + 90,
+                size: 52,
+                uid: format!("ID{uid}"),
+            },
+            uid,
+            flags: Vec::new(),
+            modseq: 0,
+            date: 7,
+            seal_id: Some(format!("ID{uid}")),
+            body_start: offset + 40,
+            size: 52,
+            mime: Some(crate::read::imap::mimedb::Ptr {
+                at: 0,
+                len: 3,
+                wire: 52,
+            }),
+        };
+        let a = framed(&encode(0, &stamp(91), &[e(0, 1)], b"abc").unwrap());
+        let b = framed(&encode(91, &stamp(182), &[e(91, 2)], b"def").unwrap());
+        let log = [a.clone(), b.clone()].concat();
+        let got = decode(&log);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].1, log.len());
+        assert_eq!((got[1].0.from, got[1].0.stamp.len), (91, 182));
+        assert_eq!(got[1].0.entries[0].msg.uid, "ID2");
+        assert_eq!(got[1].0.mime, b"def");
+        // Cut anywhere in the second batch, or a byte changed: the first
+        // alone.
+        for cut in a.len()..log.len() {
+            assert_eq!(decode(&log[..cut]).len(), 1, "cut at {cut}");
+        }
+        let mut bad = log.clone();
+        bad[a.len() + 20] ^= 1;
+        assert_eq!(decode(&bad).len(), 1);
+        // A message outside what its batch appended is refused.
+        let c = framed(&encode(0, &stamp(50), &[e(0, 1)], b"abc").unwrap());
+        assert!(decode(&c).is_empty());
+    }
+}
