@@ -1104,8 +1104,9 @@ pub struct Appended<'a> {
     pub continues: bool,
 }
 
-/// Called on the writer thread after each commit's fsync and replies: the
-/// IMAP side indexes what was appended
+/// Called on the writer thread after each commit's fsync, before the
+/// replies (so it must only hand the work on): the IMAP side indexes what
+/// was appended
 /// (`read::imap::store::index_appended`), so that mail pimail delivered
 /// needs no scan at the first SELECT. A cache: it must not fail the
 /// append, and is not flushed.
@@ -1128,9 +1129,10 @@ pub fn append_all(
     append_locked(journal, path, st, items).map(|_| ())
 }
 
-/// [`append_all`]; the locks are released, `done` gets the result (the
-/// senders' replies: an IMAP session looking at once finds the mail),
-/// then the [`AfterAppend`] hook runs for the writer of `dir`.
+/// [`append_all`]; the locks are released, the [`AfterAppend`] hook runs
+/// for the writer of `dir` (it must be quick: IMAP's hands the work to
+/// its indexer thread), then `done` gets the result (the senders'
+/// replies: an IMAP session looking at once finds the mail).
 fn append_all_indexed(
     journal: &File,
     path: &Path,
@@ -1147,7 +1149,8 @@ fn append_all_indexed(
             // Unlocked before the replies: a session woken by one
             // (`listen`) must find the file free to read.
             drop(locked);
-            done(&Ok(()));
+            // The hook before the replies (it only hands the work on): a
+            // stop right after a 250 still finds it queued.
             if let (Some(dir), Some(hook), Ok(file)) = (dir, AFTER_APPEND.get(), file) {
                 hook(&Appended {
                     mbox: &file,
@@ -1157,6 +1160,7 @@ fn append_all_indexed(
                     continues,
                 });
             }
+            done(&Ok(()));
         }
         Err(e) => done(&Err(e)),
     }
