@@ -1,7 +1,7 @@
 //! The index of mail pimail appended (SPEC "Budgets": mail that pimail
 //! delivered needs no scan at the first SELECT).
 //!
-//! The mbox writer thread hands each commit (after its fsync and the
+//! The mbox writer thread hands each commit (after its fsync, before the
 //! replies) to the indexer thread (`store::index_appended`), which reads
 //! back what was appended (in the page cache), finds the messages as a
 //! scan would (`maildrop::scan_with`, `read_head`), makes their MIME
