@@ -230,7 +230,21 @@ impl FolderState {
             return Ok(());
         }
         let d: &dyn crate::store::disk::Disk = &file;
-        let all = maildrop::scan_with(d, 0, len, CHUNK).map_err(|e| io("cannot read folder", e))?;
+        // Nothing to reuse (the first look at a folder nobody indexed):
+        // each message's head and MIME structure are read in the scan's
+        // own pass, so the file is read once.
+        let one_pass = self.entries.is_empty() && self.known.values().all(|k| k.3.is_none());
+        let (all, pre) = if one_pass {
+            let mut ix = Indexer::new(&mut self.db);
+            let all = maildrop::scan_visit(d, 0, len, SCAN_CHUNK, &mut ix)
+                .map_err(|e| io("cannot read folder", e))?;
+            (all, ix.finish())
+        } else {
+            let all =
+                maildrop::scan_with(d, 0, len, CHUNK).map_err(|e| io("cannot read folder", e))?;
+            (all, Vec::new())
+        };
+        let mut pre = pre.into_iter();
         let mut old: HashMap<String, Entry> = self
             .entries
             .drain(..)
@@ -239,7 +253,11 @@ impl FolderState {
         let mut seen = std::collections::HashSet::new();
         let mut dirty = false;
         for m in all {
+            let p = pre.next();
             if !seen.insert(m.uid.clone()) {
+                if let Some(Pre { ptr: Some(r), .. }) = p {
+                    self.db.drop_record(r);
+                }
                 continue; // scan_with does not dedupe; keep the first
             }
             if let Some(mut e) = old.remove(&m.uid) {
@@ -264,7 +282,7 @@ impl FolderState {
                 self.entries.push(e);
                 continue;
             }
-            self.index_new(&file, m)?;
+            self.index_new(&file, m, p)?;
             dirty = true;
         }
         if !old.is_empty() {
@@ -470,15 +488,22 @@ impl FolderState {
                 // duplicates, so this is a re-read): a full scan decides.
                 return Ok(false);
             }
-            self.index_new(file, m)?;
+            self.index_new(file, m, None)?;
         }
         Ok(true)
     }
 
     /// Gives a message seen for the first time its UID (its seal's, the
     /// sidecar's, or UIDNEXT), and its MIME record.
-    fn index_new(&mut self, file: &File, m: Message) -> Result<(), StoreError> {
-        let (seal, date, skip) = read_head(file, &m);
+    /// `pre`: what the scan's pass already read of it ([`Indexer`]).
+    fn index_new(&mut self, file: &File, m: Message, pre: Option<Pre>) -> Result<(), StoreError> {
+        let (seal, date, skip, made) = match pre {
+            Some(p) => (p.seal, p.date, p.skip, Some((p.ptr, p.wire))),
+            None => {
+                let (seal, date, skip) = read_head(file, &m);
+                (seal, date, skip, None)
+            }
+        };
         let (uid, modseq, flags, ptr) = match self.known.remove(&m.uid) {
             Some((u, ms, f, p))
                 if u < self.uid_next && self.entries.last().map_or(true, |l| l.uid < u) =>
@@ -506,7 +531,17 @@ impl FolderState {
         self.log.push((0, Change::Added(u)));
         if let Some(e) = self.entries.last_mut() {
             e.mime = ptr;
-            if e.mime.is_none() {
+            match made {
+                // The sidecar's record is used.
+                Some((Some(r), _)) if e.mime.is_some() => self.db.drop_record(r),
+                Some(_) if e.mime.is_some() => {}
+                Some((made, wire)) => {
+                    e.mime = made;
+                    e.size = wire;
+                }
+                None => {}
+            }
+            if e.mime.is_none() && made.is_none() {
                 let (rec, wire) = parse_record(file, e.body_start, e.msg.end)?;
                 let p = self.db.put(&e.msg.uid, &rec, wire);
                 e.mime = p;
@@ -805,6 +840,181 @@ fn appended_batch(a: &crate::store::mbox::Appended) -> Option<Vec<u8>> {
     maildrop::still_holds(a.mbox, &stamp).ok()?.then_some(body)
 }
 
+/// What [`Indexer`] read of a message: what [`read_head`] and
+/// [`parse_record`] give, the record already in the `.mime` file.
+struct Pre {
+    seal: Option<Seal>,
+    date: i64,
+    skip: u64,
+    ptr: Option<Ptr>,
+    wire: u64,
+}
+
+/// Read size of the one-pass scan: large reads cost fewer calls; still
+/// bounded.
+const SCAN_CHUNK: usize = 128 * 1024;
+
+/// The one-pass first scan's [`maildrop::ScanSink`]: reads each message's
+/// head ([`head_of`]) and MIME structure (as [`parse_record`] does, fed
+/// from the scan's own buffer) as the scan goes, and writes the records.
+/// Holds at most [`HEAD`] octets of a message, and the parser's bounded
+/// state.
+struct Indexer<'a> {
+    db: &'a mut MimeDb,
+    out: Vec<Pre>,
+    offset: u64,
+    /// File offset of the next octet shown.
+    at: u64,
+    /// The first [`HEAD`] octets, until the head is read.
+    head: Vec<u8>,
+    head_done: bool,
+    seal: Option<Seal>,
+    date: i64,
+    skip: u64,
+    /// Where the parser starts: after the `From ` line and a first-line
+    /// seal; `None` while the `From ` line goes on past [`HEAD`].
+    body_start: Option<u64>,
+    hide: HideFilter,
+    parser: mime::Parser,
+    shown: Vec<u8>,
+    /// Records not yet written, for `out[out.len() - batch.len()..]`;
+    /// written when they reach [`BATCH`] octets and at the end.
+    batch: Vec<(String, Vec<u8>, u64)>,
+    batched: usize,
+}
+
+/// Octets of MIME records written at once by the first scan.
+const BATCH: usize = 64 * 1024;
+
+impl<'a> Indexer<'a> {
+    fn new(db: &'a mut MimeDb) -> Self {
+        Indexer {
+            db,
+            out: Vec::new(),
+            offset: 0,
+            at: 0,
+            head: Vec::with_capacity(HEAD),
+            head_done: false,
+            seal: None,
+            date: 0,
+            skip: 0,
+            body_start: None,
+            hide: HideFilter::new(),
+            parser: mime::Parser::new(),
+            shown: Vec::new(),
+            batch: Vec::new(),
+            batched: 0,
+        }
+    }
+
+    /// Writes the batched records; their pointers go to their messages.
+    fn flush(&mut self) {
+        let ptrs = self.db.put_many(&self.batch);
+        let first = self.out.len() - ptrs.len();
+        for (pre, p) in self.out[first..].iter_mut().zip(ptrs) {
+            pre.ptr = p;
+        }
+        self.batch.clear();
+        self.batched = 0;
+    }
+
+    /// The pass is over: every record written.
+    fn finish(mut self) -> Vec<Pre> {
+        self.flush();
+        self.out
+    }
+
+    /// The head is all there (or the message ends): read it.
+    fn read_head(&mut self) {
+        let (seal, date, skip) = head_of(&self.head);
+        self.body_start =
+            memchr::memchr(b'\n', &self.head).map(|i| self.offset + i as u64 + 1 + skip);
+        (self.seal, self.date, self.skip) = (seal, date, skip);
+        self.head_done = true;
+        let head = std::mem::take(&mut self.head);
+        self.content(self.offset, &head);
+        self.head = head;
+    }
+
+    /// Octets at file offset `at` on, once the head is read.
+    fn content(&mut self, at: u64, b: &[u8]) {
+        let start = match self.body_start {
+            Some(s) => s,
+            None => match memchr::memchr(b'\n', b) {
+                // The end of a long `From ` line.
+                Some(i) => *self.body_start.insert(at + i as u64 + 1),
+                None => return,
+            },
+        };
+        let from = start.saturating_sub(at).min(b.len() as u64) as usize;
+        let b = &b[from..];
+        if b.is_empty() {
+        } else if self.hide.done() {
+            self.parser.feed(b);
+        } else {
+            self.shown.clear();
+            self.hide.feed(b, &mut self.shown);
+            self.parser.feed(&self.shown);
+        }
+    }
+}
+
+impl maildrop::ScanSink for Indexer<'_> {
+    fn start(&mut self, offset: u64) {
+        self.offset = offset;
+        self.at = offset;
+        self.head.clear();
+        self.head_done = false;
+        self.body_start = None;
+        self.hide = HideFilter::new();
+        self.parser = mime::Parser::new();
+    }
+
+    fn bytes(&mut self, mut b: &[u8]) {
+        if !self.head_done {
+            let take = (HEAD - self.head.len()).min(b.len());
+            self.head.extend_from_slice(&b[..take]);
+            self.at += take as u64;
+            b = &b[take..];
+            if self.head.len() < HEAD {
+                return;
+            }
+            self.read_head();
+        }
+        self.content(self.at, b);
+        self.at += b.len() as u64;
+    }
+
+    fn end(&mut self, m: &Message) {
+        if !self.head_done {
+            self.read_head();
+        }
+        self.shown.clear();
+        self.hide.finish(&mut self.shown);
+        let mut p = std::mem::take(&mut self.parser);
+        p.feed(&self.shown);
+        let mut s = p.finish();
+        if self.hide.removed > 0 {
+            shift_stored(&mut s.root, self.hide.removed, true);
+        }
+        let mut rec = Vec::new();
+        mime::index::encode(&s, &mut rec);
+        let wire = s.size();
+        self.out.push(Pre {
+            seal: self.seal.take(),
+            date: self.date,
+            skip: self.skip,
+            ptr: None,
+            wire,
+        });
+        self.batched += rec.len() + m.uid.len();
+        self.batch.push((m.uid.clone(), rec, wire));
+        if self.batched >= BATCH {
+            self.flush();
+        }
+    }
+}
+
 /// Moves every stored position of `part` but the message's own start.
 fn shift_stored(part: &mut mime::Part, by: u64, root: bool) {
     if !root || part.header.stored > 0 {
@@ -865,11 +1075,20 @@ fn has(flags: &[Flag], f: &str) -> bool {
 /// The seal (first two header lines), INTERNALDATE (the `From ` line)
 /// and the bytes to skip at the start (a seal on the first line).
 fn read_head(file: &File, m: &Message) -> (Option<Seal>, i64, u64) {
-    let n = (m.end - m.offset).min(2048) as usize;
+    let n = (m.end - m.offset).min(HEAD as u64) as usize;
     let mut buf = vec![0u8; n];
     if file.read_exact_at(&mut buf, m.offset).is_err() {
         return (None, 0, 0);
     }
+    head_of(&buf)
+}
+
+/// The octets of a message's start [`read_head`] looks at.
+const HEAD: usize = 2048;
+
+/// [`read_head`] of the first [`HEAD`] octets of a message (from its
+/// `From ` line; fewer if the message is shorter).
+fn head_of(buf: &[u8]) -> (Option<Seal>, i64, u64) {
     let mut lines = buf.split_inclusive(|&b| b == b'\n');
     let date = lines.next().map_or(0, from_line_date);
     let mut prev_rp = false;
@@ -1824,4 +2043,75 @@ pub fn copy_to_spool(path: &Path, m: &Message, spool: &Path) -> Result<Vec<u8>, 
     }
     out.sync_data().map_err(|e| io("cannot write spool", e))?;
     Ok(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass first scan gives every message the head, size and
+    /// MIME record the per-message reads ([`read_head`], [`parse_record`])
+    /// give: for seals on the first or second line, hidden `Status:`
+    /// fields, foreign mail, long `From ` lines, an open last line.
+    #[test]
+    fn one_pass_scan_gives_what_the_per_message_reads_give() {
+        let dir = std::env::temp_dir().join(format!("pimail-onepass-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mbox = dir.join("INBOX");
+        let mut data = Vec::new();
+        for i in 0..40u64 {
+            let from = if i % 9 == 4 {
+                format!("From {} Mon Jun  2 10:00:{:02} 2025\n", "x".repeat(3000), i)
+            } else {
+                format!("From a@example.com Mon Jun  2 10:00:{:02} 2025\n", i)
+            };
+            data.extend_from_slice(from.as_bytes());
+            let seal = Seal {
+                id: format!("0000ABCD{i:08X}"),
+                uid: i + 1,
+                len: 0,
+                sum: 0,
+            };
+            match i % 4 {
+                0 => data.extend_from_slice(seal.line().as_bytes()),
+                1 => {
+                    data.extend_from_slice(b"Return-Path: <a@example.com>\n");
+                    data.extend_from_slice(seal.line().as_bytes());
+                }
+                2 => data.extend_from_slice(b"Status: RO\nX-Status: A\n"),
+                _ => {}
+            }
+            data.extend_from_slice(&crate::store::mime::tests::bench_like(i));
+            if i != 39 {
+                data.extend_from_slice(b"\n");
+                if !data.ends_with(b"\n\n") {
+                    data.extend_from_slice(b"\n");
+                }
+            }
+        }
+        std::fs::write(&mbox, &data).unwrap();
+        let mut st = FolderState::load(mbox.clone(), dir.join("INBOX.index"));
+        st.refresh().unwrap();
+        assert_eq!(st.entries.len(), 40);
+        let file = File::open(&mbox).unwrap();
+        for e in &st.entries {
+            let (seal, date, skip) = read_head(&file, &e.msg);
+            assert_eq!(e.seal_id, seal.map(|s| s.id), "at {}", e.msg.offset);
+            assert_eq!(e.date, date);
+            assert_eq!(e.body_start, e.msg.start + skip);
+            let (rec, wire) = parse_record(&file, e.body_start, e.msg.end).unwrap();
+            let p = e.mime.expect("a record");
+            assert_eq!(
+                st.db.get(p, &e.msg.uid).unwrap(),
+                rec,
+                "at {}",
+                e.msg.offset
+            );
+            assert_eq!((e.size, p.wire), (wire, wire));
+        }
+        assert!(st.entries.iter().any(|e| e.seal_id.is_some()));
+        assert!(st.entries.iter().any(|e| e.date > 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
