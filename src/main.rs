@@ -768,6 +768,8 @@ fn serve(cli: &cli::Cli) -> ExitCode {
         };
         server.run(ex2, stop, Duration::from_secs(30)).await;
     }));
+    // The IMAP index of the last deliveries (a cache: bounded wait).
+    pimail::read::imap::store::finish_indexing(Duration::from_secs(5));
     log::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -175,6 +175,10 @@ impl Server {
             )),
             None => None,
         };
+        if !config.listen.imap.is_empty() || !config.listen.imaps.is_empty() {
+            // Mail we deliver is indexed for IMAP as it is appended.
+            crate::store::mbox::set_after_append(crate::read::imap::store::index_appended);
+        }
         let mbox =
             MboxWriter::start(&config.user.mbox, &config.data_dir).map_err(StartError::Mbox)?;
         let (outbox, worker) =

@@ -952,9 +952,10 @@ impl MboxWriter {
         let (tx, rx) = mpsc::channel();
         let path = mbox.to_path_buf();
         let p = path.clone();
+        let dir = data_dir.to_path_buf();
         std::thread::Builder::new()
             .name("mbox-writer".into())
-            .spawn(move || writer_loop(rx, journal, p, state))
+            .spawn(move || writer_loop(rx, journal, p, dir, state))
             .map_err(|e| MboxError::io("cannot start mbox writer thread", e))?;
         Ok(MboxWriter {
             tx,
@@ -1011,7 +1012,13 @@ impl MboxWriter {
     }
 }
 
-fn writer_loop(rx: mpsc::Receiver<Job>, journal: File, path: PathBuf, mut st: SealState) {
+fn writer_loop(
+    rx: mpsc::Receiver<Job>,
+    journal: File,
+    path: PathBuf,
+    dir: PathBuf,
+    mut st: SealState,
+) {
     while let Ok(first) = rx.recv() {
         // Group commit: take every append already waiting.
         let mut batch = Vec::new();
@@ -1020,7 +1027,7 @@ fn writer_loop(rx: mpsc::Receiver<Job>, journal: File, path: PathBuf, mut st: Se
             match job {
                 Job::Append(d, reply) => batch.push((d, reply)),
                 Job::Exclusive(f) => {
-                    run_batch(&journal, &path, &mut st, std::mem::take(&mut batch));
+                    run_batch(&journal, &path, &dir, &mut st, std::mem::take(&mut batch));
                     match lock(&path) {
                         Ok(locked) => {
                             // A rewrite may shrink the mbox below the
@@ -1042,23 +1049,33 @@ fn writer_loop(rx: mpsc::Receiver<Job>, journal: File, path: PathBuf, mut st: Se
             }
             next = rx.try_recv().ok();
         }
-        run_batch(&journal, &path, &mut st, batch);
+        run_batch(&journal, &path, &dir, &mut st, batch);
     }
 }
 
 fn run_batch(
     journal: &File,
     path: &Path,
+    dir: &Path,
     st: &mut SealState,
     batch: Vec<(Delivery, smol::channel::Sender<Result<(), MboxError>>)>,
 ) {
     if batch.is_empty() {
         return;
     }
-    let items: Vec<&Delivery> = batch.iter().map(|(d, _)| d).collect();
-    let result = append_all(journal, path, st, &items);
-    for (_, reply) in batch {
-        let r = match &result {
+    let (deliveries, replies): (Vec<Delivery>, Vec<_>) = batch.into_iter().unzip();
+    let items: Vec<&Delivery> = deliveries.iter().collect();
+    let mut send = |result: &Result<(), MboxError>| reply_all(&replies, result);
+    append_all_indexed(journal, path, st, &items, Some(dir), &mut send);
+}
+
+/// Tells each sender how its append went.
+fn reply_all(
+    replies: &[smol::channel::Sender<Result<(), MboxError>>],
+    result: &Result<(), MboxError>,
+) {
+    for reply in replies {
+        let r = match result {
             Ok(()) => Ok(()),
             Err(MboxError::DiskFull) => Err(MboxError::DiskFull),
             Err(MboxError::Locked(p)) => Err(MboxError::Locked(p.clone())),
@@ -1072,6 +1089,36 @@ fn run_batch(
     }
 }
 
+/// What the writer appended in one commit, for [`set_after_append`]'s
+/// hook: the mbox grew from `from` to `to` with our sealed messages
+/// alone; `continues`: nothing changed it since our previous commit (no
+/// other program's append or rewrite in between). The locks are already
+/// released: another program may change the file meanwhile (the hook
+/// checks that it did not).
+pub struct Appended<'a> {
+    pub mbox: &'a File,
+    /// The writer's state directory (where its journal is).
+    pub dir: &'a Path,
+    pub from: u64,
+    pub to: u64,
+    pub continues: bool,
+}
+
+/// Called on the writer thread after each commit's fsync, before the
+/// replies (so it must only hand the work on): the IMAP side indexes what
+/// was appended
+/// (`read::imap::store::index_appended`), so that mail pimail delivered
+/// needs no scan at the first SELECT. A cache: it must not fail the
+/// append, and is not flushed.
+pub type AfterAppend = fn(&Appended);
+
+static AFTER_APPEND: std::sync::OnceLock<AfterAppend> = std::sync::OnceLock::new();
+
+/// Sets the hook (once, at start; later calls are ignored).
+pub fn set_after_append(f: AfterAppend) {
+    let _ = AFTER_APPEND.set(f);
+}
+
 /// Appends all `items` as one unit: all are stored and fsynced, or none.
 pub fn append_all(
     journal: &File,
@@ -1079,6 +1126,54 @@ pub fn append_all(
     st: &mut SealState,
     items: &[&Delivery],
 ) -> Result<(), MboxError> {
+    append_locked(journal, path, st, items).map(|_| ())
+}
+
+/// [`append_all`]; the locks are released, the [`AfterAppend`] hook runs
+/// for the writer of `dir` (it must be quick: IMAP's hands the work to
+/// its indexer thread), then `done` gets the result (the senders'
+/// replies: an IMAP session looking at once finds the mail).
+fn append_all_indexed(
+    journal: &File,
+    path: &Path,
+    st: &mut SealState,
+    items: &[&Delivery],
+    dir: Option<&Path>,
+    done: &mut dyn FnMut(&Result<(), MboxError>),
+) {
+    let r = append_locked(journal, path, st, items);
+    match r {
+        Ok((locked, before, continues)) => {
+            let to = Disk::len(&locked.file).unwrap_or(before);
+            let file = locked.file.try_clone();
+            // Unlocked before the replies: a session woken by one
+            // (`listen`) must find the file free to read.
+            drop(locked);
+            // The hook before the replies (it only hands the work on): a
+            // stop right after a 250 still finds it queued.
+            if let (Some(dir), Some(hook), Ok(file)) = (dir, AFTER_APPEND.get(), file) {
+                hook(&Appended {
+                    mbox: &file,
+                    dir,
+                    from: before,
+                    to,
+                    continues,
+                });
+            }
+            done(&Ok(()));
+        }
+        Err(e) => done(&Err(e)),
+    }
+}
+
+/// The append, the locks kept; with the mbox length before it and
+/// whether nothing changed the mbox since our previous commit.
+fn append_locked(
+    journal: &File,
+    path: &Path,
+    st: &mut SealState,
+    items: &[&Delivery],
+) -> Result<(Locked, u64, bool), MboxError> {
     let locked = lock(path)?;
     if st.dirty {
         *st = recover(journal, &locked.file, path)?;
@@ -1107,7 +1202,14 @@ pub fn append_all(
             body,
         });
     }
-    append_batch(journal, &locked.file, st, &batch, path)
+    let before = Disk::version(&locked.file).ok();
+    let continues = before.is_some() && st.last == before;
+    append_batch(journal, &locked.file, st, &batch, path)?;
+    drop(batch);
+    drop(spools);
+    let from = before.map_or(u64::MAX, |v| v.len);
+    // Unknown length before: no hook (`from` past any end covers nothing).
+    Ok((locked, from, continues && from != u64::MAX))
 }
 
 /// One message for [`append_batch`].

@@ -137,6 +137,20 @@ impl MimeDb {
         Some(p)
     }
 
+    /// Appends records already framed ([`frame`]) in one write; where
+    /// they start. Their pointers are checked as any ([`MimeDb::get`]).
+    pub fn append_framed(&mut self, framed: &[u8]) -> Option<u64> {
+        let file = self.file.as_ref()?;
+        let at = self.len;
+        if let Err(e) = file.write_all_at(framed, at) {
+            log::warn!("cannot write {}: {e}", self.path.display());
+            return None;
+        }
+        self.len += framed.len() as u64;
+        self.live += framed.len() as u64;
+        Some(at)
+    }
+
     /// [`MimeDb::put`] for several records in one write (the first scan
     /// of a folder writes thousands): `(uidl, record, wire)` each, their
     /// pointers in order, all `None` if the write fails.
@@ -262,7 +276,9 @@ impl MimeDb {
     }
 }
 
-fn frame(uidl: &str, rec: &[u8]) -> Option<Vec<u8>> {
+/// A record as the file holds it (for records made elsewhere: the
+/// writer thread's index of delivered mail, [`MimeDb::append_framed`]).
+pub fn frame(uidl: &str, rec: &[u8]) -> Option<Vec<u8>> {
     let u = uidl.as_bytes();
     let n = u32::try_from(1 + u.len() + rec.len()).ok()?;
     if u.len() > 255 || n + 4 > MAX_RECORD {

@@ -9,8 +9,10 @@
 //! for the async driver. `mutf7` is the modified UTF-7 of mailbox names
 //! (RFC 3501 5.1.3); `memory` is an in-memory account for tests.
 
+pub mod appended;
 pub mod command;
 pub mod conn;
+pub mod entry;
 pub mod folder;
 pub mod hidden;
 pub mod input;
@@ -19,5 +21,6 @@ pub mod mimedb;
 pub mod mutf7;
 pub mod response;
 pub mod session;
+pub mod sidecar;
 pub mod store;
 pub mod textsearch;

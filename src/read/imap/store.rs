@@ -46,26 +46,7 @@ pub const SPECIAL: [(&str, &str); 5] = [
 
 const CHUNK: usize = 64 * 1024;
 
-/// One message as IMAP knows it.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub msg: Message,
-    pub uid: Uid,
-    pub flags: Vec<Flag>,
-    pub modseq: u64,
-    pub date: i64,
-    /// The seal's id, when pimail wrote it.
-    pub seal_id: Option<String>,
-    /// Where the message starts for IMAP: after a seal that is its first
-    /// line (pimail's trace field is not the client's business, and an
-    /// APPENDed message must come back as it was sent).
-    pub body_start: u64,
-    /// RFC822.SIZE (the wire size from `body_start`).
-    pub size: u64,
-    /// Its MIME record in the folder's `.mime` file (ENVELOPE,
-    /// BODYSTRUCTURE, section positions), written when first indexed.
-    mime: Option<Ptr>,
-}
+pub use super::entry::Entry;
 
 /// One folder's shared state.
 pub struct FolderState {
@@ -81,9 +62,18 @@ pub struct FolderState {
     /// The identity of what was scanned (head and tail hashes), so mail
     /// appended since is found by scanning the tail alone.
     stamp: Option<maildrop::Stamp>,
-    /// Entries of the last run, from the sidecar (v4): used without a
-    /// scan when the file still holds what they describe.
-    cached: Option<(maildrop::Stamp, Vec<Entry>)>,
+    /// Entries of the last run, from the sidecar, not yet matched to the
+    /// file's messages: used whole, without a scan, when `cached` (the
+    /// sidecar is complete) still holds; else turned into `known` when a
+    /// scan needs them (not before: SELECT after a restart builds no map).
+    sidecar: Vec<Entry>,
+    cached: Option<maildrop::Stamp>,
+    /// The sidecar was of an older format: written again once read.
+    upgrade: bool,
+    /// The folder writer's index of what it appended (`appended`), and
+    /// where in it the batches not yet used start.
+    appended: Option<PathBuf>,
+    appended_at: u64,
     /// UIDL -> (uid, modseq, flags) remembered from the sidecar for
     /// messages not yet seen in this run.
     known: HashMap<String, (Uid, u64, Vec<Flag>, Option<Ptr>)>,
@@ -117,85 +107,32 @@ impl FolderState {
             ino: 0,
             len: 0,
             stamp: None,
+            sidecar: Vec::new(),
             cached: None,
+            upgrade: false,
+            appended: None,
+            appended_at: 0,
             known: HashMap::new(),
             db: MimeDb::open(mime_path),
             log: Vec::new(),
             generation: Rc::new(std::cell::Cell::new(0)),
         };
-        if let Ok(text) = std::fs::read_to_string(&st.index) {
-            let mut lines = text.lines();
-            let (mut stamp, mut count) = (None, None);
-            if let Some(head) = lines.next() {
-                let w: Vec<&str> = head.split(' ').collect();
-                match w[..] {
-                    ["v1" | "v2", v, n, m] | ["v3", v, n, m, _] | ["v4", v, n, m, _, _] => {
-                        st.uid_validity = v.parse().unwrap_or(0);
-                        st.uid_next = n.parse().unwrap_or(1);
-                        st.modseq = m.parse().unwrap_or(1);
-                    }
-                    _ => {}
-                }
-                // v3 (no entry count) is read for its UIDs and flags only:
-                // whether it was cut short cannot be told.
-                if let ["v4", _, _, _, s, c] = w[..] {
-                    stamp = parse_stamp(s);
-                    count = c.parse::<usize>().ok();
-                }
-            }
-            let mut cached = stamp.map(|s| (s, Vec::new()));
-            for line in lines {
-                let mut w = line.split(' ');
-                let (Some(uidl), Some(uid), Some(ms)) = (w.next(), w.next(), w.next()) else {
-                    continue;
-                };
-                let (Ok(uid), Ok(ms)) = (uid.parse(), ms.parse()) else {
-                    continue;
-                };
-                // `%at:len` (v2) points into the .mime file; `%` is in
-                // no flag (RFC 9051 atom-specials).
-                let (mut flags, mut ptr, mut geo) = (Vec::new(), None, None);
-                for f in w.filter(|f| !f.is_empty()) {
-                    match Ptr::parse(f) {
-                        Some(p) => ptr = Some(p),
-                        None if f.starts_with('%') => {}
-                        None if f.starts_with('@') => geo = parse_geometry(f),
-                        None => flags.push(f.to_string()),
-                    }
-                }
-                // A line without its place (v2, or torn) makes the cached
-                // view unusable: the folder is scanned as before.
-                match (geo, cached.as_mut()) {
-                    (Some((msg, body_start, size, date, seal_id)), Some((_, list)))
-                        if list.last().map_or(true, |l: &Entry| l.uid < uid) =>
-                    {
-                        let mut msg = msg;
-                        msg.uid = uidl.to_string();
-                        list.push(Entry {
-                            msg,
-                            uid,
-                            flags: flags.clone(),
-                            modseq: ms,
-                            date,
-                            seal_id,
-                            body_start,
-                            size,
-                            mime: ptr,
-                        });
-                    }
-                    _ => cached = None,
-                }
-                st.known.insert(uidl.to_string(), (uid, ms, flags, ptr));
-            }
-            // The sidecar is written without a flush: after a power cut it
-            // may be cut short, and a short cached view would hide the
-            // messages it lost. All of them, or a scan.
-            st.cached = cached.filter(|(_, list)| Some(list.len()) == count);
+        if let Some(sc) = std::fs::read(&st.index)
+            .ok()
+            .and_then(|b| super::sidecar::decode(&b))
+        {
+            st.uid_validity = sc.uid_validity;
+            st.uid_next = sc.uid_next.max(1);
+            st.modseq = sc.modseq.max(1);
+            st.cached = sc.stamp.filter(|_| sc.complete);
+            st.sidecar = sc.entries;
+            st.upgrade = sc.old_format;
         }
         if st.uid_validity == 0 {
             // Seconds since the epoch: a new value after a lost sidecar.
             st.uid_validity = (crate::util::timefmt::unix_now() as u32).max(1);
             st.known.clear();
+            st.sidecar.clear();
             st.cached = None;
             st.db.clear();
         }
@@ -211,30 +148,14 @@ impl FolderState {
                 .iter_mut()
                 .map(|e| (e.msg.uid.as_str(), &mut e.mime)),
         );
-        let mut out = format!(
-            "v4 {} {} {} {} {}\n",
+        let out = super::sidecar::encode(
             self.uid_validity,
             self.uid_next,
             self.modseq,
-            self.stamp.as_ref().map_or("-".to_string(), stamp_token),
-            self.entries.len()
+            self.stamp.as_ref(),
+            &self.entries,
         );
-        for e in &self.entries {
-            out += &format!("{} {} {}", e.msg.uid, e.uid, e.modseq);
-            if let Some(p) = e.mime {
-                out.push(' ');
-                out += &p.token();
-            }
-            if self.stamp.is_some() {
-                out.push(' ');
-                out += &geometry_token(e);
-            }
-            for f in &e.flags {
-                out.push(' ');
-                out += f;
-            }
-            out.push('\n');
-        }
+        self.upgrade = false;
         let tmp = self.index.with_extension("tmp");
         let ok = std::fs::write(&tmp, out).and_then(|_| std::fs::rename(&tmp, &self.index));
         if let Err(e) = ok {
@@ -268,22 +189,35 @@ impl FolderState {
         // The last run's view, kept in the sidecar: used as it is when the
         // file still holds what it describes (SELECT after a restart
         // reads the sidecar, not the folder).
-        if let Some((stamp, list)) = self.cached.take() {
+        if let Some(stamp) = self.cached.take() {
             if self.entries.is_empty()
                 && len >= stamp.len
                 && maildrop::still_holds(&file, &stamp).unwrap_or(false)
             {
-                for e in &list {
-                    self.known.remove(&e.msg.uid);
-                }
-                self.entries = list;
+                self.entries = std::mem::take(&mut self.sidecar);
                 self.ino = ino;
                 self.len = stamp.len;
                 self.stamp = Some(stamp);
                 if len == self.len {
+                    if self.upgrade {
+                        self.save();
+                    }
                     return Ok(());
                 }
             }
+        }
+        self.spill_known();
+        // Mail pimail appended: its writer's index says what it is, the
+        // folder is not read (see `appended`); what the index does not
+        // cover is scanned as below.
+        if (self.ino == 0 || (ino == self.ino && len > self.len))
+            && self.index_from_log(&file, ino, len)?
+            && (len == self.len || self.tail_scan(&file, len)?)
+        {
+            self.len = len;
+            self.stamp = maildrop::stamp(&file, len).ok();
+            self.save();
+            return Ok(());
         }
         // Mail appended since the last scan (a delivery, an APPEND, another
         // program's append): the file still holds what was scanned (same
@@ -382,12 +316,21 @@ impl FolderState {
         self.ino = ino;
         self.len = len;
         let stamp = maildrop::stamp(&file, len).ok();
-        dirty |= stamp != self.stamp;
+        dirty |= stamp != self.stamp || self.upgrade;
         self.stamp = stamp;
         if dirty {
             self.save();
         }
         Ok(())
+    }
+
+    /// The sidecar's entries not used as the view: remembered by UIDL for
+    /// the scan that finds their messages.
+    fn spill_known(&mut self) {
+        for e in self.sidecar.drain(..) {
+            self.known
+                .insert(e.msg.uid, (e.uid, e.modseq, e.flags, e.mime));
+        }
     }
 
     /// Takes a read lock on the folder for the scan (released when `file`
@@ -414,6 +357,98 @@ impl FolderState {
                 Ok(false) => std::thread::sleep(std::time::Duration::from_millis(5)),
             }
         }
+    }
+
+    /// Takes the messages our writer appended after `self.len` from its
+    /// index (`appended`): a chain of its batches that follows on from
+    /// what is indexed, up to the last whose stamp the file still holds.
+    /// `false` when it covers nothing (the caller scans).
+    fn index_from_log(&mut self, file: &File, ino: u64, len: u64) -> Result<bool, StoreError> {
+        let Some(path) = &self.appended else {
+            return Ok(false);
+        };
+        let known_holds = match &self.stamp {
+            None => self.len == 0 && self.entries.is_empty(),
+            Some(s) => s.len == self.len && maildrop::still_holds(file, s).unwrap_or(false),
+        };
+        if !known_holds {
+            return Ok(false);
+        }
+        // From where the last batch used ended, else (nothing there: the
+        // log started again) from its start.
+        let mut batches = super::appended::read(path, self.appended_at);
+        if batches.is_empty() && self.appended_at > 0 {
+            batches = super::appended::read(path, 0);
+        }
+        let (batches, ends): (Vec<_>, Vec<u64>) = batches.into_iter().unzip();
+        let Some(first) = batches.iter().position(|b| b.from == self.len) else {
+            return Ok(false);
+        };
+        let mut last = first;
+        while last + 1 < batches.len() && batches[last + 1].from == batches[last].stamp.len {
+            last += 1;
+        }
+        let Some(last) = (first..=last).rev().find(|&k| {
+            let s = &batches[k].stamp;
+            s.len <= len && maildrop::still_holds(file, s).unwrap_or(false)
+        }) else {
+            return Ok(false);
+        };
+        let stamp = batches[last].stamp.clone();
+        // The records go into the `.mime` file in one write.
+        let mut blob = Vec::new();
+        let mut new = Vec::new();
+        for b in batches.into_iter().take(last + 1).skip(first) {
+            let base = blob.len() as u64;
+            blob.extend_from_slice(&b.mime);
+            for mut e in b.entries {
+                e.mime = e.mime.map(|p| Ptr {
+                    at: p.at + base,
+                    ..p
+                });
+                new.push(e);
+            }
+        }
+        let at = if blob.is_empty() {
+            None
+        } else {
+            self.db.append_framed(&blob)
+        };
+        for mut e in new {
+            let floor = self.entries.last().map_or(0, |l| l.uid);
+            let seal_uid = e.uid;
+            match self.known.remove(&e.msg.uid) {
+                Some((u, ms, f, _)) if u < self.uid_next && floor < u => {
+                    (e.uid, e.modseq, e.flags) = (u, ms, f);
+                }
+                _ => {
+                    e.uid = if seal_uid > floor.max(self.uid_next - 1) && seal_uid < u32::MAX {
+                        seal_uid
+                    } else {
+                        self.uid_next.max(floor + 1)
+                    };
+                    self.modseq += 1;
+                    e.modseq = self.modseq;
+                }
+            }
+            self.uid_next = self.uid_next.max(e.uid + 1);
+            e.mime = match (e.mime, at) {
+                (Some(p), Some(at)) => Some(Ptr { at: p.at + at, ..p }),
+                _ => None,
+            };
+            if e.mime.is_none() {
+                let (rec, wire) = parse_record(file, e.body_start, e.msg.end)?;
+                e.mime = self.db.put(&e.msg.uid, &rec, wire);
+                e.size = wire;
+            }
+            self.log.push((0, Change::Added(e.uid)));
+            self.entries.push(e);
+        }
+        self.ino = ino;
+        self.len = stamp.len;
+        self.stamp = Some(stamp);
+        self.appended_at = ends[last];
+        Ok(true)
     }
 
     /// Indexes the messages after the last known one; `false` when the
@@ -652,7 +687,11 @@ impl FolderState {
 /// positions are those of what is served; the stored positions are then
 /// put back into the file's terms (every position past the header moves
 /// by what was hidden in it).
-fn parse_record(file: &File, start: u64, end: u64) -> Result<(Vec<u8>, u64), StoreError> {
+pub(super) fn parse_record(
+    file: &File,
+    start: u64,
+    end: u64,
+) -> Result<(Vec<u8>, u64), StoreError> {
     let mut p = mime::Parser::new();
     let mut hide = HideFilter::new();
     let mut buf = vec![0u8; CHUNK];
@@ -677,6 +716,129 @@ fn parse_record(file: &File, start: u64, end: u64) -> Result<(Vec<u8>, u64), Sto
     let mut rec = Vec::new();
     mime::index::encode(&s, &mut rec);
     Ok((rec, s.size()))
+}
+
+/// The mbox writer's hook ([`crate::store::mbox::set_after_append`]):
+/// hands what one commit appended to the indexer thread, which indexes it
+/// into the writer's log (`appended`) with the code a scan runs, so that
+/// the first SELECT reads the log, not the folder. The writer thread only
+/// sends a message (its next commit does not wait for the MIME parse);
+/// if the indexer lags too far, the batch is dropped and the log starts
+/// again (the folder is then scanned).
+pub fn index_appended(a: &crate::store::mbox::Appended) {
+    use std::sync::mpsc;
+    static INDEXER: std::sync::OnceLock<Option<std::sync::Mutex<mpsc::SyncSender<IndexJob>>>> =
+        std::sync::OnceLock::new();
+    let tx = INDEXER.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel::<IndexJob>(256);
+        std::thread::Builder::new()
+            .name("imap-indexer".into())
+            .spawn(move || {
+                while let Ok(j) = rx.recv() {
+                    let a = crate::store::mbox::Appended {
+                        mbox: &j.mbox,
+                        dir: &j.dir,
+                        from: j.from,
+                        to: j.to,
+                        continues: j.continues,
+                    };
+                    super::appended::write(&a, appended_batch(&a));
+                    INDEXING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+            .ok()
+            .map(|_| std::sync::Mutex::new(tx))
+    });
+    let job = a.mbox.try_clone().ok().map(|mbox| IndexJob {
+        mbox,
+        dir: a.dir.to_path_buf(),
+        from: a.from,
+        to: a.to,
+        continues: a.continues,
+    });
+    INDEXING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let sent = match (tx, job) {
+        (Some(tx), Some(job)) => tx.lock().is_ok_and(|tx| tx.try_send(job).is_ok()),
+        _ => false,
+    };
+    if !sent {
+        INDEXING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    if !sent {
+        // A gap in the log: what follows must not chain on.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .open(a.dir.join(super::appended::LOG))
+            .and_then(|f| f.set_len(0));
+    }
+}
+
+/// Commits handed to the indexer thread and not yet indexed.
+static INDEXING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// At shutdown: waits (at most `wait`) for the indexer to finish what the
+/// writers handed it, so that the next start finds the last deliveries
+/// indexed.
+pub fn finish_indexing(wait: std::time::Duration) {
+    let deadline = std::time::Instant::now() + wait;
+    while INDEXING.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// One commit for the indexer thread.
+struct IndexJob {
+    mbox: File,
+    dir: PathBuf,
+    from: u64,
+    to: u64,
+    continues: bool,
+}
+
+fn appended_batch(a: &crate::store::mbox::Appended) -> Option<Vec<u8>> {
+    let d: &dyn crate::store::disk::Disk = a.mbox;
+    // Read without the locks, maybe after the writer appended more: what
+    // is read must be what the stamp says (checked again after), and our
+    // commit's messages follow one another from `from` on.
+    let stamp = maildrop::stamp(a.mbox, a.to).ok()?;
+    let msgs = maildrop::scan_with(d, a.from, a.to, CHUNK).ok()?;
+    let mut blob = Vec::new();
+    let mut entries: Vec<Entry> = Vec::with_capacity(msgs.len());
+    let mut next = a.from;
+    for m in msgs {
+        if m.offset < next || m.offset > next + 2 {
+            return None;
+        }
+        next = m.end + 1;
+        let (seal, date, skip) = read_head(a.mbox, &m);
+        // Only our sealed messages are in a commit of ours.
+        let seal = seal?;
+        let uid = u32::try_from(seal.uid).ok().filter(|&u| u > 0)?;
+        let body_start = m.start + skip;
+        let (rec, wire) = parse_record(a.mbox, body_start, m.end).ok()?;
+        let framed = super::mimedb::frame(&m.uid, &rec)?;
+        let mime = Ptr {
+            at: blob.len() as u64,
+            len: framed.len() as u32,
+            wire,
+        };
+        blob.extend_from_slice(&framed);
+        entries.push(Entry {
+            msg: m,
+            uid,
+            flags: Vec::new(),
+            modseq: 0,
+            date,
+            seal_id: Some(seal.id),
+            body_start,
+            size: wire,
+            mime: Some(mime),
+        });
+    }
+    let body = super::appended::encode(a.from, &stamp, &entries, &blob)?;
+    maildrop::still_holds(a.mbox, &stamp).ok()?.then_some(body)
 }
 
 /// What [`Indexer`] read of a message: what [`read_head`] and
@@ -877,17 +1039,17 @@ fn shift_stored(part: &mut mime::Part, by: u64, root: bool) {
 /// the same UIDLs) as `Status:`/`X-Status:` lines, so that this rewrite
 /// too writes them (issue 16). A message IMAP never saw: left as it is.
 pub fn inbox_status_lines(data_dir: &Path, messages: &[Message]) -> StatusLines {
-    let Ok(text) = std::fs::read_to_string(data_dir.join("imap").join("INBOX.index")) else {
+    let Some(sc) = std::fs::read(data_dir.join("imap").join("INBOX.index"))
+        .ok()
+        .and_then(|b| super::sidecar::decode(&b))
+    else {
         return Vec::new();
     };
-    let mut flags: HashMap<&str, Vec<&str>> = HashMap::new();
-    for line in text.lines().skip(1) {
-        let mut w = line.split(' ');
-        let Some(uidl) = w.next() else { continue };
-        // UID and MODSEQ, then the record pointer and the flags.
-        let f = w.skip(2).filter(|f| !f.starts_with('%')).collect();
-        flags.insert(uidl, f);
-    }
+    let flags: HashMap<&str, &[Flag]> = sc
+        .entries
+        .iter()
+        .map(|e| (e.msg.uid.as_str(), &e.flags[..]))
+        .collect();
     messages
         .iter()
         .map(|m| {
@@ -906,74 +1068,6 @@ pub fn inbox_status_lines(data_dir: &Path, messages: &[Message]) -> StatusLines 
 
 /// Per message, the `Status:`/`X-Status:` lines a rewrite gives it.
 pub type StatusLines = Vec<Option<Vec<u8>>>;
-
-/// `dev,ino,len,mtime_ns,head,tail` of a stamp, in the sidecar's head line.
-fn stamp_token(s: &maildrop::Stamp) -> String {
-    format!(
-        "{},{},{},{},{},{}",
-        s.dev, s.ino, s.len, s.mtime_ns, s.head, s.tail
-    )
-}
-
-fn parse_stamp(t: &str) -> Option<maildrop::Stamp> {
-    let mut w = t.split(',');
-    let mut n = || w.next().and_then(|x| x.parse::<u64>().ok());
-    let (dev, ino, len) = (n()?, n()?, n()?);
-    let mtime_ns = t.split(',').nth(3)?.parse::<i128>().ok()?;
-    let mut w = t.split(',').skip(4);
-    let mut n = || w.next().and_then(|x| x.parse::<u64>().ok());
-    Some(maildrop::Stamp {
-        dev,
-        ino,
-        len,
-        mtime_ns,
-        head: n()?,
-        tail: n()?,
-    })
-}
-
-/// `@offset,start,end,size,body_start,wire_size,date[,seal]`: where an
-/// entry's message lies, so a restart needs no scan.
-fn geometry_token(e: &Entry) -> String {
-    let mut t = format!(
-        "@{},{},{},{},{},{},{}",
-        e.msg.offset, e.msg.start, e.msg.end, e.msg.size, e.body_start, e.size, e.date
-    );
-    if let Some(id) = &e.seal_id {
-        t.push(',');
-        t += id;
-    }
-    t
-}
-
-#[allow(clippy::type_complexity)]
-fn parse_geometry(t: &str) -> Option<(Message, u64, u64, i64, Option<String>)> {
-    let mut w = t.strip_prefix('@')?.split(',');
-    let mut n = || w.next().and_then(|x| x.parse::<u64>().ok());
-    let (offset, start, end, size, body_start, wire) = (n()?, n()?, n()?, n()?, n()?, n()?);
-    let mut w = t.split(',').skip(6);
-    let date = w.next()?.parse::<i64>().ok()?;
-    let seal_id = w
-        .next()
-        .filter(|s| crate::store::mbox::valid_seal_id(s))
-        .map(String::from);
-    if !(offset <= start && start <= end && body_start >= start && body_start <= end) {
-        return None;
-    }
-    Some((
-        Message {
-            offset,
-            start,
-            end,
-            size,
-            uid: String::new(),
-        },
-        body_start,
-        wire,
-        date,
-        seal_id,
-    ))
-}
 
 fn has(flags: &[Flag], f: &str) -> bool {
     flags.iter().any(|x| x.eq_ignore_ascii_case(f))
@@ -1113,13 +1207,27 @@ impl Store {
                 let index = self
                     .state_dir
                     .join(format!("{}.index", name.replace('/', "%")));
-                let s = Rc::new(RefCell::new(FolderState::load(path, index)));
+                let mut st = FolderState::load(path, index);
+                st.appended = Some(self.writer_dir(&name).join(super::appended::LOG));
+                let s = Rc::new(RefCell::new(st));
                 self.open.borrow_mut().insert(name, s.clone());
                 s
             }
         };
         st.borrow_mut().refresh()?;
         Ok(st)
+    }
+
+    /// Where a folder's writer keeps its journal and its index of what it
+    /// appended (as `conn::ImapContext::writer` and the SMTP side start
+    /// them: INBOX in data_dir, Junk in `junk/`, others beside their
+    /// sidecar).
+    fn writer_dir(&self, name: &str) -> PathBuf {
+        match name {
+            "INBOX" => self.data_dir.clone(),
+            "Junk" => self.data_dir.join("junk"),
+            n => self.state_dir.join(format!("{}.d", n.replace('/', "%"))),
+        }
     }
 
     /// The folders the user unsubscribed from (UNSUBSCRIBE); every other
