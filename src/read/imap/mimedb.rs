@@ -12,8 +12,18 @@
 //! records ([`MimeDb::compact`]). Reads go through one 64 KiB block kept
 //! in memory: a FETCH over the folder reads the records in file order.
 //!
+//! Each record also holds the message's ENVELOPE, BODYSTRUCTURE and BODY
+//! as FETCH answers them, rendered once when the record is made: `FETCH
+//! 1:* (ENVELOPE BODYSTRUCTURE)` copies bytes (issue 16, SPEC "Budgets").
+//!
 //! Record framing: `u32` LE length of what follows, one byte UIDL length,
-//! the UIDL, the `mime::index` record.
+//! the UIDL, then the payload: [`RENDERED`], the `u32` LE lengths of the
+//! ENVELOPE, BODYSTRUCTURE and BODY texts, a `u32` LE check of each
+//! text, the three texts, and the `mime::index` record. A record from
+//! before the rendered texts (its payload is the `mime::index` record
+//! alone, whose first byte is that format's version, never [`RENDERED`])
+//! still serves its positions and is re-made when its texts are asked
+//! for ([`Miss::Old`]).
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -47,6 +57,29 @@ impl Ptr {
     }
 }
 
+/// The first payload byte of a record with its rendered texts; a
+/// `mime::index` record (what older records hold alone) starts with its
+/// version (1), which will not come near this.
+pub const RENDERED: u8 = 0xF1;
+
+/// Which rendered text of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rendered {
+    Envelope = 0,
+    BodyStructure = 1,
+    Body = 2,
+}
+
+/// Why a record's text could not be copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// An older record, well framed but without the texts: re-make it
+    /// from its `mime::index` part.
+    Old,
+    /// No record, a stale pointer, or a torn or damaged record.
+    Bad,
+}
+
 const BLOCK: u64 = 64 * 1024;
 /// A record longer than this is not believed (MAX_PARTS parts of a few
 /// hundred bytes each stay well under it).
@@ -59,6 +92,8 @@ pub struct MimeDb {
     /// Octets of live records (the rest is garbage).
     live: u64,
     block: RefCell<(u64, Vec<u8>)>,
+    /// Records were re-made since the text index was last written.
+    moved: bool,
 }
 
 impl MimeDb {
@@ -69,6 +104,7 @@ impl MimeDb {
             len: 0,
             live: 0,
             block: RefCell::new((0, Vec::new())),
+            moved: false,
         };
         db.reopen();
         db
@@ -111,6 +147,16 @@ impl MimeDb {
         self.live += u64::from(p.len);
     }
 
+    /// Notes that a record moved (re-made): the text index must be
+    /// written ([`MimeDb::take_moved`]).
+    pub fn moved(&mut self) {
+        self.moved = true;
+    }
+
+    pub fn take_moved(&mut self) -> bool {
+        std::mem::take(&mut self.moved)
+    }
+
     /// Forgets a record (its message is gone or parsed again).
     pub fn drop_record(&mut self, p: Ptr) {
         self.live = self.live.saturating_sub(u64::from(p.len));
@@ -120,8 +166,19 @@ impl MimeDb {
     /// file cannot be written (the message is then parsed again when
     /// asked for).
     pub fn put(&mut self, uidl: &str, rec: &[u8], wire: u64) -> Option<Ptr> {
+        let payload = render(rec)?;
+        self.put_payload(uidl, &payload, wire)
+    }
+
+    /// A record as older versions wrote it (no texts), for tests.
+    #[cfg(test)]
+    pub fn put_old(&mut self, uidl: &str, rec: &[u8], wire: u64) -> Option<Ptr> {
+        self.put_payload(uidl, rec, wire)
+    }
+
+    fn put_payload(&mut self, uidl: &str, payload: &[u8], wire: u64) -> Option<Ptr> {
         let file = self.file.as_ref()?;
-        let framed = frame(uidl, rec)?;
+        let framed = frame(uidl, payload)?;
         let at = self.len;
         if let Err(e) = file.write_all_at(&framed, at) {
             log::warn!("cannot write {}: {e}", self.path.display());
@@ -137,8 +194,32 @@ impl MimeDb {
         Some(p)
     }
 
-    /// The record at `p` if it is `uidl`'s and well framed.
+    /// The `mime::index` record at `p` if it is `uidl`'s and well framed
+    /// (of either format).
     pub fn get(&self, p: Ptr, uidl: &str) -> Option<Vec<u8>> {
+        self.with_payload(p, uidl, |b| index_part(b).map(<[u8]>::to_vec))
+            .flatten()
+    }
+
+    /// Appends the `which` text of the record at `p` (`uidl`'s) to `out`;
+    /// `out` is left as it was on a miss.
+    pub fn write_rendered(
+        &self,
+        p: Ptr,
+        uidl: &str,
+        which: Rendered,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Miss> {
+        self.with_payload(p, uidl, |b| {
+            rendered(b, which).map(|t| out.extend_from_slice(t))
+        })
+        .unwrap_or(Err(Miss::Bad))
+    }
+
+    /// Calls `f` with the payload of the record at `p` if it is `uidl`'s
+    /// and well framed. Reads go through the block: one `pread` per 64 KiB
+    /// of records read in file order.
+    fn with_payload<R>(&self, p: Ptr, uidl: &str, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let file = self.file.as_ref()?;
         if p.len < 5 || p.len > MAX_RECORD || p.at.checked_add(u64::from(p.len))? > self.len {
             return None;
@@ -157,7 +238,7 @@ impl MimeDb {
             *start = p.at;
         }
         let off = (p.at - *start) as usize;
-        unframe(&data[off..off + p.len as usize], uidl).map(<[u8]>::to_vec)
+        unframe(&data[off..off + p.len as usize], uidl).map(f)
     }
 
     /// Rewrites the file with only the live records when the garbage
@@ -186,11 +267,11 @@ impl MimeDb {
         let mut moved = Vec::new();
         for (uidl, ptr) in live {
             let Some(p) = *ptr else { continue };
-            let Some(rec) = self.get(p, uidl) else {
+            let Some(payload) = self.with_payload(p, uidl, <[u8]>::to_vec) else {
                 *ptr = None;
                 continue;
             };
-            let Some(framed) = frame(uidl, &rec) else {
+            let Some(framed) = frame(uidl, &payload) else {
                 *ptr = None;
                 continue;
             };
@@ -231,6 +312,106 @@ impl MimeDb {
     }
 }
 
+/// A 32-bit check of a text: a torn record (a block of zeros where the
+/// text was, after a crash) is refused rather than sent to a client.
+/// Fletcher-like sums of 64-bit words (position-sensitive, and cheap
+/// beside the copy: it runs on every text a FETCH sends).
+fn check(b: &[u8]) -> u32 {
+    let (mut s1, mut s2) = (b.len() as u64, 0u64);
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        s1 = s1.wrapping_add(u64::from_le_bytes(a));
+        s2 = s2.wrapping_add(s1);
+    }
+    for &x in words.remainder() {
+        s1 = s1.wrapping_add(u64::from(x));
+        s2 = s2.wrapping_add(s1);
+    }
+    let h = s1 ^ s2.rotate_left(17).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h ^ (h >> 32)) as u32
+}
+
+/// Bytes of the fixed part of a payload: the tag, three lengths, three
+/// checks.
+pub(crate) const HEAD: usize = 1 + 12 + 12;
+
+/// The payload of a record for the `mime::index` record `rec`: the texts
+/// FETCH sends, rendered from it, then `rec`. `None` if `rec` cannot be
+/// rendered (the writers check it as the reader does).
+pub fn render(rec: &[u8]) -> Option<Vec<u8>> {
+    use crate::store::mime::index;
+    let mut out = Vec::with_capacity(HEAD + rec.len() * 4);
+    out.resize(HEAD, 0);
+    out[0] = RENDERED;
+    let mut at = [HEAD; 4];
+    index::write_envelope(rec, &mut out).ok()?;
+    at[1] = out.len();
+    index::write_body(rec, true, &mut out).ok()?;
+    at[2] = out.len();
+    index::write_body(rec, false, &mut out).ok()?;
+    at[3] = out.len();
+    for i in 0..3 {
+        let len = u32::try_from(at[i + 1] - at[i]).ok()?;
+        let c = check(&out[at[i]..at[i + 1]]);
+        out[1 + 4 * i..5 + 4 * i].copy_from_slice(&len.to_le_bytes());
+        out[13 + 4 * i..17 + 4 * i].copy_from_slice(&c.to_le_bytes());
+    }
+    out.extend_from_slice(rec);
+    Some(out)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+/// Where a payload's three texts end (from its start); `Err(Old)` for a
+/// payload without texts.
+fn ends(b: &[u8]) -> Result<[usize; 3], Miss> {
+    match b.first() {
+        None => return Err(Miss::Bad),
+        Some(&t) if t != RENDERED => return Err(Miss::Old),
+        Some(_) => {}
+    }
+    if b.len() < HEAD {
+        return Err(Miss::Bad);
+    }
+    let mut end = [0usize; 3];
+    let mut at = HEAD;
+    for (i, e) in end.iter_mut().enumerate() {
+        at = at.saturating_add(u32_at(b, 1 + 4 * i) as usize);
+        *e = at;
+    }
+    if at > b.len() {
+        return Err(Miss::Bad);
+    }
+    Ok(end)
+}
+
+/// The `which` text of a payload, checked.
+pub fn rendered(b: &[u8], which: Rendered) -> Result<&[u8], Miss> {
+    let end = ends(b)?;
+    let w = which as usize;
+    let start = if w == 0 { HEAD } else { end[w - 1] };
+    let t = &b[start..end[w]];
+    if check(t) != u32_at(b, 13 + 4 * w) {
+        return Err(Miss::Bad);
+    }
+    Ok(t)
+}
+
+/// The `mime::index` record of a payload of either format.
+pub fn index_part(b: &[u8]) -> Option<&[u8]> {
+    match ends(b) {
+        Ok(end) => Some(&b[end[2]..]),
+        Err(Miss::Old) => Some(b),
+        Err(Miss::Bad) => None,
+    }
+}
+
 fn frame(uidl: &str, rec: &[u8]) -> Option<Vec<u8>> {
     let u = uidl.as_bytes();
     let n = u32::try_from(1 + u.len() + rec.len()).ok()?;
@@ -258,6 +439,108 @@ fn unframe<'a>(b: &'a [u8], uidl: &str) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::mime::{imap, index, Structure};
+
+    fn fresh(s: &Structure) -> [Vec<u8>; 3] {
+        let mut t: [Vec<u8>; 3] = Default::default();
+        imap::envelope(&s.envelope, &mut t[0]);
+        imap::body(&s.root, true, &mut t[1]);
+        imap::body(&s.root, false, &mut t[2]);
+        t
+    }
+
+    /// The texts a record keeps are what FETCH rendered from the
+    /// structure before (byte for byte), and its `mime::index` record
+    /// comes back whole.
+    #[test]
+    fn stored_texts_equal_a_fresh_rendering() {
+        use Rendered::*;
+        for (name, msg) in crate::store::mime::tests::SAMPLES {
+            let s = Structure::parse(msg);
+            let mut rec = Vec::new();
+            index::encode(&s, &mut rec);
+            let payload = render(&rec).unwrap();
+            let want = fresh(&s);
+            for (i, w) in [Envelope, BodyStructure, Body].into_iter().enumerate() {
+                assert_eq!(
+                    String::from_utf8_lossy(rendered(&payload, w).unwrap()),
+                    String::from_utf8_lossy(&want[i]),
+                    "{name} {w:?}"
+                );
+            }
+            assert_eq!(index_part(&payload), Some(&rec[..]), "{name}");
+            // A record from before the texts: its positions are read as
+            // they were, its texts are asked to be re-made.
+            assert_eq!(rendered(&rec, Envelope), Err(Miss::Old), "{name}");
+            assert_eq!(index_part(&rec), Some(&rec[..]), "{name}");
+            // Cut short, or a block of zeros inside (a torn write): never
+            // a text that is not the one rendered.
+            for cut in 0..payload.len() {
+                for w in [Envelope, BodyStructure, Body] {
+                    if let Ok(t) = rendered(&payload[..cut], w) {
+                        assert_eq!(t, &want[w as usize][..], "{name} cut at {cut}");
+                    }
+                }
+            }
+            for at in (HEAD..payload.len()).step_by(7) {
+                let mut torn = payload.clone();
+                let end = (at + 16).min(torn.len());
+                if torn[at..end].iter().all(|&b| b == 0) {
+                    continue;
+                }
+                torn[at..end].fill(0);
+                for w in [Envelope, BodyStructure, Body] {
+                    if let Ok(t) = rendered(&torn, w) {
+                        assert_eq!(t, &want[w as usize][..], "{name} zeros at {at}");
+                    }
+                }
+            }
+        }
+        // Not a record at all.
+        assert_eq!(rendered(&[], Envelope), Err(Miss::Bad));
+        assert_eq!(rendered(&[RENDERED, 1, 2], Envelope), Err(Miss::Bad));
+        assert_eq!(index_part(&[RENDERED; 40]), None);
+    }
+
+    #[test]
+    fn texts_are_copied_from_the_file() {
+        let dir = std::env::temp_dir().join(format!("pimail-mimedb-t-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("INBOX.mime");
+        let _ = std::fs::remove_file(&path);
+        let mut db = MimeDb::open(path.clone());
+        let mut ptrs = Vec::new();
+        for (name, msg) in crate::store::mime::tests::SAMPLES {
+            let s = Structure::parse(msg);
+            let mut rec = Vec::new();
+            index::encode(&s, &mut rec);
+            ptrs.push((name, db.put(name, &rec, s.size()).unwrap(), fresh(&s), rec));
+        }
+        // Reopened (a restart), read in file order through the block.
+        let db = MimeDb::open(path.clone());
+        for (name, p, want, rec) in &ptrs {
+            let mut out = b"x".to_vec();
+            db.write_rendered(*p, name, Rendered::BodyStructure, &mut out)
+                .unwrap();
+            assert_eq!(out[1..], want[1][..], "{name}");
+            assert_eq!(db.get(*p, name).as_ref(), Some(rec), "{name}");
+            // Someone else's pointer: nothing written.
+            let mut out = b"x".to_vec();
+            assert_eq!(
+                db.write_rendered(*p, "other", Rendered::Envelope, &mut out),
+                Err(Miss::Bad)
+            );
+            assert_eq!(out, b"x");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn sample_record(n: usize) -> Vec<u8> {
+        let s = Structure::parse(crate::store::mime::tests::SAMPLES[n].1);
+        let mut rec = Vec::new();
+        index::encode(&s, &mut rec);
+        rec
+    }
 
     #[test]
     fn records_come_back_and_stale_pointers_are_refused() {
@@ -266,10 +549,11 @@ mod tests {
         let path = dir.join("INBOX.mime");
         let _ = std::fs::remove_file(&path);
         let mut db = MimeDb::open(path.clone());
-        let a = db.put("uidl-a", b"record a", 8).unwrap();
-        let b = db.put("uidl-b", b"record b, longer", 16).unwrap();
-        assert_eq!(db.get(a, "uidl-a").unwrap(), b"record a");
-        assert_eq!(db.get(b, "uidl-b").unwrap(), b"record b, longer");
+        let (ra, rb) = (sample_record(0), sample_record(1));
+        let a = db.put("uidl-a", &ra, 8).unwrap();
+        let b = db.put("uidl-b", &rb, 16).unwrap();
+        assert_eq!(db.get(a, "uidl-a").unwrap(), ra);
+        assert_eq!(db.get(b, "uidl-b").unwrap(), rb);
         // Someone else's record, a pointer off by one, past the end.
         assert_eq!(db.get(a, "uidl-b"), None);
         assert_eq!(db.get(Ptr { at: a.at + 1, ..a }, "uidl-a"), None);
@@ -277,21 +561,27 @@ mod tests {
         assert_eq!(Ptr::parse(&b.token()), Some(b));
         assert_eq!(Ptr::parse("%x:1:2"), None);
         assert_eq!(Ptr::parse("%1:2"), None);
+        // What is not a record is not stored.
+        assert_eq!(db.put("uidl-c", b"not a record", 12), None);
         // Reopened (a restart): the same records.
         let mut db = MimeDb::open(path.clone());
-        assert_eq!(db.get(b, "uidl-b").unwrap(), b"record b, longer");
-        // Compaction keeps the live one and moves it.
+        assert_eq!(db.get(b, "uidl-b").unwrap(), rb);
+        // Compaction keeps the live one (texts and all) and moves it.
         db.keep(b);
-        for i in 0..3000 {
-            let p = db.put(&format!("junk{i}"), &[7u8; 40], 40).unwrap();
+        for i in 0..300 {
+            let p = db.put(&format!("junk{i}"), &ra, 40).unwrap();
             db.drop_record(p);
         }
         let mut pb = Some(b);
         assert!(db.compact(std::iter::once(("uidl-b", &mut pb))));
         let nb = pb.unwrap();
-        assert_eq!(nb.at, 0);
-        assert_eq!(db.get(nb, "uidl-b").unwrap(), b"record b, longer");
-        assert!(std::fs::metadata(&path).unwrap().len() < 100);
+        assert_eq!((nb.at, nb.len), (0, b.len));
+        assert_eq!(db.get(nb, "uidl-b").unwrap(), rb);
+        let mut out = Vec::new();
+        db.write_rendered(nb, "uidl-b", Rendered::Body, &mut out)
+            .unwrap();
+        assert!(out.starts_with(b"("), "{out:?}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), u64::from(b.len));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
