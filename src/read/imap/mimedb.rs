@@ -25,6 +25,7 @@
 //! still serves its positions and is re-made when its texts are asked
 //! for ([`Miss::Old`]).
 
+use crate::store::mime::{imap, index, Structure};
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -162,21 +163,10 @@ impl MimeDb {
         self.live = self.live.saturating_sub(u64::from(p.len));
     }
 
-    /// Appends a record of a message of `wire` octets; `None` if the
-    /// file cannot be written (the message is then parsed again when
-    /// asked for).
-    pub fn put(&mut self, uidl: &str, rec: &[u8], wire: u64) -> Option<Ptr> {
-        let payload = render(rec)?;
-        self.put_payload(uidl, &payload, wire)
-    }
-
-    /// A record as older versions wrote it (no texts), for tests.
-    #[cfg(test)]
-    pub fn put_old(&mut self, uidl: &str, rec: &[u8], wire: u64) -> Option<Ptr> {
-        self.put_payload(uidl, rec, wire)
-    }
-
-    fn put_payload(&mut self, uidl: &str, payload: &[u8], wire: u64) -> Option<Ptr> {
+    /// Appends a record (a [`payload`] or [`render`]) of a message of
+    /// `wire` octets; `None` if the file cannot be written (the message is
+    /// then parsed again when asked for).
+    pub fn put(&mut self, uidl: &str, payload: &[u8], wire: u64) -> Option<Ptr> {
         let file = self.file.as_ref()?;
         let framed = frame(uidl, payload)?;
         let at = self.len;
@@ -337,29 +327,35 @@ fn check(b: &[u8]) -> u32 {
 /// checks.
 pub(crate) const HEAD: usize = 1 + 12 + 12;
 
-/// The payload of a record for the `mime::index` record `rec`: the texts
-/// FETCH sends, rendered from it, then `rec`. `None` if `rec` cannot be
-/// rendered (the writers check it as the reader does).
-pub fn render(rec: &[u8]) -> Option<Vec<u8>> {
-    use crate::store::mime::index;
-    let mut out = Vec::with_capacity(HEAD + rec.len() * 4);
+/// The payload of a record for a message of structure `s`: the texts
+/// FETCH sends (rendered from the structure, as [`imap`] writes them),
+/// then its `mime::index` record.
+pub fn payload(s: &Structure) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2048);
     out.resize(HEAD, 0);
     out[0] = RENDERED;
     let mut at = [HEAD; 4];
-    index::write_envelope(rec, &mut out).ok()?;
+    imap::envelope(&s.envelope, &mut out);
     at[1] = out.len();
-    index::write_body(rec, true, &mut out).ok()?;
+    imap::body(&s.root, true, &mut out);
     at[2] = out.len();
-    index::write_body(rec, false, &mut out).ok()?;
+    imap::body(&s.root, false, &mut out);
     at[3] = out.len();
     for i in 0..3 {
-        let len = u32::try_from(at[i + 1] - at[i]).ok()?;
+        // Longer than u32::MAX: never read back (past the record's end).
+        let len = u32::try_from(at[i + 1] - at[i]).unwrap_or(u32::MAX);
         let c = check(&out[at[i]..at[i + 1]]);
         out[1 + 4 * i..5 + 4 * i].copy_from_slice(&len.to_le_bytes());
         out[13 + 4 * i..17 + 4 * i].copy_from_slice(&c.to_le_bytes());
     }
-    out.extend_from_slice(rec);
-    Some(out)
+    index::encode(s, &mut out);
+    out
+}
+
+/// The payload for a `mime::index` record (re-making an older record);
+/// `None` if it does not decode.
+pub fn render(rec: &[u8]) -> Option<Vec<u8>> {
+    Some(payload(&index::decode(rec).ok()?))
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -439,7 +435,6 @@ fn unframe<'a>(b: &'a [u8], uidl: &str) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::mime::{imap, index, Structure};
 
     fn fresh(s: &Structure) -> [Vec<u8>; 3] {
         let mut t: [Vec<u8>; 3] = Default::default();
@@ -459,7 +454,8 @@ mod tests {
             let s = Structure::parse(msg);
             let mut rec = Vec::new();
             index::encode(&s, &mut rec);
-            let payload = render(&rec).unwrap();
+            let payload = payload(&s);
+            assert_eq!(render(&rec).as_ref(), Some(&payload), "{name}");
             let want = fresh(&s);
             for (i, w) in [Envelope, BodyStructure, Body].into_iter().enumerate() {
                 assert_eq!(
@@ -514,7 +510,8 @@ mod tests {
             let s = Structure::parse(msg);
             let mut rec = Vec::new();
             index::encode(&s, &mut rec);
-            ptrs.push((name, db.put(name, &rec, s.size()).unwrap(), fresh(&s), rec));
+            let p = db.put(name, &payload(&s), s.size()).unwrap();
+            ptrs.push((name, p, fresh(&s), rec));
         }
         // Reopened (a restart), read in file order through the block.
         let db = MimeDb::open(path.clone());
@@ -535,6 +532,61 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// `cargo test --release --lib render_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn render_speed() {
+        let recs: Vec<Vec<u8>> = (0..crate::store::mime::tests::SAMPLES.len())
+            .map(sample_record)
+            .collect();
+        let n = 20_000;
+        let t = std::time::Instant::now();
+        let structs: Vec<Structure> = recs.iter().map(|r| index::decode(r).unwrap()).collect();
+        let mut bytes = 0;
+        for i in 0..n {
+            bytes += payload(&structs[i % recs.len()]).len();
+        }
+        let dt = t.elapsed();
+        let mut out = Vec::with_capacity(1 << 16);
+        let mut time = |name: &str, f: &dyn Fn(usize, &mut Vec<u8>)| {
+            let t = std::time::Instant::now();
+            for i in 0..n {
+                out.clear();
+                f(i % recs.len(), &mut out);
+            }
+            println!("{name}: {:?} each", t.elapsed() / n as u32);
+        };
+        time("index::write_envelope", &|i, o| {
+            index::write_envelope(&recs[i], o).unwrap()
+        });
+        time("index::write_body ext", &|i, o| {
+            index::write_body(&recs[i], true, o).unwrap()
+        });
+        time("index::write_body", &|i, o| {
+            index::write_body(&recs[i], false, o).unwrap()
+        });
+        time("imap::envelope", &|i, o| {
+            imap::envelope(&structs[i].envelope, o)
+        });
+        time("imap::body ext", &|i, o| {
+            imap::body(&structs[i].root, true, o)
+        });
+        time("imap::body", &|i, o| imap::body(&structs[i].root, false, o));
+        time("check", &|i, o| {
+            o.push(check(&recs[i]) as u8);
+        });
+        let t = std::time::Instant::now();
+        let mut s = 0;
+        for i in 0..n {
+            s += Structure::parse(crate::store::mime::tests::SAMPLES[i % recs.len()].1).size();
+        }
+        let dp = t.elapsed();
+        println!(
+            "payload: {n} records in {dt:?} ({:?} each, {bytes} bytes); parse: {dp:?} ({s})",
+            dt / n as u32
+        );
+    }
+
     fn sample_record(n: usize) -> Vec<u8> {
         let s = Structure::parse(crate::store::mime::tests::SAMPLES[n].1);
         let mut rec = Vec::new();
@@ -550,8 +602,8 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let mut db = MimeDb::open(path.clone());
         let (ra, rb) = (sample_record(0), sample_record(1));
-        let a = db.put("uidl-a", &ra, 8).unwrap();
-        let b = db.put("uidl-b", &rb, 16).unwrap();
+        let a = db.put("uidl-a", &render(&ra).unwrap(), 8).unwrap();
+        let b = db.put("uidl-b", &render(&rb).unwrap(), 16).unwrap();
         assert_eq!(db.get(a, "uidl-a").unwrap(), ra);
         assert_eq!(db.get(b, "uidl-b").unwrap(), rb);
         // Someone else's record, a pointer off by one, past the end.
@@ -561,15 +613,14 @@ mod tests {
         assert_eq!(Ptr::parse(&b.token()), Some(b));
         assert_eq!(Ptr::parse("%x:1:2"), None);
         assert_eq!(Ptr::parse("%1:2"), None);
-        // What is not a record is not stored.
-        assert_eq!(db.put("uidl-c", b"not a record", 12), None);
         // Reopened (a restart): the same records.
         let mut db = MimeDb::open(path.clone());
         assert_eq!(db.get(b, "uidl-b").unwrap(), rb);
         // Compaction keeps the live one (texts and all) and moves it.
         db.keep(b);
+        let pa = render(&ra).unwrap();
         for i in 0..300 {
-            let p = db.put(&format!("junk{i}"), &ra, 40).unwrap();
+            let p = db.put(&format!("junk{i}"), &pa, 40).unwrap();
             db.drop_record(p);
         }
         let mut pb = Some(b);

@@ -22,7 +22,7 @@
 use super::command::{DateTime, Flag, Section, SectionText, StoreMode, TextField};
 use super::folder::{Account, Change, Folder, FolderInfo, Meta, StoreError, Stored, Summary, Uid};
 use super::hidden::HideFilter;
-use super::mimedb::{MimeDb, Miss, Ptr, Rendered};
+use super::mimedb::{self, MimeDb, Miss, Ptr, Rendered};
 use crate::store::maildrop::{self, Message};
 use crate::store::mbox::Seal;
 use crate::store::mime::{self, Spec, Structure, WireWriter};
@@ -611,7 +611,7 @@ impl FolderState {
 }
 
 /// Parses the stored message `[start, end)` in bounded pieces into its
-/// MIME index record and its size as IMAP serves it. The parser sees the
+/// MIME record's payload and its size as IMAP serves it. The parser sees the
 /// message without its hidden fields ([`HideFilter`]), so the wire
 /// positions are those of what is served; the stored positions are then
 /// put back into the file's terms (every position past the header moves
@@ -638,9 +638,8 @@ fn parse_record(file: &File, start: u64, end: u64) -> Result<(Vec<u8>, u64), Sto
     if hide.removed > 0 {
         shift_stored(&mut s.root, hide.removed, true);
     }
-    let mut rec = Vec::new();
-    mime::index::encode(&s, &mut rec);
-    Ok((rec, s.size()))
+    // With the texts FETCH sends, rendered now (see `mimedb`).
+    Ok((mimedb::payload(&s), s.size()))
 }
 
 /// Moves every stored position of `part` but the message's own start.
@@ -1110,10 +1109,10 @@ impl StoreFolder {
             return false;
         };
         let uidl = st.entries[i].msg.uid.clone();
-        let Some(rec) = st.db.get(p, &uidl) else {
+        let Some(payload) = st.db.get(p, &uidl).and_then(|r| mimedb::render(&r)) else {
             return false;
         };
-        let Some(n) = st.db.put(&uidl, &rec, p.wire) else {
+        let Some(n) = st.db.put(&uidl, &payload, p.wire) else {
             return false;
         };
         st.db.drop_record(p);
@@ -1148,9 +1147,10 @@ impl StoreFolder {
             return Ok((rec, file, m));
         }
         log::info!("{}: MIME record of UID {uid} rebuilt", st.path.display());
-        let (rec, wire) = parse_record(&file, m.start, m.end)?;
+        let (payload, wire) = parse_record(&file, m.start, m.end)?;
         let uidl = st.entries[i].msg.uid.clone();
-        st.entries[i].mime = st.db.put(&uidl, &rec, wire);
+        st.entries[i].mime = st.db.put(&uidl, &payload, wire);
+        let rec = mimedb::index_part(&payload).unwrap_or_default().to_vec();
         st.entries[i].size = wire;
         st.save();
         Ok((rec, file, m))
@@ -1901,7 +1901,7 @@ mod tests {
                 let p = st.entries[i].mime.unwrap();
                 let uidl = st.entries[i].msg.uid.clone();
                 let rec = st.db.get(p, &uidl).unwrap();
-                st.entries[i].mime = st.db.put_old(&uidl, &rec, p.wire);
+                st.entries[i].mime = st.db.put(&uidl, &rec, p.wire);
             }
             st.save();
         }
@@ -1947,7 +1947,7 @@ mod tests {
         {
             let mut st = f.state.borrow_mut();
             let uidl = st.entries[4].msg.uid.clone();
-            st.entries[4].mime = st.db.put_old(&uidl, b"\x01\x07garbage", 9);
+            st.entries[4].mime = st.db.put(&uidl, b"\x01\x07garbage", 9);
         }
         assert!(!all_rendered(&f));
         assert_eq!(texts(&f), want, "a bad record misread");
