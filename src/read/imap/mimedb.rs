@@ -168,7 +168,9 @@ impl MimeDb {
     /// then parsed again when asked for).
     pub fn put(&mut self, uidl: &str, payload: &[u8], wire: u64) -> Option<Ptr> {
         let file = self.file.as_ref()?;
-        let framed = frame(uidl, payload)?;
+        // A record too large with its texts keeps its positions alone
+        // (its texts are then rendered from them at each FETCH).
+        let framed = frame(uidl, payload).or_else(|| frame(uidl, index_part(payload)?))?;
         let at = self.len;
         if let Err(e) = file.write_all_at(&framed, at) {
             log::warn!("cannot write {}: {e}", self.path.display());
@@ -408,10 +410,15 @@ pub fn index_part(b: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// Whether a record of `payload` for `uidl` can be stored whole.
+pub fn fits(uidl: &str, payload: &[u8]) -> bool {
+    uidl.len() <= 255 && 5 + uidl.len() + payload.len() <= MAX_RECORD as usize
+}
+
 fn frame(uidl: &str, rec: &[u8]) -> Option<Vec<u8>> {
     let u = uidl.as_bytes();
     let n = u32::try_from(1 + u.len() + rec.len()).ok()?;
-    if u.len() > 255 || n + 4 > MAX_RECORD {
+    if u.len() > 255 || n.saturating_add(4) > MAX_RECORD {
         return None;
     }
     let mut out = Vec::with_capacity(n as usize + 4);
@@ -585,6 +592,35 @@ mod tests {
             "payload: {n} records in {dt:?} ({:?} each, {bytes} bytes); parse: {dp:?} ({s})",
             dt / n as u32
         );
+    }
+
+    /// A record too large with its texts is kept with its positions
+    /// alone (as an older record: FETCH renders from them).
+    #[test]
+    fn a_record_too_large_with_its_texts_keeps_its_positions() {
+        let mut msg = b"Subject: many\nContent-Type: multipart/mixed; boundary=b\n\n".to_vec();
+        let name = "n".repeat(1500);
+        for _ in 0..1000 {
+            msg.extend_from_slice(
+                format!("--b\nContent-Type: application/pdf; name=\"{name}\"\n\nx\n").as_bytes(),
+            );
+        }
+        msg.extend_from_slice(b"--b--\n");
+        let s = Structure::parse(&msg);
+        let full = payload(&s);
+        assert!(full.len() > MAX_RECORD as usize, "{}", full.len());
+        assert!(!fits("u", &full));
+        let dir = std::env::temp_dir().join(format!("pimail-mimedb-big-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let mut db = MimeDb::open(dir.join("INBOX.mime"));
+        let p = db.put("u", &full, 1).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            db.write_rendered(p, "u", Rendered::BodyStructure, &mut out),
+            Err(Miss::Old)
+        );
+        assert_eq!(db.get(p, "u").as_deref(), index_part(&full));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn sample_record(n: usize) -> Vec<u8> {

@@ -1112,6 +1112,10 @@ impl StoreFolder {
         let Some(payload) = st.db.get(p, &uidl).and_then(|r| mimedb::render(&r)) else {
             return false;
         };
+        if !mimedb::fits(&uidl, &payload) {
+            // Stored without its texts (see `MimeDb::put`): as it is.
+            return false;
+        }
         let Some(n) = st.db.put(&uidl, &payload, p.wire) else {
             return false;
         };
