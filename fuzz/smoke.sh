@@ -12,14 +12,17 @@ fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
+# The sanitizer build takes minutes from cold: like cross/ci.sh, build
+# outside the clone so repeated CI runs on one machine stay warm.
+tdir=${PIMAIL_FUZZ_TARGET:-/var/tmp/pimail-fuzz-target}
 targets=$(cargo +nightly fuzz list)
-cargo +nightly fuzz build
+cargo +nightly fuzz build --target-dir "$tdir"
 for t in $targets; do
     echo "== fuzz $t (${secs}s)"
     # -rss_limit_mb: the sanitizer build's baseline is ~0.5 GiB.
     log=$(mktemp)
     status=0
-    cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -rss_limit_mb=2048 >"$log" 2>&1 || status=$?
+    cargo +nightly fuzz run --target-dir "$tdir" "$t" -- -max_total_time="$secs" -rss_limit_mb=2048 >"$log" 2>&1 || status=$?
     grep -aE '^Done|panicked|SUMMARY|crash-|Test unit written' "$log" || true
     if [ "$status" -ne 0 ]; then
         tail -n 40 "$log"

@@ -786,20 +786,30 @@ fn reload_dkim(keys: Option<&pimail::send::delivery::DkimKeys>) {
     }
 }
 
-/// How often the certificate files are looked at: a renewal is in use
-/// within a minute, without `reload`.
 /// How long after the listeners are up start-up counts as over.
 const STARTUP_SETTLE: Duration = Duration::from_secs(2);
 /// How long without a new connection makes the server idle again.
 const QUIET_SPELL: Duration = Duration::from_secs(60);
+/// How often the certificate files are looked at: a renewal is in use
+/// within a minute, without `reload`.
 const CERT_POLL: Duration = Duration::from_secs(30);
+
+/// [`CERT_POLL`], or `PIMAIL_CERT_POLL_MS` (for the tests, which would
+/// otherwise wait a minute for two looks).
+fn cert_poll() -> Duration {
+    std::env::var("PIMAIL_CERT_POLL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(CERT_POLL, Duration::from_millis)
+}
 
 /// Reloads the certificate when its files change on disk (certbot's
 /// renewal, a deploy hook's copy); a bad new pair is logged and the old
 /// one kept, as on SIGHUP.
 async fn watch_certificate(c: std::rc::Rc<tls::Certificate>) {
+    let every = cert_poll();
     loop {
-        smol::Timer::after(CERT_POLL).await;
+        smol::Timer::after(every).await;
         match c.reload_if_changed() {
             None => {}
             Some(Ok(())) => log::info!(

@@ -773,6 +773,18 @@ fn store_and_search_every_key() {
           --x\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n\
           SGVsbG8gbW9vbg==\r\n--x--\r\n",
     );
+    // An attachment's content is not searched (as Dovecot), neither
+    // decoded nor as stored; its MIME header is, by TEXT (docs/imap.md).
+    c.append(
+        "Q",
+        b"Subject: att\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=y\r\n\r\n\
+          --y\r\nContent-Type: text/plain\r\n\r\nsee the attached file\r\n\
+          --y\r\nContent-Type: application/octet-stream; name=quarterly.bin\r\n\
+          Content-Transfer-Encoding: base64\r\n\r\nc2VjcmV0IHdhbHJ1cw==\r\n--y--\r\n",
+    );
+    // A `From ` line is stored quoted (`>From `, mboxrd) but searched
+    // as the client sees it.
+    c.append("Q", b"Subject: quoted\r\n\r\nintro\r\nFrom here on\r\n");
     let mut q = Imap::login(srv.addr("imap"));
     q.ok("SELECT Q");
     let qs = |q: &mut Imap, k: &str| found(&q.ok(&format!("SEARCH {k}")));
@@ -786,6 +798,12 @@ fn store_and_search_every_key() {
     assert_eq!(qs(&mut q, "TEXT \"hello moon\""), [2]);
     assert_eq!(qs(&mut q, "BODY SGVsbG8"), [2]); // as stored, too
     assert_eq!(qs(&mut q, "BODY sun"), e);
+    assert_eq!(qs(&mut q, "BODY attached"), [3]);
+    assert_eq!(qs(&mut q, "TEXT quarterly.bin"), [3]);
+    assert_eq!(qs(&mut q, "TEXT walrus"), e);
+    assert_eq!(qs(&mut q, "TEXT c2VjcmV0"), e);
+    assert_eq!(qs(&mut q, "BODY \"From here\""), [4]);
+    assert_eq!(qs(&mut q, "BODY \">From here\""), e);
 
     c.ok("STORE 3 -FLAGS ($Work)");
     let r = d.ok("NOOP");

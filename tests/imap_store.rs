@@ -60,6 +60,63 @@ fn vm(pid: u32, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
+/// Frugal (issue 16): the first SELECT of a folder nobody indexed reads
+/// each message's MIME structure in the scan's own pass; a 25 MiB
+/// foreign message goes through it in bounded pieces (the server's peak
+/// RSS grows by less than 1 MiB), and its ENVELOPE and RFC822.SIZE right
+/// after are the mailbox's.
+#[test]
+fn a_first_select_scans_a_25_mib_message_in_bounded_memory() {
+    if skip_under_emulator() {
+        return; // reads the server's /proc/<pid>/status
+    }
+    let srv = imap_server();
+    assert!(
+        srv.wait_log("code pages", std::time::Duration::from_secs(30)),
+        "{:?}",
+        srv.log()
+    );
+    let big = big_message();
+    append_foreign(&srv.mbox_path(), b"Subject: small\n\nsmall one\n");
+    append_foreign(&srv.mbox_path(), &big);
+    let pid = srv.pid().to_string();
+    let out = imaplib(
+        &srv,
+        r#"
+def hwm():
+    for l in open('/proc/%s/status' % sys.argv[3]):
+        if l.startswith('VmHWM:'):
+            return int(l.split()[1])
+base = hwm()
+typ, data = M.select('INBOX')
+assert typ == 'OK', data
+print('PEAK', hwm() - base)
+typ, data = M.fetch('2', '(RFC822.SIZE ENVELOPE)')
+assert typ == 'OK', data
+print('FETCH', data[0])
+M.logout()
+"#,
+        &[&pid],
+    );
+    let peak: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("PEAK "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    // The wire form is the message as sent (append_foreign's quoting
+    // undone), each LF a CRLF.
+    let size = big.len() + big.iter().filter(|&&b| b == b'\n').count();
+    assert!(
+        out.contains(&format!("RFC822.SIZE {size} ")),
+        "want RFC822.SIZE {size}: {out}"
+    );
+    assert!(out.contains("\"big\""), "{out}");
+    assert!(
+        peak < 1024,
+        "the first SELECT of a 25 MiB message raised the server's peak RSS by {peak} KiB:\n{out}"
+    );
+}
+
 /// Frugal (developers' guide, issue 16): fetching a 25 MiB message in
 /// every whole-message form, and searching its text, streams it from the
 /// mbox; the server's peak

@@ -1320,7 +1320,7 @@ fn mta_sts_enforce_defers_without_verified_tls_and_delivers_to_a_good_mx() {
     assert_eq!(got.len(), 1, "log:\n{}", srv.log().join("\n"));
     assert!(got[0].tls);
     assert!(srv.wait_log("rcpt=<cid@good.test> host=mx.good.test", WAIT));
-    let list = wait_list(&srv, "badcert.test requires verified TLS");
+    let list = wait_list(&srv, "badcert.test (enforce) requires verified TLS");
     assert!(
         list.contains("451 4.7.5 MTA-STS policy of plain.test (enforce) requires verified TLS")
             && list.contains("no STARTTLS offered"),

@@ -201,8 +201,13 @@ fn explore(break_files: bool, break_dirs: bool, stop_at_loss: bool) -> Run {
     let w = workload(break_files, break_dirs);
     let mut seen = HashSet::new();
     let mut run = Run::default();
+    let mut distinct = 0;
     for (pi, p) in explore::visited(&w.points) {
         for st in crash_states(p, &mut seen) {
+            distinct += 1;
+            if !explore::sampled(distinct, 3) {
+                continue;
+            }
             run.states += 1;
             if let Err(e) = check(&st, &w, p.mark) {
                 let lost = e.contains("lost") || e.contains("torn");

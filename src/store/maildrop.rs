@@ -26,6 +26,7 @@
 
 use crate::store::disk::{self, Fnv, Fs, RealFs};
 use crate::store::mbox::{seal_position, Locked, MboxError, Seal, SEAL_FIELD};
+use crate::store::mime;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -403,7 +404,8 @@ impl Scanner {
     /// whole body lines none of which starts with `From `: the size is
     /// counted with a few vectorized searches instead of line by line
     /// (the first login on a big mbox is mostly this).
-    fn bulk(&mut self, r: &[u8]) {
+    /// `quoted`: its lines with mboxrd quoting (found by the caller).
+    fn bulk(&mut self, r: &[u8], quoted: u64) {
         let Some(cur) = self.current.as_mut() else {
             return;
         };
@@ -415,15 +417,7 @@ impl Scanner {
             cur.size += 2;
         }
         let lf = memchr::memchr_iter(b'\n', r).count() as u64;
-        let crlf = memchr::memmem::find_iter(r, b"\r\n").count() as u64;
-        let quoted_at = |line: &[u8]| {
-            let n = line.iter().take_while(|&&b| b == b'>').count();
-            n > 0 && line[n..].starts_with(b"From ")
-        };
-        let mut quoted = u64::from(quoted_at(r));
-        for j in memchr::memmem::find_iter(r, b"\n>") {
-            quoted += u64::from(quoted_at(&r[j + 1..]));
-        }
+        let crlf = crate::store::mime::count_crlf(r);
         cur.size += r.len() as u64 + lf - crlf - quoted;
         // A last empty line may be the separator: pending, as in `piece`.
         if r.len() == 1 || r[r.len() - 2] == b'\n' {
@@ -461,8 +455,94 @@ pub(crate) fn scan_with(
     to: u64,
     chunk: usize,
 ) -> io::Result<Vec<Message>> {
+    scan_visit(file, from, to, chunk, &mut NoSink)
+}
+
+/// Sees each message's octets as [`scan_visit`] reads them, so that a
+/// caller needing more of each message (IMAP's MIME structure) reads the
+/// file once: for each message in order, [`ScanSink::start`], then
+/// exactly the octets of `offset..end` (its `From ` line, its content;
+/// not the separator line) in pieces of any size, then [`ScanSink::end`].
+pub(crate) trait ScanSink {
+    fn start(&mut self, offset: u64);
+    fn bytes(&mut self, b: &[u8]);
+    fn end(&mut self, m: &Message);
+}
+
+struct NoSink;
+
+impl ScanSink for NoSink {
+    fn start(&mut self, _: u64) {}
+    fn bytes(&mut self, _: &[u8]) {}
+    fn end(&mut self, _: &Message) {}
+}
+
+/// Hands a [`ScanSink`] what the scanner decided about the bytes of the
+/// read window `window` (file offset `wpos`): the messages completed in
+/// it and the current message's bytes so far. A last empty line may be
+/// the separator, so it is held back (`fed` stays before it) until the
+/// next line tells; then it is given as the LF it is.
+struct Router {
+    /// Messages of the scanner already ended at the sink.
+    done: usize,
+    /// File offset up to which bytes were given.
+    fed: u64,
+    /// The offset of the message the sink is in.
+    open: Option<u64>,
+}
+
+impl Router {
+    fn give(&mut self, sink: &mut dyn ScanSink, offset: u64, to: u64, window: &[u8], wpos: u64) {
+        if self.open != Some(offset) {
+            sink.start(offset);
+            self.open = Some(offset);
+            self.fed = offset;
+        }
+        let mut a = self.fed;
+        if a >= to {
+            return;
+        }
+        if a < wpos {
+            // Only the held-back empty line's LF lies before the window.
+            sink.bytes(b"\n");
+            a += 1;
+        }
+        if a < to {
+            let (i, j) = ((a - wpos) as usize, (to - wpos) as usize);
+            sink.bytes(&window[i..j]);
+        }
+        self.fed = to;
+    }
+
+    fn route(&mut self, sc: &Scanner, sink: &mut dyn ScanSink, window: &[u8], wpos: u64) {
+        while self.done < sc.messages.len() {
+            let m = &sc.messages[self.done];
+            self.give(sink, m.offset, m.end, window, wpos);
+            sink.end(m);
+            self.open = None;
+            self.done += 1;
+        }
+        if let Some(cur) = &sc.current {
+            let to = wpos + window.len() as u64 - cur.pending_empty;
+            self.give(sink, cur.offset, to, window, wpos);
+        }
+    }
+}
+
+/// [`scan_with`], showing each message to `sink` as it goes.
+pub(crate) fn scan_visit(
+    file: &dyn crate::store::disk::Disk,
+    from: u64,
+    to: u64,
+    chunk: usize,
+    sink: &mut dyn ScanSink,
+) -> io::Result<Vec<Message>> {
     let mut sc = Scanner::new();
-    let from_finder = memchr::memmem::Finder::new(b"\nFrom ");
+    let mut router = Router {
+        done: 0,
+        fed: from,
+        open: None,
+    };
     let mut buf = vec![0u8; chunk];
     let mut pos = from; // file offset of buf[0]
     let mut filled = 0usize;
@@ -480,12 +560,26 @@ pub(crate) fn scan_with(
                 let undecided = rest.len() < 5 && b"From ".starts_with(rest);
                 if !rest.starts_with(b"From ") && !undecided {
                     // Up to the next `From ` line, or the last whole line.
-                    let end = match from_finder.find(rest) {
-                        Some(j) => Some(j + 1),
+                    // One search for `From `: at a line start it is the
+                    // next message, after `>`s at one a quoted line.
+                    let (mut next, mut quoted) = (None, 0u64);
+                    for j in mime::from_finder().find_iter(rest) {
+                        if j == 0 || rest[j - 1] == b'\n' {
+                            next = Some(j);
+                            break;
+                        }
+                        quoted += u64::from(mime::quoted_at(rest, j));
+                    }
+                    let end = match next {
+                        Some(j) => Some(j),
                         None => memchr::memrchr(b'\n', rest).map(|k| k + 1),
                     };
                     if let Some(e) = end {
-                        sc.bulk(&rest[..e]);
+                        if next.is_none() {
+                            // Not those in the open last line.
+                            quoted -= mime::count_quoted(&rest[e..]);
+                        }
+                        sc.bulk(&rest[..e], quoted);
                         i += e;
                         continue;
                     }
@@ -502,6 +596,7 @@ pub(crate) fn scan_with(
             sc.piece(pos, &buf[..filled]);
             i = filled;
         }
+        router.route(&sc, sink, &buf[..i], pos);
         buf.copy_within(i..filled, 0);
         filled -= i;
         pos += i as u64;
@@ -509,7 +604,18 @@ pub(crate) fn scan_with(
     if filled > 0 {
         sc.piece(pos, &buf[..filled]);
     }
-    Ok(sc.finish(pos + filled as u64))
+    router.route(&sc, sink, &buf[..filled], pos);
+    let len = pos + filled as u64;
+    let last = sc.current.as_ref().map(|c| c.offset);
+    let messages = sc.finish(len);
+    // The last message (ended by the end of the file).
+    if let (Some(offset), Some(m)) = (last, messages.last()) {
+        if m.offset == offset {
+            router.give(sink, offset, m.end, &buf[..filled], pos);
+            sink.end(m);
+        }
+    }
+    Ok(messages)
 }
 
 /// Makes UIDLs unique: the first of equal ones keeps its UIDL, later ones
@@ -1660,6 +1766,85 @@ mod tests {
             assert!(retr.ends_with(b"\r\n.\r\n"));
             assert_eq!(msgs[0].size, retr.len() as u64 - 3, "{mbox:?}");
             assert_eq!(msgs[0].size, pop_form(content).len() as u64);
+        }
+    }
+
+    /// Collects what a [`ScanSink`] is shown.
+    #[derive(Default)]
+    struct Collect {
+        open: Option<(u64, Vec<u8>)>,
+        got: Vec<(Message, Vec<u8>)>,
+        bad: bool,
+    }
+
+    impl ScanSink for Collect {
+        fn start(&mut self, offset: u64) {
+            self.bad |= self.open.is_some();
+            self.open = Some((offset, Vec::new()));
+        }
+        fn bytes(&mut self, b: &[u8]) {
+            match &mut self.open {
+                Some((_, v)) => v.extend_from_slice(b),
+                None => self.bad = true,
+            }
+        }
+        fn end(&mut self, m: &Message) {
+            match self.open.take() {
+                Some((o, v)) if o == m.offset => self.got.push((m.clone(), v)),
+                _ => self.bad = true,
+            }
+        }
+    }
+
+    /// A sink sees exactly each message's octets, from its `From ` line
+    /// to its end, whatever the read size; and the messages are those
+    /// of the plain scan.
+    #[test]
+    fn a_sink_sees_each_message_exactly() {
+        let mboxes: &[&[u8]] = &[
+            b"junk\nFrom a\nS: 1\n\nbody\n\n\nFrom b\nS: 2\n\n\n\nFrom c x\n\n",
+            b"From a\nS: 1\n\nno end",
+            b"From a\nS: 1\n\nx\n\nFrom b",
+            b"From a\r\nS: 1\r\n\r\nbody\r\n\r\nFrom b\r\n\r\n",
+            b"From aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa long\nS: 1\n\n\n\nFrom b\n\n\n",
+            b"\n\nFrom a\nS: 1\n\n>From x\n\n\n\n\n",
+        ];
+        let mut all: Vec<Vec<u8>> = mboxes.iter().map(|m| m.to_vec()).collect();
+        let mut big = Vec::new();
+        for i in 0..30u64 {
+            big.extend_from_slice(b"From x Thu Jan  1 00:00:00 1970\n");
+            if i % 2 == 0 {
+                big.extend_from_slice(
+                    format!("Received: by h (pimail)\n\twith ESMTP id ID{i}\n").as_bytes(),
+                );
+            }
+            big.extend_from_slice(b"Subject: s\n\n");
+            let msg = crate::store::mime::tests::bench_like(i);
+            big.extend_from_slice(&msg); // already in stored form
+            big.extend_from_slice(b"\n\n");
+        }
+        all.push(big);
+        for (k, mbox) in all.iter().enumerate() {
+            let path = tmpdir("sink").join(format!("mbox{k}"));
+            std::fs::write(&path, mbox).unwrap();
+            let f = File::open(&path).unwrap();
+            let want = scan(&f, 0, mbox.len() as u64).unwrap();
+            assert!(!want.is_empty());
+            for chunk in (8..90).chain([1000, 4096, 256 * 1024]) {
+                let mut c = Collect::default();
+                let got = scan_visit(&f, 0, mbox.len() as u64, chunk, &mut c).unwrap();
+                assert_eq!(got, want, "mbox {k} chunk {chunk}");
+                assert!(!c.bad && c.open.is_none(), "mbox {k} chunk {chunk}");
+                assert_eq!(c.got.len(), want.len(), "mbox {k} chunk {chunk}");
+                for (m, bytes) in &c.got {
+                    assert_eq!(
+                        bytes.as_slice(),
+                        &mbox[m.offset as usize..m.end as usize],
+                        "mbox {k} chunk {chunk} message at {}",
+                        m.offset
+                    );
+                }
+            }
         }
     }
 

@@ -922,6 +922,9 @@ enum Job {
 pub struct MboxWriter {
     tx: mpsc::Sender<Job>,
     path: PathBuf,
+    /// Notified after each append and rewrite, once the lock is released:
+    /// IMAP IDLE sessions listen (RFC 2177: new mail pushed at once).
+    changed: std::sync::Arc<event_listener::Event>,
 }
 
 impl MboxWriter {
@@ -953,11 +956,22 @@ impl MboxWriter {
             .name("mbox-writer".into())
             .spawn(move || writer_loop(rx, journal, p, state))
             .map_err(|e| MboxError::io("cannot start mbox writer thread", e))?;
-        Ok(MboxWriter { tx, path })
+        Ok(MboxWriter {
+            tx,
+            path,
+            changed: std::sync::Arc::new(event_listener::Event::new()),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Resolves at the next change this writer makes to the mbox (an
+    /// append acknowledged, a rewrite finished): listen before looking
+    /// at the file, so that no change falls between.
+    pub fn listen(&self) -> event_listener::EventListener {
+        self.changed.listen()
     }
 
     /// Appends one message; returns once it is fsynced (or failed and was
@@ -967,7 +981,11 @@ impl MboxWriter {
         self.tx
             .send(Job::Append(d, reply))
             .map_err(|_| MboxError::Stopped)?;
-        rx.recv().await.unwrap_or(Err(MboxError::Stopped))
+        let r = rx.recv().await.unwrap_or(Err(MboxError::Stopped));
+        if r.is_ok() {
+            self.changed.notify(usize::MAX);
+        }
+        r
     }
 
     /// Runs `f` on the writer thread with the mbox locked (dot-lock and
@@ -987,7 +1005,9 @@ impl MboxWriter {
         self.tx
             .send(Job::Exclusive(job))
             .map_err(|_| MboxError::Stopped)?;
-        rx.recv().await.unwrap_or(Err(MboxError::Stopped))
+        let r = rx.recv().await.unwrap_or(Err(MboxError::Stopped));
+        self.changed.notify(usize::MAX);
+        r
     }
 }
 

@@ -188,6 +188,7 @@ pub fn crash_states(p: &Point, seen: &mut HashSet<u64>) -> Vec<SimFs> {
     use std::hash::{Hash, Hasher};
     let mut out = Vec::new();
     let mut cache: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut hashed: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
     for mask in masks(p.dir_ops.len()) {
         let mut names = p.names.clone();
         for ((_, op), keep) in p.dir_ops.iter().zip(&mask) {
@@ -210,6 +211,26 @@ pub fn crash_states(p: &Point, seen: &mut HashSet<u64>) -> Vec<SimFs> {
             });
         }
         let choices: Vec<&Vec<Vec<u8>>> = inos.iter().map(|i| &cache[i]).collect();
+        // Each file state hashed once, not once per combination it is in
+        // (the explorers check thousands of states: this was most of it).
+        let hashes: Vec<Vec<u64>> = inos
+            .iter()
+            .map(|i| {
+                hashed
+                    .entry(*i)
+                    .or_insert_with(|| {
+                        cache[i]
+                            .iter()
+                            .map(|c| {
+                                let mut h = crate::store::disk::Fnv::new();
+                                h.feed(c);
+                                h.0 ^ (c.len() as u64).rotate_left(32)
+                            })
+                            .collect()
+                    })
+                    .clone()
+            })
+            .collect();
         let product: usize = choices.iter().map(|c| c.len()).product();
         let mut combos: Vec<Vec<usize>> = Vec::new();
         if product <= 256 {
@@ -249,7 +270,7 @@ pub fn crash_states(p: &Point, seen: &mut HashSet<u64>) -> Vec<SimFs> {
             p.mark.hash(&mut h);
             names.hash(&mut h);
             for (k, &s) in c.iter().enumerate() {
-                choices[k][s].hash(&mut h);
+                hashes[k][s].hash(&mut h);
             }
             if !seen.insert(h.finish()) {
                 continue;

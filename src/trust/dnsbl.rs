@@ -14,8 +14,9 @@
 //! must never block mail.
 //!
 //! A spam bot reconnects many times a minute: answers (listed or not)
-//! are kept for [`CACHE_TTL`] in a small [`Cache`], so its reconnections
-//! ask the lists no more questions. Errors and timeouts are not kept.
+//! are kept for [`CACHE_TTL`] in a small [`Cache`], and so is its
+//! forward-confirmed reverse DNS, so its reconnections ask the DNS no more
+//! questions. Errors and timeouts are not kept.
 //!
 //! The lookups go through [`Dns`], so the decisions are tested against a
 //! table; [`Checker`] holds the "warned once" memory of the process.
@@ -141,6 +142,12 @@ pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 /// Forward-confirmed reverse DNS (RFC 8601 2.7.3 "iprev"): a PTR name of
 /// `ip` whose A/AAAA records include `ip`. At most 3 PTR names are tried.
 pub async fn fcrdns<D: Dns>(dns: &D, ip: IpAddr) -> Option<String> {
+    fcrdns_sure(dns, ip).await.ok().flatten()
+}
+
+/// [`fcrdns`], saying whether the answer is the DNS's (`Ok`) or missing
+/// for a temporary error (`Err`, not to be kept in a cache).
+async fn fcrdns_sure<D: Dns>(dns: &D, ip: IpAddr) -> Result<Option<String>, ()> {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -154,22 +161,32 @@ pub async fn fcrdns<D: Dns>(dns: &D, ip: IpAddr) -> Option<String> {
             })
             .take(3)
             .collect(),
-        Err(_) => return None,
+        Err(DnsError::NotFound) => return Ok(None),
+        Err(DnsError::Temporary(_)) => return Err(()),
     };
     let qtype = if ip.is_ipv4() { QType::A } else { QType::Aaaa };
+    let mut sure = true;
     for n in names {
-        if let Ok(rrs) = dns.query(&n, qtype).await {
-            let hit = rrs.iter().any(|r| match (r, ip) {
-                (Rr::A(a), IpAddr::V4(v4)) => *a == v4,
-                (Rr::Aaaa(a), IpAddr::V6(v6)) => *a == v6,
-                _ => false,
-            });
-            if hit {
-                return Some(n);
+        match dns.query(&n, qtype).await {
+            Ok(rrs) => {
+                let hit = rrs.iter().any(|r| match (r, ip) {
+                    (Rr::A(a), IpAddr::V4(v4)) => *a == v4,
+                    (Rr::Aaaa(a), IpAddr::V6(v6)) => *a == v6,
+                    _ => false,
+                });
+                if hit {
+                    return Ok(Some(n));
+                }
             }
+            Err(DnsError::NotFound) => {}
+            Err(DnsError::Temporary(_)) => sure = false,
         }
     }
-    None
+    if sure {
+        Ok(None)
+    } else {
+        Err(())
+    }
 }
 
 /// How long an answer of a list is kept. Postfix's postscreen keeps them
@@ -236,6 +253,9 @@ pub struct Checker {
     pub timeout: Duration,
     warned: RefCell<HashSet<String>>,
     cache: RefCell<Cache>,
+    /// Forward-confirmed reverse DNS by client, kept like the lists'
+    /// answers (a reconnecting client is not looked up again).
+    rdns: RefCell<std::collections::HashMap<IpAddr, (Option<String>, Instant)>>,
 }
 
 /// Default for [`Checker::timeout`]: a local resolver answers a cached
@@ -249,7 +269,35 @@ impl Checker {
             timeout,
             warned: RefCell::new(HashSet::new()),
             cache: RefCell::new(Cache::default()),
+            rdns: RefCell::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The client's forward-confirmed reverse DNS name ([`fcrdns`]) within
+    /// [`Checker::timeout`], kept for [`CACHE_TTL`] when the DNS answered
+    /// (a name, or none); a timeout or SERVFAIL counts as none and is
+    /// asked again next time. Bounded as [`Cache`] is.
+    pub async fn fcrdns<D: Dns>(&self, dns: &D, ip: IpAddr) -> Option<String> {
+        let now = Instant::now();
+        if let Some((name, until)) = self.rdns.borrow().get(&ip) {
+            if now < *until {
+                return name.clone();
+            }
+        }
+        let found = crate::util::rt::timeout(self.timeout, fcrdns_sure(dns, ip)).await;
+        let Some(Ok(name)) = found else {
+            return None;
+        };
+        let mut m = self.rdns.borrow_mut();
+        let now = Instant::now();
+        if m.len() >= CACHE_SIZE {
+            m.retain(|_, (_, until)| now < *until);
+            if m.len() >= CACHE_SIZE {
+                m.clear();
+            }
+        }
+        m.insert(ip, (name.clone(), now + CACHE_TTL));
+        name
     }
 
     /// Asks every list in parallel; the first listing (in config order)
@@ -432,6 +480,52 @@ mod tests {
             assert_eq!(r.map(|l| l.code), Some(Ipv4Addr::new(127, 0, 0, 4)));
         }
         assert_eq!(dns.0.get(), 1);
+    }
+
+    #[test]
+    fn reverse_dns_is_kept_but_not_its_failures() {
+        use std::cell::Cell;
+        struct Rdns {
+            asked: Cell<u32>,
+            fail: Cell<bool>,
+        }
+        impl Dns for Rdns {
+            async fn query(&self, name: &str, q: QType) -> Result<Vec<Rr>, DnsError> {
+                self.asked.set(self.asked.get() + 1);
+                if self.fail.get() {
+                    return Err(DnsError::Temporary("SERVFAIL".into()));
+                }
+                match q {
+                    QType::Ptr if name == "7.2.0.192.in-addr.arpa" => {
+                        Ok(vec![Rr::Ptr("mx.example.net".into())])
+                    }
+                    QType::A if name == "mx.example.net" => {
+                        Ok(vec![Rr::A(Ipv4Addr::new(192, 0, 2, 7))])
+                    }
+                    _ => Err(DnsError::NotFound),
+                }
+            }
+        }
+        let dns = Rdns {
+            asked: Cell::new(0),
+            fail: Cell::new(true),
+        };
+        let c = Checker::new(vec![], Duration::from_secs(2));
+        // A failure is not kept: asked again, and then the answer is kept.
+        assert_eq!(smol::block_on(c.fcrdns(&dns, ip("192.0.2.7"))), None);
+        assert_eq!(dns.asked.get(), 1);
+        dns.fail.set(false);
+        for _ in 0..3 {
+            assert_eq!(
+                smol::block_on(c.fcrdns(&dns, ip("192.0.2.7"))).as_deref(),
+                Some("mx.example.net")
+            );
+        }
+        assert_eq!(dns.asked.get(), 3, "PTR and A once, then from the cache");
+        // No PTR record is an answer too, kept.
+        assert_eq!(smol::block_on(c.fcrdns(&dns, ip("192.0.2.8"))), None);
+        assert_eq!(smol::block_on(c.fcrdns(&dns, ip("192.0.2.8"))), None);
+        assert_eq!(dns.asked.get(), 4);
     }
 
     #[test]

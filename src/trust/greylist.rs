@@ -10,7 +10,8 @@
 //!                    zero padding, FNV checksum of bytes 0..56 (u64 at 56)
 //! BUCKETS x SLOTS slots of 24 bytes, little-endian:
 //!   key u64 (0 = empty), first seen u32, last seen u32 (unix seconds),
-//!   passes u32 (0 = still being delayed), check u32 (of the 20 bytes before)
+//!   passes u32 (0 = still being delayed; counted at most once an hour),
+//!   check u32 (of the 20 bytes before)
 //! ```
 //!
 //! A full bucket gives up its least recently seen entry. The state is safe
@@ -41,6 +42,8 @@ pub const PASS_TTL: u32 = 35 * 86400;
 /// A delayed triplet must be retried within this long after its first
 /// attempt, or it starts over (postgrey's retry window).
 pub const RETRY_WINDOW: u32 = 2 * 86400;
+/// A known triplet's "last seen" is written again only after this long.
+const LAST_SEEN_STEP: u32 = 3600;
 
 /// What the greylist says about one triplet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +255,12 @@ impl Greylist {
                 return Ok(Verdict::Defer { wait: delay });
             }
             let waited = now.saturating_sub(s.first);
+            if s.passes > 0 && now.saturating_sub(s.last) < LAST_SEEN_STEP {
+                // Seen within the hour: "last seen" is only for expiry
+                // (weeks) and eviction, so the slot is not written again
+                // for every message of a busy correspondent.
+                return Ok(Verdict::Pass { first: false });
+            }
             s.last = now;
             let v = if s.passes > 0 {
                 s.passes = s.passes.saturating_add(1);
@@ -338,6 +347,48 @@ mod tests {
                 "alice@example.org"
             )
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_busy_known_triplet_is_written_at_most_once_an_hour_and_still_expires() {
+        let d = dir("busy");
+        let g = Greylist::open(&d).unwrap();
+        let k = g.key(
+            "192.0.2.1".parse().unwrap(),
+            "a@b.example",
+            "alice@example.org",
+        );
+        let t = 1_700_000_000;
+        g.check(k, t, 300).unwrap();
+        assert_eq!(
+            g.check(k, t + 300, 300).unwrap(),
+            Verdict::Pass { first: true }
+        );
+        let file = || std::fs::read(d.join("greylist")).unwrap();
+        let before = file();
+        for i in 1..100 {
+            assert_eq!(
+                g.check(k, t + 300 + i, 300).unwrap(),
+                Verdict::Pass { first: false }
+            );
+        }
+        assert_eq!(file(), before, "the slot was rewritten within the hour");
+        // An hour on, "last seen" moves: the triplet lives PASS_TTL from it.
+        let later = t + 300 + u64::from(LAST_SEEN_STEP);
+        assert_eq!(
+            g.check(k, later, 300).unwrap(),
+            Verdict::Pass { first: false }
+        );
+        assert_ne!(file(), before);
+        let near_end = later + u64::from(PASS_TTL);
+        assert_eq!(
+            g.check(k, near_end, 300).unwrap(),
+            Verdict::Pass { first: false }
+        );
+        // Unseen for longer than PASS_TTL: delayed again.
+        let gone = near_end + u64::from(PASS_TTL) + 1;
+        assert_eq!(g.check(k, gone, 300).unwrap(), Verdict::Defer { wait: 300 });
         std::fs::remove_dir_all(&d).unwrap();
     }
 

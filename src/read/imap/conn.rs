@@ -6,9 +6,10 @@
 //! [`MboxWriter`] (locks, fsync; `OK [APPENDUID]` only after the fsync),
 //! and IDLE (RFC 2177).
 //!
-//! IDLE hears of new mail by polling the folder (a `stat` of its file)
-//! every [`IDLE_POLL`]: mail SMTP delivered reaches an idling client within
-//! that time, whatever program wrote it.
+//! IDLE hears of new mail from the folder's [`MboxWriter`] at once (an
+//! SMTP delivery, an APPEND on another session, POP3's deletions), and by
+//! polling the folder (a `stat` of its file) every [`IDLE_POLL`] for what
+//! other programs write.
 
 use super::folder::{StoreError, Uid, Write, WriteDone};
 use super::session::{Action, LoginResult, Session, Settings};
@@ -79,6 +80,16 @@ impl ImapContext {
             MboxWriter::start(&path, &state).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         self.writers.borrow_mut().insert(key, w.clone());
         Ok(w)
+    }
+
+    /// The writer of a folder if one runs (none is started for IDLE).
+    fn running_writer(&self, name: &str) -> Option<MboxWriter> {
+        let key = if name.eq_ignore_ascii_case("INBOX") {
+            "INBOX"
+        } else {
+            name
+        };
+        self.writers.borrow().get(key).cloned()
     }
 
     /// Where a folder's rewrite journal lives (INBOX: POP3's, in data_dir).
@@ -394,6 +405,14 @@ where
                 }
             }
             Action::Idle => {
+                // pimail's own writer of the folder (SMTP delivery, APPEND,
+                // POP3's deletions) wakes the session at once; the poll
+                // finds what other programs write.
+                let writer = session
+                    .selected_folder()
+                    .and_then(|n| ctx.running_writer(n));
+                let mut changed = writer.as_ref().map(MboxWriter::listen);
+                session.idle_changes(&mut out);
                 send(stream, &mut out, shared, conn).await?;
                 // Input ends IDLE (DONE); meanwhile look for changes.
                 loop {
@@ -404,10 +423,24 @@ where
                     }
                     let read = async { Some(read_more(stream, session, conn, since, peer).await) };
                     let tick = async {
-                        smol::Timer::after(IDLE_POLL).await;
+                        match changed.take() {
+                            Some(l) => {
+                                let poll = async {
+                                    smol::Timer::after(IDLE_POLL).await;
+                                };
+                                smol::future::or(l, poll).await
+                            }
+                            None => {
+                                smol::Timer::after(IDLE_POLL).await;
+                            }
+                        }
                         None
                     };
-                    match smol::future::or(read, tick).await {
+                    let woke = smol::future::or(read, tick).await;
+                    // Listening again before looking: a change while this
+                    // session writes its output is not missed.
+                    changed = writer.as_ref().map(MboxWriter::listen);
+                    match woke {
                         Some(Ok(true)) => {
                             since = Instant::now();
                             break;

@@ -186,6 +186,38 @@ impl MimeDb {
         Some(p)
     }
 
+    /// [`MimeDb::put`] for several records in one write (the first scan
+    /// of a folder writes thousands): `(uidl, record, wire)` each, their
+    /// pointers in order, all `None` if the write fails.
+    pub fn put_many(&mut self, recs: &[(String, Vec<u8>, u64)]) -> Vec<Option<Ptr>> {
+        let mut buf = Vec::new();
+        let mut ptrs = Vec::with_capacity(recs.len());
+        for (uidl, rec, wire) in recs {
+            let framed = frame(uidl, rec).or_else(|| frame(uidl, index_part(rec)?));
+            ptrs.push(framed.map(|framed| {
+                let p = Ptr {
+                    at: self.len + buf.len() as u64,
+                    len: framed.len() as u32,
+                    wire: *wire,
+                };
+                buf.extend_from_slice(&framed);
+                p
+            }));
+        }
+        let Some(file) = self.file.as_ref() else {
+            return vec![None; recs.len()];
+        };
+        if let Err(e) = file.write_all_at(&buf, self.len) {
+            log::warn!("cannot write {}: {e}", self.path.display());
+            return vec![None; recs.len()];
+        }
+        self.len += buf.len() as u64;
+        for p in ptrs.iter().flatten() {
+            self.keep(*p);
+        }
+        ptrs
+    }
+
     /// The `mime::index` record at `p` if it is `uidl`'s and well framed
     /// (of either format).
     pub fn get(&self, p: Ptr, uidl: &str) -> Option<Vec<u8>> {
@@ -649,6 +681,20 @@ mod tests {
         assert_eq!(Ptr::parse(&b.token()), Some(b));
         assert_eq!(Ptr::parse("%x:1:2"), None);
         assert_eq!(Ptr::parse("%1:2"), None);
+        // Several at once, one of them unframable (a UIDL too long).
+        let many = db.put_many(&[
+            ("uidl-c".into(), b"record c".to_vec(), 3),
+            ("u".repeat(300), b"x".to_vec(), 1),
+            ("uidl-d".into(), b"record d".to_vec(), 4),
+        ]);
+        assert_eq!(many[1], None);
+        let (c, d) = (many[0].unwrap(), many[2].unwrap());
+        assert_eq!(db.get(c, "uidl-c").unwrap(), b"record c");
+        assert_eq!(
+            (db.get(d, "uidl-d").unwrap(), d.wire),
+            (b"record d".to_vec(), 4)
+        );
+        assert_eq!(db.get(b, "uidl-b").unwrap(), rb);
         // Reopened (a restart): the same records.
         let mut db = MimeDb::open(path.clone());
         assert_eq!(db.get(b, "uidl-b").unwrap(), rb);

@@ -20,3 +20,4 @@ pub mod mutf7;
 pub mod response;
 pub mod session;
 pub mod store;
+pub mod textsearch;

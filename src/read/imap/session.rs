@@ -361,6 +361,14 @@ impl<A: Account> Session<A> {
         self.login.as_deref()
     }
 
+    /// The selected folder's name, if any.
+    pub fn selected_folder(&self) -> Option<&str> {
+        match &self.state {
+            State::Selected(s) => Some(s.name.as_str()),
+            _ => None,
+        }
+    }
+
     fn plaintext_ok(&self) -> bool {
         self.secure || self.loopback
     }

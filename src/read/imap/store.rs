@@ -23,6 +23,7 @@ use super::command::{DateTime, Flag, Section, SectionText, StoreMode, TextField}
 use super::folder::{Account, Change, Folder, FolderInfo, Meta, StoreError, Stored, Summary, Uid};
 use super::hidden::HideFilter;
 use super::mimedb::{self, MimeDb, Miss, Ptr, Rendered};
+use super::textsearch::{self, contains_ci, Needle};
 use crate::store::maildrop::{self, Message};
 use crate::store::mbox::Seal;
 use crate::store::mime::{self, Spec, Structure, WireWriter};
@@ -296,7 +297,21 @@ impl FolderState {
             return Ok(());
         }
         let d: &dyn crate::store::disk::Disk = &file;
-        let all = maildrop::scan_with(d, 0, len, CHUNK).map_err(|e| io("cannot read folder", e))?;
+        // Nothing to reuse (the first look at a folder nobody indexed):
+        // each message's head and MIME structure are read in the scan's
+        // own pass, so the file is read once.
+        let one_pass = self.entries.is_empty() && self.known.values().all(|k| k.3.is_none());
+        let (all, pre) = if one_pass {
+            let mut ix = Indexer::new(&mut self.db);
+            let all = maildrop::scan_visit(d, 0, len, SCAN_CHUNK, &mut ix)
+                .map_err(|e| io("cannot read folder", e))?;
+            (all, ix.finish())
+        } else {
+            let all =
+                maildrop::scan_with(d, 0, len, CHUNK).map_err(|e| io("cannot read folder", e))?;
+            (all, Vec::new())
+        };
+        let mut pre = pre.into_iter();
         let mut old: HashMap<String, Entry> = self
             .entries
             .drain(..)
@@ -305,7 +320,11 @@ impl FolderState {
         let mut seen = std::collections::HashSet::new();
         let mut dirty = false;
         for m in all {
+            let p = pre.next();
             if !seen.insert(m.uid.clone()) {
+                if let Some(Pre { ptr: Some(r), .. }) = p {
+                    self.db.drop_record(r);
+                }
                 continue; // scan_with does not dedupe; keep the first
             }
             if let Some(mut e) = old.remove(&m.uid) {
@@ -330,7 +349,7 @@ impl FolderState {
                 self.entries.push(e);
                 continue;
             }
-            self.index_new(&file, m)?;
+            self.index_new(&file, m, p)?;
             dirty = true;
         }
         if !old.is_empty() {
@@ -435,15 +454,22 @@ impl FolderState {
                 // duplicates, so this is a re-read): a full scan decides.
                 return Ok(false);
             }
-            self.index_new(file, m)?;
+            self.index_new(file, m, None)?;
         }
         Ok(true)
     }
 
     /// Gives a message seen for the first time its UID (its seal's, the
     /// sidecar's, or UIDNEXT), and its MIME record.
-    fn index_new(&mut self, file: &File, m: Message) -> Result<(), StoreError> {
-        let (seal, date, skip) = read_head(file, &m);
+    /// `pre`: what the scan's pass already read of it ([`Indexer`]).
+    fn index_new(&mut self, file: &File, m: Message, pre: Option<Pre>) -> Result<(), StoreError> {
+        let (seal, date, skip, made) = match pre {
+            Some(p) => (p.seal, p.date, p.skip, Some((p.ptr, p.wire))),
+            None => {
+                let (seal, date, skip) = read_head(file, &m);
+                (seal, date, skip, None)
+            }
+        };
         let (uid, modseq, flags, ptr) = match self.known.remove(&m.uid) {
             Some((u, ms, f, p))
                 if u < self.uid_next && self.entries.last().map_or(true, |l| l.uid < u) =>
@@ -471,7 +497,17 @@ impl FolderState {
         self.log.push((0, Change::Added(u)));
         if let Some(e) = self.entries.last_mut() {
             e.mime = ptr;
-            if e.mime.is_none() {
+            match made {
+                // The sidecar's record is used.
+                Some((Some(r), _)) if e.mime.is_some() => self.db.drop_record(r),
+                Some(_) if e.mime.is_some() => {}
+                Some((made, wire)) => {
+                    e.mime = made;
+                    e.size = wire;
+                }
+                None => {}
+            }
+            if e.mime.is_none() && made.is_none() {
                 let (rec, wire) = parse_record(file, e.body_start, e.msg.end)?;
                 let p = self.db.put(&e.msg.uid, &rec, wire);
                 e.mime = p;
@@ -642,6 +678,181 @@ fn parse_record(file: &File, start: u64, end: u64) -> Result<(Vec<u8>, u64), Sto
     Ok((mimedb::payload(&s), s.size()))
 }
 
+/// What [`Indexer`] read of a message: what [`read_head`] and
+/// [`parse_record`] give, the record already in the `.mime` file.
+struct Pre {
+    seal: Option<Seal>,
+    date: i64,
+    skip: u64,
+    ptr: Option<Ptr>,
+    wire: u64,
+}
+
+/// Read size of the one-pass scan: large reads cost fewer calls; still
+/// bounded.
+const SCAN_CHUNK: usize = 128 * 1024;
+
+/// The one-pass first scan's [`maildrop::ScanSink`]: reads each message's
+/// head ([`head_of`]) and MIME structure (as [`parse_record`] does, fed
+/// from the scan's own buffer) as the scan goes, and writes the records.
+/// Holds at most [`HEAD`] octets of a message, and the parser's bounded
+/// state.
+struct Indexer<'a> {
+    db: &'a mut MimeDb,
+    out: Vec<Pre>,
+    offset: u64,
+    /// File offset of the next octet shown.
+    at: u64,
+    /// The first [`HEAD`] octets, until the head is read.
+    head: Vec<u8>,
+    head_done: bool,
+    seal: Option<Seal>,
+    date: i64,
+    skip: u64,
+    /// Where the parser starts: after the `From ` line and a first-line
+    /// seal; `None` while the `From ` line goes on past [`HEAD`].
+    body_start: Option<u64>,
+    hide: HideFilter,
+    parser: mime::Parser,
+    shown: Vec<u8>,
+    /// Records not yet written, for `out[out.len() - batch.len()..]`;
+    /// written when they reach [`BATCH`] octets and at the end.
+    batch: Vec<(String, Vec<u8>, u64)>,
+    batched: usize,
+}
+
+/// Octets of MIME records written at once by the first scan.
+const BATCH: usize = 64 * 1024;
+
+impl<'a> Indexer<'a> {
+    fn new(db: &'a mut MimeDb) -> Self {
+        Indexer {
+            db,
+            out: Vec::new(),
+            offset: 0,
+            at: 0,
+            head: Vec::with_capacity(HEAD),
+            head_done: false,
+            seal: None,
+            date: 0,
+            skip: 0,
+            body_start: None,
+            hide: HideFilter::new(),
+            parser: mime::Parser::new(),
+            shown: Vec::new(),
+            batch: Vec::new(),
+            batched: 0,
+        }
+    }
+
+    /// Writes the batched records; their pointers go to their messages.
+    fn flush(&mut self) {
+        let ptrs = self.db.put_many(&self.batch);
+        let first = self.out.len() - ptrs.len();
+        for (pre, p) in self.out[first..].iter_mut().zip(ptrs) {
+            pre.ptr = p;
+        }
+        self.batch.clear();
+        self.batched = 0;
+    }
+
+    /// The pass is over: every record written.
+    fn finish(mut self) -> Vec<Pre> {
+        self.flush();
+        self.out
+    }
+
+    /// The head is all there (or the message ends): read it.
+    fn read_head(&mut self) {
+        let (seal, date, skip) = head_of(&self.head);
+        self.body_start =
+            memchr::memchr(b'\n', &self.head).map(|i| self.offset + i as u64 + 1 + skip);
+        (self.seal, self.date, self.skip) = (seal, date, skip);
+        self.head_done = true;
+        let head = std::mem::take(&mut self.head);
+        self.content(self.offset, &head);
+        self.head = head;
+    }
+
+    /// Octets at file offset `at` on, once the head is read.
+    fn content(&mut self, at: u64, b: &[u8]) {
+        let start = match self.body_start {
+            Some(s) => s,
+            None => match memchr::memchr(b'\n', b) {
+                // The end of a long `From ` line.
+                Some(i) => *self.body_start.insert(at + i as u64 + 1),
+                None => return,
+            },
+        };
+        let from = start.saturating_sub(at).min(b.len() as u64) as usize;
+        let b = &b[from..];
+        if b.is_empty() {
+        } else if self.hide.done() {
+            self.parser.feed(b);
+        } else {
+            self.shown.clear();
+            self.hide.feed(b, &mut self.shown);
+            self.parser.feed(&self.shown);
+        }
+    }
+}
+
+impl maildrop::ScanSink for Indexer<'_> {
+    fn start(&mut self, offset: u64) {
+        self.offset = offset;
+        self.at = offset;
+        self.head.clear();
+        self.head_done = false;
+        self.body_start = None;
+        self.hide = HideFilter::new();
+        self.parser = mime::Parser::new();
+    }
+
+    fn bytes(&mut self, mut b: &[u8]) {
+        if !self.head_done {
+            let take = (HEAD - self.head.len()).min(b.len());
+            self.head.extend_from_slice(&b[..take]);
+            self.at += take as u64;
+            b = &b[take..];
+            if self.head.len() < HEAD {
+                return;
+            }
+            self.read_head();
+        }
+        self.content(self.at, b);
+        self.at += b.len() as u64;
+    }
+
+    fn end(&mut self, m: &Message) {
+        if !self.head_done {
+            self.read_head();
+        }
+        self.shown.clear();
+        self.hide.finish(&mut self.shown);
+        let mut p = std::mem::take(&mut self.parser);
+        p.feed(&self.shown);
+        let mut s = p.finish();
+        if self.hide.removed > 0 {
+            shift_stored(&mut s.root, self.hide.removed, true);
+        }
+        // With the texts FETCH sends, rendered now (see `mimedb`).
+        let rec = mimedb::payload(&s);
+        let wire = s.size();
+        self.out.push(Pre {
+            seal: self.seal.take(),
+            date: self.date,
+            skip: self.skip,
+            ptr: None,
+            wire,
+        });
+        self.batched += rec.len() + m.uid.len();
+        self.batch.push((m.uid.clone(), rec, wire));
+        if self.batched >= BATCH {
+            self.flush();
+        }
+    }
+}
+
 /// Moves every stored position of `part` but the message's own start.
 fn shift_stored(part: &mut mime::Part, by: u64, root: bool) {
     if !root || part.header.stored > 0 {
@@ -770,11 +981,20 @@ fn has(flags: &[Flag], f: &str) -> bool {
 /// The seal (first two header lines), INTERNALDATE (the `From ` line)
 /// and the bytes to skip at the start (a seal on the first line).
 fn read_head(file: &File, m: &Message) -> (Option<Seal>, i64, u64) {
-    let n = (m.end - m.offset).min(2048) as usize;
+    let n = (m.end - m.offset).min(HEAD as u64) as usize;
     let mut buf = vec![0u8; n];
     if file.read_exact_at(&mut buf, m.offset).is_err() {
         return (None, 0, 0);
     }
+    head_of(&buf)
+}
+
+/// The octets of a message's start [`read_head`] looks at.
+const HEAD: usize = 2048;
+
+/// [`read_head`] of the first [`HEAD`] octets of a message (from its
+/// `From ` line; fewer if the message is shorter).
+fn head_of(buf: &[u8]) -> (Option<Seal>, i64, u64) {
     let mut lines = buf.split_inclusive(|&b| b == b'\n');
     let date = lines.next().map_or(0, from_line_date);
     let mut prev_rp = false;
@@ -819,24 +1039,6 @@ fn from_line_date(line: &[u8]) -> i64 {
         day,
     };
     d.days() * 86400 + h * 3600 + mi * 60 + se
-}
-
-/// The text/* parts of a message that are no multipart or message, in
-/// order (for SEARCH BODY and TEXT).
-fn text_leaves<'a>(p: &'a mime::Part, out: &mut Vec<&'a mime::Part>) {
-    match &p.kind {
-        mime::Kind::Multi(children) => {
-            for c in children {
-                text_leaves(c, out);
-            }
-        }
-        mime::Kind::Message(_, inner) => text_leaves(inner, out),
-        mime::Kind::Single => {
-            if p.ctype.eq_ignore_ascii_case(b"text") {
-                out.push(p);
-            }
-        }
-    }
 }
 
 /// The account: every folder's state, shared by all sessions.
@@ -1319,17 +1521,21 @@ impl Body {
     }
 
     /// Whether `needle` is in the octets (case-insensitive, as SEARCH),
-    /// looked for piece by piece with a needle-long overlap.
-    fn contains(mut self, needle: &[u8]) -> Result<bool, StoreError> {
+    /// looked for piece by piece with a needle-long overlap; stops at the
+    /// first match.
+    fn contains(mut self, needle: &Needle) -> Result<bool, StoreError> {
         let keep = needle.len().saturating_sub(1);
-        let mut window = Vec::with_capacity(2 * CHUNK + needle.len());
+        // Sized for the range (most are a few KiB: a header, a text part),
+        // not for the largest piece.
+        let span = (self.end.saturating_sub(self.at) as usize).min(CHUNK);
+        let mut window = Vec::with_capacity(span + span / 8 + 2 + needle.len());
         loop {
             let more = self.at < self.end && self.left > 0;
             if !more {
-                return Ok(contains_ci(&window, needle));
+                return Ok(needle.found_in(&window));
             }
             self.fill(&mut window)?;
-            if contains_ci(&window, needle) {
+            if needle.found_in(&window) {
                 return Ok(true);
             }
             // Keep the tail a match may start in.
@@ -1413,6 +1619,54 @@ impl Body {
     }
 }
 
+/// Whether `needle` is in the stored octets of range `r` of message `m`,
+/// read from the file in [`CHUNK`] pieces into `buf` (a needle-long tail
+/// kept between them); stops at the first match, and with an error if the
+/// folder is rewritten meanwhile (`generation` moves).
+fn stored_has(
+    file: &File,
+    m: &Message,
+    r: mime::Range,
+    needle: &Needle,
+    buf: &mut Vec<u8>,
+    generation: &Rc<std::cell::Cell<u64>>,
+) -> Result<bool, StoreError> {
+    let keep = needle.len().saturating_sub(1);
+    let (mut at, end) = (
+        m.start + r.start.stored,
+        (m.start + r.end.stored).min(m.end),
+    );
+    let first = generation.get();
+    // Zeroed once, only as large as the range needs (most are a few KiB),
+    // and reused for the next piece and range.
+    let need = ((end.saturating_sub(at)) as usize).min(CHUNK) + keep;
+    if buf.len() < need {
+        // (vec! zeroes with calloc/memset: `resize` is a slow loop at
+        // opt-level "z".)
+        *buf = vec![0; need];
+    }
+    let mut held = 0;
+    while at < end {
+        if generation.get() != first {
+            return Err(StoreError::Unavailable(
+                "the folder was rewritten while it was being searched".into(),
+            ));
+        }
+        let n = ((end - at) as usize).min(CHUNK);
+        file.read_exact_at(&mut buf[held..held + n], at)
+            .map_err(|e| io("cannot read folder", e))?;
+        at += n as u64;
+        let len = held + n;
+        if needle.found_in(&buf[..len]) {
+            return Ok(true);
+        }
+        // Keep the tail a match may start in.
+        held = len.min(keep);
+        buf.copy_within(len - held..len, 0);
+    }
+    Ok(false)
+}
+
 fn header_filter(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut keep = false;
@@ -1433,14 +1687,6 @@ fn header_filter(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
     }
     out.extend_from_slice(b"\r\n");
     out
-}
-
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    if needle.is_empty() {
-        return true;
-    }
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 impl Folder for StoreFolder {
@@ -1601,6 +1847,40 @@ impl Folder for StoreFolder {
         needle: &[u8],
     ) -> Result<bool, StoreError> {
         let (s, file, m) = self.structure(uid)?;
+        if let Some(f @ (TextField::Body | TextField::Text)) = field.filter(|_| header.is_none()) {
+            // The text is searched as it streams (never held whole), the
+            // stretches docs/imap.md names: as stored, less attachments'
+            // content, then text parts in base64 or quoted-printable
+            // decoded (RFC 9051 6.4.4 searches the text, as Dovecot does).
+            let needle = Needle::new(needle);
+            if needle.is_empty() {
+                // In every message, even one with no text to read.
+                return Ok(true);
+            }
+            let generation = self.state.borrow().generation.clone();
+            let mut buf = Vec::new();
+            for span in textsearch::spans(&s, f == TextField::Text) {
+                // Past the header (no hidden fields), as stored when that
+                // gives the same answer: no wire form made.
+                let hit = if span.decode.is_none()
+                    && span.range.start.stored > 0
+                    && needle.same_in_stored()
+                {
+                    stored_has(&file, &m, span.range, &needle, &mut buf, &generation)?
+                } else {
+                    let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
+                    let b = Body::range(f, &m, span.range, 0, u64::MAX, generation.clone());
+                    match span.decode {
+                        Some(enc) => b.decoded(enc).contains(&needle)?,
+                        None => b.contains(&needle)?,
+                    }
+                };
+                if hit {
+                    return Ok(true);
+                }
+            }
+            return Ok(false);
+        }
         let mut head = Vec::new();
         if let Some(r) = s.section(&[], Spec::Header) {
             // As for HEADER.FIELDS: at most MAX_HEADER of the header.
@@ -1614,40 +1894,6 @@ impl Folder for StoreFolder {
             Self::wire(&file, &m, r, &mut head)?;
         }
         let value = |name: &str| header_filter(&head, &[name.to_string()], false);
-        // The text is searched as it streams (never held whole).
-        let body = |s: &Structure| -> Result<bool, StoreError> {
-            let Some(r) = s.section(&[], Spec::Text) else {
-                return Ok(false);
-            };
-            let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
-            Body::range(f, &m, r, 0, r.wire_len(), Rc::default()).contains(needle)
-        };
-        // Text parts in base64 or quoted-printable are also searched
-        // decoded (RFC 9051 6.4.4 searches the text, as Dovecot does).
-        let decoded_text_has = |s: &Structure| -> Result<bool, StoreError> {
-            let mut leaves = Vec::new();
-            text_leaves(&s.root, &mut leaves);
-            for p in leaves {
-                let enc = mime::decode::Encoding::of(p.encoding.as_deref());
-                if !matches!(
-                    enc,
-                    mime::decode::Encoding::Base64 | mime::decode::Encoding::QuotedPrintable
-                ) {
-                    continue;
-                }
-                let r = mime::Range {
-                    start: p.body,
-                    end: p.end,
-                };
-                // Decoded as it streams, like the plain text.
-                let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
-                let b = Body::range(f, &m, r, 0, u64::MAX, Rc::default()).decoded(enc);
-                if b.contains(needle)? {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        };
         // A header field matches as written or with its encoded words
         // (RFC 2047) decoded: SEARCH CHARSET UTF-8 SUBJECT "Grüße" finds
         // `=?utf-8?q?Gr=C3=BC=C3=9Fe?=` (RFC 9051 6.4.4).
@@ -1665,10 +1911,8 @@ impl Folder for StoreFolder {
                 let v = value(h);
                 v.len() > 2 && field_has(v[h.len().min(v.len())..].to_vec())
             }
-            (Some(TextField::Body), _) => body(&s)? || decoded_text_has(&s)?,
-            (Some(TextField::Text), _) => {
-                contains_ci(&head, needle) || body(&s)? || decoded_text_has(&s)?
-            }
+            // Searched above.
+            (Some(TextField::Body | TextField::Text), _) => false,
             (Some(TextField::From), _) => field_has(field_value(&value("From"))),
             (Some(TextField::To), _) => field_has(field_value(&value("To"))),
             (Some(TextField::Cc), _) => field_has(field_value(&value("Cc"))),
@@ -1823,6 +2067,77 @@ pub fn copy_to_spool(path: &Path, m: &Message, spool: &Path) -> Result<Vec<u8>, 
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// The one-pass first scan gives every message the head, size and
+    /// MIME record the per-message reads ([`read_head`], [`parse_record`])
+    /// give: for seals on the first or second line, hidden `Status:`
+    /// fields, foreign mail, long `From ` lines, an open last line.
+    #[test]
+    fn one_pass_scan_gives_what_the_per_message_reads_give() {
+        let dir = std::env::temp_dir().join(format!("pimail-onepass-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mbox = dir.join("INBOX");
+        let mut data = Vec::new();
+        for i in 0..40u64 {
+            let from = if i % 9 == 4 {
+                format!("From {} Mon Jun  2 10:00:{:02} 2025\n", "x".repeat(3000), i)
+            } else {
+                format!("From a@example.com Mon Jun  2 10:00:{:02} 2025\n", i)
+            };
+            data.extend_from_slice(from.as_bytes());
+            let seal = Seal {
+                id: format!("0000ABCD{i:08X}"),
+                uid: i + 1,
+                len: 0,
+                sum: 0,
+            };
+            match i % 4 {
+                0 => data.extend_from_slice(seal.line().as_bytes()),
+                1 => {
+                    data.extend_from_slice(b"Return-Path: <a@example.com>\n");
+                    data.extend_from_slice(seal.line().as_bytes());
+                }
+                2 => data.extend_from_slice(b"Status: RO\nX-Status: A\n"),
+                _ => {}
+            }
+            data.extend_from_slice(&crate::store::mime::tests::bench_like(i));
+            if i != 39 {
+                data.extend_from_slice(b"\n");
+                if !data.ends_with(b"\n\n") {
+                    data.extend_from_slice(b"\n");
+                }
+            }
+        }
+        std::fs::write(&mbox, &data).unwrap();
+        let mut st = FolderState::load(mbox.clone(), dir.join("INBOX.index"));
+        st.refresh().unwrap();
+        assert_eq!(st.entries.len(), 40);
+        let file = File::open(&mbox).unwrap();
+        for e in &st.entries {
+            let (seal, date, skip) = read_head(&file, &e.msg);
+            assert_eq!(e.seal_id, seal.map(|s| s.id), "at {}", e.msg.offset);
+            assert_eq!(e.date, date);
+            assert_eq!(e.body_start, e.msg.start + skip);
+            let (rec, wire) = parse_record(&file, e.body_start, e.msg.end).unwrap();
+            let p = e.mime.expect("a record");
+            assert_eq!(
+                st.db.get(p, &e.msg.uid).unwrap(),
+                mimedb::index_part(&rec).unwrap(),
+                "at {}",
+                e.msg.offset
+            );
+            assert_eq!((e.size, p.wire), (wire, wire));
+        }
+        assert!(st.entries.iter().any(|e| e.seal_id.is_some()));
+        assert!(st.entries.iter().any(|e| e.date > 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
     use super::*;
     use crate::store::mime::{imap, index};
 

@@ -244,9 +244,7 @@ where
     let lookups = async {
         let fcrdns = async {
             if sp.greylist.is_some() {
-                timeout(sp.dnsbl.timeout, dnsbl::fcrdns(&sp.resolver, ip))
-                    .await
-                    .flatten()
+                sp.dnsbl.fcrdns(&sp.resolver, ip).await
             } else {
                 None
             }
@@ -302,6 +300,13 @@ where
             Err(())
         }
     }
+}
+
+/// Whether [`greylist_decision`] will ask the DNS: an SPF check for a
+/// client with forward-confirmed reverse DNS, not yet made for `sender`.
+fn greylist_asks_dns(sp: &SpamChecks, early: &Early, sender: &str) -> bool {
+    let exempt = !sender.is_empty() && sp.correspondents.contains(sender);
+    !exempt && early.fcrdns.is_some() && !matches!(&early.spf, Some((s, _)) if s == sender)
 }
 
 /// The greylist decision for one local recipient (SPEC "Keeping spam
@@ -514,8 +519,14 @@ where
                     session.auth_finished(outcome).write_to(&mut out);
                 }
                 Action::Greylist { sender, rcpt } => {
-                    // The decision may ask the DNS (SPF): earlier replies first.
-                    if !out.is_empty() {
+                    // A decision that asks the DNS (SPF) sends the earlier
+                    // replies first; one that does not keeps pipelined
+                    // replies together (one write per batch, RFC 2920).
+                    let asks_dns = ctx
+                        .spam
+                        .as_ref()
+                        .is_some_and(|sp| greylist_asks_dns(sp, early, &sender));
+                    if asks_dns && !out.is_empty() {
                         send(stream, &out, shared, conn).await?;
                         out.clear();
                     }

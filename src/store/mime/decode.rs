@@ -79,8 +79,23 @@ impl Decoder {
                 }
             }
             Encoding::QuotedPrintable => {
-                for &b in input {
-                    self.qp(b, out);
+                let mut i = 0;
+                while i < input.len() {
+                    if self.held.is_empty() {
+                        // A run of octets that stand for themselves is
+                        // copied whole (SEARCH decodes every QP text).
+                        let run = input[i..]
+                            .iter()
+                            .position(|&b| matches!(b, b'=' | b' ' | b'\t' | b'\r' | b'\n'))
+                            .unwrap_or(input.len() - i);
+                        out.extend_from_slice(&input[i..i + run]);
+                        i += run;
+                        if i == input.len() {
+                            break;
+                        }
+                    }
+                    self.qp(input[i], out);
+                    i += 1;
                 }
             }
         }

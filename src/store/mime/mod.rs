@@ -185,10 +185,10 @@ impl Part {
     /// Reads the MIME fields of a header block into the part.
     fn take_header(&mut self, block: &[u8], in_digest: bool) {
         let mut seen_type = false;
+        let mut buf = [0u8; NAME_KEEP];
         for (name, value) in header::fields(block) {
-            let lower = name.to_ascii_lowercase();
             let first = |v: &Option<Vec<u8>>| v.is_none();
-            match lower.as_slice() {
+            match lowered(name, &mut buf) {
                 b"content-type" if !seen_type => {
                     seen_type = true;
                     // RFC 2045 5.2: a type that cannot be read is text/plain.
@@ -248,14 +248,29 @@ impl Part {
     }
 }
 
+/// Longer than every field name matched here.
+const NAME_KEEP: usize = 32;
+
+/// A field name in lower case, in `buf` (no allocation per field);
+/// empty for a name too long to be one we read.
+fn lowered<'b>(name: &[u8], buf: &'b mut [u8; NAME_KEEP]) -> &'b [u8] {
+    if name.len() > NAME_KEEP {
+        return &[];
+    }
+    let out = &mut buf[..name.len()];
+    out.copy_from_slice(name);
+    out.make_ascii_lowercase();
+    out
+}
+
 /// Reads the envelope fields of a message header block.
 fn envelope(block: &[u8]) -> Envelope {
     let mut e = Envelope::default();
     let (mut from, mut sender, mut reply_to, mut to, mut cc, mut bcc) =
         (None, None, None, None, None, None);
+    let mut buf = [0u8; NAME_KEEP];
     for (name, value) in header::fields(block) {
-        let lower = name.to_ascii_lowercase();
-        let slot = match lower.as_slice() {
+        let slot = match lowered(name, &mut buf) {
             b"date" => &mut e.date,
             b"subject" => &mut e.subject,
             b"in-reply-to" => &mut e.in_reply_to,
@@ -391,6 +406,38 @@ impl Structure {
     }
 }
 
+/// CRLF line ends in `run` (searched by their CR: mbox files rarely
+/// have any, and a byte that is not there is the fastest to look for).
+pub fn count_crlf(run: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\r', run)
+        .filter(|&j| run.get(j + 1) == Some(&b'\n'))
+        .count() as u64
+}
+
+/// Lines of `run` (whole lines, from a line start) that carry mboxrd
+/// quoting: `>`s, then `From ` (RFC 4155; each loses one `>` on the
+/// wire). Found by their `From `, rarer than line starts.
+pub fn count_quoted(run: &[u8]) -> u64 {
+    from_finder()
+        .find_iter(run)
+        .filter(|&j| quoted_at(run, j))
+        .count() as u64
+}
+
+/// A search for `From `, built once.
+pub fn from_finder() -> &'static memchr::memmem::Finder<'static> {
+    static FROM: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    FROM.get_or_init(|| memchr::memmem::Finder::new(b"From "))
+}
+
+/// Is the `From ` at `j` in `run` (which starts at a line start) a line
+/// with mboxrd quoting: only `>`s before it on its line, at least one?
+pub fn quoted_at(run: &[u8], j: usize) -> bool {
+    let gts = run[..j].iter().rev().take_while(|&&b| b == b'>').count();
+    let k = j - gts;
+    gts > 0 && (k == 0 || run[k - 1] == b'\n')
+}
+
 // ---- the streaming parser ------------------------------------------------------
 
 struct Frame {
@@ -507,6 +554,72 @@ impl Parser {
     }
 
     pub fn feed(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            if let Some(n) = self.bulk_run(chunk) {
+                self.bulk(&chunk[..n]);
+                chunk = &chunk[n..];
+                continue;
+            }
+            let (piece, rest, ends) = match memchr::memchr(b'\n', chunk) {
+                Some(i) => (&chunk[..=i], &chunk[i + 1..], true),
+                None => (chunk, &b""[..], false),
+            };
+            self.piece(piece);
+            if ends {
+                self.end_line();
+            }
+            chunk = rest;
+        }
+    }
+
+    /// At a line start in a body: how many bytes of `chunk` are whole
+    /// lines that [`Parser::end_line`] would only count (no delimiter of
+    /// an open multipart among them), so [`Parser::bulk`] can take them
+    /// at once. Most of a message is such lines (attachments, text).
+    fn bulk_run(&self, chunk: &[u8]) -> Option<usize> {
+        if self.line_len != 0 || self.in_header() {
+            return None;
+        }
+        let mut n = memchr::memrchr(b'\n', chunk)? + 1;
+        if self.stack.iter().any(|f| f.delimiter.is_some()) {
+            // A line starting with `--` may be a delimiter: line by line.
+            if chunk.starts_with(b"--") {
+                return None;
+            }
+            static DASHES: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
+                std::sync::OnceLock::new();
+            let dashes = DASHES.get_or_init(|| memchr::memmem::Finder::new(b"\n--"));
+            if let Some(j) = dashes.find(&chunk[..n]) {
+                n = j + 1;
+            }
+        }
+        Some(n)
+    }
+
+    /// [`Parser::piece`] and [`Parser::end_line`] for each line of `run`,
+    /// whole body lines none of which is a delimiter: only the counts
+    /// move (lines, stored and wire octets, the last line end).
+    fn bulk(&mut self, run: &[u8]) {
+        let lf = memchr::memchr_iter(b'\n', run).count() as u64;
+        let crlf = count_crlf(run);
+        let quoted = count_quoted(run);
+        let len = run.len() as u64;
+        self.at.stored += len;
+        self.at.wire += len + lf - crlf - quoted;
+        self.lines += lf;
+        // The last line's end: CRLF stays two octets, a bare LF one.
+        self.prev_term = if run.len() >= 2 && run[run.len() - 2] == b'\r' {
+            2
+        } else {
+            1
+        };
+        self.hdr_line = self.hdr.len();
+    }
+
+    /// [`Parser::feed`] without [`Parser::bulk`]: the reference the fast
+    /// path is checked against.
+    #[cfg(test)]
+    fn feed_lines(&mut self, mut chunk: &[u8]) {
         while !chunk.is_empty() {
             let (piece, rest, ends) = match memchr::memchr(b'\n', chunk) {
                 Some(i) => (&chunk[..=i], &chunk[i + 1..], true),
@@ -1078,6 +1191,100 @@ pub(crate) mod tests {
             let mut p = Parser::new();
             msg.iter().for_each(|b| p.feed(std::slice::from_ref(b)));
             assert_eq!(p.finish(), whole, "{name} byte by byte");
+        }
+    }
+
+    /// Messages shaped like bench/imap.py's mix (text, alternative,
+    /// attachments, forwarded messages), with the lines the fast path
+    /// must not miss: mboxrd quoting, `--` lines that are no delimiter,
+    /// CRLF and bare LF, empty lines, an open last line.
+    pub(crate) fn bench_like(seed: u64) -> Vec<u8> {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut rnd = move |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n.max(1)
+        };
+        let text = |rnd: &mut dyn FnMut(u64) -> u64, lines: u64| {
+            let mut t = Vec::new();
+            for _ in 0..lines {
+                let line: &[u8] = match rnd(14) {
+                    0 => b">From the start\n",
+                    1 => b">>From deeper\n",
+                    2 => b"-- \n",
+                    3 => b"--not-a-boundary\n",
+                    4 => b"\n",
+                    5 => b"a CRLF line\r\n",
+                    6 => b">not quoted From\n",
+                    7 => b"\r\n",
+                    8 => b">From\n",
+                    _ => b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do\n",
+                };
+                t.extend_from_slice(line);
+            }
+            t
+        };
+        let mut m = Vec::new();
+        m.extend_from_slice(b"Return-Path: <a@example.com>\nFrom: A <a@example.com>\nTo: b@example.org\nSubject: test\nDate: Mon, 2 Jun 2025 11:59:58 +0200\nMIME-Version: 1.0\n");
+        let kind = rnd(4);
+        match kind {
+            0 => {
+                m.extend_from_slice(b"Content-Type: text/plain; charset=us-ascii\n\n");
+                let n = rnd(200);
+                m.extend(text(&mut rnd, n));
+            }
+            1 => {
+                m.extend_from_slice(b"Content-Type: multipart/alternative;\n\tboundary=\"=_alt_1\"\n\npreamble\n\n--=_alt_1\nContent-Type: text/plain\n\n");
+                let n = rnd(100);
+                m.extend(text(&mut rnd, n));
+                m.extend_from_slice(b"\n--=_alt_1\r\nContent-Type: text/html\n\n<p>x</p>\n");
+                let n = rnd(50);
+                m.extend(text(&mut rnd, n));
+                m.extend_from_slice(b"\n--=_alt_1--\nepilogue\n--=_alt_1\n");
+            }
+            _ => {
+                m.extend_from_slice(b"Content-Type: multipart/mixed; boundary=\"=_mixed_2\"\n\n--=_mixed_2\nContent-Type: text/plain\n\n");
+                let n = rnd(60);
+                m.extend(text(&mut rnd, n));
+                if kind == 3 {
+                    m.extend_from_slice(b"\n--=_mixed_2\nContent-Type: message/rfc822\n\nFrom: c@example.net\nSubject: inner\nContent-Type: multipart/mixed; boundary=in\n\n--in\n\n");
+                    let n = rnd(40);
+                    m.extend(text(&mut rnd, n));
+                    m.extend_from_slice(b"\n--in--\n");
+                }
+                for _ in 0..rnd(3) {
+                    m.extend_from_slice(b"\n--=_mixed_2\nContent-Type: application/pdf; name=\"a.pdf\"\nContent-Transfer-Encoding: base64\n\n");
+                    for _ in 0..rnd(400) {
+                        m.extend_from_slice(b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAx\n");
+                    }
+                }
+                m.extend_from_slice(b"\n--=_mixed_2--\n");
+            }
+        }
+        if rnd(4) == 0 {
+            m.extend_from_slice(b"an open last line");
+        }
+        m
+    }
+
+    /// The fast path for body lines gives what the line-by-line parser
+    /// gives, however the message is cut into chunks.
+    #[test]
+    fn bulk_body_lines_count_as_line_by_line() {
+        let mut msgs: Vec<Vec<u8>> = SAMPLES.iter().map(|s| s.1.to_vec()).collect();
+        msgs.extend((0..60).map(bench_like));
+        for (k, msg) in msgs.iter().enumerate() {
+            let mut slow = Parser::new();
+            slow.feed_lines(msg);
+            let want = slow.finish();
+            for chunk in [1, 2, 3, 7, 64, 1000, 65536] {
+                let mut p = Parser::new();
+                msg.chunks(chunk).for_each(|c| p.feed(c));
+                assert_eq!(p.finish(), want, "message {k} in chunks of {chunk}");
+            }
         }
     }
 
