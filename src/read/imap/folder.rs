@@ -79,6 +79,21 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// A placeholder to be filled by [`Folder::meta_into`].
+    pub fn empty() -> Meta {
+        Meta {
+            uid: 0,
+            flags: Vec::new(),
+            internal_date: DateTime {
+                unix: 0,
+                zone_minutes: 0,
+            },
+            size: 0,
+            modseq: 0,
+            sent: None,
+        }
+    }
+
     pub fn has(&self, flag: &str) -> bool {
         self.flags.iter().any(|f| f.eq_ignore_ascii_case(flag))
     }
@@ -119,6 +134,18 @@ pub trait Folder {
     fn uids(&self) -> Vec<Uid>;
 
     fn meta(&self, uid: Uid) -> Option<Meta>;
+
+    /// [`Folder::meta`] into `into`, reusing its allocations (a FETCH of
+    /// the whole folder calls this per message); `false` if `uid` is gone.
+    fn meta_into(&self, uid: Uid, into: &mut Meta) -> bool {
+        match self.meta(uid) {
+            Some(m) => {
+                *into = m;
+                true
+            }
+            None => false,
+        }
+    }
 
     /// Writes the ENVELOPE list (`store::mime` writes it).
     fn envelope(&self, uid: Uid, out: &mut Vec<u8>) -> Result<(), StoreError>;

@@ -12,9 +12,20 @@
 //! records ([`MimeDb::compact`]). Reads go through one 64 KiB block kept
 //! in memory: a FETCH over the folder reads the records in file order.
 //!
+//! Each record also holds the message's ENVELOPE, BODYSTRUCTURE and BODY
+//! as FETCH answers them, rendered once when the record is made: `FETCH
+//! 1:* (ENVELOPE BODYSTRUCTURE)` copies bytes (issue 16, SPEC "Budgets").
+//!
 //! Record framing: `u32` LE length of what follows, one byte UIDL length,
-//! the UIDL, the `mime::index` record.
+//! the UIDL, then the payload: [`RENDERED`], the `u32` LE lengths of the
+//! ENVELOPE, BODYSTRUCTURE and BODY texts, a `u32` LE check of each
+//! text, the three texts, and the `mime::index` record. A record from
+//! before the rendered texts (its payload is the `mime::index` record
+//! alone, whose first byte is that format's version, never [`RENDERED`])
+//! still serves its positions and is re-made when its texts are asked
+//! for ([`Miss::Old`]).
 
+use crate::store::mime::{imap, index, Structure};
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -47,6 +58,29 @@ impl Ptr {
     }
 }
 
+/// The first payload byte of a record with its rendered texts; a
+/// `mime::index` record (what older records hold alone) starts with its
+/// version (1), which will not come near this.
+pub const RENDERED: u8 = 0xF1;
+
+/// Which rendered text of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rendered {
+    Envelope = 0,
+    BodyStructure = 1,
+    Body = 2,
+}
+
+/// Why a record's text could not be copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// An older record, well framed but without the texts: re-make it
+    /// from its `mime::index` part.
+    Old,
+    /// No record, a stale pointer, or a torn or damaged record.
+    Bad,
+}
+
 const BLOCK: u64 = 64 * 1024;
 /// A record longer than this is not believed (MAX_PARTS parts of a few
 /// hundred bytes each stay well under it).
@@ -59,6 +93,8 @@ pub struct MimeDb {
     /// Octets of live records (the rest is garbage).
     live: u64,
     block: RefCell<(u64, Vec<u8>)>,
+    /// Records were re-made since the text index was last written.
+    moved: bool,
 }
 
 impl MimeDb {
@@ -69,6 +105,7 @@ impl MimeDb {
             len: 0,
             live: 0,
             block: RefCell::new((0, Vec::new())),
+            moved: false,
         };
         db.reopen();
         db
@@ -111,17 +148,29 @@ impl MimeDb {
         self.live += u64::from(p.len);
     }
 
+    /// Notes that a record moved (re-made): the text index must be
+    /// written ([`MimeDb::take_moved`]).
+    pub fn moved(&mut self) {
+        self.moved = true;
+    }
+
+    pub fn take_moved(&mut self) -> bool {
+        std::mem::take(&mut self.moved)
+    }
+
     /// Forgets a record (its message is gone or parsed again).
     pub fn drop_record(&mut self, p: Ptr) {
         self.live = self.live.saturating_sub(u64::from(p.len));
     }
 
-    /// Appends a record of a message of `wire` octets; `None` if the
-    /// file cannot be written (the message is then parsed again when
-    /// asked for).
-    pub fn put(&mut self, uidl: &str, rec: &[u8], wire: u64) -> Option<Ptr> {
+    /// Appends a record (a [`payload`] or [`render`]) of a message of
+    /// `wire` octets; `None` if the file cannot be written (the message is
+    /// then parsed again when asked for).
+    pub fn put(&mut self, uidl: &str, payload: &[u8], wire: u64) -> Option<Ptr> {
         let file = self.file.as_ref()?;
-        let framed = frame(uidl, rec)?;
+        // A record too large with its texts keeps its positions alone
+        // (its texts are then rendered from them at each FETCH).
+        let framed = frame(uidl, payload).or_else(|| frame(uidl, index_part(payload)?))?;
         let at = self.len;
         if let Err(e) = file.write_all_at(&framed, at) {
             log::warn!("cannot write {}: {e}", self.path.display());
@@ -158,7 +207,8 @@ impl MimeDb {
         let mut buf = Vec::new();
         let mut ptrs = Vec::with_capacity(recs.len());
         for (uidl, rec, wire) in recs {
-            ptrs.push(frame(uidl, rec).map(|framed| {
+            let framed = frame(uidl, rec).or_else(|| frame(uidl, index_part(rec)?));
+            ptrs.push(framed.map(|framed| {
                 let p = Ptr {
                     at: self.len + buf.len() as u64,
                     len: framed.len() as u32,
@@ -182,8 +232,32 @@ impl MimeDb {
         ptrs
     }
 
-    /// The record at `p` if it is `uidl`'s and well framed.
+    /// The `mime::index` record at `p` if it is `uidl`'s and well framed
+    /// (of either format).
     pub fn get(&self, p: Ptr, uidl: &str) -> Option<Vec<u8>> {
+        self.with_payload(p, uidl, |b| index_part(b).map(<[u8]>::to_vec))
+            .flatten()
+    }
+
+    /// Appends the `which` text of the record at `p` (`uidl`'s) to `out`;
+    /// `out` is left as it was on a miss.
+    pub fn write_rendered(
+        &self,
+        p: Ptr,
+        uidl: &str,
+        which: Rendered,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Miss> {
+        self.with_payload(p, uidl, |b| {
+            rendered(b, which).map(|t| out.extend_from_slice(t))
+        })
+        .unwrap_or(Err(Miss::Bad))
+    }
+
+    /// Calls `f` with the payload of the record at `p` if it is `uidl`'s
+    /// and well framed. Reads go through the block: one `pread` per 64 KiB
+    /// of records read in file order.
+    fn with_payload<R>(&self, p: Ptr, uidl: &str, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let file = self.file.as_ref()?;
         if p.len < 5 || p.len > MAX_RECORD || p.at.checked_add(u64::from(p.len))? > self.len {
             return None;
@@ -202,7 +276,7 @@ impl MimeDb {
             *start = p.at;
         }
         let off = (p.at - *start) as usize;
-        unframe(&data[off..off + p.len as usize], uidl).map(<[u8]>::to_vec)
+        unframe(&data[off..off + p.len as usize], uidl).map(f)
     }
 
     /// Rewrites the file with only the live records when the garbage
@@ -231,11 +305,11 @@ impl MimeDb {
         let mut moved = Vec::new();
         for (uidl, ptr) in live {
             let Some(p) = *ptr else { continue };
-            let Some(rec) = self.get(p, uidl) else {
+            let Some(payload) = self.with_payload(p, uidl, <[u8]>::to_vec) else {
                 *ptr = None;
                 continue;
             };
-            let Some(framed) = frame(uidl, &rec) else {
+            let Some(framed) = frame(uidl, &payload) else {
                 *ptr = None;
                 continue;
             };
@@ -276,12 +350,123 @@ impl MimeDb {
     }
 }
 
+/// A 32-bit check of a text: a torn record (a block of zeros where the
+/// text was, after a crash) is refused rather than sent to a client.
+/// Fletcher-like sums of 64-bit words (position-sensitive, and cheap
+/// beside the copy: it runs on every text a FETCH sends).
+fn check(b: &[u8]) -> u32 {
+    let (mut s1, mut s2) = (b.len() as u64, 0u64);
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        s1 = s1.wrapping_add(u64::from_le_bytes(a));
+        s2 = s2.wrapping_add(s1);
+    }
+    for &x in words.remainder() {
+        s1 = s1.wrapping_add(u64::from(x));
+        s2 = s2.wrapping_add(s1);
+    }
+    let h = s1 ^ s2.rotate_left(17).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h ^ (h >> 32)) as u32
+}
+
+/// Bytes of the fixed part of a payload: the tag, three lengths, three
+/// checks.
+pub(crate) const HEAD: usize = 1 + 12 + 12;
+
+/// The payload of a record for a message of structure `s`: the texts
+/// FETCH sends (rendered from the structure, as [`imap`] writes them),
+/// then its `mime::index` record.
+pub fn payload(s: &Structure) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2048);
+    out.resize(HEAD, 0);
+    out[0] = RENDERED;
+    let mut at = [HEAD; 4];
+    imap::envelope(&s.envelope, &mut out);
+    at[1] = out.len();
+    imap::body(&s.root, true, &mut out);
+    at[2] = out.len();
+    imap::body(&s.root, false, &mut out);
+    at[3] = out.len();
+    for i in 0..3 {
+        // Longer than u32::MAX: never read back (past the record's end).
+        let len = u32::try_from(at[i + 1] - at[i]).unwrap_or(u32::MAX);
+        let c = check(&out[at[i]..at[i + 1]]);
+        out[1 + 4 * i..5 + 4 * i].copy_from_slice(&len.to_le_bytes());
+        out[13 + 4 * i..17 + 4 * i].copy_from_slice(&c.to_le_bytes());
+    }
+    index::encode(s, &mut out);
+    out
+}
+
+/// The payload for a `mime::index` record (re-making an older record);
+/// `None` if it does not decode.
+pub fn render(rec: &[u8]) -> Option<Vec<u8>> {
+    Some(payload(&index::decode(rec).ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+/// Where a payload's three texts end (from its start); `Err(Old)` for a
+/// payload without texts.
+fn ends(b: &[u8]) -> Result<[usize; 3], Miss> {
+    match b.first() {
+        None => return Err(Miss::Bad),
+        Some(&t) if t != RENDERED => return Err(Miss::Old),
+        Some(_) => {}
+    }
+    if b.len() < HEAD {
+        return Err(Miss::Bad);
+    }
+    let mut end = [0usize; 3];
+    let mut at = HEAD;
+    for (i, e) in end.iter_mut().enumerate() {
+        at = at.saturating_add(u32_at(b, 1 + 4 * i) as usize);
+        *e = at;
+    }
+    if at > b.len() {
+        return Err(Miss::Bad);
+    }
+    Ok(end)
+}
+
+/// The `which` text of a payload, checked.
+pub fn rendered(b: &[u8], which: Rendered) -> Result<&[u8], Miss> {
+    let end = ends(b)?;
+    let w = which as usize;
+    let start = if w == 0 { HEAD } else { end[w - 1] };
+    let t = &b[start..end[w]];
+    if check(t) != u32_at(b, 13 + 4 * w) {
+        return Err(Miss::Bad);
+    }
+    Ok(t)
+}
+
+/// The `mime::index` record of a payload of either format.
+pub fn index_part(b: &[u8]) -> Option<&[u8]> {
+    match ends(b) {
+        Ok(end) => Some(&b[end[2]..]),
+        Err(Miss::Old) => Some(b),
+        Err(Miss::Bad) => None,
+    }
+}
+
+/// Whether a record of `payload` for `uidl` can be stored whole.
+pub fn fits(uidl: &str, payload: &[u8]) -> bool {
+    uidl.len() <= 255 && 5 + uidl.len() + payload.len() <= MAX_RECORD as usize
+}
+
 /// A record as the file holds it (for records made elsewhere: the
 /// writer thread's index of delivered mail, [`MimeDb::append_framed`]).
 pub fn frame(uidl: &str, rec: &[u8]) -> Option<Vec<u8>> {
     let u = uidl.as_bytes();
     let n = u32::try_from(1 + u.len() + rec.len()).ok()?;
-    if u.len() > 255 || n + 4 > MAX_RECORD {
+    if u.len() > 255 || n.saturating_add(4) > MAX_RECORD {
         return None;
     }
     let mut out = Vec::with_capacity(n as usize + 4);
@@ -306,6 +491,193 @@ fn unframe<'a>(b: &'a [u8], uidl: &str) -> Option<&'a [u8]> {
 mod tests {
     use super::*;
 
+    fn fresh(s: &Structure) -> [Vec<u8>; 3] {
+        let mut t: [Vec<u8>; 3] = Default::default();
+        imap::envelope(&s.envelope, &mut t[0]);
+        imap::body(&s.root, true, &mut t[1]);
+        imap::body(&s.root, false, &mut t[2]);
+        t
+    }
+
+    /// The texts a record keeps are what FETCH rendered from the
+    /// structure before (byte for byte), and its `mime::index` record
+    /// comes back whole.
+    #[test]
+    fn stored_texts_equal_a_fresh_rendering() {
+        use Rendered::*;
+        for (name, msg) in crate::store::mime::tests::SAMPLES {
+            let s = Structure::parse(msg);
+            let mut rec = Vec::new();
+            index::encode(&s, &mut rec);
+            let payload = payload(&s);
+            assert_eq!(render(&rec).as_ref(), Some(&payload), "{name}");
+            let want = fresh(&s);
+            for (i, w) in [Envelope, BodyStructure, Body].into_iter().enumerate() {
+                assert_eq!(
+                    String::from_utf8_lossy(rendered(&payload, w).unwrap()),
+                    String::from_utf8_lossy(&want[i]),
+                    "{name} {w:?}"
+                );
+            }
+            assert_eq!(index_part(&payload), Some(&rec[..]), "{name}");
+            // A record from before the texts: its positions are read as
+            // they were, its texts are asked to be re-made.
+            assert_eq!(rendered(&rec, Envelope), Err(Miss::Old), "{name}");
+            assert_eq!(index_part(&rec), Some(&rec[..]), "{name}");
+            // Cut short, or a block of zeros inside (a torn write): never
+            // a text that is not the one rendered.
+            for cut in 0..payload.len() {
+                for w in [Envelope, BodyStructure, Body] {
+                    if let Ok(t) = rendered(&payload[..cut], w) {
+                        assert_eq!(t, &want[w as usize][..], "{name} cut at {cut}");
+                    }
+                }
+            }
+            for at in (HEAD..payload.len()).step_by(7) {
+                let mut torn = payload.clone();
+                let end = (at + 16).min(torn.len());
+                if torn[at..end].iter().all(|&b| b == 0) {
+                    continue;
+                }
+                torn[at..end].fill(0);
+                for w in [Envelope, BodyStructure, Body] {
+                    if let Ok(t) = rendered(&torn, w) {
+                        assert_eq!(t, &want[w as usize][..], "{name} zeros at {at}");
+                    }
+                }
+            }
+        }
+        // Not a record at all.
+        assert_eq!(rendered(&[], Envelope), Err(Miss::Bad));
+        assert_eq!(rendered(&[RENDERED, 1, 2], Envelope), Err(Miss::Bad));
+        assert_eq!(index_part(&[RENDERED; 40]), None);
+    }
+
+    #[test]
+    fn texts_are_copied_from_the_file() {
+        let dir = std::env::temp_dir().join(format!("pimail-mimedb-t-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("INBOX.mime");
+        let _ = std::fs::remove_file(&path);
+        let mut db = MimeDb::open(path.clone());
+        let mut ptrs = Vec::new();
+        for (name, msg) in crate::store::mime::tests::SAMPLES {
+            let s = Structure::parse(msg);
+            let mut rec = Vec::new();
+            index::encode(&s, &mut rec);
+            let p = db.put(name, &payload(&s), s.size()).unwrap();
+            ptrs.push((name, p, fresh(&s), rec));
+        }
+        // Reopened (a restart), read in file order through the block.
+        let db = MimeDb::open(path.clone());
+        for (name, p, want, rec) in &ptrs {
+            let mut out = b"x".to_vec();
+            db.write_rendered(*p, name, Rendered::BodyStructure, &mut out)
+                .unwrap();
+            assert_eq!(out[1..], want[1][..], "{name}");
+            assert_eq!(db.get(*p, name).as_ref(), Some(rec), "{name}");
+            // Someone else's pointer: nothing written.
+            let mut out = b"x".to_vec();
+            assert_eq!(
+                db.write_rendered(*p, "other", Rendered::Envelope, &mut out),
+                Err(Miss::Bad)
+            );
+            assert_eq!(out, b"x");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `cargo test --release --lib render_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn render_speed() {
+        let recs: Vec<Vec<u8>> = (0..crate::store::mime::tests::SAMPLES.len())
+            .map(sample_record)
+            .collect();
+        let n = 20_000;
+        let t = std::time::Instant::now();
+        let structs: Vec<Structure> = recs.iter().map(|r| index::decode(r).unwrap()).collect();
+        let mut bytes = 0;
+        for i in 0..n {
+            bytes += payload(&structs[i % recs.len()]).len();
+        }
+        let dt = t.elapsed();
+        let mut out = Vec::with_capacity(1 << 16);
+        let mut time = |name: &str, f: &dyn Fn(usize, &mut Vec<u8>)| {
+            let t = std::time::Instant::now();
+            for i in 0..n {
+                out.clear();
+                f(i % recs.len(), &mut out);
+            }
+            println!("{name}: {:?} each", t.elapsed() / n as u32);
+        };
+        time("index::write_envelope", &|i, o| {
+            index::write_envelope(&recs[i], o).unwrap()
+        });
+        time("index::write_body ext", &|i, o| {
+            index::write_body(&recs[i], true, o).unwrap()
+        });
+        time("index::write_body", &|i, o| {
+            index::write_body(&recs[i], false, o).unwrap()
+        });
+        time("imap::envelope", &|i, o| {
+            imap::envelope(&structs[i].envelope, o)
+        });
+        time("imap::body ext", &|i, o| {
+            imap::body(&structs[i].root, true, o)
+        });
+        time("imap::body", &|i, o| imap::body(&structs[i].root, false, o));
+        time("check", &|i, o| {
+            o.push(check(&recs[i]) as u8);
+        });
+        let t = std::time::Instant::now();
+        let mut s = 0;
+        for i in 0..n {
+            s += Structure::parse(crate::store::mime::tests::SAMPLES[i % recs.len()].1).size();
+        }
+        let dp = t.elapsed();
+        println!(
+            "payload: {n} records in {dt:?} ({:?} each, {bytes} bytes); parse: {dp:?} ({s})",
+            dt / n as u32
+        );
+    }
+
+    /// A record too large with its texts is kept with its positions
+    /// alone (as an older record: FETCH renders from them).
+    #[test]
+    fn a_record_too_large_with_its_texts_keeps_its_positions() {
+        let mut msg = b"Subject: many\nContent-Type: multipart/mixed; boundary=b\n\n".to_vec();
+        let name = "n".repeat(1500);
+        for _ in 0..1000 {
+            msg.extend_from_slice(
+                format!("--b\nContent-Type: application/pdf; name=\"{name}\"\n\nx\n").as_bytes(),
+            );
+        }
+        msg.extend_from_slice(b"--b--\n");
+        let s = Structure::parse(&msg);
+        let full = payload(&s);
+        assert!(full.len() > MAX_RECORD as usize, "{}", full.len());
+        assert!(!fits("u", &full));
+        let dir = std::env::temp_dir().join(format!("pimail-mimedb-big-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let mut db = MimeDb::open(dir.join("INBOX.mime"));
+        let p = db.put("u", &full, 1).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            db.write_rendered(p, "u", Rendered::BodyStructure, &mut out),
+            Err(Miss::Old)
+        );
+        assert_eq!(db.get(p, "u").as_deref(), index_part(&full));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn sample_record(n: usize) -> Vec<u8> {
+        let s = Structure::parse(crate::store::mime::tests::SAMPLES[n].1);
+        let mut rec = Vec::new();
+        index::encode(&s, &mut rec);
+        rec
+    }
+
     #[test]
     fn records_come_back_and_stale_pointers_are_refused() {
         let dir = std::env::temp_dir().join(format!("pimail-mimedb-{}", std::process::id()));
@@ -313,10 +685,11 @@ mod tests {
         let path = dir.join("INBOX.mime");
         let _ = std::fs::remove_file(&path);
         let mut db = MimeDb::open(path.clone());
-        let a = db.put("uidl-a", b"record a", 8).unwrap();
-        let b = db.put("uidl-b", b"record b, longer", 16).unwrap();
-        assert_eq!(db.get(a, "uidl-a").unwrap(), b"record a");
-        assert_eq!(db.get(b, "uidl-b").unwrap(), b"record b, longer");
+        let (ra, rb) = (sample_record(0), sample_record(1));
+        let a = db.put("uidl-a", &render(&ra).unwrap(), 8).unwrap();
+        let b = db.put("uidl-b", &render(&rb).unwrap(), 16).unwrap();
+        assert_eq!(db.get(a, "uidl-a").unwrap(), ra);
+        assert_eq!(db.get(b, "uidl-b").unwrap(), rb);
         // Someone else's record, a pointer off by one, past the end.
         assert_eq!(db.get(a, "uidl-b"), None);
         assert_eq!(db.get(Ptr { at: a.at + 1, ..a }, "uidl-a"), None);
@@ -337,22 +710,27 @@ mod tests {
             (db.get(d, "uidl-d").unwrap(), d.wire),
             (b"record d".to_vec(), 4)
         );
-        assert_eq!(db.get(b, "uidl-b").unwrap(), b"record b, longer");
+        assert_eq!(db.get(b, "uidl-b").unwrap(), rb);
         // Reopened (a restart): the same records.
         let mut db = MimeDb::open(path.clone());
-        assert_eq!(db.get(b, "uidl-b").unwrap(), b"record b, longer");
-        // Compaction keeps the live one and moves it.
+        assert_eq!(db.get(b, "uidl-b").unwrap(), rb);
+        // Compaction keeps the live one (texts and all) and moves it.
         db.keep(b);
-        for i in 0..3000 {
-            let p = db.put(&format!("junk{i}"), &[7u8; 40], 40).unwrap();
+        let pa = render(&ra).unwrap();
+        for i in 0..300 {
+            let p = db.put(&format!("junk{i}"), &pa, 40).unwrap();
             db.drop_record(p);
         }
         let mut pb = Some(b);
         assert!(db.compact(std::iter::once(("uidl-b", &mut pb))));
         let nb = pb.unwrap();
-        assert_eq!(nb.at, 0);
-        assert_eq!(db.get(nb, "uidl-b").unwrap(), b"record b, longer");
-        assert!(std::fs::metadata(&path).unwrap().len() < 100);
+        assert_eq!((nb.at, nb.len), (0, b.len));
+        assert_eq!(db.get(nb, "uidl-b").unwrap(), rb);
+        let mut out = Vec::new();
+        db.write_rendered(nb, "uidl-b", Rendered::Body, &mut out)
+            .unwrap();
+        assert!(out.starts_with(b"("), "{out:?}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), u64::from(b.len));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

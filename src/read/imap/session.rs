@@ -126,11 +126,16 @@ struct Selected<F> {
     read_only: bool,
     /// The session's view: sequence number n is `uids[n - 1]`.
     uids: Vec<Uid>,
-    /// Expunged by others, not yet announced.
+    /// Expunged by others, not yet announced; ascending (looked up for
+    /// every message of a FETCH).
     gone: Vec<Uid>,
 }
 
 impl<F: Folder> Selected<F> {
+    fn is_gone(&self, uid: Uid) -> bool {
+        !self.gone.is_empty() && self.gone.binary_search(&uid).is_ok()
+    }
+
     fn seq_of(&self, uid: Uid) -> Option<u32> {
         self.uids.binary_search(&uid).ok().map(|i| i as u32 + 1)
     }
@@ -201,9 +206,15 @@ struct FetchJob {
     pos: usize,
     item: usize,
     expunge_issued: bool,
+    /// The current message's metadata (`have_meta`), refilled in place
+    /// for each message: no allocation per message.
+    meta: Meta,
+    have_meta: bool,
     /// Flags changed by an implicit \Seen: include FLAGS if not asked.
-    meta: Option<Meta>,
     flags_changed: bool,
+    /// RFC 9051 6.4.5: BODY[] (not PEEK), RFC822 and RFC822.TEXT set
+    /// \Seen (known from the items, so found once per FETCH).
+    sets_seen: bool,
 }
 
 pub struct Session<A: Account> {
@@ -959,6 +970,15 @@ impl<A: Account> Session<A> {
                         items.push(FetchAtt::ModSeq);
                     }
                 }
+                let sets_seen = items.iter().any(|i| {
+                    matches!(
+                        i,
+                        FetchAtt::BodySection { peek: false, .. }
+                            | FetchAtt::Binary { peek: false, .. }
+                            | FetchAtt::Rfc822
+                            | FetchAtt::Rfc822Text
+                    )
+                });
                 self.fetch = Some(FetchJob {
                     tag,
                     uid,
@@ -968,8 +988,10 @@ impl<A: Account> Session<A> {
                     pos: 0,
                     item: 0,
                     expunge_issued: false,
-                    meta: None,
+                    meta: Meta::empty(),
+                    have_meta: false,
                     flags_changed: false,
+                    sets_seen,
                 });
                 None
             }
@@ -1005,7 +1027,7 @@ impl<A: Account> Session<A> {
                 let mut modified = Vec::new();
                 let mut gone = false;
                 for (seq, u) in targets {
-                    if sel.gone.contains(&u) {
+                    if sel.is_gone(u) {
                         gone = true;
                         continue;
                     }
@@ -1161,7 +1183,7 @@ impl<A: Account> Session<A> {
                 let uids: Vec<Uid> = targets
                     .iter()
                     .map(|&(_, u)| u)
-                    .filter(|u| !sel.gone.contains(u))
+                    .filter(|&u| !sel.is_gone(u))
                     .collect();
                 if uids.is_empty() {
                     self.sync(out, true);
@@ -1480,8 +1502,10 @@ impl<A: Account> Session<A> {
                     }
                 }
                 Change::Expunged(u) => {
-                    if sel.seq_of(u).is_some() && !sel.gone.contains(&u) {
-                        sel.gone.push(u);
+                    if sel.seq_of(u).is_some() {
+                        if let Err(at) = sel.gone.binary_search(&u) {
+                            sel.gone.insert(at, u);
+                        }
                     }
                 }
                 Change::Flags(u) => {
@@ -1503,9 +1527,7 @@ impl<A: Account> Session<A> {
         }
         if allow_expunge && !sel.gone.is_empty() {
             // Each EXPUNGE lowers the count by one (RFC 9051 7.5.1).
-            let mut gone = std::mem::take(&mut sel.gone);
-            gone.sort_unstable();
-            for u in gone {
+            for u in std::mem::take(&mut sel.gone) {
                 if let Some(seq) = sel.seq_of(u) {
                     r::expunge(out, seq);
                     sel.uids.remove(seq as usize - 1);
@@ -1753,67 +1775,54 @@ impl<A: Account> Session<A> {
                 if out.len() >= FLUSH_AT {
                     return Some(Action::Flush);
                 }
-                let meta = if sel.gone.contains(&uid) {
-                    None
-                } else {
-                    sel.folder.meta(uid)
-                };
-                let Some(mut meta) = meta else {
+                job.have_meta = !sel.is_gone(uid) && sel.folder.meta_into(uid, &mut job.meta);
+                if !job.have_meta {
                     job.expunge_issued = true;
                     job.pos += 1;
                     continue;
-                };
-                if job.changed_since.is_some_and(|c| meta.modseq <= c) {
+                }
+                if job.changed_since.is_some_and(|c| job.meta.modseq <= c) {
                     job.pos += 1;
                     continue;
                 }
-                // RFC 9051 6.4.5: BODY[] (not PEEK), RFC822 and
-                // RFC822.TEXT set \Seen.
-                let sets_seen = job.items.iter().any(|i| {
-                    matches!(
-                        i,
-                        FetchAtt::BodySection { peek: false, .. }
-                            | FetchAtt::Binary { peek: false, .. }
-                            | FetchAtt::Rfc822
-                            | FetchAtt::Rfc822Text
-                    )
-                });
                 job.flags_changed = false;
-                if sets_seen && !sel.read_only && !meta.has("\\Seen") {
+                if job.sets_seen && !sel.read_only && !job.meta.has("\\Seen") {
                     if let Stored::Done(m) =
                         sel.folder
                             .store(uid, StoreMode::Add, &["\\Seen".to_string()], None)
                     {
-                        meta = m;
+                        job.meta = m;
                         job.flags_changed = true;
                     }
                 }
-                job.meta = Some(meta);
-                out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+                out.extend_from_slice(b"* ");
+                r::number(out, u64::from(seq));
+                out.extend_from_slice(b" FETCH (");
             }
-            let Some(meta) = job.meta.clone() else {
+            if !job.have_meta {
                 job.pos += 1;
                 job.item = 0;
                 continue;
-            };
+            }
             while job.item < job.items.len() {
                 let i = job.item;
                 job.item += 1;
                 if i > 0 {
                     out.push(b' ');
                 }
-                if let Some(body) = fetch_item(&sel.folder, &job.items[i], &meta, out) {
+                if let Some(body) = fetch_item(&sel.folder, &job.items[i], &job.meta, out) {
                     return Some(Action::Body(body));
                 }
             }
-            let asked_flags = job.items.contains(&FetchAtt::Flags);
-            if job.flags_changed && !asked_flags {
+            if job.flags_changed && !job.items.contains(&FetchAtt::Flags) {
                 out.extend_from_slice(b" FLAGS (");
-                out.extend_from_slice(meta.flags.join(" ").as_bytes());
+                flag_list(out, &job.meta.flags);
                 out.push(b')');
             }
             if condstore && job.flags_changed && !job.items.contains(&FetchAtt::ModSeq) {
-                out.extend_from_slice(format!(" MODSEQ ({})", meta.modseq).as_bytes());
+                out.extend_from_slice(b" MODSEQ (");
+                r::number(out, job.meta.modseq);
+                out.push(b')');
             }
             out.extend_from_slice(b")\r\n");
             job.pos += 1;
@@ -1875,10 +1884,13 @@ fn fetch_item<F: Folder>(
         }
     };
     match item {
-        FetchAtt::Uid => put(out, &format!("UID {uid}")),
+        FetchAtt::Uid => {
+            put(out, "UID ");
+            r::number(out, u64::from(uid));
+        }
         FetchAtt::Flags => {
             put(out, "FLAGS (");
-            put(out, &meta.flags.join(" "));
+            flag_list(out, &meta.flags);
             out.push(b')');
         }
         FetchAtt::InternalDate => {
@@ -1889,8 +1901,15 @@ fn fetch_item<F: Folder>(
                 meta.internal_date.zone_minutes,
             );
         }
-        FetchAtt::Size => put(out, &format!("RFC822.SIZE {}", meta.size)),
-        FetchAtt::ModSeq => put(out, &format!("MODSEQ ({})", meta.modseq)),
+        FetchAtt::Size => {
+            put(out, "RFC822.SIZE ");
+            r::number(out, meta.size);
+        }
+        FetchAtt::ModSeq => {
+            put(out, "MODSEQ (");
+            r::number(out, meta.modseq);
+            out.push(b')');
+        }
         FetchAtt::Envelope => {
             put(out, "ENVELOPE ");
             if folder.envelope(uid, out).is_err() {
@@ -1950,6 +1969,16 @@ fn fetch_item<F: Folder>(
         }
     }
     None
+}
+
+/// Flags separated by spaces (the inside of a FLAGS list).
+fn flag_list(out: &mut Vec<u8>, flags: &[command::Flag]) {
+    for (i, f) in flags.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend_from_slice(f.as_bytes());
+    }
 }
 
 fn ok(out: &mut Vec<u8>, tag: &str, text: &str) {

@@ -22,7 +22,7 @@
 use super::command::{DateTime, Flag, Section, SectionText, StoreMode, TextField};
 use super::folder::{Account, Change, Folder, FolderInfo, Meta, StoreError, Stored, Summary, Uid};
 use super::hidden::HideFilter;
-use super::mimedb::{MimeDb, Ptr};
+use super::mimedb::{self, MimeDb, Miss, Ptr, Rendered};
 use super::textsearch::{self, contains_ci, Needle};
 use crate::store::maildrop::{self, Message};
 use crate::store::mbox::Seal;
@@ -682,7 +682,7 @@ impl FolderState {
 }
 
 /// Parses the stored message `[start, end)` in bounded pieces into its
-/// MIME index record and its size as IMAP serves it. The parser sees the
+/// MIME record's payload and its size as IMAP serves it. The parser sees the
 /// message without its hidden fields ([`HideFilter`]), so the wire
 /// positions are those of what is served; the stored positions are then
 /// put back into the file's terms (every position past the header moves
@@ -713,9 +713,8 @@ pub(super) fn parse_record(
     if hide.removed > 0 {
         shift_stored(&mut s.root, hide.removed, true);
     }
-    let mut rec = Vec::new();
-    mime::index::encode(&s, &mut rec);
-    Ok((rec, s.size()))
+    // With the texts FETCH sends, rendered now (see `mimedb`).
+    Ok((mimedb::payload(&s), s.size()))
 }
 
 /// The mbox writer's hook ([`crate::store::mbox::set_after_append`]):
@@ -998,8 +997,8 @@ impl maildrop::ScanSink for Indexer<'_> {
         if self.hide.removed > 0 {
             shift_stored(&mut s.root, self.hide.removed, true);
         }
-        let mut rec = Vec::new();
-        mime::index::encode(&s, &mut rec);
+        // With the texts FETCH sends, rendered now (see `mimedb`).
+        let rec = mimedb::payload(&s);
         let wire = s.size();
         self.out.push(Pre {
             seal: self.seal.take(),
@@ -1325,6 +1324,7 @@ impl Account for StoreAccount {
             handle,
             seen,
             data_dir: self.0.data_dir.clone(),
+            hint: std::cell::Cell::new(0),
         })
     }
 
@@ -1357,9 +1357,84 @@ pub struct StoreFolder {
     pub handle: u64,
     seen: usize,
     data_dir: PathBuf,
+    /// Where the last lookup found its message: a FETCH walks the folder
+    /// in order, so the next one is most often there or one further (no
+    /// binary search per message).
+    hint: std::cell::Cell<usize>,
 }
 
 impl StoreFolder {
+    /// The position of `uid` in `st.entries`.
+    fn find(&self, st: &FolderState, uid: Uid) -> Option<usize> {
+        let h = self.hint.get();
+        let i = [h.wrapping_add(1), h]
+            .into_iter()
+            .find(|&i| st.entries.get(i).is_some_and(|e| e.uid == uid))
+            .or_else(|| st.pos(uid))?;
+        self.hint.set(i);
+        Some(i)
+    }
+
+    /// Copies a rendered text of a message's MIME record into `out`. An
+    /// older record without the texts, or one whose texts are torn, is
+    /// re-made from its `mime::index` part (the sidecar is written at the
+    /// next poll, once for all that were re-made); a missing or damaged
+    /// one is parsed again from the message.
+    fn write_text(&self, uid: Uid, which: Rendered, out: &mut Vec<u8>) -> Result<(), StoreError> {
+        let copy = |out: &mut Vec<u8>| {
+            let st = self.state.borrow();
+            let i = self.find(&st, uid).ok_or(StoreError::NonExistent)?;
+            let e = &st.entries[i];
+            Ok(match e.mime {
+                Some(p) => st.db.write_rendered(p, &e.msg.uid, which, out),
+                None => Err(Miss::Bad),
+            })
+        };
+        match copy(out)? {
+            Ok(()) => return Ok(()),
+            // Older (`Miss::Old`) or its texts torn: from its positions,
+            // if they are whole.
+            Err(_) if self.remake(uid) => {
+                if copy(out)?.is_ok() {
+                    return Ok(());
+                }
+            }
+            Err(_) => {}
+        }
+        self.write_record(uid, out, |r, o| match which {
+            Rendered::Envelope => mime::index::write_envelope(r, o),
+            Rendered::BodyStructure => mime::index::write_body(r, true, o),
+            Rendered::Body => mime::index::write_body(r, false, o),
+        })
+    }
+
+    /// Re-makes a record from its `mime::index` part (an older record
+    /// without the texts, or torn texts); `false` if that cannot be done.
+    fn remake(&self, uid: Uid) -> bool {
+        let mut st = self.state.borrow_mut();
+        let Some(i) = self.find(&st, uid) else {
+            return false;
+        };
+        let Some(p) = st.entries[i].mime else {
+            return false;
+        };
+        let uidl = st.entries[i].msg.uid.clone();
+        let Some(payload) = st.db.get(p, &uidl).and_then(|r| mimedb::render(&r)) else {
+            return false;
+        };
+        if !mimedb::fits(&uidl, &payload) {
+            // Stored without its texts (see `MimeDb::put`): as it is.
+            return false;
+        }
+        let Some(n) = st.db.put(&uidl, &payload, p.wire) else {
+            return false;
+        };
+        st.db.drop_record(p);
+        st.db.moved();
+        st.entries[i].mime = Some(n);
+        true
+    }
+
     /// A message's MIME record (from the `.mime` file; parsed again
     /// if that is missing or wrong), the folder file and the message as
     /// IMAP sees it (from after a leading seal).
@@ -1374,7 +1449,7 @@ impl StoreFolder {
         rebuild: bool,
     ) -> Result<(Vec<u8>, File, Message), StoreError> {
         let mut st = self.state.borrow_mut();
-        let i = st.pos(uid).ok_or(StoreError::NonExistent)?;
+        let i = self.find(&st, uid).ok_or(StoreError::NonExistent)?;
         let file = File::open(&st.path).map_err(|e| io("cannot open folder", e))?;
         let mut m = st.entries[i].msg.clone();
         m.start = st.entries[i].body_start;
@@ -1386,9 +1461,10 @@ impl StoreFolder {
             return Ok((rec, file, m));
         }
         log::info!("{}: MIME record of UID {uid} rebuilt", st.path.display());
-        let (rec, wire) = parse_record(&file, m.start, m.end)?;
+        let (payload, wire) = parse_record(&file, m.start, m.end)?;
         let uidl = st.entries[i].msg.uid.clone();
-        st.entries[i].mime = st.db.put(&uidl, &rec, wire);
+        st.entries[i].mime = st.db.put(&uidl, &payload, wire);
+        let rec = mimedb::index_part(&payload).unwrap_or_default().to_vec();
         st.entries[i].size = wire;
         st.save();
         Ok((rec, file, m))
@@ -1733,9 +1809,27 @@ impl Folder for StoreFolder {
         self.state.borrow().entries.iter().map(|e| e.uid).collect()
     }
 
+    fn meta_into(&self, uid: Uid, into: &mut Meta) -> bool {
+        let st = self.state.borrow();
+        let Some(i) = self.find(&st, uid) else {
+            return false;
+        };
+        let e = &st.entries[i];
+        into.uid = uid;
+        into.flags.clone_from(&e.flags);
+        into.internal_date = DateTime {
+            unix: e.date,
+            zone_minutes: 0,
+        };
+        into.size = e.size;
+        into.modseq = e.modseq;
+        into.sent = None;
+        true
+    }
+
     fn meta(&self, uid: Uid) -> Option<Meta> {
         let st = self.state.borrow();
-        let e = st.entry(uid)?;
+        let e = &st.entries[self.find(&st, uid)?];
         Some(Meta {
             uid,
             flags: e.flags.clone(),
@@ -1756,8 +1850,8 @@ impl Folder for StoreFolder {
     }
 
     fn envelope(&self, uid: Uid, out: &mut Vec<u8>) -> Result<(), StoreError> {
-        // Straight from the index record (docs/imap.md "MIME structure").
-        self.write_record(uid, out, mime::index::write_envelope)
+        // Copied from the index record (docs/imap.md "MIME structure").
+        self.write_text(uid, Rendered::Envelope, out)
     }
 
     fn body_structure(
@@ -1766,7 +1860,12 @@ impl Folder for StoreFolder {
         extended: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), StoreError> {
-        self.write_record(uid, out, |r, o| mime::index::write_body(r, extended, o))
+        let which = if extended {
+            Rendered::BodyStructure
+        } else {
+            Rendered::Body
+        };
+        self.write_text(uid, which, out)
     }
 
     fn section(
@@ -1997,6 +2096,10 @@ impl Folder for StoreFolder {
         if let Err(e) = st.refresh() {
             log::warn!("imap: cannot read {}: {e:?}", st.path.display());
         }
+        if st.db.take_moved() {
+            // Records re-made by the last command (see `write_text`).
+            st.save();
+        }
         let out = st.log[self.seen.min(st.log.len())..]
             .iter()
             .filter(|(h, _)| *h != self.handle)
@@ -2129,7 +2232,7 @@ mod tests {
             let p = e.mime.expect("a record");
             assert_eq!(
                 st.db.get(p, &e.msg.uid).unwrap(),
-                rec,
+                mimedb::index_part(&rec).unwrap(),
                 "at {}",
                 e.msg.offset
             );
@@ -2137,6 +2240,145 @@ mod tests {
         }
         assert!(st.entries.iter().any(|e| e.seal_id.is_some()));
         assert!(st.entries.iter().any(|e| e.date > 0));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+    use crate::store::mime::{imap, index};
+
+    /// ENVELOPE, BODYSTRUCTURE and BODY of every message, as FETCH sends
+    /// them.
+    fn texts(f: &StoreFolder) -> Vec<Vec<u8>> {
+        f.uids()
+            .into_iter()
+            .map(|u| {
+                let mut t = Vec::new();
+                f.envelope(u, &mut t).unwrap();
+                t.push(b'|');
+                f.body_structure(u, true, &mut t).unwrap();
+                t.push(b'|');
+                f.body_structure(u, false, &mut t).unwrap();
+                t
+            })
+            .collect()
+    }
+
+    /// Whether every message's record holds its texts.
+    fn all_rendered(f: &StoreFolder) -> bool {
+        let st = f.state.borrow();
+        st.entries.iter().all(|e| {
+            let mut v = Vec::new();
+            e.mime.is_some_and(|p| {
+                st.db
+                    .write_rendered(p, &e.msg.uid, Rendered::Envelope, &mut v)
+                    .is_ok()
+            })
+        })
+    }
+
+    /// The texts kept in the `.mime` records are a fresh rendering of
+    /// the structure; a record written before the texts were kept (an
+    /// upgrade) is re-made, not misread, and the sidecar then points to
+    /// the new one; a torn record is parsed again from the message.
+    #[test]
+    fn old_and_torn_mime_records_are_remade_not_misread() {
+        let dir = std::env::temp_dir().join(format!("pimail-store-mime-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("folders")).unwrap();
+        let inbox = dir.join("inbox.mbox");
+        let mut mbox = Vec::new();
+        for (_, msg) in crate::store::mime::tests::SAMPLES.iter().take(6) {
+            mbox.extend_from_slice(b"From a@example.com Sat Jan  3 01:05:34 2026\n");
+            mbox.extend_from_slice(msg);
+            mbox.extend_from_slice(b"\n");
+        }
+        std::fs::write(&inbox, &mbox).unwrap();
+        let open = || {
+            let store = Store::new(&inbox, &dir.join("folders"), &dir.join("data")).unwrap();
+            StoreAccount(store).open("INBOX").unwrap()
+        };
+        let f = open();
+        let want = texts(&f);
+        assert_eq!(want.len(), 6);
+        assert!(all_rendered(&f));
+        {
+            // What the records keep is what rendering their structure
+            // gives (what FETCH sent before the texts were kept).
+            let st = f.state.borrow();
+            for (e, w) in st.entries.iter().zip(&want) {
+                let rec = st.db.get(e.mime.unwrap(), &e.msg.uid).unwrap();
+                let s = index::decode(&rec).unwrap();
+                let mut t = Vec::new();
+                imap::envelope(&s.envelope, &mut t);
+                t.push(b'|');
+                imap::body(&s.root, true, &mut t);
+                t.push(b'|');
+                imap::body(&s.root, false, &mut t);
+                assert_eq!(String::from_utf8_lossy(&t), String::from_utf8_lossy(w));
+            }
+        }
+        // The records as an older pimail wrote them, and the sidecar
+        // pointing to them.
+        {
+            let mut st = f.state.borrow_mut();
+            for i in 0..st.entries.len() {
+                let p = st.entries[i].mime.unwrap();
+                let uidl = st.entries[i].msg.uid.clone();
+                let rec = st.db.get(p, &uidl).unwrap();
+                st.entries[i].mime = st.db.put(&uidl, &rec, p.wire);
+            }
+            st.save();
+        }
+        drop(f);
+        let mut f = open();
+        assert!(!all_rendered(&f));
+        assert_eq!(texts(&f), want, "old records misread");
+        assert!(all_rendered(&f));
+        f.poll();
+        drop(f);
+        // The sidecar written at the poll points to the new records.
+        let f = open();
+        assert!(all_rendered(&f));
+        let mime = dir.join("data").join("imap").join("INBOX.mime");
+        let len = std::fs::metadata(&mime).unwrap().len();
+        assert_eq!(texts(&f), want);
+        assert_eq!(
+            std::fs::metadata(&mime).unwrap().len(),
+            len,
+            "re-made again"
+        );
+        // A record torn by a crash (zeros in its texts): parsed again.
+        let (p, ul) = {
+            let st = f.state.borrow();
+            (
+                st.entries[2].mime.unwrap(),
+                st.entries[2].msg.uid.len() as u64,
+            )
+        };
+        drop(f);
+        let file = std::fs::OpenOptions::new().write(true).open(&mime).unwrap();
+        file.write_all_at(
+            &[0; 8],
+            p.at + 5 + ul + super::super::mimedb::HEAD as u64 + 2,
+        )
+        .unwrap();
+        let f = open();
+        assert!(!all_rendered(&f));
+        assert_eq!(texts(&f), want, "a torn record misread");
+        assert!(all_rendered(&f));
+        // Not a record at all under a good frame: parsed again from the
+        // message.
+        {
+            let mut st = f.state.borrow_mut();
+            let uidl = st.entries[4].msg.uid.clone();
+            st.entries[4].mime = st.db.put(&uidl, b"\x01\x07garbage", 9);
+        }
+        assert!(!all_rendered(&f));
+        assert_eq!(texts(&f), want, "a bad record misread");
+        assert!(all_rendered(&f));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
