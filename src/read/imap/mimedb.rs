@@ -587,61 +587,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// `cargo test --release --lib render_speed -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn render_speed() {
-        let recs: Vec<Vec<u8>> = (0..crate::store::mime::tests::SAMPLES.len())
-            .map(sample_record)
-            .collect();
-        let n = 20_000;
-        let t = std::time::Instant::now();
-        let structs: Vec<Structure> = recs.iter().map(|r| index::decode(r).unwrap()).collect();
-        let mut bytes = 0;
-        for i in 0..n {
-            bytes += payload(&structs[i % recs.len()]).len();
-        }
-        let dt = t.elapsed();
-        let mut out = Vec::with_capacity(1 << 16);
-        let mut time = |name: &str, f: &dyn Fn(usize, &mut Vec<u8>)| {
-            let t = std::time::Instant::now();
-            for i in 0..n {
-                out.clear();
-                f(i % recs.len(), &mut out);
-            }
-            println!("{name}: {:?} each", t.elapsed() / n as u32);
-        };
-        time("index::write_envelope", &|i, o| {
-            index::write_envelope(&recs[i], o).unwrap()
-        });
-        time("index::write_body ext", &|i, o| {
-            index::write_body(&recs[i], true, o).unwrap()
-        });
-        time("index::write_body", &|i, o| {
-            index::write_body(&recs[i], false, o).unwrap()
-        });
-        time("imap::envelope", &|i, o| {
-            imap::envelope(&structs[i].envelope, o)
-        });
-        time("imap::body ext", &|i, o| {
-            imap::body(&structs[i].root, true, o)
-        });
-        time("imap::body", &|i, o| imap::body(&structs[i].root, false, o));
-        time("check", &|i, o| {
-            o.push(check(&recs[i]) as u8);
-        });
-        let t = std::time::Instant::now();
-        let mut s = 0;
-        for i in 0..n {
-            s += Structure::parse(crate::store::mime::tests::SAMPLES[i % recs.len()].1).size();
-        }
-        let dp = t.elapsed();
-        println!(
-            "payload: {n} records in {dt:?} ({:?} each, {bytes} bytes); parse: {dp:?} ({s})",
-            dt / n as u32
-        );
-    }
-
     /// A record too large with its texts is kept with its positions
     /// alone (as an older record: FETCH renders from them).
     #[test]
