@@ -178,6 +178,10 @@ pub struct Worker {
     domains: Arc<Vec<String>>,
     /// A family check is running (one at a time).
     checking: Cell<bool>,
+    /// Status rewrites one at a time: two domain groups fetching policies
+    /// at once would otherwise each list the cache and the one that listed
+    /// first could write last, hiding the other's policy from `doctor`.
+    status_lock: smol::lock::Mutex<()>,
 }
 
 /// What the worker knows of its source addresses (see `family`).
@@ -282,6 +286,7 @@ pub fn start(config: &Config, mbox: MboxWriter) -> Result<(Outbox, Worker), Stri
             logged: None,
         }),
         checking: Cell::new(false),
+        status_lock: smol::lock::Mutex::new(()),
         sts,
         queue,
         resolver: Resolver::new(&o.dns),
@@ -629,6 +634,7 @@ impl Worker {
     /// Rewrites `<data_dir>/outbound.status` for `pimail doctor` and
     /// `pimail queue list`.
     async fn write_status(&self) {
+        let _one_at_a_time = self.status_lock.lock().await;
         let mut lines = Vec::new();
         {
             let f = self.family.borrow();
