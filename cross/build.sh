@@ -4,6 +4,7 @@
 #
 #   cross/build.sh                 # all: aarch64 armv7 armv6 x86_64
 #   cross/build.sh aarch64 armv6   # some
+#   cross/build.sh --setup aarch64 # only install what those builds need
 #
 # Installs what it lacks, and only that (fast when all is there):
 #   apt: qemu-user-static file python3-venv (unless present)
@@ -14,6 +15,12 @@
 #                      outside the clone, so repeated builds are warm)
 #   PIMAIL_CROSS_HOME  tool directory (default /var/tmp/pimail-cross)
 #   CARGO_BUILD_JOBS   parallel jobs, as cargo reads it
+#   PIMAIL_CROSS_PARALLEL=1  build the targets at once (CI): each one past
+#                      the first in a build directory of its own,
+#                      $CARGO_TARGET_DIR/tree-<arch> (cargo locks a build
+#                      directory for one build at a time). The final LTO
+#                      step of a release build is single-threaded, so on
+#                      two cores three builds at once take half the time.
 # Output: $CARGO_TARGET_DIR/dist/pimail-<arch> and one line per binary with
 # its size. Fails if a binary is not statically linked.
 set -euo pipefail
@@ -43,6 +50,11 @@ triple() {
 # missing from the mirror, so those rebuild std from rust-src.
 needs_build_std() { [[ $1 == armv7 || $1 == armv6 ]]; }
 
+setup_only=
+if [[ ${1:-} == --setup ]]; then
+    setup_only=1
+    shift
+fi
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(aarch64 armv7 armv6 x86_64)
 for t in "${targets[@]}"; do triple "$t" >/dev/null; done
@@ -116,20 +128,22 @@ export PATH="$venv/bin:$PATH"
 # proc macros (and all that depends on them) on every target switch.
 export RUSTC_BOOTSTRAP=1
 
+[[ -z $setup_only ]] || { log "set up for: ${targets[*]}"; exit 0; }
+
 dist=$CARGO_TARGET_DIR/dist
 mkdir -p "$dist"
-results=()
-for t in "${targets[@]}"; do
+# One target: build, check, copy to dist, and write its line to $2.
+build_one() {
+    local t=$1 out=$2 tdir=$3 tr bin info size start=$SECONDS
     tr=$(triple "$t")
-    log "building $t ($tr)"
-    start=$SECONDS
+    log "building $t ($tr) in $tdir"
     if needs_build_std "$t"; then
-        cargo zigbuild --locked --release --target "$tr" \
+        CARGO_TARGET_DIR=$tdir cargo zigbuild --locked --release --target "$tr" \
             -Zbuild-std=std,panic_abort
     else
-        cargo zigbuild --locked --release --target "$tr"
+        CARGO_TARGET_DIR=$tdir cargo zigbuild --locked --release --target "$tr"
     fi
-    bin=$CARGO_TARGET_DIR/$tr/release/pimail
+    bin=$tdir/$tr/release/pimail
     info=$(file -b "$bin")
     case $info in
     *"statically linked"* | *"static-pie linked"*) ;;
@@ -141,9 +155,33 @@ for t in "${targets[@]}"; do
     esac
     cp "$bin" "$dist/pimail-$t"
     size=$(stat -c %s "$bin")
-    results+=("$(printf '%-8s %9d bytes (%5.2f MiB)  %s  [%ds]' "$t" "$size" \
-        "$(awk "BEGIN{print $size/1048576}")" "$dist/pimail-$t" $((SECONDS - start)))")
-done
+    printf '%-8s %9d bytes (%5.2f MiB)  %s  [%ds]\n' "$t" "$size" \
+        "$(awk "BEGIN{print $size/1048576}")" "$dist/pimail-$t" $((SECONDS - start)) >"$out"
+}
+lines=$(mktemp -d)
+trap 'rm -rf "$lines"' EXIT
+if [[ ${PIMAIL_CROSS_PARALLEL:-} == 1 && ${#targets[@]} -gt 1 ]]; then
+    pids=()
+    for i in "${!targets[@]}"; do
+        t=${targets[$i]}
+        tdir=$CARGO_TARGET_DIR
+        [[ $i -eq 0 ]] || tdir=$CARGO_TARGET_DIR/tree-$t
+        build_one "$t" "$lines/$i" "$tdir" >"$lines/$i.log" 2>&1 &
+        pids+=($!)
+    done
+    failed=
+    for i in "${!pids[@]}"; do
+        if ! wait "${pids[$i]}"; then
+            failed+=" ${targets[$i]}"
+            tail -n 40 "$lines/$i.log" >&2
+        fi
+    done
+    [[ -z $failed ]] || die "build failed:$failed"
+else
+    for i in "${!targets[@]}"; do
+        build_one "${targets[$i]}" "$lines/$i" "$CARGO_TARGET_DIR"
+    done
+fi
 
 echo "pimail $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1): static, stripped release binaries"
-printf '%s\n' "${results[@]}"
+for i in "${!targets[@]}"; do cat "$lines/$i"; done

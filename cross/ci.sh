@@ -10,6 +10,9 @@
 #     and an SMTP -> mbox (-> POP3 when present) smoke test (cross/smoke.py).
 # Set CARGO_TARGET_DIR to reuse a build directory; the default, outside the
 # clone, keeps repeated CI runs on the same machine warm.
+#   cross/ci.sh          # all of it
+#   cross/ci.sh --build  # only the builds (.ci/run runs them beside others)
+#   cross/ci.sh --test   # only the runs, on what --build left
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -17,19 +20,32 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/pimail-cross-target}
 tools=${PIMAIL_CROSS_HOME:-/var/tmp/pimail-cross}
 t0=$SECONDS
 step() { printf '\n== cross/ci.sh: %s (%ds)\n' "$*" $((SECONDS - t0)); }
-
-step "build static binaries"
-cross/build.sh aarch64 armv7 armv6
+mode=${1:-all}
+case $mode in
+all | --build | --test) ;;
+*) echo "usage: cross/ci.sh [--build | --test]" >&2; exit 2 ;;
+esac
 export PATH="$tools/venv/bin:$PATH"
 # As in build.sh: one value for all builds keeps proc macros from rebuilding.
 export RUSTC_BOOTSTRAP=1
 dist=$CARGO_TARGET_DIR/dist
-# The tests' python3 is now the venv's: give it the test tools too (dkimpy).
-scripts/install-test-tools.sh
+suite() {
+    PIMAIL_TEST_BIN=$dist/pimail-aarch64 PIMAIL_TEST_RUNNER=qemu-aarch64-static \
+        cargo-zigbuild test --locked --target aarch64-unknown-linux-musl "$@"
+}
+
+if [[ $mode != --test ]]; then
+    step "build static binaries (at once)"
+    PIMAIL_CROSS_PARALLEL=1 cross/build.sh aarch64 armv7 armv6
+    # The tests' python3 is now the venv's: give it the test tools too (dkimpy).
+    scripts/install-test-tools.sh
+    step "build the test suite for aarch64"
+    suite --no-run
+fi
+[[ $mode != --build ]] || { step "built"; exit 0; }
 
 step "test suite on aarch64 under qemu-user"
-PIMAIL_TEST_BIN=$dist/pimail-aarch64 PIMAIL_TEST_RUNNER=qemu-aarch64-static \
-    cargo-zigbuild test --locked --target aarch64-unknown-linux-musl
+suite
 
 step "armv7 smoke test under qemu-user"
 python3 cross/smoke.py --runner qemu-arm-static "$dist/pimail-armv7"

@@ -325,20 +325,29 @@ fn explore(drop_sync: bool, stop_at_loss: bool) -> Run {
     let mut tried = HashSet::new();
     // Every point, also under an emulator: most of this workload's states
     // come from a few points (large appends torn many ways), so every
-    // third point left only 46 states on the aarch64 run; every third
-    // distinct state instead (`explore::sampled`).
+    // third point left only 46 states on the aarch64 run; every 30th
+    // distinct state instead (`explore::sampled`: ~160 states, 20 s under
+    // qemu; all 4,783 were 210 s of the aarch64 CI run).
     for (pi, p) in points.iter().enumerate() {
         let journals = file_states(&p.files[0].0, &p.files[0].1);
         let mboxes = file_states(&p.files[1].0, &p.files[1].1);
-        for j in &journals {
-            for m in &mboxes {
-                let key = {
-                    use std::hash::{Hash, Hasher};
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    (p.acked, j, m).hash(&mut h);
-                    h.finish()
-                };
-                if !tried.insert(key) || !explore::sampled(tried.len(), 3) {
+        // Each file state hashed once, not once per pair it is in.
+        let digest = |c: &Vec<u8>| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            c.hash(&mut h);
+            h.finish()
+        };
+        let jh: Vec<u64> = journals.iter().map(digest).collect();
+        let mh: Vec<u64> = mboxes.iter().map(digest).collect();
+        for (j, jd) in journals.iter().zip(&jh) {
+            for (m, md) in mboxes.iter().zip(&mh) {
+                let key = (p.acked as u64)
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    .rotate_left(17)
+                    ^ jd.rotate_left(31)
+                    ^ md;
+                if !tried.insert(key) || !explore::sampled(tried.len(), 30) {
                     continue;
                 }
                 run.states += 1;
@@ -433,7 +442,7 @@ fn check(journal: &[u8], mbox_bytes: &[u8], acked: &[Msg], all: &[Msg]) -> Resul
 
 #[test]
 fn every_crash_state_of_the_mbox_writer_keeps_acknowledged_mail() {
-    explore::assert_safe("mbox writer", &explore(false, false), 1000, 300);
+    explore::assert_safe("mbox writer", &explore(false, false), 1000, 100);
 }
 
 #[test]

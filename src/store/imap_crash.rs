@@ -318,7 +318,7 @@ fn explore(break_files: bool) -> Run {
             // Most states come from a few points: sampled under an
             // emulator too (4,713 states at every third point).
             distinct += 1;
-            if !explore::sampled(distinct, 6) {
+            if !explore::sampled(distinct, 30) {
                 continue;
             }
             run.states += 1;
@@ -336,7 +336,7 @@ fn explore(break_files: bool) -> Run {
 
 #[test]
 fn every_crash_state_of_an_imap_move_and_expunge_keeps_every_message() {
-    explore::assert_safe("IMAP MOVE + EXPUNGE", &explore(false), 200, 60);
+    explore::assert_safe("IMAP MOVE + EXPUNGE", &explore(false), 200, 40);
 }
 
 #[test]
