@@ -15,13 +15,10 @@
 #                      outside the clone, so repeated builds are warm)
 #   PIMAIL_CROSS_HOME  tool directory (default /var/tmp/pimail-cross)
 #   CARGO_BUILD_JOBS   parallel jobs, as cargo reads it
-#   PIMAIL_CROSS_PARALLEL=1  build the targets at once (CI): each one past
-#                      the first in a build directory of its own,
-#                      $CARGO_TARGET_DIR/tree-<arch> (cargo locks a build
-#                      directory for one build at a time). The final LTO
-#                      step of a release build is single-threaded, so on
-#                      two cores three builds at once take half the time.
-# Output: $CARGO_TARGET_DIR/dist/pimail-<arch> and one line per binary with
+#   PIMAIL_DIST        where the binaries go (default $CARGO_TARGET_DIR/dist;
+#                      cross/ci.sh builds targets at once, each in a build
+#                      directory of its own, into one dist)
+# Output: $PIMAIL_DIST/pimail-<arch> and one line per binary with
 # its size. Fails if a binary is not statically linked.
 set -euo pipefail
 
@@ -130,20 +127,20 @@ export RUSTC_BOOTSTRAP=1
 
 [[ -z $setup_only ]] || { log "set up for: ${targets[*]}"; exit 0; }
 
-dist=$CARGO_TARGET_DIR/dist
+dist=${PIMAIL_DIST:-$CARGO_TARGET_DIR/dist}
 mkdir -p "$dist"
-# One target: build, check, copy to dist, and write its line to $2.
-build_one() {
-    local t=$1 out=$2 tdir=$3 tr bin info size start=$SECONDS
+results=()
+for t in "${targets[@]}"; do
     tr=$(triple "$t")
-    log "building $t ($tr) in $tdir"
+    log "building $t ($tr)"
+    start=$SECONDS
     if needs_build_std "$t"; then
-        CARGO_TARGET_DIR=$tdir cargo zigbuild --locked --release --target "$tr" \
+        cargo zigbuild --locked --release --target "$tr" \
             -Zbuild-std=std,panic_abort
     else
-        CARGO_TARGET_DIR=$tdir cargo zigbuild --locked --release --target "$tr"
+        cargo zigbuild --locked --release --target "$tr"
     fi
-    bin=$tdir/$tr/release/pimail
+    bin=$CARGO_TARGET_DIR/$tr/release/pimail
     info=$(file -b "$bin")
     case $info in
     *"statically linked"* | *"static-pie linked"*) ;;
@@ -155,33 +152,9 @@ build_one() {
     esac
     cp "$bin" "$dist/pimail-$t"
     size=$(stat -c %s "$bin")
-    printf '%-8s %9d bytes (%5.2f MiB)  %s  [%ds]\n' "$t" "$size" \
-        "$(awk "BEGIN{print $size/1048576}")" "$dist/pimail-$t" $((SECONDS - start)) >"$out"
-}
-lines=$(mktemp -d)
-trap 'rm -rf "$lines"' EXIT
-if [[ ${PIMAIL_CROSS_PARALLEL:-} == 1 && ${#targets[@]} -gt 1 ]]; then
-    pids=()
-    for i in "${!targets[@]}"; do
-        t=${targets[$i]}
-        tdir=$CARGO_TARGET_DIR
-        [[ $i -eq 0 ]] || tdir=$CARGO_TARGET_DIR/tree-$t
-        build_one "$t" "$lines/$i" "$tdir" >"$lines/$i.log" 2>&1 &
-        pids+=($!)
-    done
-    failed=
-    for i in "${!pids[@]}"; do
-        if ! wait "${pids[$i]}"; then
-            failed+=" ${targets[$i]}"
-            tail -n 40 "$lines/$i.log" >&2
-        fi
-    done
-    [[ -z $failed ]] || die "build failed:$failed"
-else
-    for i in "${!targets[@]}"; do
-        build_one "${targets[$i]}" "$lines/$i" "$CARGO_TARGET_DIR"
-    done
-fi
+    results+=("$(printf '%-8s %9d bytes (%5.2f MiB)  %s  [%ds]' "$t" "$size" \
+        "$(awk "BEGIN{print $size/1048576}")" "$dist/pimail-$t" $((SECONDS - start)))")
+done
 
 echo "pimail $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1): static, stripped release binaries"
-for i in "${!targets[@]}"; do cat "$lines/$i"; done
+printf '%s\n' "${results[@]}"
