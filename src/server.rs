@@ -175,12 +175,12 @@ impl Server {
             )),
             None => None,
         };
-        if !config.listen.imap.is_empty() || !config.listen.imaps.is_empty() {
-            // Mail we deliver is indexed for IMAP as it is appended.
-            crate::store::mbox::set_after_append(crate::read::imap::store::index_appended);
-        }
-        let mbox =
-            MboxWriter::start(&config.user.mbox, &config.data_dir).map_err(StartError::Mbox)?;
+        // Mail we deliver is indexed for IMAP as it is appended.
+        let imap = !config.listen.imap.is_empty() || !config.listen.imaps.is_empty();
+        let after = imap
+            .then_some(crate::read::imap::store::index_appended as crate::store::mbox::AfterAppend);
+        let mbox = MboxWriter::start_with(&config.user.mbox, &config.data_dir, after)
+            .map_err(StartError::Mbox)?;
         let (outbox, worker) =
             crate::send::delivery::start(config, mbox.clone()).map_err(StartError::Outbound)?;
         // Without the control socket (e.g. a data_dir path too long for a
@@ -240,8 +240,8 @@ impl Server {
         {
             log::error!("cannot finish an interrupted POP3 deletion: {e}");
         }
-        let spam =
-            crate::receive::smtp::conn::SpamChecks::start(config).map_err(StartError::Spam)?;
+        let spam = crate::receive::smtp::conn::SpamChecks::start(config, after)
+            .map_err(StartError::Spam)?;
         let mut pop3_listeners = Vec::new();
         let proxied = |a: &SocketAddr| config.listen.proxy_protocol.contains(a);
         for a in &config.listen.pop3 {

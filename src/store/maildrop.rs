@@ -105,8 +105,9 @@ pub struct Snapshot {
     pub stamp: Stamp,
 }
 
-/// Identifies the indexed part of one mbox file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Identifies the indexed part of one mbox file (`Default`: no file, the
+/// all-zero stamp the binary sidecar writes when it has none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stamp {
     pub dev: u64,
     pub ino: u64,

@@ -930,6 +930,16 @@ pub struct MboxWriter {
 impl MboxWriter {
     /// Repairs what a crash may have left, then starts the writer thread.
     pub fn start(mbox: &Path, data_dir: &Path) -> Result<MboxWriter, MboxError> {
+        Self::start_with(mbox, data_dir, None)
+    }
+
+    /// [`MboxWriter::start`], with `after` called after each commit (the
+    /// IMAP side's indexer: [`AfterAppend`]).
+    pub fn start_with(
+        mbox: &Path,
+        data_dir: &Path,
+        after: Option<AfterAppend>,
+    ) -> Result<MboxWriter, MboxError> {
         if let Some(parent) = mbox.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|e| MboxError::io(format!("cannot create {}", parent.display()), e))?;
@@ -955,7 +965,7 @@ impl MboxWriter {
         let dir = data_dir.to_path_buf();
         std::thread::Builder::new()
             .name("mbox-writer".into())
-            .spawn(move || writer_loop(rx, journal, p, dir, state))
+            .spawn(move || writer_loop(rx, journal, p, dir, state, after))
             .map_err(|e| MboxError::io("cannot start mbox writer thread", e))?;
         Ok(MboxWriter {
             tx,
@@ -1018,7 +1028,9 @@ fn writer_loop(
     path: PathBuf,
     dir: PathBuf,
     mut st: SealState,
+    after: Option<AfterAppend>,
 ) {
+    let after = after.map(|h| (dir.as_path(), h));
     while let Ok(first) = rx.recv() {
         // Group commit: take every append already waiting.
         let mut batch = Vec::new();
@@ -1027,7 +1039,7 @@ fn writer_loop(
             match job {
                 Job::Append(d, reply) => batch.push((d, reply)),
                 Job::Exclusive(f) => {
-                    run_batch(&journal, &path, &dir, &mut st, std::mem::take(&mut batch));
+                    run_batch(&journal, &path, after, &mut st, std::mem::take(&mut batch));
                     match lock(&path) {
                         Ok(locked) => {
                             // A rewrite may shrink the mbox below the
@@ -1049,14 +1061,14 @@ fn writer_loop(
             }
             next = rx.try_recv().ok();
         }
-        run_batch(&journal, &path, &dir, &mut st, batch);
+        run_batch(&journal, &path, after, &mut st, batch);
     }
 }
 
 fn run_batch(
     journal: &File,
     path: &Path,
-    dir: &Path,
+    after: Option<(&Path, AfterAppend)>,
     st: &mut SealState,
     batch: Vec<(Delivery, smol::channel::Sender<Result<(), MboxError>>)>,
 ) {
@@ -1066,7 +1078,7 @@ fn run_batch(
     let (deliveries, replies): (Vec<Delivery>, Vec<_>) = batch.into_iter().unzip();
     let items: Vec<&Delivery> = deliveries.iter().collect();
     let mut send = |result: &Result<(), MboxError>| reply_all(&replies, result);
-    append_all_indexed(journal, path, st, &items, Some(dir), &mut send);
+    append_all_indexed(journal, path, st, &items, after, &mut send);
 }
 
 /// Tells each sender how its append went.
@@ -1089,7 +1101,7 @@ fn reply_all(
     }
 }
 
-/// What the writer appended in one commit, for [`set_after_append`]'s
+/// What the writer appended in one commit, for the [`AfterAppend`]
 /// hook: the mbox grew from `from` to `to` with our sealed messages
 /// alone; `continues`: nothing changed it since our previous commit (no
 /// other program's append or rewrite in between). The locks are already
@@ -1112,13 +1124,6 @@ pub struct Appended<'a> {
 /// append, and is not flushed.
 pub type AfterAppend = fn(&Appended);
 
-static AFTER_APPEND: std::sync::OnceLock<AfterAppend> = std::sync::OnceLock::new();
-
-/// Sets the hook (once, at start; later calls are ignored).
-pub fn set_after_append(f: AfterAppend) {
-    let _ = AFTER_APPEND.set(f);
-}
-
 /// Appends all `items` as one unit: all are stored and fsynced, or none.
 pub fn append_all(
     journal: &File,
@@ -1138,7 +1143,7 @@ fn append_all_indexed(
     path: &Path,
     st: &mut SealState,
     items: &[&Delivery],
-    dir: Option<&Path>,
+    after: Option<(&Path, AfterAppend)>,
     done: &mut dyn FnMut(&Result<(), MboxError>),
 ) {
     let r = append_locked(journal, path, st, items);
@@ -1151,7 +1156,7 @@ fn append_all_indexed(
             drop(locked);
             // The hook before the replies (it only hands the work on): a
             // stop right after a 250 still finds it queued.
-            if let (Some(dir), Some(hook), Ok(file)) = (dir, AFTER_APPEND.get(), file) {
+            if let (Some((dir, hook)), Ok(file)) = (after, file) {
                 hook(&Appended {
                     mbox: &file,
                     dir,

@@ -350,21 +350,28 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
-    #[test]
-    fn a_busy_known_triplet_is_written_at_most_once_an_hour_and_still_expires() {
-        let d = dir("busy");
-        let g = Greylist::open(&d).unwrap();
+    /// A table in `d` with one triplet (key `k`) delayed at `t` and
+    /// passed after the 300 s delay.
+    fn passed_triplet(d: &std::path::Path) -> (Greylist, u64, u64) {
+        let g = Greylist::open(d).unwrap();
         let k = g.key(
             "192.0.2.1".parse().unwrap(),
             "a@b.example",
             "alice@example.org",
         );
         let t = 1_700_000_000;
-        g.check(k, t, 300).unwrap();
+        assert_eq!(g.check(k, t, 300).unwrap(), Verdict::Defer { wait: 300 });
         assert_eq!(
             g.check(k, t + 300, 300).unwrap(),
             Verdict::Pass { first: true }
         );
+        (g, k, t)
+    }
+
+    #[test]
+    fn a_busy_known_triplet_is_written_at_most_once_an_hour_and_still_expires() {
+        let d = dir("busy");
+        let (g, k, t) = passed_triplet(&d);
         let file = || std::fs::read(d.join("greylist")).unwrap();
         let before = file();
         for i in 1..100 {
@@ -445,18 +452,7 @@ mod tests {
     #[test]
     fn a_torn_or_foreign_file_is_reset_not_trusted() {
         let d = dir("torn");
-        let g = Greylist::open(&d).unwrap();
-        let k = g.key(
-            "192.0.2.1".parse().unwrap(),
-            "a@b.example",
-            "alice@example.org",
-        );
-        let t = 1_700_000_000;
-        g.check(k, t, 300).unwrap();
-        assert_eq!(
-            g.check(k, t + 300, 300).unwrap(),
-            Verdict::Pass { first: true }
-        );
+        let (g, k, t) = passed_triplet(&d);
         // A torn slot: garbage over the entry reads as empty.
         let bucket = (k >> 32) % u64::from(BUCKETS);
         let at = HEADER + bucket * u64::from(SLOTS) * SLOT as u64;

@@ -76,8 +76,8 @@ impl ImapContext {
         crate::util::paths::private_dir(&state).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", state.display()))
         })?;
-        let w =
-            MboxWriter::start(&path, &state).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let w = MboxWriter::start_with(&path, &state, Some(super::store::index_appended))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         self.writers.borrow_mut().insert(key, w.clone());
         Ok(w)
     }

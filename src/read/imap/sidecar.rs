@@ -109,14 +109,7 @@ pub fn encode(
     put_u32(&mut out, uid_validity);
     put_u32(&mut out, uid_next);
     put_u64(&mut out, modseq);
-    let z = Stamp {
-        dev: 0,
-        ino: 0,
-        len: 0,
-        mtime_ns: 0,
-        head: 0,
-        tail: 0,
-    };
+    let z = Stamp::default();
     out.push(u8::from(stamp.is_some()));
     let s = stamp.unwrap_or(&z);
     for v in [s.dev, s.ino, s.len] {

@@ -172,7 +172,7 @@ impl FolderState {
             }
             Err(e) => return Err(io("cannot open folder", e)),
         };
-        if !self.read_lock(&file)? {
+        if !self.read_lock(&file) {
             log::debug!(
                 "{}: locked by another program for {LOCK_WAIT:?}; read without the lock",
                 self.path.display()
@@ -343,15 +343,15 @@ impl FolderState {
     /// stale view: EXPUNGE and MOVE plan their rewrite from it, and a
     /// view that skipped a look while the lock was held let a rewrite
     /// splice messages under kill -9, `bench/faults/imap_kill9.py`).
-    /// `Ok(false)`: still held, the scan goes on without it (as before).
-    fn read_lock(&self, file: &File) -> Result<bool, StoreError> {
+    /// `false`: still held, the scan goes on without it (as before).
+    fn read_lock(&self, file: &File) -> bool {
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         loop {
             match crate::util::sys::try_read_lock(file) {
-                Ok(true) => return Ok(true),
+                Ok(true) => return true,
                 // No lock support (some network file systems): as before.
-                Err(_) => return Ok(true),
-                Ok(false) if std::time::Instant::now() >= deadline => return Ok(false),
+                Err(_) => return true,
+                Ok(false) if std::time::Instant::now() >= deadline => return false,
                 Ok(false) => std::thread::sleep(std::time::Duration::from_millis(2)),
             }
         }
@@ -726,7 +726,7 @@ pub(super) fn parse_record(
     Ok((mimedb::payload(&s), s.size()))
 }
 
-/// The mbox writer's hook ([`crate::store::mbox::set_after_append`]):
+/// The mbox writer's hook ([`crate::store::mbox::MboxWriter::start_with`]):
 /// hands what one commit appended to the indexer thread, which indexes it
 /// into the writer's log (`appended`) with the code a scan runs, so that
 /// the first SELECT reads the log, not the folder. The writer thread only

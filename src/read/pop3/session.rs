@@ -617,14 +617,7 @@ mod tests {
                 password: b"secret".to_vec()
             }
         );
-        let stamp = Stamp {
-            dev: 0,
-            ino: 0,
-            len: 0,
-            mtime_ns: 0,
-            head: 0,
-            tail: 0,
-        };
+        let stamp = Stamp::default();
         let step = s.login_result(LoginResult::Opened {
             messages: vec![msg(100, "a"), msg(200, "b")],
             stamp,

@@ -83,7 +83,11 @@ pub struct SpamChecks {
 
 impl SpamChecks {
     /// Opens the state files and the Junk folder's writer.
-    pub fn start(config: &crate::config::Config) -> Result<SpamChecks, String> {
+    /// `after`: the Junk writer's hook, as the INBOX's (IMAP's indexer).
+    pub fn start(
+        config: &crate::config::Config,
+        after: Option<crate::store::mbox::AfterAppend>,
+    ) -> Result<SpamChecks, String> {
         let i = &config.inbound;
         // The greylist is safe to lose (worst case one more delay), so a
         // file that cannot be made (a full disk) turns greylisting off
@@ -109,7 +113,7 @@ impl SpamChecks {
             crate::util::paths::private_dir(d)
                 .map_err(|e| format!("cannot create {}: {e}", d.display()))?;
         }
-        let junk = MboxWriter::start(&junk_path(config), &junk_state)
+        let junk = MboxWriter::start_with(&junk_path(config), &junk_state, after)
             .map_err(|e| format!("cannot open the Junk folder: {e}"))?;
         Ok(SpamChecks {
             resolver: crate::net::dns::Resolver::new(&config.outbound.dns),
