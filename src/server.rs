@@ -143,6 +143,11 @@ impl Server {
         // Before anything else touches data_dir: the spool cleanup and the
         // control socket below belong to whoever holds this lock.
         let lock = lock_data_dir(&config.data_dir)?;
+        // The IMAP INBOX's state, read while the rest starts (see Preload).
+        let imap_on = !config.listen.imap.is_empty() || !config.listen.imaps.is_empty();
+        let preload = imap_on
+            .then(|| crate::read::imap::store::Preload::start(&config.data_dir))
+            .flatten();
         crate::util::paths::private_dir(&spool_dir)
             .map_err(|e| StartError::DataDir(spool_dir.clone(), e))?;
         // Spool files of a crashed run were never acknowledged.
@@ -263,6 +268,9 @@ impl Server {
             &config.data_dir,
         )
         .map_err(|e| StartError::DataDir(config.user.folders.clone(), e))?;
+        if let Some(p) = preload {
+            imap_store.use_preload(p);
+        }
         let mut writers = std::collections::HashMap::new();
         writers.insert("INBOX".to_string(), mbox.clone());
         writers.insert("Junk".to_string(), spam.junk.clone());

@@ -135,6 +135,13 @@ pub trait Folder {
 
     fn meta(&self, uid: Uid) -> Option<Meta>;
 
+    /// The position (from 0) in `uids` of the first message without
+    /// `\Seen` (SELECT's `UNSEEN`, RFC 3501 6.3.1).
+    fn first_unseen(&self, uids: &[Uid]) -> Option<usize> {
+        uids.iter()
+            .position(|&u| self.meta(u).is_some_and(|m| !m.has("\\Seen")))
+    }
+
     /// [`Folder::meta`] into `into`, reusing its allocations (a FETCH of
     /// the whole folder calls this per message); `false` if `uid` is gone.
     fn meta_into(&self, uid: Uid, into: &mut Meta) -> bool {

@@ -1576,10 +1576,7 @@ impl<A: Account> Session<A> {
         if !self.rev2 {
             r::recent(out, 0);
             // RFC 3501 6.3.1: the first unseen message.
-            if let Some(i) = uids
-                .iter()
-                .position(|&u| folder.meta(u).is_some_and(|m| !m.has("\\Seen")))
-            {
+            if let Some(i) = folder.first_unseen(&uids) {
                 r::untagged(
                     out,
                     Status::Ok,
