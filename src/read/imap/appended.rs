@@ -112,37 +112,35 @@ pub fn encode(from: u64, s: &Stamp, entries: &[Entry], blob: &[u8]) -> Option<Ve
 
 /// The log's batches from octet `from` on (where a reader stopped last
 /// time), up to the first that is cut short or does not check, each
-/// with the log offset after it; nothing if there is no log.
-pub fn read(path: &Path, from: u64) -> Vec<(Batch, u64)> {
-    let Some(b) = read_bytes(path, from) else {
-        return Vec::new();
-    };
-    decode(&b)
-        .into_iter()
-        .map(|(batch, end)| (batch, from + end as u64))
-        .collect()
-}
-
-/// [`read`] from the start, the batches' MIME records left empty and
-/// instead put end to end in one buffer, with where each batch's start
-/// (and one more, the end): what the first look at a folder writes to
-/// its `.mime` file, copied once (`store::Store::preload`).
-pub fn read_joined(path: &Path) -> (Vec<(Batch, u64)>, Vec<u8>, Vec<usize>) {
-    let mut out = Vec::new();
-    let mut joined = Vec::new();
-    let mut starts = Vec::new();
-    if let Some(b) = read_bytes(path, 0) {
-        joined.reserve(b.len());
+/// with the log offset after it; nothing if there is no log. Their MIME
+/// records are not in each [`Batch`] but end to end in [`Log::joined`]:
+/// what the first look at a folder writes to its `.mime` file in one
+/// go, copied once.
+pub fn read(path: &Path, from: u64) -> Log {
+    let mut log = Log::default();
+    if let Some(b) = read_bytes(path, from) {
+        log.joined.reserve(b.len());
         let mut at = 0usize;
         while let Some((batch, next, blob)) = one(&b, at) {
-            starts.push(joined.len());
-            joined.extend_from_slice(&b[blob]);
-            out.push((batch, next as u64));
+            log.starts.push(log.joined.len());
+            log.joined.extend_from_slice(&b[blob]);
+            log.batches.push((batch, from + next as u64));
             at = next;
         }
     }
-    starts.push(joined.len());
-    (out, joined, starts)
+    log.starts.push(log.joined.len());
+    log
+}
+
+/// What [`read`] found.
+#[derive(Default)]
+pub struct Log {
+    /// The batches (their `mime` empty), each with the log offset after it.
+    pub batches: Vec<(Batch, u64)>,
+    /// Their MIME records end to end.
+    pub joined: Vec<u8>,
+    /// Where each batch's records start in `joined`, and one more: the end.
+    pub starts: Vec<usize>,
 }
 
 fn read_bytes(path: &Path, from: u64) -> Option<Vec<u8>> {

@@ -553,12 +553,19 @@ mod tests {
         assert_eq!(index_part(&[RENDERED; 40]), None);
     }
 
-    #[test]
-    fn texts_are_copied_from_the_file() {
-        let dir = std::env::temp_dir().join(format!("pimail-mimedb-t-{}", std::process::id()));
+    /// A test directory (`pimail-mimedb-<tag><pid>`) and the path of a
+    /// `.mime` file in it that does not exist yet.
+    fn empty_db(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("pimail-mimedb-{tag}{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join("INBOX.mime");
         let _ = std::fs::remove_file(&path);
+        (dir, path)
+    }
+
+    #[test]
+    fn texts_are_copied_from_the_file() {
+        let (dir, path) = empty_db("t-");
         let mut db = MimeDb::open(path.clone());
         let mut ptrs = Vec::new();
         for (name, msg) in crate::store::mime::tests::SAMPLES {
@@ -603,9 +610,8 @@ mod tests {
         let full = payload(&s);
         assert!(full.len() > MAX_RECORD as usize, "{}", full.len());
         assert!(!fits("u", &full));
-        let dir = std::env::temp_dir().join(format!("pimail-mimedb-big-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let mut db = MimeDb::open(dir.join("INBOX.mime"));
+        let (dir, path) = empty_db("big-");
+        let mut db = MimeDb::open(path);
         let p = db.put("u", &full, 1).unwrap();
         let mut out = Vec::new();
         assert_eq!(
@@ -625,10 +631,7 @@ mod tests {
 
     #[test]
     fn records_come_back_and_stale_pointers_are_refused() {
-        let dir = std::env::temp_dir().join(format!("pimail-mimedb-{}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let path = dir.join("INBOX.mime");
-        let _ = std::fs::remove_file(&path);
+        let (dir, path) = empty_db("");
         let mut db = MimeDb::open(path.clone());
         let (ra, rb) = (sample_record(0), sample_record(1));
         let a = db.put("uidl-a", &render(&ra).unwrap(), 8).unwrap();

@@ -74,7 +74,7 @@ pub struct FolderState {
     /// where in it the batches not yet used start.
     appended: Option<PathBuf>,
     appended_at: u64,
-    /// That log read ahead ([`Store::preload`]), used if it is unchanged.
+    /// That log read ahead ([`Preload`]), used if it is unchanged.
     pre_log: Option<PreloadedLog>,
     /// UIDL -> (uid, modseq, flags) remembered from the sidecar for
     /// messages not yet seen in this run.
@@ -96,40 +96,32 @@ fn io(context: &str, e: std::io::Error) -> StoreError {
     StoreError::Unavailable(format!("{context}: {e}"))
 }
 
-/// A sidecar read ahead (see [`Store::preload`]): its path, its length
-/// and mtime when read (used only if the file is still that one), and
-/// what it held.
+/// A sidecar read ahead (see [`Preload`]): its path, its length and
+/// mtime when read (used only if the file is still that one), and what
+/// it held.
 type Preloaded = (PathBuf, Option<(u64, i64)>, Option<super::sidecar::Sidecar>);
 
 /// The writer's log of what it appended (`appended`), read ahead with the
-/// sidecar: its length and mtime when read, its batches from 0 (their
-/// MIME records moved out) and those records end to end, with where
-/// each batch's start (one more: the end), so that the first look writes
-/// a chain of them to the `.mime` file without copying them first.
+/// sidecar: its length and mtime when read, and what it held.
 struct PreloadedLog {
     id: Option<(u64, i64)>,
-    batches: Vec<(super::appended::Batch, u64)>,
-    joined: Vec<u8>,
-    starts: Vec<usize>,
+    log: super::appended::Log,
 }
 
 impl PreloadedLog {
-    fn read(log: &Path) -> PreloadedLog {
-        let id = sidecar_id(log);
-        let (batches, joined, starts) = match id {
-            Some(_) => super::appended::read_joined(log),
-            None => (Vec::new(), Vec::new(), vec![0]),
+    fn read(path: &Path) -> PreloadedLog {
+        let id = file_id(path);
+        let log = match id {
+            Some(_) => super::appended::read(path, 0),
+            None => super::appended::Log::default(),
         };
-        PreloadedLog {
-            id,
-            batches,
-            joined,
-            starts,
-        }
+        PreloadedLog { id, log }
     }
 }
 
-fn sidecar_id(path: &Path) -> Option<(u64, i64)> {
+/// What tells a file read ahead from a file changed since: its length
+/// and mtime.
+fn file_id(path: &Path) -> Option<(u64, i64)> {
     std::fs::metadata(path)
         .ok()
         .map(|m| (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000))
@@ -422,15 +414,15 @@ impl FolderState {
         let pre = self
             .pre_log
             .take()
-            .filter(|p| self.appended_at == 0 && p.id.is_some() && p.id == sidecar_id(path));
-        let (mut batches, joined) = match pre {
-            Some(p) => (p.batches, Some((p.joined, p.starts))),
-            None => (super::appended::read(path, self.appended_at), None),
+            .filter(|p| self.appended_at == 0 && p.id.is_some() && p.id == file_id(path));
+        let mut log = match pre {
+            Some(p) => p.log,
+            None => super::appended::read(path, self.appended_at),
         };
-        if batches.is_empty() && self.appended_at > 0 {
-            batches = super::appended::read(path, 0);
+        if log.batches.is_empty() && self.appended_at > 0 {
+            log = super::appended::read(path, 0);
         }
-        let (batches, ends): (Vec<_>, Vec<u64>) = batches.into_iter().unzip();
+        let (batches, ends): (Vec<_>, Vec<u64>) = log.batches.into_iter().unzip();
         let Some(first) = batches.iter().position(|b| b.from == self.len) else {
             return Ok(false);
         };
@@ -445,27 +437,13 @@ impl FolderState {
             return Ok(false);
         };
         let stamp = batches[last].stamp.clone();
-        // The records go into the `.mime` file in one write: read ahead,
-        // the chain's records are already end to end; else joined here.
-        let (blob, starts): (std::borrow::Cow<[u8]>, Vec<usize>) = match &joined {
-            Some((j, st)) => (
-                std::borrow::Cow::Borrowed(&j[st[first]..st[last + 1]]),
-                st[first..=last].iter().map(|x| x - st[first]).collect(),
-            ),
-            None => {
-                let total = batches[first..=last].iter().map(|b| b.mime.len()).sum();
-                let mut blob = Vec::with_capacity(total);
-                let mut starts = Vec::with_capacity(last + 1 - first);
-                for b in &batches[first..=last] {
-                    starts.push(blob.len());
-                    blob.extend_from_slice(&b.mime);
-                }
-                (std::borrow::Cow::Owned(blob), starts)
-            }
-        };
+        // The chain's records are end to end in the log's `joined`: they
+        // go into the `.mime` file in one write.
+        let st = &log.starts;
+        let blob = &log.joined[st[first]..st[last + 1]];
         let mut new = Vec::new();
-        for (b, base) in batches.into_iter().take(last + 1).skip(first).zip(starts) {
-            let base = base as u64;
+        for (b, start) in batches.into_iter().zip(st).take(last + 1).skip(first) {
+            let base = (start - st[first]) as u64;
             for mut e in b.entries {
                 e.mime = e.mime.map(|p| Ptr {
                     at: p.at + base,
@@ -477,7 +455,7 @@ impl FolderState {
         let at = if blob.is_empty() {
             None
         } else {
-            self.db.append_framed(&blob)
+            self.db.append_framed(blob)
         };
         for mut e in new {
             let floor = self.entries.last().map_or(0, |l| l.uid);
@@ -1232,7 +1210,7 @@ pub struct Store {
     state_dir: PathBuf,
     open: RefCell<BTreeMap<String, Rc<RefCell<FolderState>>>>,
     next_handle: std::cell::Cell<u64>,
-    /// The INBOX's sidecar, being read ahead at start ([`Store::preload`]).
+    /// The INBOX's sidecar, being read ahead at start ([`Preload`]).
     preload: RefCell<Option<std::sync::mpsc::Receiver<(Preloaded, PreloadedLog)>>>,
 }
 
@@ -1256,7 +1234,7 @@ impl Preload {
         std::thread::Builder::new()
             .name("imap-preload".into())
             .spawn(move || {
-                let id = sidecar_id(&index);
+                let id = file_id(&index);
                 let sc = id.and_then(|_| read_sidecar(&index));
                 let _ = tx.send(((index, id, sc), PreloadedLog::read(&log)));
             })
@@ -1306,7 +1284,7 @@ impl Store {
         let Ok(((path, id, sc), log)) = rx.recv() else {
             return (None, None);
         };
-        let sc = (path == index && id.is_some() && id == sidecar_id(index))
+        let sc = (path == index && id.is_some() && id == file_id(index))
             .then_some(sc)
             .flatten();
         (sc, Some(log))
@@ -1344,9 +1322,7 @@ impl Store {
             Some(s) => s,
             None => {
                 let path = self.path_of(&name)?;
-                let index = self
-                    .state_dir
-                    .join(format!("{}.index", name.replace('/', "%")));
+                let index = Self::index_in(&self.state_dir, &name);
                 let (pre, pre_log) = if name == "INBOX" {
                     self.preloaded(&index)
                 } else {
