@@ -44,6 +44,12 @@ pub fn priority(level: Level) -> u8 {
 
 /// One log line, with its newline.
 pub fn format_line(style: Style, now: u64, level: Level, msg: &str) -> String {
+    format_args_line(style, now, level, format_args!("{msg}"))
+}
+
+/// [`format_line`] for a record's arguments, formatted straight into the
+/// line through the escaping (one buffer, one pass).
+fn format_args_line(style: Style, now: u64, level: Level, msg: std::fmt::Arguments) -> String {
     let mut line = match style {
         Style::Journal => format!("<{}>{level:<5} ", priority(level)),
         Style::Terminal => {
@@ -56,9 +62,19 @@ pub fn format_line(style: Style, now: u64, level: Level, msg: &str) -> String {
     };
     // A second line of defence: a value that missed `quoted` still cannot
     // split the line or send control sequences to a terminal.
-    escape_into(&mut line, msg, false);
+    use std::fmt::Write as _;
+    let _ = Escaping(&mut line).write_fmt(msg);
     line.push('\n');
     line
+}
+
+/// Writes what it is given escaped (not in quotes) into a line.
+struct Escaping<'a>(&'a mut String);
+
+impl std::fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        escape_to(self.0, s, false)
+    }
 }
 
 /// Shown as itself in a log line? ASCII controls are not; beyond ASCII,
@@ -74,27 +90,44 @@ fn printable(c: char) -> bool {
     format!("{s:?}") == format!("\"{s}\"")
 }
 
-/// Appends `s` with every character that is not [`printable`] written as
+/// Writes `s` with every character that is not [`printable`] written as
 /// `\n`, `\r`, `\t`, `\0` or `\u{HEX}`; with `quotes`, `"` and `\` are
 /// escaped too, so that the text can sit between double quotes.
-fn escape_into(out: &mut String, s: &str, quotes: bool) {
-    use std::fmt::Write as _;
-    for c in s.chars() {
+///
+/// Every line passes through here (a client's values once more inside
+/// it), so runs of plain printable ASCII, nearly all of any line, are
+/// copied whole; only the characters between them are looked at one by
+/// one.
+fn escape_to(out: &mut impl std::fmt::Write, s: &str, quotes: bool) -> std::fmt::Result {
+    let bytes = s.as_bytes();
+    let plain = |b: u8| (0x20..0x7f).contains(&b) && !(quotes && (b == b'"' || b == b'\\'));
+    let mut i = 0;
+    while i < bytes.len() {
+        let run = bytes[i..]
+            .iter()
+            .position(|&b| !plain(b))
+            .unwrap_or(bytes.len() - i);
+        // `i` and `i + run` sit on ASCII bytes or the end: char boundaries.
+        out.write_str(&s[i..i + run])?;
+        i += run;
+        let Some(c) = s[i..].chars().next() else {
+            break;
+        };
+        i += c.len_utf8();
         match c {
             '"' | '\\' if quotes => {
-                out.push('\\');
-                out.push(c);
+                out.write_char('\\')?;
+                out.write_char(c)?;
             }
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\0' => out.push_str("\\0"),
-            c if printable(c) => out.push(c),
-            c => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
+            '\n' => out.write_str("\\n")?,
+            '\r' => out.write_str("\\r")?,
+            '\t' => out.write_str("\\t")?,
+            '\0' => out.write_str("\\0")?,
+            c if printable(c) => out.write_char(c)?,
+            c => write!(out, "\\u{{{:x}}}", c as u32)?,
         }
     }
+    Ok(())
 }
 
 /// A value taken from a client, ready for a log line: `"..."` with
@@ -109,11 +142,10 @@ pub struct Quoted<'a>(&'a str);
 
 impl std::fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut s = String::with_capacity(self.0.len() + 2);
-        s.push('"');
-        escape_into(&mut s, self.0, true);
-        s.push('"');
-        f.write_str(&s)
+        use std::fmt::Write as _;
+        f.write_char('"')?;
+        escape_to(f, self.0, true)?;
+        f.write_char('"')
     }
 }
 
@@ -152,11 +184,11 @@ impl Log for Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let line = format_line(
+        let line = format_args_line(
             self.style,
             crate::util::timefmt::unix_now(),
             r.level(),
-            &r.args().to_string(),
+            *r.args(),
         );
         // One write per line keeps lines whole even if another thread logs.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
