@@ -379,6 +379,59 @@ for key in box.keys():
     assert!(out.contains("\\Seen") && out.contains("$Label1"), "{out}");
 }
 
+/// A user switching from mutt or Dovecot keeps what they read: mail
+/// another program wrote comes into IMAP with the flags its readers left
+/// in `Status:`/`X-Status:` at the first look. And a sender cannot use
+/// those fields: pimail strips them from mail it receives, so mail that
+/// arrives saying `Status: RO` is new, in IMAP and to mutt.
+#[test]
+fn flags_of_foreign_mail_are_read_and_senders_cannot_set_them() {
+    let srv = imap_server();
+    append_foreign(
+        &srv.mbox_path(),
+        b"Subject: read\nStatus: RO\n\nread in mutt\n",
+    );
+    append_foreign(
+        &srv.mbox_path(),
+        b"Subject: old\nStatus: O\n\nseen as old only\n",
+    );
+    append_foreign(
+        &srv.mbox_path(),
+        b"Subject: replied\nStatus: RO\nX-Status: AF\n\nanswered, flagged\n",
+    );
+    srv.deliver(&smtp_stuff(
+        b"Subject: sneaky\r\nStatus: RO\r\nX-Status: F\r\n\r\nI want to look read.\r\n",
+    ));
+    let out = imaplib(
+        &srv,
+        r#"
+typ, data = M.select('INBOX')
+print('SELECT', typ, data)
+typ, data = M.fetch('1:*', '(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])')
+for d in data:
+    if isinstance(d, tuple):
+        print('MSG', d[1].decode().strip(), d[0].decode().split('FLAGS ')[1].split(')')[0] + ')')
+typ, data = M.search(None, 'UNSEEN')
+print('UNSEEN', data)
+M.logout()
+"#,
+        &[],
+    );
+    assert!(out.contains("SELECT OK [b'4']"), "{out}");
+    assert!(out.contains("MSG Subject: read (\\Seen)"), "{out}");
+    assert!(out.contains("MSG Subject: old ()"), "{out}");
+    assert!(
+        out.contains("MSG Subject: replied (\\Seen \\Answered \\Flagged)"),
+        "{out}"
+    );
+    assert!(out.contains("MSG Subject: sneaky ()"), "{out}");
+    assert!(out.contains("UNSEEN [b'2 4']"), "{out}");
+    // Not in the file either: mutt shows the delivered one as new.
+    let mbox = String::from_utf8_lossy(&srv.mbox()).to_string();
+    let sneaky = &mbox[mbox.find("Subject: sneaky").unwrap()..];
+    assert!(!sneaky.contains("Status:"), "{mbox}");
+}
+
 /// POP3's deletion at QUIT rewrites the INBOX too, and writes the flags
 /// IMAP keeps for the messages it keeps: an mbox reader sees a message
 /// read in IMAP as read (`Status: RO`), one flagged as flagged.

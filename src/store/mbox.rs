@@ -513,8 +513,15 @@ pub fn seal_position(n: usize, prev_return_path: bool) -> bool {
     n == 0 || (n == 1 && prev_return_path)
 }
 
-/// Streaming removal of `X-Pimail:` fields (and their continuation lines)
-/// from a message's header section; the body passes untouched.
+/// Fields removed from the header of mail from outside: our seal, and the
+/// fields mbox readers keep flags in (`Status:`, `X-Status:`), which IMAP
+/// reads as the flags of mail another program wrote: a sender must not
+/// mark its own mail read or flagged, or show it so to mutt. Dovecot's
+/// mbox saving drops them too.
+const STRIPPED: [&[u8]; 3] = [SEAL_FIELD.as_bytes(), b"Status", b"X-Status"];
+
+/// Streaming removal of [`STRIPPED`] fields (and their continuation
+/// lines) from a message's header section; the body passes untouched.
 #[derive(Debug, Default)]
 struct SealStrip {
     /// The header section is over: everything passes.
@@ -568,7 +575,7 @@ impl SealStrip {
             Some(self.dropping) // a continuation line follows its field
         } else if let Some(colon) = memchr::memchr(b':', p) {
             let name = p[..colon].trim_ascii_end();
-            self.dropping = name.eq_ignore_ascii_case(SEAL_FIELD.as_bytes());
+            self.dropping = STRIPPED.iter().any(|n| name.eq_ignore_ascii_case(n));
             Some(self.dropping)
         } else if p.len() > 64 || p.last() == Some(&b'\n') {
             self.dropping = false;
@@ -1610,9 +1617,9 @@ mod tests {
     }
 
     #[test]
-    fn seal_fields_are_stripped_from_received_mail() {
-        let input = b"Subject: x\nX-Pimail: id=EVIL uid=1 len=1 sum=0000000000000000\n\tmore\nx-pimail : y\nTo: a\n\nX-Pimail: body\nFrom b\n";
-        let want = b"Subject: x\nTo: a\n\nX-Pimail: body\n>From b\n";
+    fn seal_and_status_fields_are_stripped_from_received_mail() {
+        let input = b"Subject: x\nX-Pimail: id=EVIL uid=1 len=1 sum=0000000000000000\n\tmore\nx-pimail : y\nStatus: RO\nTo: a\nX-Status: AF\nStatusbar: kept\n\nX-Pimail: body\nStatus: RO\nFrom b\n";
+        let want = b"Subject: x\nTo: a\nStatusbar: kept\n\nX-Pimail: body\nStatus: RO\n>From b\n";
         for chunk in 1..input.len() {
             let mut q = Quoter::for_received_mail();
             let mut out = Vec::new();

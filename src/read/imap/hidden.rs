@@ -8,7 +8,9 @@
 //!
 //! [`HideFilter`] removes them from a stream of stored octets fed in any
 //! pieces (a field's continuation lines with it), and counts what it
-//! removed; it passes everything after the header's blank line.
+//! removed; it passes everything after the header's blank line. What it
+//! removed is kept (the first [`KEPT`] octets): for mail another program
+//! wrote, those fields are the flags mbox readers gave it ([`flags`]).
 
 /// Streams stored octets minus the hidden fields of the top header.
 #[derive(Debug, Clone, Default)]
@@ -20,7 +22,13 @@ pub struct HideFilter {
     hiding: bool,
     /// Stored octets left out so far.
     pub removed: u64,
+    /// The first [`KEPT`] of them.
+    pub text: Vec<u8>,
 }
+
+/// Octets of hidden fields kept for [`flags`]: `Status: RO` and
+/// `X-Status: AFDT` are 24; more is junk.
+const KEPT: usize = 256;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum State {
@@ -62,7 +70,7 @@ impl HideFilter {
                     if self.state == State::Keep {
                         out.extend_from_slice(line);
                     } else {
-                        self.removed += line.len() as u64;
+                        self.dropped(line);
                     }
                     if line.ends_with(b"\n") {
                         self.state = State::Start;
@@ -109,7 +117,9 @@ impl HideFilter {
         let Some(v) = verdict else { return };
         let line_done = self.held.ends_with(b"\n");
         if v == State::Drop {
-            self.removed += self.held.len() as u64;
+            let held = std::mem::take(&mut self.held);
+            self.dropped(&held);
+            self.held = held;
         } else {
             out.extend_from_slice(&self.held);
         }
@@ -121,12 +131,56 @@ impl HideFilter {
         };
     }
 
+    fn dropped(&mut self, b: &[u8]) {
+        self.removed += b.len() as u64;
+        let room = KEPT.saturating_sub(self.text.len()).min(b.len());
+        self.text.extend_from_slice(&b[..room]);
+    }
+
     /// The input ended: a held line start that never got decided (a
     /// header cut short) is passed.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.held);
         self.held.clear();
     }
+}
+
+/// The IMAP flags in hidden fields ([`HideFilter::text`]), as mutt,
+/// mailx and pine write them and pimail's rewrites do
+/// ([`crate::store::maildrop::status_lines`]): `R` in `Status:` is
+/// `\Seen`; `A`, `F`, `D`, `T` in `X-Status:` are `\Answered`,
+/// `\Flagged`, `\Deleted`, `\Draft`. `O` (old: not new to mutt) has no
+/// flag of its own: IMAP's `\Recent` is not kept (docs/imap.md).
+pub fn flags(text: &[u8]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |f: &str| {
+        if !out.iter().any(|x| x == f) {
+            out.push(f.to_string());
+        }
+    };
+    for line in text.split(|&b| b == b'\n') {
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.eq_ignore_ascii_case(b"status") {
+            if value.contains(&b'R') {
+                add("\\Seen");
+            }
+        } else if name.eq_ignore_ascii_case(b"x-status") {
+            for (letter, flag) in [
+                (b'A', "\\Answered"),
+                (b'F', "\\Flagged"),
+                (b'D', "\\Deleted"),
+                (b'T', "\\Draft"),
+            ] {
+                if value.contains(&letter) {
+                    add(flag);
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -153,6 +207,11 @@ X-Statu: kept\r\nstatus:  x\n\nStatus: in the body\n";
             );
             assert_eq!(f.removed as usize, MSG.len() - WANT.len());
             assert!(f.done());
+            assert_eq!(
+                flags(&f.text),
+                ["\\Seen", "\\Answered", "\\Flagged"],
+                "cut {cut}"
+            );
         }
         // A header-only message, and one without hidden fields.
         let mut f = HideFilter::new();
@@ -165,5 +224,24 @@ X-Statu: kept\r\nstatus:  x\n\nStatus: in the body\n";
         f.feed(b"\nStatus: O\n", &mut out);
         assert_eq!(out, b"\nStatus: O\n");
         assert_eq!(f.removed, 0);
+        assert!(flags(&f.text).is_empty());
+    }
+
+    #[test]
+    fn flags_read_as_mbox_readers_write_them() {
+        let of = |t: &[u8]| flags(t);
+        assert_eq!(of(b"Status: RO\n"), ["\\Seen"]);
+        // Old but unread: no flag (mutt shows it without the N).
+        assert!(of(b"Status: O\n").is_empty());
+        assert_eq!(
+            of(b"Status: OR\nX-Status: DT\n"),
+            ["\\Seen", "\\Deleted", "\\Draft"]
+        );
+        assert_eq!(of(b"x-status: F\r\n"), ["\\Flagged"]);
+        // pimail's own rewrite reads back as it was written.
+        let all = crate::store::maildrop::status_lines(true, true, true, true, true);
+        assert_eq!(of(&all).len(), 5);
+        // No colon, other text: nothing.
+        assert!(of(b"garbage R A F\n").is_empty());
     }
 }

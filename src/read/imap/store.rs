@@ -541,17 +541,19 @@ impl FolderState {
     /// sidecar's, or UIDNEXT), and its MIME record.
     /// `pre`: what the scan's pass already read of it ([`Indexer`]).
     fn index_new(&mut self, file: &File, m: Message, pre: Option<Pre>) -> Result<(), StoreError> {
-        let (seal, date, skip, made) = match pre {
-            Some(p) => (p.seal, p.date, p.skip, Some((p.ptr, p.wire))),
+        let (seal, date, skip, made, mut stored_flags) = match pre {
+            Some(p) => (p.seal, p.date, p.skip, Some((p.ptr, p.wire)), Some(p.flags)),
             None => {
                 let (seal, date, skip) = read_head(file, &m);
-                (seal, date, skip, None)
+                (seal, date, skip, None, None)
             }
         };
         let (uid, modseq, flags, ptr) = match self.known.remove(&m.uid) {
             Some((u, ms, f, p))
                 if u < self.uid_next && self.entries.last().map_or(true, |l| l.uid < u) =>
             {
+                // The sidecar's flags, not the file's: IMAP's are newer.
+                stored_flags = Some(Vec::new());
                 (u, ms, f, p)
             }
             _ => {
@@ -586,13 +588,21 @@ impl FolderState {
                 None => {}
             }
             if e.mime.is_none() && made.is_none() {
-                let (rec, wire) = parse_record(file, e.body_start, e.msg.end)?;
+                let (rec, wire, f) = parse_record_flags(file, e.body_start, e.msg.end)?;
                 let p = self.db.put(&e.msg.uid, &rec, wire);
                 e.mime = p;
                 e.size = wire;
+                stored_flags.get_or_insert(f);
             }
             if let Some(p) = e.mime {
                 e.size = p.wire;
+            }
+            // Mail another program wrote comes with the flags its readers
+            // gave it in `Status:`/`X-Status:` (a user switching from
+            // mutt or Dovecot keeps what they read); pimail strips those
+            // fields from mail it receives, so a sender cannot set them.
+            if let Some(f) = stored_flags.filter(|f| !f.is_empty()) {
+                e.flags = f;
             }
         }
         Ok(())
@@ -746,6 +756,16 @@ pub(super) fn parse_record(
     start: u64,
     end: u64,
 ) -> Result<(Vec<u8>, u64), StoreError> {
+    parse_record_flags(file, start, end).map(|(rec, wire, _)| (rec, wire))
+}
+
+/// [`parse_record`], and the flags in the message's hidden fields
+/// ([`super::hidden::flags`]).
+fn parse_record_flags(
+    file: &File,
+    start: u64,
+    end: u64,
+) -> Result<(Vec<u8>, u64, Vec<Flag>), StoreError> {
     let mut p = mime::Parser::new();
     let mut hide = HideFilter::new();
     let mut buf = vec![0u8; CHUNK];
@@ -768,7 +788,11 @@ pub(super) fn parse_record(
         shift_stored(&mut s.root, hide.removed, true);
     }
     // With the texts FETCH sends, rendered now (see `mimedb`).
-    Ok((mimedb::payload(&s), s.size()))
+    Ok((
+        mimedb::payload(&s),
+        s.size(),
+        super::hidden::flags(&hide.text),
+    ))
 }
 
 /// The mbox writer's hook ([`crate::store::mbox::MboxWriter::start_with`]):
@@ -914,6 +938,8 @@ struct Pre {
     skip: u64,
     ptr: Option<Ptr>,
     wire: u64,
+    /// From its hidden fields ([`super::hidden::flags`]).
+    flags: Vec<Flag>,
 }
 
 /// Read size of the one-pass scan: large reads cost fewer calls; still
@@ -1072,6 +1098,7 @@ impl maildrop::ScanSink for Indexer<'_> {
             skip: self.skip,
             ptr: None,
             wire,
+            flags: super::hidden::flags(&self.hide.text),
         });
         self.batched += rec.len() + m.uid.len();
         self.batch.push((m.uid.clone(), rec, wire));
