@@ -13,8 +13,11 @@
 //!
 //! Appends use `O_APPEND`, so the server and a `sendmail` process can
 //! write at once. The server holds the set in memory and reads only what
-//! was appended since (a `stat` per lookup); a file over [`MAX_FILE`] is
-//! compacted at open to its last [`KEEP`] distinct entries.
+//! was appended since: an `fstat` of the file it holds open per lookup
+//! (a message on port 25 asks two or three times), and a `stat` of the
+//! path at most once a second, to notice a file replaced by an editor;
+//! a file over [`MAX_FILE`] is compacted at open to its last [`KEEP`]
+//! distinct entries.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -34,11 +37,22 @@ pub struct LineSet {
     /// Bytes of the file read so far (and its inode, to notice a rewrite).
     read_to: Cell<u64>,
     inode: Cell<u64>,
+    /// The file as last opened, and when its path was last looked up.
+    file: RefCell<Option<std::fs::File>>,
+    path_checked: Cell<Option<std::time::Instant>>,
 }
+
+/// How long a replaced file may go unnoticed (appends are seen at once).
+const PATH_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The normal form of an entry: trimmed, lower case.
 fn norm(s: &str) -> String {
-    s.trim().to_lowercase()
+    let s = s.trim();
+    if s.is_ascii() {
+        s.to_ascii_lowercase()
+    } else {
+        s.to_lowercase()
+    }
 }
 
 impl LineSet {
@@ -49,6 +63,8 @@ impl LineSet {
             set: RefCell::new(HashSet::new()),
             read_to: Cell::new(0),
             inode: Cell::new(0),
+            file: RefCell::new(None),
+            path_checked: Cell::new(None),
         };
         if std::fs::metadata(&s.path).is_ok_and(|m| m.len() > MAX_FILE) {
             if let Err(e) = compact(&s.path) {
@@ -61,7 +77,25 @@ impl LineSet {
 
     /// Reads what was appended since the last look.
     fn refresh(&self) {
-        let Ok(meta) = std::fs::metadata(&self.path) else {
+        let now = std::time::Instant::now();
+        let fresh = self
+            .path_checked
+            .get()
+            .is_some_and(|t| now.duration_since(t) < PATH_CHECK);
+        let mut held = self.file.borrow_mut();
+        let meta = match held.as_ref().filter(|_| fresh) {
+            Some(f) => f.metadata(),
+            None => {
+                // The path: the file may be new, or replaced.
+                *held = None;
+                let m = std::fs::metadata(&self.path);
+                if m.is_ok() {
+                    self.path_checked.set(Some(now));
+                }
+                m
+            }
+        };
+        let Ok(meta) = meta else {
             return;
         };
         if meta.ino() != self.inode.get() || meta.len() < self.read_to.get() {
@@ -69,17 +103,25 @@ impl LineSet {
             self.set.borrow_mut().clear();
             self.read_to.set(0);
             self.inode.set(meta.ino());
+            *held = None;
         }
-        if meta.len() == self.read_to.get() {
+        if meta.len() == self.read_to.get() && held.is_some() {
             return;
         }
-        let Ok(mut f) = std::fs::File::open(&self.path) else {
+        if held.is_none() {
+            match std::fs::File::open(&self.path) {
+                Ok(f) if f.metadata().is_ok_and(|m| m.ino() == meta.ino()) => *held = Some(f),
+                // Replaced between the two looks: the next lookup sees it.
+                _ => return,
+            }
+        }
+        let Some(f) = held.as_mut() else {
             return;
         };
         let mut text = String::new();
         if f.seek(SeekFrom::Start(self.read_to.get())).is_err()
-            || Read::by_ref(&mut f)
-                .take(meta.len() - self.read_to.get())
+            || Read::by_ref(f)
+                .take(meta.len().saturating_sub(self.read_to.get()))
                 .read_to_string(&mut text)
                 .is_err()
         {
@@ -223,6 +265,28 @@ mod tests {
         let s = LineSet::open(&d, CORRESPONDENTS);
         assert_eq!(s.len(), KEEP);
         assert!(s.contains("u59999@example.com") && !s.contains("bob@example.com"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// The open file is what is read between looks at the path: a file
+    /// replaced by an editor (a new file renamed over it) is seen within
+    /// [`PATH_CHECK`], appends at once.
+    #[test]
+    fn a_replaced_file_is_read_again() {
+        let d = std::env::temp_dir().join(format!("pimail-known-r-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        record_correspondents(&d, &["old@example.com".into()]);
+        let s = LineSet::open(&d, CORRESPONDENTS);
+        assert!(s.contains("old@example.com"));
+        let tmp = d.join("edited");
+        std::fs::write(&tmp, "new@example.com\n").unwrap();
+        std::fs::rename(&tmp, d.join(CORRESPONDENTS)).unwrap();
+        std::thread::sleep(PATH_CHECK + std::time::Duration::from_millis(100));
+        assert!(s.contains("new@example.com"));
+        assert!(!s.contains("old@example.com"));
+        record_correspondents(&d, &["later@example.com".into()]);
+        assert!(s.contains("later@example.com"));
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -134,18 +134,23 @@ fn escape_to(out: &mut impl std::fmt::Write, s: &str, quotes: bool) -> std::fmt:
 /// quotes, backslashes and every non-printing character escaped. The one
 /// way client text enters the log (see the module notes).
 pub fn quoted(s: &str) -> Quoted<'_> {
-    Quoted(s)
+    Quoted(s, false)
 }
 
-/// See [`quoted`].
-pub struct Quoted<'a>(&'a str);
+/// An address as the log shows it, `"<a@b>"`: [`quoted`] of the path
+/// with its angle brackets, without building that string first.
+pub fn quoted_path(s: &str) -> Quoted<'_> {
+    Quoted(s, true)
+}
+
+/// See [`quoted`]; with `.1`, in angle brackets ([`quoted_path`]).
+pub struct Quoted<'a>(&'a str, bool);
 
 impl std::fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::fmt::Write as _;
-        f.write_char('"')?;
+        f.write_str(if self.1 { "\"<" } else { "\"" })?;
         escape_to(f, self.0, true)?;
-        f.write_char('"')
+        f.write_str(if self.1 { ">\"" } else { "\"" })
     }
 }
 
@@ -277,6 +282,8 @@ mod tests {
             "\"\\\"auth failed: rhost=198.51.100.9 \\\"@example.org\""
         );
         assert_eq!(quoted("a\\b").to_string(), "\"a\\\\b\"");
+        assert_eq!(quoted_path("a@b\"x").to_string(), "\"<a@b\\\"x>\"");
+        assert_eq!(quoted_path("").to_string(), "\"<>\"");
         assert_eq!(
             quoted("\u{1b}]0;x\u{7}\r\n\t\u{7f}\u{85}").to_string(),
             "\"\\u{1b}]0;x\\u{7}\\r\\n\\t\\u{7f}\\u{85}\""

@@ -330,8 +330,8 @@ async fn greylist_decision(
     let log = |result: &str, why: &str| {
         log::info!(
             "spam check=greylist client={ip} result={result} from={} to={} why={}",
-            logging::quoted(&format!("<{sender}>")),
-            logging::quoted(&format!("<{rcpt}>")),
+            logging::quoted_path(sender),
+            logging::quoted_path(rcpt),
             logging::quoted(why)
         )
     };
@@ -452,7 +452,7 @@ where
                         log::info!(
                             "spam check=dnsbl client={} result=refused from={} {}",
                             peer.ip(),
-                            logging::quoted(&format!("<{}>", session.sender().unwrap_or_default())),
+                            logging::quoted_path(&session.sender().unwrap_or_default()),
                             logging::quoted(reply.lines.last().map_or("", |l| l.as_ref()))
                         );
                         if !early.counted {
@@ -836,7 +836,7 @@ where
                     (false, crate::config::RuleAction::Reject) => "refused",
                 },
                 logging::quoted(&hit.reason),
-                logging::quoted(&format!("<{sender}>")),
+                logging::quoted_path(&sender),
             );
             if !exempt {
                 match hit.action {
@@ -902,7 +902,7 @@ where
                 .tls
                 .as_ref()
                 .map_or("no".to_string(), |t| format!("{}/{}", t.version, t.cipher)),
-            logging::quoted(&format!("<{}>", envelope.sender())),
+            logging::quoted_path(&envelope.sender()),
             logging::quoted(&rcpt_list(&envelope)),
             logging::quoted(&envelope.helo),
             junk_reason.as_ref().map_or(String::new(), |r| format!(
@@ -913,7 +913,7 @@ where
         Err(e) => log::warn!(
             "not stored id={id} size={size} peer={} error={e:?} from={} rcpts={}",
             peer.ip(),
-            logging::quoted(&format!("<{}>", envelope.sender())),
+            logging::quoted_path(&envelope.sender()),
             logging::quoted(&rcpt_list(&envelope)),
         ),
     }
