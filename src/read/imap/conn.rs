@@ -203,6 +203,7 @@ pub async fn serve<S>(
 async fn send<S>(
     stream: &mut S,
     out: &mut Vec<u8>,
+    ctx: &ImapContext,
     shared: &Shared,
     conn: &ConnGuard,
 ) -> std::io::Result<()>
@@ -212,6 +213,8 @@ where
     if out.is_empty() {
         return Ok(());
     }
+    // What the response tells (UIDs, flags) is in the sidecars first.
+    ctx.store.flush();
     let r = conn.write(stream, out, shared.limits.command_timeout).await;
     out.clear();
     r
@@ -270,37 +273,37 @@ where
         let action = session.step(&mut acct, &mut out);
         match action {
             Action::NeedInput => {
-                send(stream, &mut out, shared, conn).await?;
+                send(stream, &mut out, ctx, shared, conn).await?;
                 if shared.stopping() {
                     session.shutting_down(&mut out);
-                    send(stream, &mut out, shared, conn).await?;
+                    send(stream, &mut out, ctx, shared, conn).await?;
                     return Ok(());
                 }
                 if !read_more(stream, session, conn, since, peer).await? {
                     if since.elapsed() >= AUTOLOGOUT {
                         session.timeout(&mut out);
-                        let _ = send(stream, &mut out, shared, conn).await;
+                        let _ = send(stream, &mut out, ctx, shared, conn).await;
                     }
                     return Ok(());
                 }
                 since = Instant::now();
             }
             Action::Flush => {
-                send(stream, &mut out, shared, conn).await?;
+                send(stream, &mut out, ctx, shared, conn).await?;
             }
             Action::Close => {
-                send(stream, &mut out, shared, conn).await?;
+                send(stream, &mut out, ctx, shared, conn).await?;
                 return Ok(());
             }
             Action::StartTls => {
-                send(stream, &mut out, shared, conn).await?;
+                send(stream, &mut out, ctx, shared, conn).await?;
                 match tls::handshake(stream, ctx.tls.as_deref(), "imap", peer).await {
                     Some(_) => session.tls_started(),
                     None => return Ok(()),
                 }
             }
             Action::Login { login, password } => {
-                send(stream, &mut out, shared, conn).await?;
+                send(stream, &mut out, ctx, shared, conn).await?;
                 let account = Account {
                     name: &ctx.settings.user,
                     domains: &ctx.settings.domains,
@@ -327,7 +330,7 @@ where
                     Outcome::Blocked => LoginResult::Blocked,
                 };
                 if let Some(Action::Close) = session.login_done(r, &mut out) {
-                    send(stream, &mut out, shared, conn).await?;
+                    send(stream, &mut out, ctx, shared, conn).await?;
                     return Ok(());
                 }
             }
@@ -342,7 +345,7 @@ where
                     }
                 }
                 // The continuation request goes out before we wait.
-                send(stream, &mut out, shared, conn).await?;
+                send(stream, &mut out, ctx, shared, conn).await?;
                 loop {
                     let n = {
                         let data = session.reader().append_data();
@@ -382,7 +385,7 @@ where
                 }
             }
             Action::Write(w) => {
-                send(stream, &mut out, shared, conn).await?;
+                send(stream, &mut out, ctx, shared, conn).await?;
                 let _busy = shared.busy();
                 let done = perform(ctx, &w, spooled.take()).await;
                 if let WriteDone::Failed(e) = &done {
@@ -397,7 +400,7 @@ where
                         std::io::Error::other(format!("cannot finish a FETCH literal: {e:?}"))
                     })?;
                     if out.len() >= WRITE_AT {
-                        send(stream, &mut out, shared, conn).await?;
+                        send(stream, &mut out, ctx, shared, conn).await?;
                     }
                     if done {
                         break;
@@ -413,12 +416,12 @@ where
                     .and_then(|n| ctx.running_writer(n));
                 let mut changed = writer.as_ref().map(MboxWriter::listen);
                 session.idle_changes(&mut out);
-                send(stream, &mut out, shared, conn).await?;
+                send(stream, &mut out, ctx, shared, conn).await?;
                 // Input ends IDLE (DONE); meanwhile look for changes.
                 loop {
                     if shared.stopping() {
                         session.shutting_down(&mut out);
-                        send(stream, &mut out, shared, conn).await?;
+                        send(stream, &mut out, ctx, shared, conn).await?;
                         return Ok(());
                     }
                     let read = async { Some(read_more(stream, session, conn, since, peer).await) };
@@ -449,7 +452,7 @@ where
                         Some(Err(e)) => return Err(e),
                         None => {
                             session.idle_changes(&mut out);
-                            send(stream, &mut out, shared, conn).await?;
+                            send(stream, &mut out, ctx, shared, conn).await?;
                         }
                     }
                 }

@@ -86,6 +86,8 @@ pub struct FolderState {
     /// Counts rewrites (ours and, once seen, others'): a [`Body`] being
     /// streamed stops when it changes, as its offsets are then stale.
     generation: Rc<std::cell::Cell<u64>>,
+    /// The sidecar is behind the state ([`FolderState::save`]).
+    dirty: bool,
 }
 
 /// How long a first look at a folder waits for a writer's lock. Blocks
@@ -156,6 +158,7 @@ impl FolderState {
             db: MimeDb::open(mime_path),
             log: Vec::new(),
             generation: Rc::new(std::cell::Cell::new(0)),
+            dirty: false,
         };
         if let Some(sc) = pre.or_else(|| read_sidecar(&st.index)) {
             st.uid_validity = sc.uid_validity;
@@ -176,8 +179,25 @@ impl FolderState {
         st
     }
 
-    /// Writes the sidecar (a cache: no fsync; a torn one is rebuilt).
+    /// The sidecar is to be written: at the next [`FolderState::flush`],
+    /// which the IMAP driver runs before it sends a response
+    /// ([`Store::flush`]), so a client never sees a UID or flag the
+    /// sidecar does not hold yet, and `STORE 1:* +FLAGS (\Seen)` on
+    /// 20,000 messages writes it once, not 20,000 times.
     pub fn save(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Writes the sidecar if [`FolderState::save`] asked for it.
+    pub fn flush(&mut self) {
+        if self.dirty {
+            self.dirty = false;
+            self.write_sidecar();
+        }
+    }
+
+    /// Writes the sidecar (a cache: no fsync; a torn one is rebuilt).
+    fn write_sidecar(&mut self) {
         self.db
             .set_live(self.entries.iter().filter_map(|e| e.mime).map(|p| p.len));
         self.db.compact(
@@ -942,6 +962,13 @@ struct Pre {
     flags: Vec<Flag>,
 }
 
+impl Drop for FolderState {
+    /// What a last command changed is not lost with the state.
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 /// Read size of the one-pass scan: large reads cost fewer calls; still
 /// bounded.
 const SCAN_CHUNK: usize = 128 * 1024;
@@ -1368,6 +1395,16 @@ impl Store {
         st.borrow_mut().pre_log = None;
         r?;
         Ok(st)
+    }
+
+    /// Writes every open folder's sidecar that is behind its state
+    /// ([`FolderState::save`]); the IMAP driver calls it before it sends.
+    pub fn flush(&self) {
+        for st in self.open.borrow().values() {
+            if let Ok(mut st) = st.try_borrow_mut() {
+                st.flush();
+            }
+        }
     }
 
     /// Where a folder's writer keeps its journal and its index of what it
