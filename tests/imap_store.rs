@@ -272,7 +272,7 @@ fn store_on_every_message_writes_the_sidecar_once() {
         "{r}"
     );
     let r = c.cmd("SEARCH FLAGGED");
-    assert_eq!(r.matches(' ').count() >= 600, true, "{r}");
+    assert!(r.matches(' ').count() >= 600, "{r}");
 }
 
 const STRUCTURE_FETCH: &str = r#"
