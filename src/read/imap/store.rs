@@ -81,8 +81,14 @@ pub struct FolderState {
     known: HashMap<String, (Uid, u64, Vec<Flag>, Option<Ptr>)>,
     /// The MIME records (see `mimedb`).
     db: MimeDb,
-    /// Changes in order, with the handle that made them (0: others).
+    /// Changes in order, with the handle that made them (0: others);
+    /// `log[0]` is change number `log_base`. Trimmed to what the
+    /// slowest open handle has not read ([`FolderState::trim_log`]), so
+    /// a server up for months holds no more than the changes in flight.
     log: Vec<(u64, Change)>,
+    log_base: usize,
+    /// Open handles and the change number each reads from next.
+    readers: HashMap<u64, usize>,
     /// Counts rewrites (ours and, once seen, others'): a [`Body`] being
     /// streamed stops when it changes, as its offsets are then stale.
     generation: Rc<std::cell::Cell<u64>>,
@@ -157,6 +163,8 @@ impl FolderState {
             known: HashMap::new(),
             db: MimeDb::open(mime_path),
             log: Vec::new(),
+            log_base: 0,
+            readers: HashMap::new(),
             generation: Rc::new(std::cell::Cell::new(0)),
             dirty: false,
         };
@@ -186,6 +194,26 @@ impl FolderState {
     /// 20,000 messages writes it once, not 20,000 times.
     pub fn save(&mut self) {
         self.dirty = true;
+    }
+
+    /// The number the next change gets.
+    fn log_end(&self) -> usize {
+        self.log_base + self.log.len()
+    }
+
+    /// Drops the changes every open handle has read.
+    fn trim_log(&mut self) {
+        let low = self
+            .readers
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(self.log_end());
+        let n = low.saturating_sub(self.log_base).min(self.log.len());
+        if n > 0 {
+            self.log.drain(..n);
+            self.log_base += n;
+        }
     }
 
     /// Writes the sidecar if [`FolderState::save`] asked for it.
@@ -1509,9 +1537,15 @@ impl Account for StoreAccount {
 
     fn open(&mut self, name: &str) -> Result<StoreFolder, StoreError> {
         let state = self.0.folder(name)?;
-        let seen = state.borrow().log.len();
         let handle = self.0.next_handle.get();
         self.0.next_handle.set(handle + 1);
+        let seen = {
+            let mut st = state.borrow_mut();
+            let end = st.log_end();
+            st.readers.insert(handle, end);
+            st.trim_log();
+            end
+        };
         Ok(StoreFolder {
             state,
             handle,
@@ -1554,6 +1588,15 @@ pub struct StoreFolder {
     /// in order, so the next one is most often there or one further (no
     /// binary search per message).
     hint: std::cell::Cell<usize>,
+}
+
+impl Drop for StoreFolder {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.state.try_borrow_mut() {
+            st.readers.remove(&self.handle);
+            st.trim_log();
+        }
+    }
 }
 
 impl StoreFolder {
@@ -2305,12 +2348,15 @@ impl Folder for StoreFolder {
             // Records re-made by the last command (see `write_text`).
             st.save();
         }
-        let out = st.log[self.seen.min(st.log.len())..]
+        let from = self.seen.saturating_sub(st.log_base).min(st.log.len());
+        let out = st.log[from..]
             .iter()
             .filter(|(h, _)| *h != self.handle)
             .map(|(_, c)| c.clone())
             .collect();
-        self.seen = st.log.len();
+        self.seen = st.log_end();
+        st.readers.insert(self.handle, self.seen);
+        st.trim_log();
         out
     }
 }
@@ -2381,6 +2427,53 @@ pub fn copy_to_spool(path: &Path, m: &Message, spool: &Path) -> Result<Vec<u8>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The change log keeps only what an open handle has not read: a
+    /// server up for months with flags changing all day holds no more.
+    #[test]
+    fn the_change_log_is_trimmed_to_what_open_handles_have_not_read() {
+        let dir = std::env::temp_dir().join(format!("pimail-store-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("folders")).unwrap();
+        let inbox = dir.join("inbox.mbox");
+        let mut mbox = Vec::new();
+        for i in 0..50 {
+            mbox.extend_from_slice(
+                format!("From a@b Sat Jan  3 01:05:34 2026\nSubject: {i}\n\nx\n\n").as_bytes(),
+            );
+        }
+        std::fs::write(&inbox, &mbox).unwrap();
+        let store = Store::new(&inbox, &dir.join("folders"), &dir.join("data")).unwrap();
+        let mut acct = StoreAccount(store);
+        let mut a = acct.open("INBOX").unwrap();
+        let mut b = acct.open("INBOX").unwrap();
+        // The first index's 50 additions were read by nobody: gone.
+        assert_eq!(a.state.borrow().log.len(), 0);
+        let seen = ["\\Seen".to_string()];
+        for round in 0..100 {
+            let mode = if round % 2 == 0 {
+                StoreMode::Add
+            } else {
+                StoreMode::Remove
+            };
+            for uid in 1..=50 {
+                assert!(matches!(a.store(uid, mode, &seen, None), Stored::Done(_)));
+            }
+            // b reads every other round: it sees a's changes...
+            if round % 2 == 1 {
+                assert_eq!(b.poll().len(), 100, "round {round}");
+            }
+            assert!(a.poll().is_empty());
+            // ...and the log holds at most what b has not read yet.
+            assert!(a.state.borrow().log.len() <= 100, "round {round}");
+        }
+        // The last handle closed: nothing is kept.
+        drop(b);
+        a.poll();
+        assert_eq!(a.state.borrow().log.len(), 0);
+        drop(a);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// The one-pass first scan gives every message the head, size and
     /// MIME record the per-message reads ([`read_head`], [`parse_record`])
