@@ -94,6 +94,12 @@ pub struct FolderState {
     generation: Rc<std::cell::Cell<u64>>,
     /// The sidecar is behind the state ([`FolderState::save`]).
     dirty: bool,
+    /// The folder open for reading bodies, and its inode: one open for a
+    /// FETCH of thousands of messages, not one each. No lock is taken
+    /// through it (locks are OFD locks, `util::sys`: closing it releases
+    /// none of the writers'); a file replaced by rename is opened again
+    /// once `refresh` has seen the new inode.
+    reader: RefCell<Option<(u64, Rc<File>)>>,
 }
 
 /// How long a first look at a folder waits for a writer's lock. Blocks
@@ -167,6 +173,7 @@ impl FolderState {
             readers: HashMap::new(),
             generation: Rc::new(std::cell::Cell::new(0)),
             dirty: false,
+            reader: RefCell::new(None),
         };
         if let Some(sc) = pre.or_else(|| read_sidecar(&st.index)) {
             st.uid_validity = sc.uid_validity;
@@ -194,6 +201,22 @@ impl FolderState {
     /// 20,000 messages writes it once, not 20,000 times.
     pub fn save(&mut self) {
         self.dirty = true;
+    }
+
+    /// The folder open for reading (see `reader`).
+    fn reader(&self) -> Result<Rc<File>, StoreError> {
+        let mut r = self.reader.borrow_mut();
+        if let Some((ino, f)) = r.as_ref() {
+            if *ino == self.ino {
+                return Ok(f.clone());
+            }
+        }
+        let f = Rc::new(File::open(&self.path).map_err(|e| io("cannot open folder", e))?);
+        let ino = f.metadata().map(|m| m.ino()).unwrap_or(0);
+        if ino == self.ino {
+            *r = Some((ino, f.clone()));
+        }
+        Ok(f)
     }
 
     /// The number the next change gets.
@@ -1784,7 +1807,7 @@ impl StoreFolder {
 /// of the file are held at a time, whatever the message's size.
 pub struct Body {
     bytes: Option<Vec<u8>>,
-    file: Option<File>,
+    file: Option<Rc<File>>,
     /// The read buffer, kept from piece to piece.
     buf: Vec<u8>,
     /// The next stored offset to read, and the end of the range.
@@ -1826,7 +1849,7 @@ impl Body {
     /// The wire form of range `r` of message `m`, from wire octet `skip`
     /// on, `len` octets.
     fn range(
-        file: File,
+        file: Rc<File>,
         m: &Message,
         r: mime::Range,
         skip: u64,
@@ -1934,9 +1957,19 @@ impl Body {
         // (Three fresh 64 KiB buffers per piece had glibc growing and
         // trimming its heap: a fifth of BODY[]'s time in page faults.)
         let mut buf = std::mem::take(&mut self.buf);
-        buf.resize(n, 0);
-        file.read_exact_at(&mut buf, self.at)
-            .map_err(|e| io("cannot read folder", e))?;
+        if buf.capacity() == 0 {
+            buf = READ_BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        }
+        // Zeroed once per thread, not per message: only a longer piece
+        // than any before grows it.
+        if buf.len() < n {
+            buf.resize(n, 0);
+        }
+        let res = file.read_exact_at(&mut buf[..n], self.at);
+        if let Err(e) = res {
+            self.buf = buf;
+            return Err(io("cannot read folder", e));
+        }
         self.at += n as u64;
         let last = self.at >= self.end;
         let direct = self.decode.is_none() && self.skip == 0;
@@ -1951,14 +1984,14 @@ impl Body {
         match &mut self.hide {
             Some(h) if !h.done() => {
                 let mut shown = Vec::with_capacity(n);
-                h.feed(&buf, &mut shown);
+                h.feed(&buf[..n], &mut shown);
                 if last {
                     h.finish(&mut shown);
                 }
                 self.wire.write(&shown, target);
             }
             // Past the header the filter passes all: no copy through it.
-            _ => self.wire.write(&buf, target),
+            _ => self.wire.write(&buf[..n], target),
         }
         if last {
             if self.message_end {
@@ -1991,6 +2024,36 @@ impl Body {
         out.extend_from_slice(&piece[drop..drop + take]);
         self.left -= take as u64;
         Ok(self.left == 0)
+    }
+}
+
+thread_local! {
+    /// [`Body`]'s read buffer between messages (the store has one thread).
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if self.buf.capacity() > 0 {
+            let buf = std::mem::take(&mut self.buf);
+            let _ = READ_BUF.try_with(|b| {
+                if let Ok(mut b) = b.try_borrow_mut() {
+                    *b = buf;
+                }
+            });
+        }
+    }
+}
+
+/// The whole message as a range (BODY[]): from its first stored octet,
+/// after a first-line seal, to its end; on the wire, RFC822.SIZE octets.
+fn whole_message(e: &Entry) -> mime::Range {
+    mime::Range {
+        start: mime::Pos { stored: 0, wire: 0 },
+        end: mime::Pos {
+            stored: e.msg.end - e.body_start,
+            wire: e.size,
+        },
     }
 }
 
@@ -2154,8 +2217,31 @@ impl Folder for StoreFolder {
         binary: bool,
         partial: Option<(u32, u32)>,
     ) -> Result<(u64, Body), StoreError> {
-        let (s, file, m) = self.structure(uid)?;
         let path = &section.part[..];
+        if path.is_empty() && matches!(section.text, SectionText::All) && !binary {
+            // BODY[] (what a client downloading mail asks for each
+            // message): the range and its wire length are in the entry,
+            // no record is read or decoded.
+            let st = self.state.borrow();
+            let i = self.find(&st, uid).ok_or(StoreError::NonExistent)?;
+            let e = &st.entries[i];
+            if e.mime.is_some() {
+                let r = whole_message(e);
+                let mut m = e.msg.clone();
+                m.start = e.body_start;
+                let file = st.reader()?;
+                let (skip, len) = match partial {
+                    Some((start, n)) => {
+                        let start = u64::from(start).min(r.wire_len());
+                        (start, u64::from(n).min(r.wire_len() - start))
+                    }
+                    None => (0, r.wire_len()),
+                };
+                let generation = st.generation.clone();
+                return Ok((len, Body::range(file, &m, r, skip, len, generation)));
+            }
+        }
+        let (s, file, m) = self.structure(uid)?;
         let spec = match &section.text {
             SectionText::All => Spec::Body,
             SectionText::Header
@@ -2215,15 +2301,18 @@ impl Folder for StoreFolder {
             });
         if let Some(enc) = enc {
             let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
-            let total = Body::range(f, &m, r, 0, u64::MAX, Rc::default())
+            let total = Body::range(Rc::new(f), &m, r, 0, u64::MAX, Rc::default())
                 .decoded(enc)
                 .count()?;
             let (skip, len) = cut(total);
-            let body = Body::range(file, &m, r, skip, len, generation).decoded(enc);
+            let body = Body::range(Rc::new(file), &m, r, skip, len, generation).decoded(enc);
             return Ok((len, body));
         }
         let (skip, len) = cut(r.wire_len());
-        Ok((len, Body::range(file, &m, r, skip, len, generation)))
+        Ok((
+            len,
+            Body::range(Rc::new(file), &m, r, skip, len, generation),
+        ))
     }
 
     fn matches(
@@ -2256,7 +2345,8 @@ impl Folder for StoreFolder {
                     stored_has(&file, &m, span.range, &needle, &mut buf, &generation)?
                 } else {
                     let f = file.try_clone().map_err(|e| io("cannot open folder", e))?;
-                    let b = Body::range(f, &m, span.range, 0, u64::MAX, generation.clone());
+                    let b =
+                        Body::range(Rc::new(f), &m, span.range, 0, u64::MAX, generation.clone());
                     match span.decode {
                         Some(enc) => b.decoded(enc).contains(&needle)?,
                         None => b.contains(&needle)?,
@@ -2566,6 +2656,15 @@ mod tests {
                 e.msg.offset
             );
             assert_eq!((e.size, p.wire), (wire, wire));
+            // What BODY[]'s short way takes for the whole message
+            // ([`whole_message`]) is the record's own range.
+            let s = crate::store::mime::index::decode(mimedb::index_part(&rec).unwrap()).unwrap();
+            assert_eq!(
+                s.section(&[], mime::Spec::Body),
+                Some(whole_message(e)),
+                "at {}",
+                e.msg.offset
+            );
         }
         assert!(st.entries.iter().any(|e| e.seal_id.is_some()));
         assert!(st.entries.iter().any(|e| e.date > 0));
