@@ -5,7 +5,7 @@
 //! the MIME structure IMAP reports of each message (kept in the index).
 
 #[cfg(test)]
-mod crash;
+pub(crate) mod crash;
 pub mod disk;
 #[cfg(test)]
 pub(crate) mod explore;

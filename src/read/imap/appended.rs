@@ -78,16 +78,23 @@ pub fn write(a: &Appended, body: Option<Vec<u8>>) {
         let _ = f.set_len(0);
     }
     let Some(body) = body else { return };
-    let mut out = Vec::with_capacity(body.len() + 16);
-    out.extend_from_slice(MAGIC);
-    sidecar::put_u32(&mut out, body.len() as u32);
-    out.extend_from_slice(&body);
-    sidecar::put_u64(&mut out, sidecar::check(&body));
+    let out = framed(&body);
     // One write (O_APPEND): a batch is whole or torn at the end.
     if let Err(e) = (&f).write_all(&out) {
         log::warn!("cannot write {}: {e}", path.display());
         let _ = f.set_len(len);
     }
+}
+
+/// A batch as the log holds it: `PIAB`, its length, [`encode`]'s
+/// octets, their check.
+pub(super) fn framed(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 16);
+    out.extend_from_slice(MAGIC);
+    sidecar::put_u32(&mut out, body.len() as u32);
+    out.extend_from_slice(body);
+    sidecar::put_u64(&mut out, sidecar::check(body));
+    out
 }
 
 /// A batch's octets: the mbox grew from `from` to `stamp.len` with
@@ -247,14 +254,6 @@ fn one(b: &[u8], at: usize) -> Option<(Batch, usize, std::ops::Range<usize>)> {
 mod tests {
     use super::*;
     use crate::store::maildrop::Message;
-
-    fn framed(body: &[u8]) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        sidecar::put_u32(&mut out, body.len() as u32);
-        out.extend_from_slice(body);
-        sidecar::put_u64(&mut out, sidecar::check(body));
-        out
-    }
 
     #[test]
     fn batches_come_back_and_a_torn_one_ends_the_log() {

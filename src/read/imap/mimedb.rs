@@ -17,7 +17,8 @@
 //! 1:* (ENVELOPE BODYSTRUCTURE)` copies bytes (issue 16, SPEC "Budgets").
 //!
 //! Record framing: `u32` LE length of what follows, one byte UIDL length,
-//! the UIDL, then the payload: [`RENDERED`], the `u32` LE lengths of the
+//! the UIDL, the payload, and a `u32` LE check of the UIDL length, UIDL
+//! and payload (a record torn by a power cut is a miss). The payload: [`RENDERED`], the `u32` LE lengths of the
 //! ENVELOPE, BODYSTRUCTURE and BODY texts, a `u32` LE check of each
 //! text, the three texts, and the `mime::index` record. A record from
 //! before the rendered texts (its payload is the `mime::index` record
@@ -259,7 +260,7 @@ impl MimeDb {
     /// of records read in file order.
     fn with_payload<R>(&self, p: Ptr, uidl: &str, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let file = self.file.as_ref()?;
-        if p.len < 5 || p.len > MAX_RECORD || p.at.checked_add(u64::from(p.len))? > self.len {
+        if p.len < 9 || p.len > MAX_RECORD || p.at.checked_add(u64::from(p.len))? > self.len {
             return None;
         }
         let end = p.at + u64::from(p.len);
@@ -458,14 +459,14 @@ pub fn index_part(b: &[u8]) -> Option<&[u8]> {
 
 /// Whether a record of `payload` for `uidl` can be stored whole.
 pub fn fits(uidl: &str, payload: &[u8]) -> bool {
-    uidl.len() <= 255 && 5 + uidl.len() + payload.len() <= MAX_RECORD as usize
+    uidl.len() <= 255 && 9 + uidl.len() + payload.len() <= MAX_RECORD as usize
 }
 
 /// A record as the file holds it (for records made elsewhere: the
 /// writer thread's index of delivered mail, [`MimeDb::append_framed`]).
 pub fn frame(uidl: &str, rec: &[u8]) -> Option<Vec<u8>> {
     let u = uidl.as_bytes();
-    let n = u32::try_from(1 + u.len() + rec.len()).ok()?;
+    let n = u32::try_from(1 + u.len() + rec.len() + 4).ok()?;
     if u.len() > 255 || n.saturating_add(4) > MAX_RECORD {
         return None;
     }
@@ -474,17 +475,27 @@ pub fn frame(uidl: &str, rec: &[u8]) -> Option<Vec<u8>> {
     out.push(u.len() as u8);
     out.extend_from_slice(u);
     out.extend_from_slice(rec);
+    let c = check(&out[4..]);
+    out.extend_from_slice(&c.to_le_bytes());
     Some(out)
 }
 
+/// The payload of a framed record if it is `uidl`'s and whole: the
+/// frame's check covers the UIDL and the payload, so a record torn by a
+/// power cut (blocks of zeros, or of what was there before) is a miss,
+/// never other positions (`cache_crash.rs` builds those states).
 fn unframe<'a>(b: &'a [u8], uidl: &str) -> Option<&'a [u8]> {
     let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
-    if n + 4 != b.len() {
+    if n + 4 != b.len() || n < 5 {
         return None;
     }
-    let ul = *b.get(4)? as usize;
-    let u = b.get(5..5 + ul)?;
-    (u == uidl.as_bytes()).then(|| &b[5 + ul..])
+    let (body, c) = b[4..].split_at(n - 4);
+    if check(body).to_le_bytes() != c {
+        return None;
+    }
+    let ul = *body.first()? as usize;
+    let u = body.get(1..1 + ul)?;
+    (u == uidl.as_bytes()).then(|| &body[1 + ul..])
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //! (RFC 3501 5.1.3); `memory` is an in-memory account for tests.
 
 pub mod appended;
+#[cfg(test)]
+mod cache_crash;
 pub mod command;
 pub mod conn;
 pub mod entry;
