@@ -61,6 +61,7 @@ printed beside each row with "ok" or "MISS".
 
 import argparse
 import base64
+import glob
 import hashlib
 import json
 import mailbox
@@ -1020,13 +1021,25 @@ def delivered_select(binary, work, src, count):
     finally:
         s.close()
         box.close()
-    srv.restart()
-    warm(mbox)
-    c = Imap(srv.port).login()
-    t_sel, exists = select(c)
-    c.close()
+    # Three first SELECTs, the median (one sample on a shared machine is
+    # mostly its noise): before each, the IMAP index (sidecar and MIME
+    # records) is removed, so each is a first look at the delivered mail
+    # with the writer's log of it, as after the deliveries.
+    times = []
+    for _ in range(3):
+        srv.stop()
+        for name in ("INBOX.index", "INBOX.mime"):
+            for f in glob.glob(os.path.join(d, "**", name), recursive=True):
+                os.remove(f)
+        srv.start()
+        warm(mbox)
+        c = Imap(srv.port).login()
+        t_sel, exists = select(c)
+        c.close()
+        times.append(t_sel)
     srv.stop()
-    return {"messages": sent, "bytes": os.path.getsize(mbox), "select_first": t_sel, "exists": exists,
+    return {"messages": sent, "bytes": os.path.getsize(mbox), "select_first": sorted(times)[1],
+            "select_first_all": times, "exists": exists,
             "read_once": read_once(mbox), "smtp_s": t_smtp}
 
 

@@ -217,6 +217,7 @@ where
     ctx.store.flush();
     let r = conn.write(stream, out, shared.limits.command_timeout).await;
     out.clear();
+    ctx.store.flush_late();
     r
 }
 

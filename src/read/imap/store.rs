@@ -511,7 +511,14 @@ impl FolderState {
         // The chain's records are end to end in the log's `joined`: they
         // go into the `.mime` file in one write.
         let st = &log.starts;
-        let blob = &log.joined[st[first]..st[last + 1]];
+        // Usually the whole log is the chain: its records are moved, not
+        // copied (a fresh 2.3 MB copy for 2,000 messages was 1.5 ms of
+        // the SELECT, most of it page faults).
+        let blob = if st[first] == 0 && st[last + 1] == log.joined.len() {
+            std::mem::take(&mut log.joined)
+        } else {
+            log.joined[st[first]..st[last + 1]].to_vec()
+        };
         let mut new = Vec::new();
         for (b, start) in batches.into_iter().zip(st).take(last + 1).skip(first) {
             let base = (start - st[first]) as u64;
@@ -1454,6 +1461,16 @@ impl Store {
         for st in self.open.borrow().values() {
             if let Ok(mut st) = st.try_borrow_mut() {
                 st.flush();
+            }
+        }
+    }
+
+    /// What may wait until a response is out ([`MimeDb::flush_pending`]);
+    /// the IMAP driver calls it after it sent.
+    pub fn flush_late(&self) {
+        for st in self.open.borrow().values() {
+            if let Ok(mut st) = st.try_borrow_mut() {
+                st.db.flush_pending();
             }
         }
     }
