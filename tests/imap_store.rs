@@ -484,6 +484,42 @@ M.logout()
     assert!(!sneaky.contains("Status:"), "{mbox}");
 }
 
+/// pimail's seal after `Return-Path:` (how SMTP delivery writes it) is
+/// the server's trace data: IMAP clients (mutt's pager) do not see it,
+/// and the sizes they are told are of what they get.
+#[test]
+fn the_seal_after_return_path_is_not_shown_to_imap_clients() {
+    let srv = imap_server();
+    srv.deliver(&smtp_stuff(
+        b"Subject: sealed\r\nFrom: bob@example.com\r\n\r\nHello.\r\n",
+    ));
+    let mbox = String::from_utf8_lossy(&srv.mbox()).to_string();
+    let mut lines = mbox.lines().skip(1);
+    assert!(lines.next().unwrap().starts_with("Return-Path:"), "{mbox}");
+    assert!(lines.next().unwrap().starts_with("X-Pimail: "), "{mbox}");
+    let out = imaplib(
+        &srv,
+        r#"
+M.select('INBOX')
+typ, data = M.fetch('1', '(RFC822.SIZE BODY.PEEK[] BODY.PEEK[HEADER] BODYSTRUCTURE)')
+head = data[0][0].decode()
+size = int(head.split('RFC822.SIZE ')[1].split()[0])
+body = data[0][1]
+print('SIZE', size == len(body))
+print('SEAL', b'X-Pimail' in body, b'X-Pimail' in data[1][1])
+print('RETURN', body.startswith(b'Return-Path:'))
+typ, data = M.fetch('1', '(BODY.PEEK[HEADER.FIELDS (X-PIMAIL)])')
+print('FIELD', data[0][1])
+M.logout()
+"#,
+        &[],
+    );
+    assert!(out.contains("SIZE True"), "{out}");
+    assert!(out.contains("SEAL False False"), "{out}");
+    assert!(out.contains("RETURN True"), "{out}");
+    assert!(out.contains("FIELD b'\\r\\n'"), "{out}");
+}
+
 /// POP3's deletion at QUIT rewrites the INBOX too, and writes the flags
 /// IMAP keeps for the messages it keeps: an mbox reader sees a message
 /// read in IMAP as read (`Status: RO`), one flagged as flagged.

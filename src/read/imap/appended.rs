@@ -21,7 +21,7 @@
 //! mbox changed since its previous commit (another program was there)
 //! and when it grows past [`MAX_LOG`].
 //!
-//! Batch: `PIAB` len:u32, then `len` octets: from:u64, the stamp (dev ino
+//! Batch: `PIA2` len:u32, then `len` octets: from:u64, the stamp (dev ino
 //! len:u64 mtime_ns:i128 head tail:u64), count:u32, `count` records as
 //! the sidecar's (`sidecar::put_record`, the MIME pointer relative to
 //! the blob), blob_len:u32 and the blob (records framed as in the
@@ -41,7 +41,10 @@ pub const LOG: &str = "imap.appended";
 /// Past this the log starts again (the folder is then scanned once): a
 /// reader holds the log it reads in memory (about 8,000 messages).
 pub const MAX_LOG: u64 = 4 << 20;
-const MAGIC: &[u8] = b"PIAB";
+/// `PIA2`: batches from before the seal after `Return-Path:` was hidden
+/// from IMAP (`PIAB`) end the log at its first octet (their sizes
+/// counted the seal): that mail is scanned once.
+const MAGIC: &[u8] = b"PIA2";
 
 /// One commit's messages.
 #[derive(Debug)]
@@ -86,7 +89,7 @@ pub fn write(a: &Appended, body: Option<Vec<u8>>) {
     }
 }
 
-/// A batch as the log holds it: `PIAB`, its length, [`encode`]'s
+/// A batch as the log holds it: `PIA2`, its length, [`encode`]'s
 /// octets, their check.
 pub(super) fn framed(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 16);

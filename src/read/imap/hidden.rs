@@ -1,6 +1,8 @@
 //! The header fields the IMAP view of a stored message leaves out:
 //! `Status:` and `X-Status:` in the message's own header, where pimail
-//! (and mutt, pine, mailx) keep flags for mbox readers (docs/imap.md).
+//! (and mutt, pine, mailx) keep flags for mbox readers (docs/imap.md),
+//! and pimail's seal `X-Pimail:` (stripped from mail it receives, so
+//! only ever its own).
 //! They change when a folder is rewritten, and RFC 9051 2.3.1.1 wants a
 //! message's content fixed for its UID: hidden, the message IMAP serves
 //! stays the same octets whatever flags the file records. Dovecot's mbox
@@ -43,7 +45,10 @@ enum State {
     Body,
 }
 
-const NAMES: [&[u8]; 2] = [b"status:", b"x-status:"];
+/// `X-Pimail:` is pimail's seal (`store::mbox::Seal`), after
+/// `Return-Path:` in delivered mail (as the first line it is skipped
+/// before the filter): trace data of the server, not the message's.
+const NAMES: [&[u8]; 3] = [b"status:", b"x-status:", b"x-pimail:"];
 
 impl HideFilter {
     pub fn new() -> HideFilter {

@@ -4,11 +4,11 @@
 //! that SELECT after a restart reads this file, not the folder (SPEC
 //! "Budgets": under 10 ms on 20,000 messages).
 //!
-//! Format 5, binary, little-endian, fixed-width fields (read without
+//! Format 6, binary, little-endian, fixed-width fields (read without
 //! parsing text, the flags once per distinct set):
 //!
 //! ```text
-//! header  "pimail-imap-index 5\n" validity:u32 uidnext:u32 modseq:u64
+//! header  "pimail-imap-index 6\n" validity:u32 uidnext:u32 modseq:u64
 //!         stamp:u8(0|1) dev:u64 ino:u64 len:u64 mtime_ns:i128 head:u64 tail:u64
 //!         count:u32 sets:u32 { n:u16 { len:u16 flag }* }* check:u64
 //! record  offset start end size body_start wire:u64 date:i64 uid:u32
@@ -21,9 +21,11 @@
 //! and every record carry a check of their bytes. A bad header is a lost
 //! sidecar; records are read up to the first bad one (their UIDs and flags
 //! are kept), and the whole is the folder's view only when all `count`
-//! records are good and nothing follows. The text formats v1 to v4 before
-//! it are still read (their UIDVALIDITY kept) and replaced at the next
-//! save. Both readers take any bytes without panicking (fuzz/
+//! records are good and nothing follows. The text formats v1 to v4 and
+//! format 5 (the same layout as 6, from before the seal after
+//! `Return-Path:` was hidden from IMAP, so its sizes and MIME records
+//! counted it) are still read for their UIDVALIDITY, UIDs and flags, and
+//! replaced at the next save. Both readers take any bytes without panicking (fuzz/
 //! fuzz_targets/imap_sidecar.rs).
 
 use super::command::Flag;
@@ -32,7 +34,11 @@ use super::folder::Uid;
 use super::mimedb::Ptr;
 use crate::store::maildrop::{Message, Stamp};
 
-pub const MAGIC: &[u8] = b"pimail-imap-index 5\n";
+pub const MAGIC: &[u8] = b"pimail-imap-index 6\n";
+/// Format 5: the same layout, from before `X-Pimail:` after
+/// `Return-Path:` was hidden from IMAP (its sizes and MIME positions
+/// counted the seal): read for its UIDVALIDITY, UIDs and flags only.
+const MAGIC_V5: &[u8] = b"pimail-imap-index 5\n";
 
 /// What a sidecar holds.
 #[derive(Debug, Default)]
@@ -47,7 +53,7 @@ pub struct Sidecar {
     /// Every message with its place, and a stamp: usable as the view of
     /// the folder without a scan while the stamp holds.
     pub complete: bool,
-    /// An older format: to be written again as format 5.
+    /// An older format: to be written again as format 6.
     pub old_format: bool,
 }
 
@@ -72,6 +78,16 @@ pub fn decode(b: &[u8]) -> Option<Sidecar> {
     if b.starts_with(MAGIC) {
         return decode_v5(b);
     }
+    if b.starts_with(MAGIC_V5) {
+        // What a scan must make again: the view, sizes, MIME records.
+        let mut s = decode_v5(b)?;
+        s.complete = false;
+        s.old_format = true;
+        for e in &mut s.entries {
+            e.mime = None;
+        }
+        return Some(s);
+    }
     decode_text(std::str::from_utf8(b).ok()?)
 }
 
@@ -83,7 +99,7 @@ pub(super) fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-/// The file for this state (format 5).
+/// The file for this state (format 6).
 pub fn encode(
     uid_validity: u32,
     uid_next: Uid,
@@ -560,6 +576,25 @@ mod tests {
         // Garbage is no sidecar.
         assert!(decode(b"\x00\x01garbage").is_none());
         assert!(decode(&[0u8; 4096]).is_none());
+    }
+
+    /// Format 5 counted the seal after `Return-Path:` in sizes and MIME
+    /// positions: read for UIDVALIDITY, UIDs and flags, never as the view.
+    #[test]
+    fn format_5_keeps_uids_and_flags_but_is_scanned_again() {
+        let list = vec![
+            entry(1, "hAAA", &["\\Seen"], None),
+            entry(2, "ID2", &[], Some("ID2")),
+        ];
+        let mut bytes = encode(77, 10, 12, Some(&stamp()), &list);
+        assert!(decode(&bytes).unwrap().complete);
+        bytes[..MAGIC_V5.len()].copy_from_slice(MAGIC_V5);
+        let s = decode(&bytes).unwrap();
+        assert!(!s.complete && s.old_format);
+        assert_eq!((s.uid_validity, s.uid_next), (77, 10));
+        assert_eq!(s.entries[0].flags, ["\\Seen"]);
+        assert_eq!(s.entries[1].uid, 2);
+        assert!(s.entries.iter().all(|e| e.mime.is_none()));
     }
 
     #[test]
