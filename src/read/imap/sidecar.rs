@@ -107,6 +107,18 @@ pub fn encode(
     stamp: Option<&Stamp>,
     entries: &[Entry],
 ) -> Vec<u8> {
+    encode_as(MAGIC, uid_validity, uid_next, modseq, stamp, entries)
+}
+
+/// [`encode`] under a format's magic (tests write format 5 with it).
+fn encode_as(
+    magic: &[u8],
+    uid_validity: u32,
+    uid_next: Uid,
+    modseq: u64,
+    stamp: Option<&Stamp>,
+    entries: &[Entry],
+) -> Vec<u8> {
     // The distinct flag sets, each written once.
     let mut sets: Vec<&[Flag]> = vec![&[]];
     let mut set_of = Vec::with_capacity(entries.len());
@@ -121,7 +133,7 @@ pub fn encode(
         set_of.push(i as u32);
     }
     let mut out = Vec::with_capacity(256 + entries.len() * 112);
-    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(magic);
     put_u32(&mut out, uid_validity);
     put_u32(&mut out, uid_next);
     put_u64(&mut out, modseq);
@@ -586,10 +598,11 @@ mod tests {
             entry(1, "hAAA", &["\\Seen"], None),
             entry(2, "ID2", &[], Some("ID2")),
         ];
-        let mut bytes = encode(77, 10, 12, Some(&stamp()), &list);
+        let bytes = encode(77, 10, 12, Some(&stamp()), &list);
         assert!(decode(&bytes).unwrap().complete);
-        bytes[..MAGIC_V5.len()].copy_from_slice(MAGIC_V5);
-        let s = decode(&bytes).unwrap();
+        // The same state as format 5 wrote it.
+        let v5 = encode_as(MAGIC_V5, 77, 10, 12, Some(&stamp()), &list);
+        let s = decode(&v5).unwrap();
         assert!(!s.complete && s.old_format);
         assert_eq!((s.uid_validity, s.uid_next), (77, 10));
         assert_eq!(s.entries[0].flags, ["\\Seen"]);
