@@ -13,7 +13,9 @@
 
 use super::appended;
 use super::entry::Entry;
-use super::mimedb::{self, MimeDb, Ptr};
+use super::mimedb::{self, MimeDb, Ptr, Rendered};
+
+const RENDERED: [Rendered; 3] = [Rendered::Envelope, Rendered::BodyStructure, Rendered::Body];
 use super::sidecar;
 use crate::store::crash::{file_states, Op};
 use crate::store::maildrop::{Message, Stamp};
@@ -212,7 +214,16 @@ fn mime_records_cut_by_a_power_failure_come_back_whole_or_not_at_all() {
         let payload = mimedb::payload(&s);
         let uidl = format!("h{i:016x}");
         let ptr = db.put(&uidl, &payload, s.size()).unwrap();
-        recs.push((uidl, ptr, db.get(ptr, &format!("h{i:016x}")).unwrap()));
+        let texts: Vec<Vec<u8>> = RENDERED
+            .iter()
+            .map(|w| mimedb::rendered(&payload, *w).unwrap().to_vec())
+            .collect();
+        recs.push((
+            uidl,
+            ptr,
+            db.get(ptr, &format!("h{i:016x}")).unwrap(),
+            texts,
+        ));
     }
     drop(db);
     let bytes = std::fs::read(&path).unwrap();
@@ -222,7 +233,7 @@ fn mime_records_cut_by_a_power_failure_come_back_whole_or_not_at_all() {
     let durable_len = (recs[1].1.at + u64::from(recs[1].1.len)) as usize;
     let ops: Vec<Op> = recs[2..]
         .iter()
-        .map(|(_, p, _)| {
+        .map(|(_, p, _, _)| {
             let (at, end) = (p.at as usize, p.at as usize + p.len as usize);
             Op::Write(p.at, bytes[at..end].to_vec())
         })
@@ -233,13 +244,22 @@ fn mime_records_cut_by_a_power_failure_come_back_whole_or_not_at_all() {
     for (k, st) in states.iter().enumerate() {
         std::fs::write(&path, st).unwrap();
         let db = MimeDb::open(path.clone());
-        for (uidl, p, want) in &recs {
+        for (uidl, p, want, texts) in &recs {
             match db.get(*p, uidl) {
                 Some(got) => {
                     assert_eq!(&got, want, "state {k}: the record of {uidl} misread");
                     whole += 1;
                 }
                 None => missed += 1,
+            }
+            // The texts FETCH copies (checked on their own, not by the
+            // frame): each whole or a miss.
+            for (w, t) in RENDERED.iter().zip(texts) {
+                let mut out = b"before".to_vec();
+                match db.write_rendered(*p, uidl, *w, &mut out) {
+                    Ok(()) => assert_eq!(&out[6..], &t[..], "state {k}: {w:?} of {uidl}"),
+                    Err(_) => assert_eq!(out, b"before"),
+                }
             }
         }
     }
