@@ -260,14 +260,7 @@ mod tests {
 
     #[test]
     fn batches_come_back_and_a_torn_one_ends_the_log() {
-        let stamp = |len| Stamp {
-            dev: 1,
-            ino: 2,
-            len,
-            mtime_ns: 3,
-            head: 4,
-            tail: 5,
-        };
+        use super::super::cache_crash::stamp;
         let e = |offset: u64, uid| Entry {
             msg: Message {
                 offset,

@@ -20,7 +20,8 @@ use super::sidecar;
 use crate::store::crash::{file_states, Op};
 use crate::store::maildrop::{Message, Stamp};
 
-fn stamp(len: u64) -> Stamp {
+/// A stamp of an mbox `len` octets long (the other fields any).
+pub(super) fn stamp(len: u64) -> Stamp {
     Stamp {
         dev: 1,
         ino: 2,
