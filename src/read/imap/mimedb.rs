@@ -215,26 +215,24 @@ impl MimeDb {
     /// are made again from the mbox.
     pub fn append_framed(&mut self, framed: Vec<u8>) -> Option<u64> {
         self.file.as_ref()?;
-        if self.pending.len() + framed.len() > PENDING_MAX {
-            self.flush_pending();
-            let file = self.file.as_ref()?;
-            let at = self.len;
-            if let Err(e) = file.write_all_at(&framed, at) {
-                log::warn!("cannot write {}: {e}", self.path.display());
-                return None;
-            }
-            self.len += framed.len() as u64;
-            self.live += framed.len() as u64;
-            return Some(at);
-        }
         let at = self.len;
-        self.len += framed.len() as u64;
-        self.live += framed.len() as u64;
+        let n = framed.len() as u64;
+        self.len += n;
+        self.live += n;
         if self.pending.is_empty() {
             self.pending_at = at;
             self.pending = framed;
         } else {
             self.pending.extend_from_slice(&framed);
+        }
+        if self.pending.len() > PENDING_MAX {
+            self.flush_pending();
+            // Not written: no pointer to them (`flush_pending` took the
+            // length back).
+            if self.len < at + n {
+                self.live -= n;
+                return None;
+            }
         }
         Some(at)
     }

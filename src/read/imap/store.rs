@@ -1458,19 +1458,20 @@ impl Store {
     /// Writes every open folder's sidecar that is behind its state
     /// ([`FolderState::save`]); the IMAP driver calls it before it sends.
     pub fn flush(&self) {
-        for st in self.open.borrow().values() {
-            if let Ok(mut st) = st.try_borrow_mut() {
-                st.flush();
-            }
-        }
+        self.each_open(FolderState::flush);
     }
 
     /// What may wait until a response is out ([`MimeDb::flush_pending`]);
     /// the IMAP driver calls it after it sent.
     pub fn flush_late(&self) {
+        self.each_open(|st| st.db.flush_pending());
+    }
+
+    /// `f` on every open folder's state not in use right now.
+    fn each_open(&self, f: impl Fn(&mut FolderState)) {
         for st in self.open.borrow().values() {
             if let Ok(mut st) = st.try_borrow_mut() {
-                st.db.flush_pending();
+                f(&mut st);
             }
         }
     }
@@ -1579,17 +1580,15 @@ impl Account for StoreAccount {
         let state = self.0.folder(name)?;
         let handle = self.0.next_handle.get();
         self.0.next_handle.set(handle + 1);
-        let seen = {
+        {
             let mut st = state.borrow_mut();
             let end = st.log_end();
             st.readers.insert(handle, end);
             st.trim_log();
-            end
-        };
+        }
         Ok(StoreFolder {
             state,
             handle,
-            seen,
             data_dir: self.0.data_dir.clone(),
             hint: std::cell::Cell::new(0),
         })
@@ -1622,7 +1621,6 @@ impl Account for StoreAccount {
 pub struct StoreFolder {
     pub state: Rc<RefCell<FolderState>>,
     pub handle: u64,
-    seen: usize,
     data_dir: PathBuf,
     /// Where the last lookup found its message: a FETCH walks the folder
     /// in order, so the next one is most often there or one further (no
@@ -1825,8 +1823,6 @@ impl StoreFolder {
 pub struct Body {
     bytes: Option<Vec<u8>>,
     file: Option<Rc<File>>,
-    /// The read buffer, kept from piece to piece.
-    buf: Vec<u8>,
     /// The next stored offset to read, and the end of the range.
     at: u64,
     end: u64,
@@ -1851,7 +1847,6 @@ impl Body {
             left: b.len() as u64,
             bytes: Some(b),
             file: None,
-            buf: Vec::new(),
             at: 0,
             end: 0,
             message_end: false,
@@ -1876,7 +1871,6 @@ impl Body {
         Body {
             bytes: None,
             file: Some(file),
-            buf: Vec::new(),
             at: m.start + r.start.stored,
             end: (m.start + r.end.stored).min(m.end),
             message_end: m.start + r.end.stored >= m.end,
@@ -1967,16 +1961,13 @@ impl Body {
             ));
         }
         let n = ((self.end - self.at) as usize).min(CHUNK);
-        // One read buffer per message, used for each of its pieces; the
-        // wire form goes straight into `out` when nothing is cut from its
+        // The thread's read buffer, used for every piece; the wire form
+        // goes straight into `out` when nothing is cut from its
         // start or decoded (a whole BODY[]: the common case), so a piece
         // is copied once between the page cache and the socket's buffer.
         // (Three fresh 64 KiB buffers per piece had glibc growing and
         // trimming its heap: a fifth of BODY[]'s time in page faults.)
-        let mut buf = std::mem::take(&mut self.buf);
-        if buf.capacity() == 0 {
-            buf = READ_BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
-        }
+        let mut buf = READ_BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
         // Zeroed once per thread, not per message: only a longer piece
         // than any before grows it.
         if buf.len() < n {
@@ -1984,7 +1975,7 @@ impl Body {
         }
         let res = file.read_exact_at(&mut buf[..n], self.at);
         if let Err(e) = res {
-            self.buf = buf;
+            READ_BUF.with(|b| *b.borrow_mut() = buf);
             return Err(io("cannot read folder", e));
         }
         self.at += n as u64;
@@ -2017,7 +2008,7 @@ impl Body {
                 self.wire.finish(target);
             }
         }
-        self.buf = buf;
+        READ_BUF.with(|b| *b.borrow_mut() = buf);
         if direct {
             // A file changed under us may give more than announced.
             let made = (out.len() - start) as u64;
@@ -2045,21 +2036,9 @@ impl Body {
 }
 
 thread_local! {
-    /// [`Body`]'s read buffer between messages (the store has one thread).
+    /// [`Body`]'s read buffer, taken for a piece and given back (the
+    /// store has one thread).
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-impl Drop for Body {
-    fn drop(&mut self) {
-        if self.buf.capacity() > 0 {
-            let buf = std::mem::take(&mut self.buf);
-            let _ = READ_BUF.try_with(|b| {
-                if let Ok(mut b) = b.try_borrow_mut() {
-                    *b = buf;
-                }
-            });
-        }
-    }
 }
 
 /// The whole message as a range (BODY[]): from its first stored octet,
@@ -2235,6 +2214,13 @@ impl Folder for StoreFolder {
         partial: Option<(u32, u32)>,
     ) -> Result<(u64, Body), StoreError> {
         let path = &section.part[..];
+        let cut = |len: u64| match partial {
+            Some((start, n)) => {
+                let start = u64::from(start).min(len);
+                (start, u64::from(n).min(len - start))
+            }
+            None => (0, len),
+        };
         if path.is_empty() && matches!(section.text, SectionText::All) && !binary {
             // BODY[] (what a client downloading mail asks for each
             // message): the range and its wire length are in the entry,
@@ -2247,13 +2233,7 @@ impl Folder for StoreFolder {
                 let mut m = e.msg.clone();
                 m.start = e.body_start;
                 let file = st.reader()?;
-                let (skip, len) = match partial {
-                    Some((start, n)) => {
-                        let start = u64::from(start).min(r.wire_len());
-                        (start, u64::from(n).min(r.wire_len() - start))
-                    }
-                    None => (0, r.wire_len()),
-                };
+                let (skip, len) = cut(r.wire_len());
                 let generation = st.generation.clone();
                 return Ok((len, Body::range(file, &m, r, skip, len, generation)));
             }
@@ -2274,13 +2254,6 @@ impl Folder for StoreFolder {
             SectionText::HeaderFields(n) => Some((n, false)),
             SectionText::HeaderFieldsNot(n) => Some((n, true)),
             _ => None,
-        };
-        let cut = |len: u64| match partial {
-            Some((start, n)) => {
-                let start = u64::from(start).min(len);
-                (start, u64::from(n).min(len - start))
-            }
-            None => (0, len),
         };
         if let Some((names, not)) = names {
             // A header is small (the parser sees at most MAX_HEADER of
@@ -2486,14 +2459,15 @@ impl Folder for StoreFolder {
             // Records re-made by the last command (see `write_text`).
             st.save();
         }
-        let from = self.seen.saturating_sub(st.log_base).min(st.log.len());
+        let end = st.log_end();
+        let at = st.readers.get(&self.handle).copied().unwrap_or(end);
+        let from = at.saturating_sub(st.log_base).min(st.log.len());
         let out = st.log[from..]
             .iter()
             .filter(|(h, _)| *h != self.handle)
             .map(|(_, c)| c.clone())
             .collect();
-        self.seen = st.log_end();
-        st.readers.insert(self.handle, self.seen);
+        st.readers.insert(self.handle, end);
         st.trim_log();
         out
     }
