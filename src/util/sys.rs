@@ -397,18 +397,23 @@ pub fn user_ids(name: &str) -> Option<(u32, u32)> {
 /// never given back: each thread that ever checked a password kept its
 /// 12 MiB of argon2 memory for good (RSS 4 MiB grew to 53 MiB after 33
 /// failed logins, issue 13). Setting the threshold fixes it and turns the
-/// adjustment off (mallopt(3)). One arena for all threads: glibc grows
-/// a thread's own arena 4 KiB at a time, one mprotect(2) each (the IMAP
-/// sidecar read ahead on a thread, 20,000 messages, made hundreds; 20 %
-/// of its time), and one arena also keeps less memory idle. Called first
-/// thing in `main`, before any thread exists. musl (the static release build) already maps large
+/// adjustment off (mallopt(3)). At most 8 arenas, not glibc's 8 per
+/// core: fewer keep less memory idle, and glibc grows a thread's own
+/// arena 4 KiB at a time, one mprotect(2) each (the IMAP sidecar read
+/// ahead on a thread, 20,000 messages, made hundreds). One arena for all
+/// threads was tried and is too few: the first IMAP scan of a big mbox
+/// runs a part on each core, and with one arena (or two, one of them
+/// taken by another thread) the parts waited on its lock for as long as
+/// the work took (1.1 s for 1.1 GiB on two cores, as on one; 0.73 s
+/// with their own arenas). Called first thing in `main`, before any
+/// thread exists. musl (the static release build) already maps large
 /// allocations one by one and unmaps them on free.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: sets one malloc parameter; no other thread is running yet.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_ARENA_MAX, 8);
     }
 }
 

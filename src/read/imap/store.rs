@@ -344,10 +344,8 @@ impl FolderState {
         // own pass, so the file is read once.
         let one_pass = self.entries.is_empty() && self.known.values().all(|k| k.3.is_none());
         let (all, pre) = if one_pass {
-            let mut ix = Indexer::new(&mut self.db);
-            let all = maildrop::scan_visit(d, 0, len, SCAN_CHUNK, &mut ix)
-                .map_err(|e| io("cannot read folder", e))?;
-            (all, ix.finish())
+            index_all(&file, len, &mut self.db, scan_parts(len))
+                .map_err(|e| io("cannot read folder", e))?
         } else {
             let all =
                 maildrop::scan_with(d, 0, len, CHUNK).map_err(|e| io("cannot read folder", e))?;
@@ -1037,7 +1035,9 @@ const SCAN_CHUNK: usize = 128 * 1024;
 /// Holds at most [`HEAD`] octets of a message, and the parser's bounded
 /// state.
 struct Indexer<'a> {
-    db: &'a mut MimeDb,
+    /// Where the records go as the scan goes; `None`: kept in `batch`
+    /// until the scan is over (a part scanned on another thread).
+    db: Option<&'a mut MimeDb>,
     out: Vec<Pre>,
     offset: u64,
     /// File offset of the next octet shown.
@@ -1056,15 +1056,18 @@ struct Indexer<'a> {
     shown: Vec<u8>,
     /// Records not yet written, for `out[out.len() - batch.len()..]`;
     /// written when they reach [`BATCH`] octets and at the end.
-    batch: Vec<(String, Vec<u8>, u64)>,
+    batch: Vec<Record>,
     batched: usize,
 }
+
+/// A MIME record to write: the message's UIDL, the record, its wire size.
+type Record = (String, Vec<u8>, u64);
 
 /// Octets of MIME records written at once by the first scan.
 const BATCH: usize = 64 * 1024;
 
 impl<'a> Indexer<'a> {
-    fn new(db: &'a mut MimeDb) -> Self {
+    fn new(db: Option<&'a mut MimeDb>) -> Self {
         Indexer {
             db,
             out: Vec::new(),
@@ -1086,7 +1089,10 @@ impl<'a> Indexer<'a> {
 
     /// Writes the batched records; their pointers go to their messages.
     fn flush(&mut self) {
-        let ptrs = self.db.put_many(&self.batch);
+        let Some(db) = self.db.as_deref_mut() else {
+            return;
+        };
+        let ptrs = db.put_many(&self.batch);
         let first = self.out.len() - ptrs.len();
         for (pre, p) in self.out[first..].iter_mut().zip(ptrs) {
             pre.ptr = p;
@@ -1099,6 +1105,12 @@ impl<'a> Indexer<'a> {
     fn finish(mut self) -> Vec<Pre> {
         self.flush();
         self.out
+    }
+
+    /// A part scanned without the database: its messages and the records
+    /// not yet written (for the last `batch.len()` of them: all).
+    fn finish_unwritten(self) -> (Vec<Pre>, Vec<Record>) {
+        (self.out, self.batch)
     }
 
     /// The head is all there (or the message ends): read it.
@@ -1187,10 +1199,131 @@ impl maildrop::ScanSink for Indexer<'_> {
         });
         self.batched += rec.len() + m.uid.len();
         self.batch.push((m.uid.clone(), rec, wire));
-        if self.batched >= BATCH {
+        if self.batched >= BATCH && self.db.is_some() {
             self.flush();
         }
     }
+}
+
+/// Parts of a first scan done at once, one per core (up to four: a
+/// Raspberry Pi's), none smaller than [`PART_MIN`]: the first look at a
+/// big foreign mbox (a user's years of mail) is bound by the CPU, and a
+/// second core halves it.
+fn scan_parts(len: u64) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.min(4).min((len / PART_MIN) as usize).max(1)
+}
+
+/// No part of a split scan is smaller (a thread costs more than this
+/// takes to read).
+const PART_MIN: u64 = 32 << 20;
+
+/// How far past a part's nominal start its first message is looked for;
+/// a part whose start is not found within it is joined to the one before.
+const PART_SEEK: usize = 1 << 20;
+
+/// The one-pass first scan of `file` (`len` octets) in up to `parts`
+/// parts at once: each starts at a `From ` line (a message start in any
+/// scan: every line that starts with `From ` is one, store::maildrop),
+/// so the parts' messages, joined, are those of one scan of the whole
+/// file, with the same octets each (the test `a_split_scan_is_the_whole_scan`).
+/// The first part writes its records as it goes; the others' are
+/// written after it, in order.
+fn index_all(
+    file: &File,
+    len: u64,
+    db: &mut MimeDb,
+    parts: usize,
+) -> std::io::Result<(Vec<Message>, Vec<Pre>)> {
+    let mut starts = vec![0u64];
+    for k in 1..parts {
+        let nominal = len / parts as u64 * k as u64;
+        if let Some(s) = message_start_after(file, nominal.max(starts[starts.len() - 1]), len)? {
+            if s > starts[starts.len() - 1] && s < len {
+                starts.push(s);
+            }
+        }
+    }
+    let mut ends: Vec<u64> = starts[1..].to_vec();
+    ends.push(len);
+    let (first, rest) = std::thread::scope(|scope| {
+        let others: Vec<_> = starts[1..]
+            .iter()
+            .zip(&ends[1..])
+            .map(|(&from, &to)| {
+                let part = move || {
+                    let d: &dyn crate::store::disk::Disk = file;
+                    let mut ix = Indexer::new(None);
+                    let all = maildrop::scan_visit(d, from, to, SCAN_CHUNK, &mut ix)?;
+                    Ok::<_, std::io::Error>((all, ix.finish_unwritten()))
+                };
+                // No thread to be had: the part is scanned here, after.
+                std::thread::Builder::new()
+                    .name("imap-scan".into())
+                    .spawn_scoped(scope, part)
+                    .map_err(|_| part)
+            })
+            .collect();
+        let d: &dyn crate::store::disk::Disk = file;
+        let mut ix = Indexer::new(Some(&mut *db));
+        let first =
+            maildrop::scan_visit(d, 0, ends[0], SCAN_CHUNK, &mut ix).map(|all| (all, ix.finish()));
+        let rest: Vec<_> = others
+            .into_iter()
+            .map(|h| match h {
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("scan thread failed"))),
+                Err(part) => part(),
+            })
+            .collect();
+        (first, rest)
+    });
+    let (mut all, mut pre) = first?;
+    for r in rest {
+        let (msgs, (mut p, batch)) = r?;
+        let first = p.len() - batch.len();
+        let mut at = first;
+        let mut i = 0;
+        while i < batch.len() {
+            // In slices of about BATCH octets, as the first part writes.
+            let mut j = i;
+            let mut octets = 0;
+            while j < batch.len() && octets < BATCH {
+                octets += batch[j].1.len() + batch[j].0.len();
+                j += 1;
+            }
+            for ptr in db.put_many(&batch[i..j]) {
+                p[at].ptr = ptr;
+                at += 1;
+            }
+            i = j;
+        }
+        all.extend(msgs);
+        pre.extend(p);
+    }
+    Ok((all, pre))
+}
+
+/// The offset of the first line starting with `From ` at or after `at`
+/// (looked for within [`PART_SEEK`]), `None` if there is none there.
+fn message_start_after(file: &File, at: u64, len: u64) -> std::io::Result<Option<u64>> {
+    if at == 0 || at >= len {
+        return Ok(None);
+    }
+    // From the octet before `at`: a line starts after its LF.
+    let from = at - 1;
+    let want = ((len - from) as usize).min(PART_SEEK);
+    let mut buf = vec![0u8; want];
+    let mut got = 0;
+    while got < want {
+        let n = file.read_at(&mut buf[got..], from + got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(memchr::memmem::find(&buf[..got], b"\nFrom ").map(|j| from + j as u64 + 1))
 }
 
 /// Moves every stored position of `part` but the message's own start.
@@ -2587,18 +2720,12 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// The one-pass first scan gives every message the head, size and
-    /// MIME record the per-message reads ([`read_head`], [`parse_record`])
-    /// give: for seals on the first or second line, hidden `Status:`
-    /// fields, foreign mail, long `From ` lines, an open last line.
-    #[test]
-    fn one_pass_scan_gives_what_the_per_message_reads_give() {
-        let dir = std::env::temp_dir().join(format!("pimail-onepass-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mbox = dir.join("INBOX");
+    /// `n` messages of every kind the scan tells apart: seals on the
+    /// first or second line, hidden `Status:` fields, foreign mail, long
+    /// `From ` lines, an open last line.
+    fn varied_mbox(n: u64) -> Vec<u8> {
         let mut data = Vec::new();
-        for i in 0..40u64 {
+        for i in 0..n {
             let from = if i % 9 == 4 {
                 format!("From {} Mon Jun  2 10:00:{:02} 2025\n", "x".repeat(3000), i)
             } else {
@@ -2621,14 +2748,72 @@ mod tests {
                 _ => {}
             }
             data.extend_from_slice(&crate::store::mime::tests::bench_like(i));
-            if i != 39 {
+            if i != n - 1 {
                 data.extend_from_slice(b"\n");
                 if !data.ends_with(b"\n\n") {
                     data.extend_from_slice(b"\n");
                 }
             }
         }
-        std::fs::write(&mbox, &data).unwrap();
+        data
+    }
+
+    /// A first scan split into parts (one per core) finds the messages,
+    /// heads, sizes and MIME records one scan of the whole file finds,
+    /// wherever the parts' nominal starts fall: in a long `From ` line, a
+    /// header, a body.
+    #[test]
+    fn a_split_scan_is_the_whole_scan() {
+        let dir = std::env::temp_dir().join(format!("pimail-split-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mbox = dir.join("INBOX");
+        std::fs::write(&mbox, varied_mbox(60)).unwrap();
+        let file = File::open(&mbox).unwrap();
+        let len = file.metadata().unwrap().len();
+        let scan = |parts: usize| {
+            let _ = std::fs::remove_file(dir.join("INBOX.mime"));
+            let mut db = MimeDb::open(dir.join("INBOX.mime"));
+            let (all, pre) = index_all(&file, len, &mut db, parts).unwrap();
+            let view: Vec<_> = pre
+                .iter()
+                .zip(&all)
+                .map(|(p, m)| {
+                    let rec = p.ptr.and_then(|r| db.get(r, &m.uid));
+                    let wire = p.ptr.map(|r| r.wire);
+                    (
+                        p.seal.clone(),
+                        p.date,
+                        p.skip,
+                        p.wire,
+                        p.flags.clone(),
+                        rec,
+                        wire,
+                    )
+                })
+                .collect();
+            (all, view)
+        };
+        let whole = scan(1);
+        assert_eq!(whole.0.len(), 60);
+        assert!(whole.1.iter().all(|v| v.5.is_some()));
+        for parts in [2, 3, 7, 13, 59] {
+            assert_eq!(scan(parts), whole, "{parts} parts");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The one-pass first scan gives every message the head, size and
+    /// MIME record the per-message reads ([`read_head`], [`parse_record`])
+    /// give: for seals on the first or second line, hidden `Status:`
+    /// fields, foreign mail, long `From ` lines, an open last line.
+    #[test]
+    fn one_pass_scan_gives_what_the_per_message_reads_give() {
+        let dir = std::env::temp_dir().join(format!("pimail-onepass-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mbox = dir.join("INBOX");
+        std::fs::write(&mbox, varied_mbox(40)).unwrap();
         let mut st = FolderState::load(mbox.clone(), dir.join("INBOX.index"), None);
         st.refresh().unwrap();
         assert_eq!(st.entries.len(), 40);

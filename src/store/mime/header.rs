@@ -10,8 +10,14 @@ use super::Address;
 /// The fields of a header block, in order: (name, raw value). The value
 /// keeps its folding (CRLF/LF and the whitespace after it).
 pub fn fields(block: &[u8]) -> Vec<(&[u8], &[u8])> {
-    let mut out: Vec<(&[u8], &[u8])> = Vec::new();
-    for line in block.split_inclusive(|&b| b == b'\n') {
+    let mut out: Vec<(&[u8], &[u8])> = Vec::with_capacity(32);
+    // Lines by their LF (a vectorized search: every message's and part's
+    // header is taken apart here at a first scan).
+    let mut rest = block;
+    while !rest.is_empty() {
+        let n = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+        let (line, after) = rest.split_at(n);
+        rest = after;
         if matches!(line.first(), Some(b' ') | Some(b'\t')) {
             // A continuation (RFC 5322 2.2.3): extend the last field's value.
             if let Some(last) = out.last_mut() {
@@ -21,7 +27,7 @@ pub fn fields(block: &[u8]) -> Vec<(&[u8], &[u8])> {
             }
             continue;
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let name = trim(&line[..colon]);
@@ -66,12 +72,32 @@ enum Tok<'a> {
     Special(u8),
 }
 
+/// RFC 5322's specials, controls, space and DEL, by octet.
+static SPECIALS: [bool; 256] = specials(b"()<>@,;:\\\".[]");
+/// RFC 2045's tspecials (which add `/ ? =`), controls, space and DEL.
+static MIME_SPECIALS: [bool; 256] = specials(b"()<>@,;:\\\".[]/?=");
+
+const fn specials(set: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b <= b' ' as usize {
+        t[b] = true;
+        b += 1;
+    }
+    t[127] = true;
+    let mut i = 0;
+    while i < set.len() {
+        t[set[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
 /// Splits a field value into tokens; `mime` uses RFC 2045's tspecials
 /// (which add `/ ? =` to RFC 5322's specials).
 fn tokens(v: &[u8], mime: bool) -> Vec<Tok<'_>> {
-    let special = |b: u8| {
-        b"()<>@,;:\\\".[]".contains(&b) || (mime && b"/?=".contains(&b)) || b <= b' ' || b == 127
-    };
+    let table = if mime { &MIME_SPECIALS } else { &SPECIALS };
+    let special = |b: u8| table[b as usize];
     let mut out = Vec::new();
     let mut i = 0;
     while i < v.len() {

@@ -183,10 +183,10 @@ impl Part {
     }
 
     /// Reads the MIME fields of a header block into the part.
-    fn take_header(&mut self, block: &[u8], in_digest: bool) {
+    fn take_header(&mut self, fields: &[(&[u8], &[u8])], in_digest: bool) {
         let mut seen_type = false;
         let mut buf = [0u8; NAME_KEEP];
-        for (name, value) in header::fields(block) {
+        for &(name, value) in fields {
             let first = |v: &Option<Vec<u8>>| v.is_none();
             match lowered(name, &mut buf) {
                 b"content-type" if !seen_type => {
@@ -216,7 +216,7 @@ impl Part {
                     let v: Vec<u8> = v
                         .iter()
                         .copied()
-                        .take_while(|b| !b" \t\r\n(;".contains(b))
+                        .take_while(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'(' | b';'))
                         .collect();
                     self.encoding = (!v.is_empty()).then_some(v);
                 }
@@ -230,7 +230,7 @@ impl Part {
                     let v: Vec<u8> = value
                         .iter()
                         .copied()
-                        .filter(|b| !b" \t\r\n".contains(b))
+                        .filter(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
                         .collect();
                     self.location = Some(v);
                 }
@@ -263,13 +263,13 @@ fn lowered<'b>(name: &[u8], buf: &'b mut [u8; NAME_KEEP]) -> &'b [u8] {
     out
 }
 
-/// Reads the envelope fields of a message header block.
-fn envelope(block: &[u8]) -> Envelope {
+/// Reads the envelope fields of a message header block's fields.
+fn envelope(fields: &[(&[u8], &[u8])]) -> Envelope {
     let mut e = Envelope::default();
     let (mut from, mut sender, mut reply_to, mut to, mut cc, mut bcc) =
         (None, None, None, None, None, None);
     let mut buf = [0u8; NAME_KEEP];
-    for (name, value) in header::fields(block) {
+    for &(name, value) in fields {
         let slot = match lowered(name, &mut buf) {
             b"date" => &mut e.date,
             b"subject" => &mut e.subject,
@@ -723,10 +723,13 @@ impl Parser {
         let Some(top) = self.stack.last_mut() else {
             return;
         };
-        top.part.take_header(&self.hdr, top.in_digest);
+        // Taken apart once for both.
+        let fields = header::fields(&self.hdr);
+        top.part.take_header(&fields, top.in_digest);
         if top.is_message {
-            top.envelope = Some(envelope(&self.hdr));
+            top.envelope = Some(envelope(&fields));
         }
+        drop(fields);
         top.part.body = body;
         top.lines0 = lines0;
         top.header_done = true;
