@@ -267,6 +267,9 @@ struct Scanner {
     /// The next piece starts a line.
     line_start: bool,
     prev_cr: bool,
+    /// Body runs taken at once ([`Scanner::bulk`]) are not counted: the
+    /// sink sets the sizes ([`ScanSink::sizes`]).
+    uncounted: bool,
 }
 
 impl Scanner {
@@ -276,6 +279,7 @@ impl Scanner {
             current: None,
             line_start: true,
             prev_cr: false,
+            uncounted: false,
         }
     }
 
@@ -417,9 +421,15 @@ impl Scanner {
             cur.pending_empty = 0;
             cur.size += 2;
         }
-        let lf = memchr::memchr_iter(b'\n', r).count() as u64;
-        let crlf = crate::store::mime::count_crlf(r);
-        cur.size += r.len() as u64 + lf - crlf - quoted;
+        cur.size += if self.uncounted {
+            // What the separator below may take back; the sink sets the
+            // true size.
+            2
+        } else {
+            let lf = memchr::memchr_iter(b'\n', r).count() as u64;
+            let crlf = crate::store::mime::count_crlf(r);
+            r.len() as u64 + lf - crlf - quoted
+        };
         // A last empty line may be the separator: pending, as in `piece`.
         if r.len() == 1 || r[r.len() - 2] == b'\n' {
             cur.size -= 2;
@@ -467,7 +477,14 @@ pub(crate) fn scan_with(
 pub(crate) trait ScanSink {
     fn start(&mut self, offset: u64);
     fn bytes(&mut self, b: &[u8]);
-    fn end(&mut self, m: &Message);
+    /// The message is over; a sink that [`ScanSink::sizes`] sets its size.
+    fn end(&mut self, m: &mut Message);
+    /// Whether the sink counts each message's size itself (IMAP's MIME
+    /// parse counts every line anyway): the scan then leaves its bodies'
+    /// lines uncounted, one pass over them fewer.
+    fn sizes(&self) -> bool {
+        false
+    }
 }
 
 struct NoSink;
@@ -475,7 +492,7 @@ struct NoSink;
 impl ScanSink for NoSink {
     fn start(&mut self, _: u64) {}
     fn bytes(&mut self, _: &[u8]) {}
-    fn end(&mut self, _: &Message) {}
+    fn end(&mut self, _: &mut Message) {}
 }
 
 /// Hands a [`ScanSink`] what the scanner decided about the bytes of the
@@ -515,11 +532,12 @@ impl Router {
         self.fed = to;
     }
 
-    fn route(&mut self, sc: &Scanner, sink: &mut dyn ScanSink, window: &[u8], wpos: u64) {
+    fn route(&mut self, sc: &mut Scanner, sink: &mut dyn ScanSink, window: &[u8], wpos: u64) {
         while self.done < sc.messages.len() {
-            let m = &sc.messages[self.done];
-            self.give(sink, m.offset, m.end, window, wpos);
-            sink.end(m);
+            let m = &mut sc.messages[self.done];
+            let (offset, end) = (m.offset, m.end);
+            self.give(sink, offset, end, window, wpos);
+            sink.end(&mut sc.messages[self.done]);
             self.open = None;
             self.done += 1;
         }
@@ -539,6 +557,7 @@ pub(crate) fn scan_visit(
     sink: &mut dyn ScanSink,
 ) -> io::Result<Vec<Message>> {
     let mut sc = Scanner::new();
+    sc.uncounted = sink.sizes();
     let mut router = Router {
         done: 0,
         fed: from,
@@ -569,14 +588,16 @@ pub(crate) fn scan_visit(
                             next = Some(j);
                             break;
                         }
-                        quoted += u64::from(mime::quoted_at(rest, j));
+                        if !sc.uncounted {
+                            quoted += u64::from(mime::quoted_at(rest, j));
+                        }
                     }
                     let end = match next {
                         Some(j) => Some(j),
                         None => memchr::memrchr(b'\n', rest).map(|k| k + 1),
                     };
                     if let Some(e) = end {
-                        if next.is_none() {
+                        if next.is_none() && !sc.uncounted {
                             // Not those in the open last line.
                             quoted -= mime::count_quoted(&rest[e..]);
                         }
@@ -597,7 +618,7 @@ pub(crate) fn scan_visit(
             sc.piece(pos, &buf[..filled]);
             i = filled;
         }
-        router.route(&sc, sink, &buf[..i], pos);
+        router.route(&mut sc, sink, &buf[..i], pos);
         buf.copy_within(i..filled, 0);
         filled -= i;
         pos += i as u64;
@@ -605,12 +626,12 @@ pub(crate) fn scan_visit(
     if filled > 0 {
         sc.piece(pos, &buf[..filled]);
     }
-    router.route(&sc, sink, &buf[..filled], pos);
+    router.route(&mut sc, sink, &buf[..filled], pos);
     let len = pos + filled as u64;
     let last = sc.current.as_ref().map(|c| c.offset);
-    let messages = sc.finish(len);
+    let mut messages = sc.finish(len);
     // The last message (ended by the end of the file).
-    if let (Some(offset), Some(m)) = (last, messages.last()) {
+    if let (Some(offset), Some(m)) = (last, messages.last_mut()) {
         if m.offset == offset {
             router.give(sink, offset, m.end, &buf[..filled], pos);
             sink.end(m);
@@ -1789,7 +1810,7 @@ mod tests {
                 None => self.bad = true,
             }
         }
-        fn end(&mut self, m: &Message) {
+        fn end(&mut self, m: &mut Message) {
             match self.open.take() {
                 Some((o, v)) if o == m.offset => self.got.push((m.clone(), v)),
                 _ => self.bad = true,

@@ -24,6 +24,10 @@ pub struct HideFilter {
     hiding: bool,
     /// Stored octets left out so far.
     pub removed: u64,
+    /// What they are on the wire (a bare LF is CRLF there).
+    pub removed_wire: u64,
+    /// The last octet left out (a CR before the LF of the next piece).
+    last_removed: u8,
     /// The first [`KEPT`] of them.
     pub text: Vec<u8>,
 }
@@ -138,6 +142,16 @@ impl HideFilter {
 
     fn dropped(&mut self, b: &[u8]) {
         self.removed += b.len() as u64;
+        let bare = memchr::memchr_iter(b'\n', b)
+            .filter(|&i| {
+                let before = if i == 0 { self.last_removed } else { b[i - 1] };
+                before != b'\r'
+            })
+            .count() as u64;
+        self.removed_wire += b.len() as u64 + bare;
+        if let Some(&l) = b.last() {
+            self.last_removed = l;
+        }
         let room = KEPT.saturating_sub(self.text.len()).min(b.len());
         self.text.extend_from_slice(&b[..room]);
     }

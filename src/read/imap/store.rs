@@ -1048,6 +1048,8 @@ struct Indexer<'a> {
     seal: Option<Seal>,
     date: i64,
     skip: u64,
+    /// The first-line seal's octets on the wire (0 without one).
+    skip_wire: u64,
     /// Where the parser starts: after the `From ` line and a first-line
     /// seal; `None` while the `From ` line goes on past [`HEAD`].
     body_start: Option<u64>,
@@ -1078,6 +1080,7 @@ impl<'a> Indexer<'a> {
             seal: None,
             date: 0,
             skip: 0,
+            skip_wire: 0,
             body_start: None,
             hide: HideFilter::new(),
             parser: mime::Parser::new(),
@@ -1116,8 +1119,17 @@ impl<'a> Indexer<'a> {
     /// The head is all there (or the message ends): read it.
     fn read_head(&mut self) {
         let (seal, date, skip) = head_of(&self.head);
-        self.body_start =
-            memchr::memchr(b'\n', &self.head).map(|i| self.offset + i as u64 + 1 + skip);
+        let line_end = memchr::memchr(b'\n', &self.head);
+        self.body_start = line_end.map(|i| self.offset + i as u64 + 1 + skip);
+        // The seal line ends in a LF (`head_of`): CRLF on the wire unless
+        // it is one already.
+        self.skip_wire = match line_end {
+            Some(i) if skip > 0 => {
+                let seal_end = i + skip as usize;
+                skip + u64::from(self.head.get(seal_end - 1) != Some(&b'\r'))
+            }
+            _ => 0,
+        };
         (self.seal, self.date, self.skip) = (seal, date, skip);
         self.head_done = true;
         let head = std::mem::take(&mut self.head);
@@ -1174,7 +1186,14 @@ impl maildrop::ScanSink for Indexer<'_> {
         self.at += b.len() as u64;
     }
 
-    fn end(&mut self, m: &Message) {
+    /// The parse counted every line: the message's size (as POP3 and
+    /// the scan count it) is the parsed part's, the seal's and the hidden
+    /// fields'.
+    fn sizes(&self) -> bool {
+        true
+    }
+
+    fn end(&mut self, m: &mut Message) {
         if !self.head_done {
             self.read_head();
         }
@@ -1189,6 +1208,7 @@ impl maildrop::ScanSink for Indexer<'_> {
         // With the texts FETCH sends, rendered now (see `mimedb`).
         let rec = mimedb::payload(&s);
         let wire = s.size();
+        m.size = wire + self.skip_wire + self.hide.removed_wire;
         self.out.push(Pre {
             seal: self.seal.take(),
             date: self.date,
@@ -1227,8 +1247,8 @@ const PART_SEEK: usize = 1 << 20;
 /// scan: every line that starts with `From ` is one, store::maildrop),
 /// so the parts' messages, joined, are those of one scan of the whole
 /// file, with the same octets each (the test `a_split_scan_is_the_whole_scan`).
-/// The first part writes its records as it goes; the others' are
-/// written after it, in order.
+/// The first part writes its records as it goes; the others' are kept
+/// until it is done, then written in order.
 fn index_all(
     file: &File,
     len: u64,
@@ -1246,6 +1266,19 @@ fn index_all(
     }
     let mut ends: Vec<u64> = starts[1..].to_vec();
     ends.push(len);
+    let first_part = |db: &mut MimeDb| {
+        let d: &dyn crate::store::disk::Disk = file;
+        let mut ix = Indexer::new(Some(db));
+        maildrop::scan_visit(d, 0, ends[0], SCAN_CHUNK, &mut ix).map(|all| (all, ix.finish()))
+    };
+    if starts.len() == 1 {
+        return first_part(db);
+    }
+    // Every part on a thread of its own, the first too, while this one
+    // waits: glibc gives each thread that allocates an arena, from those
+    // free or in turn, so the parts get their own, but this thread keeps
+    // the main one, and a part beside it would share it (and its lock:
+    // as slow as one part, measured).
     let (first, rest) = std::thread::scope(|scope| {
         let others: Vec<_> = starts[1..]
             .iter()
@@ -1264,10 +1297,15 @@ fn index_all(
                     .map_err(|_| part)
             })
             .collect();
-        let d: &dyn crate::store::disk::Disk = file;
-        let mut ix = Indexer::new(Some(&mut *db));
-        let first =
-            maildrop::scan_visit(d, 0, ends[0], SCAN_CHUNK, &mut ix).map(|all| (all, ix.finish()));
+        let db0 = &mut *db;
+        let first = std::thread::Builder::new()
+            .name("imap-scan".into())
+            .spawn_scoped(scope, || first_part(db0))
+            .ok()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("scan thread failed")))
+            });
         let rest: Vec<_> = others
             .into_iter()
             .map(|h| match h {
@@ -1279,6 +1317,10 @@ fn index_all(
             .collect();
         (first, rest)
     });
+    let first = match first {
+        Some(r) => r,
+        None => first_part(db),
+    };
     let (mut all, mut pre) = first?;
     for r in rest {
         let (msgs, (mut p, batch)) = r?;
@@ -2744,6 +2786,9 @@ mod tests {
                     data.extend_from_slice(b"Return-Path: <a@example.com>\n");
                     data.extend_from_slice(seal.line().as_bytes());
                 }
+                2 if i % 8 == 6 => {
+                    data.extend_from_slice(b"Status: RO\r\nX-Status: A\r\n\tcontinued\n")
+                }
                 2 => data.extend_from_slice(b"Status: RO\nX-Status: A\n"),
                 _ => {}
             }
@@ -2796,6 +2841,9 @@ mod tests {
         };
         let whole = scan(1);
         assert_eq!(whole.0.len(), 60);
+        // The sizes the parse counted are the plain scan's (POP3's).
+        let d: &dyn crate::store::disk::Disk = &file;
+        assert_eq!(whole.0, maildrop::scan_with(d, 0, len, 4096).unwrap());
         assert!(whole.1.iter().all(|v| v.5.is_some()));
         for parts in [2, 3, 7, 13, 59] {
             assert_eq!(scan(parts), whole, "{parts} parts");

@@ -602,7 +602,14 @@ impl Parser {
     fn bulk(&mut self, run: &[u8]) {
         let lf = memchr::memchr_iter(b'\n', run).count() as u64;
         let crlf = count_crlf(run);
-        let quoted = count_quoted(run);
+        // A quoted line has a `>`: a run without one (an attachment, most
+        // text) needs no search for `From ` (a single octet is the
+        // fastest search).
+        let quoted = if memchr::memchr(b'>', run).is_some() {
+            count_quoted(run)
+        } else {
+            0
+        };
         let len = run.len() as u64;
         self.at.stored += len;
         self.at.wire += len + lf - crlf - quoted;
