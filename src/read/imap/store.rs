@@ -1054,7 +1054,10 @@ struct Indexer<'a> {
     /// seal; `None` while the `From ` line goes on past [`HEAD`].
     body_start: Option<u64>,
     hide: HideFilter,
-    parser: mime::Parser,
+    /// `None` between a message's end and the next one's start.
+    parser: Option<mime::Parser>,
+    /// The last parser's buffers, for the next.
+    spare: mime::Buffers,
     shown: Vec<u8>,
     /// Records not yet written, for `out[out.len() - batch.len()..]`;
     /// written when they reach [`BATCH`] octets and at the end.
@@ -1083,7 +1086,8 @@ impl<'a> Indexer<'a> {
             skip_wire: 0,
             body_start: None,
             hide: HideFilter::new(),
-            parser: mime::Parser::new(),
+            parser: None,
+            spare: mime::Buffers::default(),
             shown: Vec::new(),
             batch: Vec::new(),
             batched: 0,
@@ -1149,13 +1153,16 @@ impl<'a> Indexer<'a> {
         };
         let from = start.saturating_sub(at).min(b.len() as u64) as usize;
         let b = &b[from..];
+        let Some(parser) = self.parser.as_mut() else {
+            return;
+        };
         if b.is_empty() {
         } else if self.hide.done() {
-            self.parser.feed(b);
+            parser.feed(b);
         } else {
             self.shown.clear();
             self.hide.feed(b, &mut self.shown);
-            self.parser.feed(&self.shown);
+            parser.feed(&self.shown);
         }
     }
 }
@@ -1168,7 +1175,7 @@ impl maildrop::ScanSink for Indexer<'_> {
         self.head_done = false;
         self.body_start = None;
         self.hide = HideFilter::new();
-        self.parser = mime::Parser::new();
+        self.parser = Some(mime::Parser::with_buffers(std::mem::take(&mut self.spare)));
     }
 
     fn bytes(&mut self, mut b: &[u8]) {
@@ -1199,9 +1206,10 @@ impl maildrop::ScanSink for Indexer<'_> {
         }
         self.shown.clear();
         self.hide.finish(&mut self.shown);
-        let mut p = std::mem::take(&mut self.parser);
+        let mut p = self.parser.take().unwrap_or_default();
         p.feed(&self.shown);
-        let mut s = p.finish();
+        let (mut s, spare) = p.finish_with_buffers();
+        self.spare = spare;
         if self.hide.removed > 0 {
             shift_stored(&mut s.root, self.hide.removed, true);
         }

@@ -531,13 +531,32 @@ impl Default for Parser {
     }
 }
 
+/// A finished [`Parser`]'s buffers, for the next one
+/// ([`Parser::with_buffers`]): a scan of many messages then grows none of
+/// them again (their growth was a tenth of a first scan's time).
+#[derive(Default)]
+pub struct Buffers {
+    hdr: Vec<u8>,
+    line: Vec<u8>,
+    stack: Vec<Frame>,
+}
+
 impl Parser {
     pub fn new() -> Parser {
+        Parser::with_buffers(Buffers::default())
+    }
+
+    pub fn with_buffers(mut b: Buffers) -> Parser {
+        b.hdr.clear();
+        b.line.clear();
+        b.line.reserve(LINE_KEEP);
+        b.stack.clear();
+        b.stack.push(Frame::new(Pos::default(), true, false));
         Parser {
-            stack: vec![Frame::new(Pos::default(), true, false)],
-            hdr: Vec::new(),
+            stack: b.stack,
+            hdr: b.hdr,
             hdr_line: 0,
-            line: Vec::with_capacity(LINE_KEEP),
+            line: b.line,
             line_len: 0,
             last2: [0; 2],
             quote: Quote::Gt(0),
@@ -850,7 +869,12 @@ impl Parser {
         (f.part, f.envelope)
     }
 
-    pub fn finish(mut self) -> Structure {
+    pub fn finish(self) -> Structure {
+        self.finish_with_buffers().0
+    }
+
+    /// [`Parser::finish`], giving back the buffers.
+    pub fn finish_with_buffers(mut self) -> (Structure, Buffers) {
         // An open last line gets its CRLF in the wire form, as RETR sends
         // it (store::maildrop counts the same).
         let mut end = self.at;
@@ -870,10 +894,16 @@ impl Parser {
             .root
             .take()
             .unwrap_or_else(|| (Part::new(Pos::default(), false), None));
-        Structure {
+        let s = Structure {
             envelope: env.unwrap_or_default(),
             root,
-        }
+        };
+        let b = Buffers {
+            hdr: self.hdr,
+            line: self.line,
+            stack: self.stack,
+        };
+        (s, b)
     }
 }
 
