@@ -252,6 +252,32 @@ impl MimeDb {
         }
     }
 
+    /// Appends every record of `part` (a first scan's part, written to a
+    /// file of its own); the offset its records now start at, `None` if
+    /// they could not be copied (their messages are then parsed again
+    /// when asked for).
+    pub fn absorb(&mut self, part: &mut MimeDb) -> Option<u64> {
+        self.flush_pending();
+        part.flush_pending();
+        let (src, dst) = (part.file.as_ref()?, self.file.as_ref()?);
+        let base = self.len;
+        let mut buf = vec![0u8; (1 << 20).min(part.len as usize)];
+        let mut at = 0u64;
+        while at < part.len {
+            let n = ((part.len - at) as usize).min(buf.len());
+            let copied = src
+                .read_exact_at(&mut buf[..n], at)
+                .and_then(|_| dst.write_all_at(&buf[..n], base + at));
+            if let Err(e) = copied {
+                log::warn!("cannot copy records to {}: {e}", self.path.display());
+                return None;
+            }
+            at += n as u64;
+        }
+        self.len += part.len;
+        Some(base)
+    }
+
     /// [`MimeDb::put`] for several records in one write (the first scan
     /// of a folder writes thousands): `(uidl, record, wire)` each, their
     /// pointers in order, all `None` if the write fails.

@@ -1035,9 +1035,7 @@ const SCAN_CHUNK: usize = 128 * 1024;
 /// Holds at most [`HEAD`] octets of a message, and the parser's bounded
 /// state.
 struct Indexer<'a> {
-    /// Where the records go as the scan goes; `None`: kept in `batch`
-    /// until the scan is over (a part scanned on another thread).
-    db: Option<&'a mut MimeDb>,
+    db: &'a mut MimeDb,
     out: Vec<Pre>,
     offset: u64,
     /// File offset of the next octet shown.
@@ -1072,7 +1070,7 @@ type Record = (String, Vec<u8>, u64);
 const BATCH: usize = 64 * 1024;
 
 impl<'a> Indexer<'a> {
-    fn new(db: Option<&'a mut MimeDb>) -> Self {
+    fn new(db: &'a mut MimeDb) -> Self {
         Indexer {
             db,
             out: Vec::new(),
@@ -1096,10 +1094,7 @@ impl<'a> Indexer<'a> {
 
     /// Writes the batched records; their pointers go to their messages.
     fn flush(&mut self) {
-        let Some(db) = self.db.as_deref_mut() else {
-            return;
-        };
-        let ptrs = db.put_many(&self.batch);
+        let ptrs = self.db.put_many(&self.batch);
         let first = self.out.len() - ptrs.len();
         for (pre, p) in self.out[first..].iter_mut().zip(ptrs) {
             pre.ptr = p;
@@ -1112,12 +1107,6 @@ impl<'a> Indexer<'a> {
     fn finish(mut self) -> Vec<Pre> {
         self.flush();
         self.out
-    }
-
-    /// A part scanned without the database: its messages and the records
-    /// not yet written (for the last `batch.len()` of them: all).
-    fn finish_unwritten(self) -> (Vec<Pre>, Vec<Record>) {
-        (self.out, self.batch)
     }
 
     /// The head is all there (or the message ends): read it.
@@ -1227,7 +1216,7 @@ impl maildrop::ScanSink for Indexer<'_> {
         });
         self.batched += rec.len() + m.uid.len();
         self.batch.push((m.uid.clone(), rec, wire));
-        if self.batched >= BATCH && self.db.is_some() {
+        if self.batched >= BATCH {
             self.flush();
         }
     }
@@ -1255,8 +1244,7 @@ const PART_SEEK: usize = 1 << 20;
 /// scan: every line that starts with `From ` is one, store::maildrop),
 /// so the parts' messages, joined, are those of one scan of the whole
 /// file, with the same octets each (the test `a_split_scan_is_the_whole_scan`).
-/// The first part writes its records as it goes; the others' are kept
-/// until it is done, then written in order.
+/// Each part writes its records as it goes.
 fn index_all(
     file: &File,
     len: u64,
@@ -1274,80 +1262,78 @@ fn index_all(
     }
     let mut ends: Vec<u64> = starts[1..].to_vec();
     ends.push(len);
-    let first_part = |db: &mut MimeDb| {
+    let part = |from: u64, to: u64, db: &mut MimeDb| {
         let d: &dyn crate::store::disk::Disk = file;
-        let mut ix = Indexer::new(Some(db));
-        maildrop::scan_visit(d, 0, ends[0], SCAN_CHUNK, &mut ix).map(|all| (all, ix.finish()))
+        let mut ix = Indexer::new(db);
+        maildrop::scan_visit(d, from, to, SCAN_CHUNK, &mut ix).map(|all| (all, ix.finish()))
     };
     if starts.len() == 1 {
-        return first_part(db);
+        return part(0, len, db);
     }
+    // The other parts write their records to files of their own (memory
+    // stays small whatever the folder holds), copied after the first
+    // part's when all are done. Unlinked at once: a crash leaves nothing.
+    let mut dbs: Vec<MimeDb> = (1..starts.len())
+        .map(|k| {
+            let path = db.path().with_extension(format!("mime-part{k}"));
+            let _ = std::fs::remove_file(&path);
+            let part_db = MimeDb::open(path.clone());
+            let _ = std::fs::remove_file(&path);
+            part_db
+        })
+        .collect();
     // Every part on a thread of its own, the first too, while this one
     // waits: glibc gives each thread that allocates an arena, from those
     // free or in turn, so the parts get their own, but this thread keeps
     // the main one, and a part beside it would share it (and its lock:
     // as slow as one part, measured).
-    let (first, rest) = std::thread::scope(|scope| {
-        let others: Vec<_> = starts[1..]
-            .iter()
-            .zip(&ends[1..])
-            .map(|(&from, &to)| {
-                let part = move || {
-                    let d: &dyn crate::store::disk::Disk = file;
-                    let mut ix = Indexer::new(None);
-                    let all = maildrop::scan_visit(d, from, to, SCAN_CHUNK, &mut ix)?;
-                    Ok::<_, std::io::Error>((all, ix.finish_unwritten()))
-                };
-                // No thread to be had: the part is scanned here, after.
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = std::iter::once(&mut *db)
+            .chain(dbs.iter_mut())
+            .zip(starts.iter().zip(&ends))
+            .map(|(db, (&from, &to))| {
+                let work = move || part(from, to, db);
                 std::thread::Builder::new()
                     .name("imap-scan".into())
-                    .spawn_scoped(scope, part)
-                    .map_err(|_| part)
+                    .spawn_scoped(scope, work)
             })
             .collect();
-        let db0 = &mut *db;
-        let first = std::thread::Builder::new()
-            .name("imap-scan".into())
-            .spawn_scoped(scope, || first_part(db0))
-            .ok()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("scan thread failed")))
-            });
-        let rest: Vec<_> = others
+        handles
             .into_iter()
             .map(|h| match h {
-                Ok(h) => h
-                    .join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("scan thread failed"))),
-                Err(part) => part(),
+                Ok(h) => Some(
+                    h.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("scan thread failed"))),
+                ),
+                // No thread to be had: the part is scanned here, after.
+                Err(_) => None,
             })
-            .collect();
-        (first, rest)
+            .collect()
     });
-    let first = match first {
-        Some(r) => r,
-        None => first_part(db),
-    };
-    let (mut all, mut pre) = first?;
-    for r in rest {
-        let (msgs, (mut p, batch)) = r?;
-        let first = p.len() - batch.len();
-        let mut at = first;
-        let mut i = 0;
-        while i < batch.len() {
-            // In slices of about BATCH octets, as the first part writes.
-            let mut j = i;
-            let mut octets = 0;
-            while j < batch.len() && octets < BATCH {
-                octets += batch[j].1.len() + batch[j].0.len();
-                j += 1;
+    let mut all = Vec::new();
+    let mut pre = Vec::new();
+    for (k, r) in results.into_iter().enumerate() {
+        let target = if k == 0 { &mut *db } else { &mut dbs[k - 1] };
+        let (msgs, mut p) = match r {
+            Some(r) => r?,
+            None => part(starts[k], ends[k], target)?,
+        };
+        if k > 0 {
+            // Its records, now in the folder's file: pointers moved.
+            let base = db.absorb(&mut dbs[k - 1]);
+            for x in &mut p {
+                x.ptr = match (x.ptr, base) {
+                    (Some(r), Some(base)) => {
+                        let r = Ptr {
+                            at: r.at + base,
+                            ..r
+                        };
+                        db.keep(r);
+                        Some(r)
+                    }
+                    _ => None,
+                };
             }
-            for ptr in db.put_many(&batch[i..j]) {
-                p[at].ptr = ptr;
-                at += 1;
-            }
-            i = j;
         }
         all.extend(msgs);
         pre.extend(p);
