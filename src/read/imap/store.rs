@@ -2797,17 +2797,23 @@ mod tests {
         data
     }
 
+    /// A fresh directory with an INBOX of `n` [`varied_mbox`] messages.
+    fn varied_folder(name: &str, n: u64) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("pimail-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mbox = dir.join("INBOX");
+        std::fs::write(&mbox, varied_mbox(n)).unwrap();
+        (dir, mbox)
+    }
+
     /// A first scan split into parts (one per core) finds the messages,
     /// heads, sizes and MIME records one scan of the whole file finds,
     /// wherever the parts' nominal starts fall: in a long `From ` line, a
     /// header, a body.
     #[test]
     fn a_split_scan_is_the_whole_scan() {
-        let dir = std::env::temp_dir().join(format!("pimail-split-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mbox = dir.join("INBOX");
-        std::fs::write(&mbox, varied_mbox(60)).unwrap();
+        let (dir, mbox) = varied_folder("split", 60);
         let file = File::open(&mbox).unwrap();
         let len = file.metadata().unwrap().len();
         let scan = |parts: usize| {
@@ -2851,11 +2857,7 @@ mod tests {
     /// fields, foreign mail, long `From ` lines, an open last line.
     #[test]
     fn one_pass_scan_gives_what_the_per_message_reads_give() {
-        let dir = std::env::temp_dir().join(format!("pimail-onepass-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mbox = dir.join("INBOX");
-        std::fs::write(&mbox, varied_mbox(40)).unwrap();
+        let (dir, mbox) = varied_folder("onepass", 40);
         let mut st = FolderState::load(mbox.clone(), dir.join("INBOX.index"), None);
         st.refresh().unwrap();
         assert_eq!(st.entries.len(), 40);
