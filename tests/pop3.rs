@@ -628,7 +628,10 @@ fn later_logins_index_only_new_mail() {
         deliver(&srv, &simple(s));
     }
     Pop3::login(addr).ok("QUIT");
-    assert!(indexed(&srv)[0].contains("indexed 3 new message(s) from offset 0"));
+    // The server's log reaches the test through a reader thread: waited
+    // for, not read at once (a CI run under load read it too early).
+    let within = Duration::from_secs(5);
+    assert!(srv.wait_log("indexed 3 new message(s) from offset 0", within));
     // Nothing new: nothing scanned.
     Pop3::login(addr).ok("QUIT");
     assert_eq!(indexed(&srv).len(), 1);
@@ -637,6 +640,7 @@ fn later_logins_index_only_new_mail() {
     let mut p = Pop3::login(addr);
     assert!(p.ok("STAT").starts_with("+OK 4 "));
     p.ok("QUIT");
+    assert!(srv.wait_log("indexed 1 new message(s)", within));
     let lines = indexed(&srv);
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[1].contains("indexed 1 new message(s)"), "{lines:?}");
